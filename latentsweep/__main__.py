@@ -1,0 +1,3 @@
+from latentsweep.cli import main
+
+main()

@@ -1,0 +1,32 @@
+"""Start or join Ray: the one place that calls ``ray.init``.
+
+``--address`` / ``RAY_ADDRESS`` joins an existing cluster. Otherwise a local Ray is started bound to
+loopback only (no dashboard, usage stats off) with an object store sized for small machines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+LOOPBACK = "127.0.0.1"
+# Local object store: enough for a few shards of images in flight, small enough for a laptop.
+LOCAL_OBJECT_STORE_BYTES = 1 << 30
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
+            quiet: bool = False) -> dict:
+    """Initialise Ray once per process and return its cluster resources."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        common = dict(log_to_driver=not quiet, logging_level=logging.WARNING,
+                      configure_logging=True)
+        if address:
+            ray.init(address=address, **common)
+        else:
+            ray.init(_node_ip_address=LOOPBACK, include_dashboard=False, num_cpus=num_cpus,
+                     num_gpus=num_gpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
+    return ray.cluster_resources()

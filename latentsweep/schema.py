@@ -1,0 +1,105 @@
+"""Every Parquet schema the stages exchange, versioned.
+
+Stages meet only in files; this module is the contract. Each file carries its kind and version in
+the Parquet key-value metadata (``latentsweep.schema = "embeddings/1"``) and readers call
+:func:`check` before trusting a file, so an old or foreign file fails with a message that says what
+is wrong instead of a KeyError deep in a stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+import pyarrow as pa
+
+SCHEMA_KEY = "latentsweep.schema"
+VERSIONS = {"embeddings": 1, "errors": 1, "results": 1, "manifest": 1}
+
+
+class SchemaError(ValueError):
+    """A file is not the kind or version a stage expects."""
+
+
+def tag(kind: str) -> dict[str, str]:
+    return {SCHEMA_KEY: f"{kind}/{VERSIONS[kind]}"}
+
+
+def check(schema: pa.Schema, kind: str, source: str) -> None:
+    """Refuse ``schema`` unless it is ``kind`` at the version this code reads."""
+    raw = (schema.metadata or {}).get(SCHEMA_KEY.encode())
+    if raw is None:
+        raise SchemaError(f"{source} is not a latentsweep {kind} file (no '{SCHEMA_KEY}' metadata)")
+    found_kind, _, found_version = raw.decode().partition("/")
+    if found_kind != kind:
+        raise SchemaError(f"{source} holds {found_kind} rows, expected {kind}")
+    if found_version != str(VERSIONS[kind]):
+        raise SchemaError(f"{source} is {kind} schema version {found_version}; this latentsweep reads "
+                          f"version {VERSIONS[kind]}: re-run the stage that wrote it with this version")
+
+
+def stable_id(uri: str) -> int:
+    """A stable signed int64 id from a URI: the first 8 bytes of its SHA-256.
+
+    Ids are what FAISS stores (``add_with_ids``), so they must not depend on row positions, shard
+    layout or the run: the same URI always gets the same id.
+    """
+    return int.from_bytes(hashlib.sha256(uri.encode("utf-8")).digest()[:8], "big", signed=True)
+
+
+def shard_of(item_id: int, num_shards: int) -> int:
+    """Deterministic shard for an id (crc32 of its bytes, so neighbouring ids spread evenly)."""
+    return zlib.crc32(item_id.to_bytes(8, "big", signed=True)) % num_shards
+
+
+# Identity and provenance columns of an embedding row; one float32 column per pooled tensor follows.
+EMBEDDING_FIELDS = [
+    pa.field("id", pa.int64(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("sha256", pa.string()),
+    pa.field("label", pa.string()),
+    pa.field("family", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("source", pa.string()),          # "image" or "latents" (an exported .pt)
+    pa.field("codec", pa.string()),           # e.g. "jpegai-bop"
+    pa.field("weights_digest", pa.string()),  # sha256 of the codec weights, "reference" for .pt input
+    pa.field("feature_set", pa.string()),     # which tensors were pooled: 2lat | selected | all
+    pa.field("pooling", pa.string()),         # gap | gap+std
+]
+
+ERROR_SCHEMA = pa.schema([
+    pa.field("id", pa.int64(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("stage", pa.string()),           # read | decode | encode | ...
+    pa.field("error_type", pa.string()),      # unreadable | truncated | not_image | too_large | too_small | ...
+    pa.field("message", pa.string()),
+], metadata=tag("errors"))
+
+
+def embedding_schema(tensor_dims: dict[str, int]) -> pa.Schema:
+    """Embeddings schema for the pooled tensors ``{column: dimension}`` in their fixed order."""
+    tensors = [pa.field(name, pa.list_(pa.float32(), dim)) for name, dim in tensor_dims.items()]
+    return pa.schema(EMBEDDING_FIELDS + tensors, metadata=tag("embeddings"))
+
+
+def tensor_columns(schema: pa.Schema) -> dict[str, int]:
+    """The pooled-tensor columns of an embeddings schema, ``{column: dimension}``, in file order."""
+    return {field.name: field.type.list_size for field in schema
+            if pa.types.is_fixed_size_list(field.type)}
+
+
+RESULT_SCHEMA = pa.schema([
+    pa.field("id", pa.int64(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("predicted_label", pa.string()),
+    pa.field("predicted_family", pa.string()),
+    pa.field("vote_share", pa.float32()),
+    pa.field("top_score", pa.float32()),
+    pa.field("unknown", pa.bool_()),
+    pa.field("neighbor_ids", pa.list_(pa.int64())),
+    pa.field("neighbor_labels", pa.list_(pa.string())),
+    pa.field("neighbor_scores", pa.list_(pa.float32())),
+    pa.field("label", pa.string()),           # the query's own label, where known
+    pa.field("family", pa.string()),
+], metadata=tag("results"))

@@ -1,0 +1,278 @@
+"""One filesystem abstraction for every stage: local paths, ``file://`` and ``s3://bucket/prefix``.
+
+Stages never touch ``os``/``boto3``/``pyarrow.fs`` directly for their data; they ask this module for
+listings, bytes, atomic writes and a pyarrow filesystem. S3 settings come from the standard AWS
+variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``)
+and are never printed: error messages pass through :func:`redact`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Iterator
+from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    import pyarrow.fs
+
+# boto3 switches to a multipart upload above this size; S3 makes the object visible only when the
+# upload completes, so both paths are atomic.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed; the message names the URI and never a credential."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed URI. ``key`` is an absolute local path, or the object key (prefix) inside ``bucket``."""
+
+    scheme: str  # "file" or "s3"
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str | os.PathLike) -> "Location":
+        text = os.fspath(uri)
+        if text.startswith("s3://"):
+            parsed = urlparse(text)
+            if not parsed.netloc:
+                raise StorageError(f"S3 URI without a bucket: {text!r}")
+            return cls("s3", parsed.netloc, parsed.path.lstrip("/"))
+        if text.startswith("file://"):
+            text = urlparse(text).path
+        elif "://" in text:
+            raise StorageError(f"unsupported URI scheme in {text!r}: use a local path, file:// or s3://")
+        return cls("file", "", os.path.abspath(text))
+
+    @property
+    def is_s3(self) -> bool:
+        return self.scheme == "s3"
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" if self.is_s3 else self.key
+
+    @property
+    def fs_path(self) -> str:
+        """The path as a pyarrow filesystem expects it ("bucket/key" on S3)."""
+        return f"{self.bucket}/{self.key}".rstrip("/") if self.is_s3 else self.key
+
+    def join(self, *parts: str) -> "Location":
+        for part in parts:
+            if part.startswith("/") or ".." in part.split("/"):
+                raise StorageError(f"refusing to leave {self.uri}: {part!r}")
+        joined = posixpath.join(self.key, *parts) if self.is_s3 else os.path.join(self.key, *parts)
+        return Location(self.scheme, self.bucket, joined)
+
+    def relative(self, child_uri: str) -> str:
+        """The part of ``child_uri`` below this location (for labels from folder layouts)."""
+        child = Location.parse(child_uri)
+        base = self.key.rstrip("/")
+        return child.key[len(base):].lstrip("/") if child.key.startswith(base) else child.key
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    uri: str
+    size: int
+    version: str  # S3 ETag or local mtime in ns: changes when the content may have changed
+
+
+def redact(text: str) -> str:
+    """Remove the values of credential variables from ``text`` (for logs, errors and summaries)."""
+    for name in SECRET_VARIABLES:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+@lru_cache(maxsize=None)
+def _s3_client(endpoint: str | None, region: str | None):
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        s3={"addressing_style": "path" if endpoint else "auto"},
+        retries={"max_attempts": 5, "mode": "standard"},
+    )
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+
+def s3_client():
+    """A boto3 S3 client configured from the standard AWS variables (cached per endpoint)."""
+    return _s3_client(os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3"),
+                      os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+
+
+def filesystem(location: Location) -> "pyarrow.fs.FileSystem":
+    """A pyarrow filesystem for Parquet and Ray Data, rooted like :attr:`Location.fs_path`."""
+    import pyarrow.fs as pafs
+
+    if not location.is_s3:
+        return pafs.LocalFileSystem()
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    options = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+    return pafs.S3FileSystem(**options)
+
+
+def _explain(error: Exception, location: Location, action: str) -> StorageError:
+    code = getattr(error, "response", {}).get("Error", {}).get("Code", type(error).__name__)
+    hint = ""
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+        hint = " (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy)"
+    elif code in ("NoSuchBucket",):
+        hint = " (the bucket does not exist)"
+    return StorageError(redact(f"cannot {action} {location.uri}: {code}{hint}"))
+
+
+def list_files(root: str | Location, page_size: int = 1000) -> Iterator[FileInfo]:
+    """Every file below ``root`` (recursive), in sorted key order. S3 listings follow pagination."""
+    location = root if isinstance(root, Location) else Location.parse(root)
+    if location.is_s3:
+        prefix = location.key.rstrip("/") + "/" if location.key else ""
+        paginator = s3_client().get_paginator("list_objects_v2")
+        try:
+            pages = paginator.paginate(Bucket=location.bucket, Prefix=prefix,
+                                       PaginationConfig={"PageSize": page_size})
+            for page in pages:
+                for item in page.get("Contents", []):
+                    if not item["Key"].endswith("/"):
+                        yield FileInfo(f"s3://{location.bucket}/{item['Key']}", item["Size"],
+                                       item["ETag"].strip('"'))
+        except Exception as error:  # botocore raises several unrelated types
+            raise _explain(error, location, "list") from None
+        return
+    if os.path.isfile(location.key):
+        stat = os.stat(location.key)
+        yield FileInfo(location.key, stat.st_size, str(stat.st_mtime_ns))
+        return
+    if not os.path.isdir(location.key):
+        raise StorageError(f"no such file or folder: {location.key}")
+    paths = sorted(os.path.join(folder, name) for folder, _, files in os.walk(location.key)
+                   for name in files)
+    for path in paths:
+        stat = os.stat(path)
+        yield FileInfo(path, stat.st_size, str(stat.st_mtime_ns))
+
+
+def exists(uri: str | Location) -> bool:
+    location = uri if isinstance(uri, Location) else Location.parse(uri)
+    if not location.is_s3:
+        return os.path.exists(location.key)
+    try:
+        s3_client().head_object(Bucket=location.bucket, Key=location.key)
+        return True
+    except Exception as error:
+        if getattr(error, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise _explain(error, location, "check") from None
+
+
+def read_bytes(uri: str | Location) -> bytes:
+    location = uri if isinstance(uri, Location) else Location.parse(uri)
+    if not location.is_s3:
+        with open(location.key, "rb") as handle:
+            return handle.read()
+    try:
+        return s3_client().get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
+    except Exception as error:
+        raise _explain(error, location, "read") from None
+
+
+def write_bytes(uri: str | Location, data: bytes) -> None:
+    """Write ``data`` so that readers see either nothing or the whole object, never a part.
+
+    Locally: a temporary file in the same folder, fsync, then ``os.replace``. On S3: one PUT, or a
+    multipart upload above :data:`MULTIPART_THRESHOLD` (boto3 aborts it on failure).
+    """
+    location = uri if isinstance(uri, Location) else Location.parse(uri)
+    if location.is_s3:
+        from boto3.s3.transfer import TransferConfig
+
+        try:
+            s3_client().upload_fileobj(io.BytesIO(data), location.bucket, location.key,
+                                       Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD))
+        except Exception as error:
+            raise _explain(error, location, "write") from None
+        return
+    folder = os.path.dirname(location.key)
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(location.key))
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, location.key)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def delete(uri: str | Location) -> None:
+    location = uri if isinstance(uri, Location) else Location.parse(uri)
+    if not location.is_s3:
+        if os.path.exists(location.key):
+            os.unlink(location.key)
+        return
+    try:
+        s3_client().delete_object(Bucket=location.bucket, Key=location.key)
+    except Exception as error:
+        raise _explain(error, location, "delete") from None
+
+
+def download(uri: str | Location, destination: str) -> None:
+    """Copy one object to a local file atomically (boto3 transfers are parallel and multipart)."""
+    location = uri if isinstance(uri, Location) else Location.parse(uri)
+    folder = os.path.dirname(os.path.abspath(destination))
+    os.makedirs(folder, exist_ok=True)
+    temporary = destination + ".part"
+    try:
+        if location.is_s3:
+            s3_client().download_file(location.bucket, location.key, temporary)
+        else:
+            with open(location.key, "rb") as source, open(temporary, "wb") as out:
+                while chunk := source.read(1 << 20):
+                    out.write(chunk)
+        os.replace(temporary, destination)
+    except Exception as error:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise _explain(error, location, "download") from None
+
+
+def write_table(uri: str | Location, table, metadata: dict[str, str] | None = None) -> None:
+    """Write a pyarrow table as one Parquet file, atomically (see :func:`write_bytes`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               **{k.encode(): v.encode() for k, v in metadata.items()}})
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression="zstd")
+    write_bytes(uri, buffer.getvalue().to_pybytes())
+
+
+def read_table(uri: str | Location, columns: list[str] | None = None):
+    """Read one Parquet file or a folder of them; errors name the file."""
+    import pyarrow.parquet as pq
+
+    location = uri if isinstance(uri, Location) else Location.parse(uri)
+    try:
+        return pq.read_table(location.fs_path, filesystem=filesystem(location), columns=columns)
+    except (OSError, ValueError) as error:  # pyarrow.ArrowInvalid is a ValueError
+        raise StorageError(redact(f"cannot read Parquet {location.uri}: {error}")) from None

@@ -1,0 +1,66 @@
+"""Schemas, ids, config files, the CLI's exit codes and the loopback-only Ray helper."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from latentsweep import schema
+from latentsweep.cli import app
+
+
+def test_schema_version_is_checked():
+    good = schema.embedding_schema({"y_hat_luma": 160, "y_hat_chroma": 96})
+    schema.check(good, "embeddings", "a.parquet")
+    assert schema.tensor_columns(good) == {"y_hat_luma": 160, "y_hat_chroma": 96}
+    with pytest.raises(schema.SchemaError, match="no 'latentsweep.schema' metadata"):
+        schema.check(pa.schema([("id", pa.int64())]), "embeddings", "plain.parquet")
+    with pytest.raises(schema.SchemaError, match="holds errors rows"):
+        schema.check(schema.ERROR_SCHEMA, "embeddings", "e.parquet")
+    future = good.with_metadata({schema.SCHEMA_KEY: "embeddings/99"})
+    with pytest.raises(schema.SchemaError, match="version 99"):
+        schema.check(future, "embeddings", "new.parquet")
+
+
+def test_ids_are_stable_and_distinct():
+    uris = [f"s3://bucket/images/{i}.png" for i in range(5000)]
+    ids = [schema.stable_id(u) for u in uris]
+    assert len(set(ids)) == len(ids)
+    assert ids == [schema.stable_id(u) for u in uris]
+    assert all(-(2**63) <= i < 2**63 for i in ids)
+    # A fixed value guards against an accidental change of the id function between releases.
+    assert schema.stable_id("a") == int.from_bytes(bytes.fromhex("ca978112ca1bbdca"), "big", signed=True)
+
+
+def test_shards_are_deterministic_and_balanced():
+    ids = [schema.stable_id(str(i)) for i in range(8000)]
+    shards = [schema.shard_of(i, 8) for i in ids]
+    assert shards == [schema.shard_of(i, 8) for i in ids]
+    counts = [shards.count(s) for s in range(8)]
+    assert min(counts) > 800 and max(counts) < 1200
+
+
+def test_usage_errors_exit_2():
+    runner = CliRunner()
+    assert runner.invoke(app, ["no-such-command"]).exit_code == 2
+
+
+def test_help_lists_commands():
+    result = subprocess.run([sys.executable, "-m", "latentsweep", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "JPEG AI" in result.stdout
+
+
+def test_local_ray_binds_loopback_only():
+    """The local default must not listen on a routable address (machine-notes: plain init does)."""
+    code = (
+        "import ray, json; from latentsweep.cluster import connect; connect(num_cpus=1, quiet=True);"
+        "print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes()])); ray.shutdown()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**__import__("os").environ, "RAY_ADDRESS": ""})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == '["127.0.0.1"]'
