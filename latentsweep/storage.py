@@ -104,7 +104,8 @@ def _s3_client(endpoint: str | None, region: str | None):
         s3={"addressing_style": "path" if endpoint else "auto"},
         retries={"max_attempts": 5, "mode": "standard"},
     )
-    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    # A fresh session, not boto3's default one: that caches the credentials it first resolved.
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
 
 def s3_client():

@@ -1,0 +1,83 @@
+"""Batched inference: images -> exported latents -> pooled descriptors, on CPU or GPU.
+
+Images of different sizes are bucketed by their padded size, so every forward pass sees one shape
+and an image's vectors never depend on what else is in its batch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from latentsweep.codec import colour, pooling, weights
+from latentsweep.codec.model import CODEC_NAME, TENSOR_STRIDES
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """What decides an embedding's space: rows with different settings are never mixed."""
+
+    weights: str | None = None  # None = shipped default, "untrained", or a checkpoint path
+    feature_set: str = "all"
+    pooling: str = "gap"
+    device: str = "auto"
+    half: bool = False
+    max_batch: int = 8
+
+
+class Embedder:
+    """Loads the codec once; :meth:`embed` turns uint8 RGB images into pooled vectors."""
+
+    def __init__(self, settings: EmbedSettings = EmbedSettings()):
+        self.settings = settings
+        self.columns = pooling.column_dims(settings.feature_set, settings.pooling)
+        self.device = resolve_device(settings.device)
+        model, self.weights_digest, self.meta = weights.load(settings.weights)
+        self.model = model.to(self.device).eval()
+        self.half = settings.half and self.device.type == "cuda"
+        self.codec = CODEC_NAME
+
+    @torch.inference_mode()
+    def embed(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """``images[i]``: uint8 (H, W, 3). Returns ``{column: float32 (N, dim)}``."""
+        out = {name: np.zeros((len(images), dim), np.float32) for name, dim in self.columns.items()}
+        buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            buckets[colour.padded_size(*image.shape[:2])].append(index)
+        for indices in buckets.values():
+            for start in range(0, len(indices), self.settings.max_batch):
+                chunk = indices[start:start + self.settings.max_batch]
+                pooled = self._embed_bucket([images[i] for i in chunk])
+                for name, values in pooled.items():
+                    out[name][chunk] = values
+        return out
+
+    def exported(self, images: list[np.ndarray]) -> tuple[dict[str, torch.Tensor], list[tuple[int, int]]]:
+        """Raw latent tensors of same-bucket images (padded) and their (H, W) sizes."""
+        height, width = colour.padded_size(*images[0].shape[:2])
+        batch = torch.stack([
+            colour.pad(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None], height, width)[0]
+            for image in images]).to(self.device, non_blocking=True).float().div_(255.0)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
+            tensors = self.model.export(batch)
+        return tensors, [image.shape[:2] for image in images]
+
+    def _embed_bucket(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+        tensors, sizes = self.exported(images)
+        result = {}
+        for column in self.columns:
+            stride = TENSOR_STRIDES[column.rsplit("_", 1)[0]]
+            valid = [pooling.valid_latent_size(h, w, stride) for h, w in sizes]
+            result[column] = pooling.pool(tensors[column], valid, self.settings.pooling).cpu().numpy()
+        return result

@@ -1,0 +1,66 @@
+"""The whole BOP codec: analysis + hyperprior/prediction per branch, rate terms, synthesis."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from latentsweep.codec import colour
+from latentsweep.codec.analysis import CHROMA_CHANNELS, LUMA_CHANNELS, EncoderBOPPrim, EncoderBOPSec
+from latentsweep.codec.entropy import FactorizedLogistic, bits, gaussian_likelihood
+from latentsweep.codec.hyperprior import LatentPredictor
+from latentsweep.codec.synthesis import Synthesis
+
+CODEC_NAME = "jpegai-bop"
+BRANCHES = ("luma", "chroma")
+# Every exported tensor of a branch, in the fixed order used for columns and feature sets.
+TENSORS = ("y", "z", "z_hat", "psi", "mu", "scale", "residual_quant", "residual", "y_hat")
+# Spatial stride of each tensor relative to the input image (for pooling over the valid area).
+TENSOR_STRIDES = {"y": 16, "z": 64, "z_hat": 64, "psi": 32, "mu": 16, "scale": 16,
+                  "residual_quant": 16, "residual": 16, "y_hat": 16}
+CHANNELS = {"luma": LUMA_CHANNELS, "chroma": CHROMA_CHANNELS}
+
+
+def tensor_channels(tensor: str, branch: str) -> int:
+    return CHANNELS[branch] * (4 if tensor == "psi" else 1)
+
+
+class BopCodec(nn.Module):
+    """JPEG AI base operating point, as far as attribution needs it (see README for what differs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.luma_analysis = EncoderBOPPrim()
+        self.chroma_analysis = EncoderBOPSec()
+        self.luma_predictor = LatentPredictor(LUMA_CHANNELS, context=True)
+        self.chroma_predictor = LatentPredictor(CHROMA_CHANNELS, context=False)
+        self.luma_z_density = FactorizedLogistic(LUMA_CHANNELS)
+        self.chroma_z_density = FactorizedLogistic(CHROMA_CHANNELS)
+        self.luma_synthesis = Synthesis(LUMA_CHANNELS, 1)
+        self.chroma_synthesis = Synthesis(CHROMA_CHANNELS, 2)
+
+    def export(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """RGB in [0, 1], (B, 3, H, W) with H, W multiples of 64 -> ``{"y_hat_luma": ..., ...}``."""
+        luma_in, chroma_in = colour.branch_inputs(colour.rgb_to_yuv(rgb) * 255.0)
+        out: dict[str, torch.Tensor] = {}
+        for branch, tensors in (
+            ("luma", self.luma_predictor(self.luma_analysis(luma_in))),
+            ("chroma", self.chroma_predictor(self.chroma_analysis(chroma_in))),
+        ):
+            out.update({f"{name}_{branch}": tensors[name] for name in TENSORS})
+        return out
+
+    def reconstruct(self, exported: dict[str, torch.Tensor]) -> torch.Tensor:
+        """y_hat of both branches -> YUV in [0, 1] (B, 3, H, W)."""
+        luma = self.luma_synthesis(exported["y_hat_luma"])
+        chroma = self.chroma_synthesis(exported["y_hat_chroma"])
+        return torch.cat([luma, chroma], dim=1) / 255.0 + 0.5
+
+    def bits(self, exported: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Estimated bits per image of the batch (z_hat + quantised residuals, both branches)."""
+        total = 0
+        for branch, density in (("luma", self.luma_z_density), ("chroma", self.chroma_z_density)):
+            total = total + bits(density.likelihood(exported[f"z_hat_{branch}"]))
+            total = total + bits(gaussian_likelihood(exported[f"residual_quant_{branch}"],
+                                                     exported[f"scale_{branch}"]))
+        return total

@@ -1,0 +1,133 @@
+"""Codec checkpoints: save with a SHA-256 sidecar, verify before loading, load ``weights_only``.
+
+A checkpoint is ``name.pt`` (a state dict, fp16 to keep the shipped file small) plus ``name.json``
+(``{"sha256": ..., "meta": {...}}``). Loading refuses a file whose digest does not match its sidecar.
+:func:`load_reference` maps a user's JPEG AI reference checkpoint onto the analysis transforms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from latentsweep.codec.model import BopCodec
+
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "bop-default.pt"
+UNTRAINED = "untrained"  # a seeded random initialisation: the baseline the trained weights must beat
+
+
+class WeightsError(ValueError):
+    """Weights are missing, corrupt, or do not fit the architecture."""
+
+
+def sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def save(model: BopCodec, path: str | Path, meta: dict) -> str:
+    """Write the checkpoint and its sidecar; return the digest."""
+    path = Path(path)
+    state = {name: value.half() if value.is_floating_point() else value
+             for name, value in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    sidecar(path).write_text(json.dumps({"sha256": digest, "meta": meta}, indent=2) + "\n")
+    return digest
+
+
+def untrained(seed: int = 0) -> BopCodec:
+    torch.manual_seed(seed)
+    return BopCodec()
+
+
+def load(path: str | Path | None = None) -> tuple[BopCodec, str, dict]:
+    """(model in eval mode, digest, meta). ``None`` = the shipped default; ``"untrained"`` = seed 0."""
+    if str(path) == UNTRAINED:
+        return untrained().eval(), f"{UNTRAINED}-seed0", {"trained": False}
+    path = Path(path) if path else DEFAULT_WEIGHTS
+    if not path.exists():
+        raise WeightsError(f"codec weights not found: {path}")
+    if not sidecar(path).exists():
+        raise WeightsError(f"{path} has no checksum file {sidecar(path).name}: refusing unverified weights")
+    record = json.loads(sidecar(path).read_text())
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != record.get("sha256"):
+        raise WeightsError(f"checksum mismatch for {path}: file {digest[:12]}..., "
+                           f"expected {str(record.get('sha256'))[:12]}...: the file is corrupt or replaced")
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    model = BopCodec()
+    try:
+        model.load_state_dict({name: value.float() if value.is_floating_point() else value
+                               for name, value in state.items()})
+    except RuntimeError as error:
+        raise WeightsError(f"{path} does not fit the BOP architecture: {error}") from None
+    return model.eval(), digest, record.get("meta", {})
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.mismatched)
+
+    def describe(self) -> str:
+        parts = [f"loaded {len(self.loaded)} tensors"]
+        for name in ("missing", "unexpected", "mismatched"):
+            items = getattr(self, name)
+            if items:
+                parts.append(f"{name}: {', '.join(items[:12])}" + (" ..." if len(items) > 12 else ""))
+        return "; ".join(parts)
+
+
+def load_reference(model: BopCodec, checkpoint: str | Path | dict, luma_prefix: str | None = None,
+                   chroma_prefix: str | None = None, strict: bool = True) -> LoadReport:
+    """Copy a JPEG AI reference checkpoint's analysis weights into ``model``.
+
+    The reference names the layers as this project does (``conv1.weight``, ``act1.conv.weight``,
+    ...); ``luma_prefix`` / ``chroma_prefix`` are what stands before them in the checkpoint for the
+    luma (EncoderBOPPrim) and chroma (EncoderBOPSec) encoders. ``None`` skips that branch.
+    """
+    state = checkpoint if isinstance(checkpoint, dict) else torch.load(
+        checkpoint, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    report = LoadReport()
+    used: set[str] = set()
+    pending = []
+    for prefix, module in ((luma_prefix, model.luma_analysis), (chroma_prefix, model.chroma_analysis)):
+        if prefix is None:
+            continue
+        own = module.state_dict()
+        update = {}
+        for name, target in own.items():
+            key = prefix + name
+            if key not in state:
+                report.missing.append(key)
+            elif tuple(state[key].shape) != tuple(target.shape):
+                report.mismatched.append(f"{key} {tuple(state[key].shape)} != {tuple(target.shape)}")
+            else:
+                update[name] = state[key].to(target.dtype)
+                report.loaded.append(key)
+            used.add(key)
+        pending.append((module, {**own, **update}))
+        report.unexpected += sorted(k for k in state if k.startswith(prefix) and k not in used)
+    if strict and not report.ok:
+        raise WeightsError("reference checkpoint does not fit: " + report.describe())
+    for module, new_state in pending:
+        module.load_state_dict(new_state)
+    return report
