@@ -1,0 +1,118 @@
+"""Bytes -> RGB uint8, or a classified error. Runs in Ray CPU tasks, never on the GPU workers.
+
+Every odd input becomes either a correct RGB image or a :class:`DecodeError` with a type:
+``not_image``, ``truncated``, ``too_large`` (the ``max_pixels`` guard runs on the header, before any
+pixel is decoded), ``too_small``, ``unreadable``. EXIF orientation is applied; grey, palette, alpha
+(dropped), 16-bit and CMYK inputs are converted to RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+
+DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MIN_SIDE = 16
+
+
+class DecodeError(Exception):
+    def __init__(self, error_type: str, message: str):
+        super().__init__(message)
+        self.error_type = error_type
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 min_side: int = DEFAULT_MIN_SIDE) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise DecodeError("not_image", "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise DecodeError("not_image", "not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DecodeError("too_large", f"decompression bomb guard: {error}") from None
+    except Exception as error:
+        raise DecodeError("unreadable", f"cannot open image: {error}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise DecodeError("too_large", f"{width}x{height} = {width * height} pixels exceeds "
+                                       f"--max-pixels {max_pixels}")
+    if min(width, height) < min_side:
+        raise DecodeError("too_small", f"{width}x{height} is below the minimum side of {min_side} pixels")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except OSError as error:
+        kind = "truncated" if "truncated" in str(error) or "broken" in str(error).lower() else "unreadable"
+        raise DecodeError(kind, f"cannot decode pixels: {error}") from None
+    except Exception as error:
+        raise DecodeError("unreadable", f"cannot decode pixels: {type(error).__name__}: {error}") from None
+
+
+def _to_rgb(image) -> np.ndarray:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image, dtype=np.uint32 if mode == "I" else np.uint16).astype(np.float64)
+        top = 65535.0 if values.max(initial=0) > 255 else 255.0
+        grey = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        grey = np.clip(np.round(values * (255.0 if values.max(initial=0) <= 1.0 else 1.0)), 0, 255)
+        return np.ascontiguousarray(np.repeat(grey.astype(np.uint8)[:, :, None], 3, axis=2))
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode != "RGB":
+        image = image.convert("RGB")  # L, LA, RGBA (alpha dropped), CMYK, YCbCr, 1, P
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+
+
+PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)  # image column value of rows that carry no image
+
+
+def read_and_decode(batch: dict, max_pixels: int, min_side: int) -> dict:
+    """Ray Data CPU stage: fetch each item's bytes and decode images; errors become row fields.
+
+    ``.pt`` items keep their bytes (``latents`` column) for the encoder, which pools them.
+    """
+    import hashlib
+
+    from latentsweep import storage
+
+    count = len(batch["id"])
+    images, payloads = [], []
+    fields = {name: [] for name in ("sha256", "width", "height", "source", "error_type", "message")}
+    for uri in batch["uri"]:
+        image, payload, record = PLACEHOLDER, b"", {"sha256": "", "width": -1, "height": -1,
+                                                     "source": "image", "error_type": "", "message": ""}
+        try:
+            data = storage.read_bytes(uri)
+            record["sha256"] = hashlib.sha256(data).hexdigest()
+            if uri.lower().endswith(".pt"):
+                record["source"], payload = "latents", data
+            else:
+                image = decode_image(data, max_pixels, min_side)
+                record["height"], record["width"] = image.shape[:2]
+        except DecodeError as error:
+            record.update(error_type=error.error_type, message=str(error))
+        except Exception as error:  # storage errors, permissions, vanished objects
+            record.update(error_type="unreadable", message=storage.redact(f"{type(error).__name__}: {error}"))
+        images.append(image)
+        payloads.append(payload)
+        for name in fields:
+            fields[name].append(record[name])
+    out = {name: batch[name] for name in ("id", "shard", "uri", "label", "family")}
+    out.update({name: np.array(values, dtype=np.int32 if name in ("width", "height") else object)
+                for name, values in fields.items()})
+    image_column = np.empty(count, dtype=object)
+    image_column[:] = images
+    out["image"] = image_column
+    out["latents"] = np.array(payloads, dtype=object)
+    return out

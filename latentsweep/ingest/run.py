@@ -1,0 +1,224 @@
+"""The ingest driver: list -> plan -> Ray Data (decode tasks -> encoder actor pool) -> shard writer.
+
+The driver consumes the pipeline's small output rows (ids and pooled vectors) as they stream in and
+writes a shard as soon as all its rows have arrived, so memory holds only unfinished shards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from latentsweep import storage
+from latentsweep.codec.embed import EmbedSettings
+from latentsweep.ingest import plan as planning
+from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from latentsweep.ingest.sources import list_source
+from latentsweep.ingest.write import DONE_FOLDER, ShardWriter, done_markers
+
+DECODE_BATCH = 16
+
+
+@dataclass
+class IngestJob:
+    source: str
+    out: str
+    embed: EmbedSettings = field(default_factory=EmbedSettings)
+    shard_size: int = 256
+    labels_from_folders: bool = False
+    families: dict[str, str] = field(default_factory=dict)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_side: int = DEFAULT_MIN_SIDE
+    workers: int | None = None  # encoder actors; default from the cluster's resources
+    overwrite: bool = False
+    quiet: bool = False
+    address: str | None = None
+
+
+@dataclass
+class IngestSummary:
+    source: str
+    out: str
+    inputs: int = 0
+    embedded: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    skipped_unsupported: int = 0
+    shards: int = 0
+    shards_already_done: int = 0
+    shards_processed: int = 0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    workers: int = 0
+    device: str = ""
+
+    @property
+    def failed(self) -> int:
+        return sum(self.errors.values())
+
+
+def pool_layout(resources: dict, embed: EmbedSettings, workers: int | None) -> dict:
+    """How many encoder actors, and what each reserves, from the cluster's resources.
+
+    GPU nodes: one actor per GPU (``num_gpus=1``). CPU only: actors of two torch threads each that
+    together leave a CPU for the decode tasks (a pool that takes every CPU starves them and hangs).
+    """
+    gpus = int(resources.get("GPU", 0))
+    if gpus and embed.device != "cpu":
+        return {"size": workers or gpus, "num_gpus": 1, "num_cpus": 1, "threads": None, "device": "cuda"}
+    cpus = max(1, int(resources.get("CPU", 1)))
+    size = workers or max(1, (cpus - 1) // 2)
+    per_actor = min(2.0, max(0.25, (cpus - 1) / size))
+    # On one or two CPUs a single actor may use every core: decoding is light next to encoding.
+    threads = cpus if cpus <= 2 and size == 1 else max(1, round(per_actor))
+    return {"size": size, "num_gpus": 0, "num_cpus": per_actor, "threads": threads, "device": "cpu"}
+
+
+def _plan_settings(job: IngestJob, weights_digest: str) -> dict:
+    return {"codec": "jpegai-bop", "weights_digest": weights_digest, "feature_set": job.embed.feature_set,
+            "pooling": job.embed.pooling, "max_pixels": job.max_pixels, "min_side": job.min_side}
+
+
+def _check_previous(out: storage.Location, settings: dict, overwrite: bool) -> None:
+    previous = out.join("plan.json")
+    if overwrite or not storage.exists(previous):
+        return
+    old = json.loads(storage.read_bytes(previous)).get("settings", {})
+    if old != settings:
+        changed = sorted(k for k in settings if old.get(k) != settings[k])
+        raise ValueError(f"{out.uri} holds an ingest made with other settings ({', '.join(changed)}): "
+                         f"use --overwrite to redo it, or another --out")
+
+
+def _clear(out: storage.Location) -> None:
+    for folder in (DONE_FOLDER, "embeddings", "errors"):
+        location = out.join(folder)
+        if out.is_s3 or storage.exists(location):
+            for info in storage.list_files(location):
+                storage.delete(info.uri)
+
+
+def _manifest_table(shards: list[planning.Shard]) -> pa.Table:
+    items = [item for shard in shards for item in shard.items]
+    return pa.table({
+        "id": pa.array([i.id for i in items], pa.int64()),
+        "shard": pa.array([i.shard for i in items], pa.int32()),
+        "uri": [i.uri for i in items], "size": pa.array([i.size for i in items], pa.int64()),
+        "version": [i.version for i in items], "label": [i.label for i in items],
+        "family": [i.family for i in items]})
+
+
+def run(job: IngestJob, log=None) -> IngestSummary:
+    """Run (or resume) an ingest and return its summary; also written to ``OUT/summary.json``."""
+    from latentsweep.codec import weights
+
+    log = log or (lambda message: None if job.quiet else print(message, file=sys.stderr, flush=True))
+    started = time.monotonic()
+    out = storage.Location.parse(job.out)
+    summary = IngestSummary(job.source, out.uri)
+    items, skipped = list_source(job.source, job.labels_from_folders, job.families)
+    summary.inputs, summary.skipped_unsupported = len(items), len(skipped)
+    if not items:
+        raise ValueError(f"no images or .pt latents found in {job.source}")
+    _, weights_digest, _ = weights.load(job.embed.weights)
+    settings = _plan_settings(job, weights_digest)
+    _check_previous(out, settings, job.overwrite)
+    if job.overwrite:
+        _clear(out)
+    shards = planning.plan(items, job.shard_size, settings)
+    summary.shards = len(shards)
+    storage.write_table(out.join("manifest.parquet"), _manifest_table(shards))
+    storage.write_bytes(out.join("plan.json"), json.dumps(
+        {"settings": settings, "shards": len(shards), "shard_size": job.shard_size,
+         "source": job.source}, indent=2).encode())
+    todo = planning.pending(shards, done_markers(out))
+    summary.shards_already_done = len(shards) - len(todo)
+    if todo:
+        log(f"ingest: {sum(len(s.items) for s in todo)} items in {len(todo)} of {len(shards)} shards "
+            f"to process ({summary.shards_already_done} already done)")
+        _process(job, out, todo, settings, summary, log)
+    else:
+        log(f"ingest: all {len(shards)} shards of {out.uri} are already done; nothing to do")
+    _collect_totals(out, summary)
+    summary.seconds = round(time.monotonic() - started, 2)
+    processed = sum(len(s.items) for s in todo)
+    summary.images_per_second = round(processed / summary.seconds, 2) if summary.seconds else 0.0
+    storage.write_bytes(out.join("summary.json"), json.dumps(asdict(summary), indent=2).encode())
+    return summary
+
+
+def _collect_totals(out: storage.Location, summary: IngestSummary) -> None:
+    """Totals over every finished shard, this run's and earlier ones'."""
+    errors: Counter = Counter()
+    embedded = 0
+    for info in storage.list_files(out.join(DONE_FOLDER)):
+        record = json.loads(storage.read_bytes(info.uri))
+        embedded += record["embedded"]
+        errors.update(record["errors"])
+    summary.embedded, summary.errors = embedded, dict(sorted(errors.items()))
+
+
+def _process(job: IngestJob, out: storage.Location, todo: list[planning.Shard], settings: dict,
+             summary: IngestSummary, log) -> None:
+    import ray
+    from tqdm import tqdm
+
+    from latentsweep.cluster import connect
+    from latentsweep.codec.pooling import column_dims
+    from latentsweep.ingest.decode import read_and_decode
+    from latentsweep.ingest.encode import EncodeActor
+
+    resources = connect(job.address, quiet=job.quiet)
+    layout = pool_layout(resources, job.embed, job.workers)
+    summary.workers, summary.device = layout["size"], layout["device"]
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    items = [item for shard in todo for item in shard.items]
+    blocks = [pa.table({"id": pa.array([i.id for i in chunk], pa.int64()),
+                        "shard": pa.array([i.shard for i in chunk], pa.int32()),
+                        "uri": [i.uri for i in chunk], "label": [i.label for i in chunk],
+                        "family": [i.family for i in chunk]})
+              for chunk in (items[start:start + DECODE_BATCH] for start in range(0, len(items), DECODE_BATCH))]
+    embed = EmbedSettings(**{**asdict(job.embed), "device": layout["device"]})
+    dataset = (ray.data.from_arrow(blocks)
+               .map_batches(read_and_decode, fn_kwargs={"max_pixels": job.max_pixels, "min_side": job.min_side},
+                            batch_size=DECODE_BATCH, batch_format="numpy", num_cpus=0.5)
+               .map_batches(EncodeActor, fn_constructor_kwargs={"settings": embed, "torch_threads": layout["threads"]},
+                            batch_size=job.embed.max_batch, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=layout["size"]),
+                            num_gpus=layout["num_gpus"], num_cpus=layout["num_cpus"]))
+    writer = ShardWriter(out, column_dims(job.embed.feature_set, job.embed.pooling),
+                         {key: settings[key] for key in ("codec", "weights_digest", "feature_set", "pooling")})
+    by_id = {shard.shard_id: shard for shard in todo}
+    pending_rows: dict[int, list[dict]] = defaultdict(list)
+    arrived: Counter = Counter()
+    bar = tqdm(total=len(items), unit="img", desc="ingest", disable=job.quiet, file=sys.stderr)
+    last_line = time.monotonic()
+    started = last_line
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for shard_id in np.unique(batch["shard"]):
+            mask = batch["shard"] == shard_id
+            pending_rows[int(shard_id)].append({name: values[mask] for name, values in batch.items()})
+            arrived[int(shard_id)] += int(mask.sum())
+            shard = by_id[int(shard_id)]
+            if arrived[int(shard_id)] == len(shard.items):
+                parts = pending_rows.pop(int(shard_id))
+                rows = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+                writer.write(shard, rows)
+                summary.shards_processed += 1
+        bar.update(len(batch["id"]))
+        now = time.monotonic()
+        if not job.quiet and now - last_line > 30:
+            log(f"ingest: {bar.n}/{len(items)} images, {bar.n / (now - started):.1f} images/s, "
+                f"{summary.shards_processed}/{len(todo)} shards written")
+            last_line = now
+    bar.close()
+    if pending_rows:
+        raise RuntimeError(f"ingest pipeline ended with incomplete shards {sorted(pending_rows)}: rerun to resume")
