@@ -31,17 +31,14 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ou
 
 def main() -> None:
     """Console entry point: turn known failures into one clear line and an exit code."""
-    from latentsweep.schema import SchemaError
-    from latentsweep.storage import StorageError, redact
+    from latentsweep.errors import LatentsweepError, UsageError
+    from latentsweep.storage import redact
 
     try:
         app()
-    except (SchemaError, ValueError) as error:
+    except LatentsweepError as error:
         typer.secho(f"error: {redact(str(error))}", fg="red", err=True)
-        sys.exit(EXIT_USAGE)
-    except StorageError as error:
-        typer.secho(f"error: {redact(str(error))}", fg="red", err=True)
-        sys.exit(EXIT_FAILED)
+        sys.exit(EXIT_USAGE if isinstance(error, UsageError) else EXIT_FAILED)
 
 
 @app.command("train-codec")
@@ -54,6 +51,7 @@ def train_codec(
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate (cosine-annealed).")] = 5e-4,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and crops.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    init: Annotated[Optional[Path], typer.Option(help="Fine-tune from this checkpoint (e.g. larger crops).")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Train codec weights on the photos bundled with scikit-image (offline) and report held-out
@@ -62,7 +60,8 @@ def train_codec(
 
     if crop % 64:
         raise typer.BadParameter("--crop must be a multiple of 64")
-    meta = train(TrainSettings(steps, batch_size, crop, lmbda, learning_rate, seed, device), str(out),
+    meta = train(TrainSettings(steps, batch_size, crop, lmbda, learning_rate, seed, device,
+                               init=str(init) if init else None), str(out),
                  progress=typer.echo)
     before, after = meta["held_out_untrained"], meta["held_out_trained"]
     typer.echo(f"wrote {out} (sha256 {meta['sha256'][:16]}...)\n"
@@ -125,3 +124,15 @@ def report_summary(stage: str, summary) -> None:
     typer.echo(f"{stage} summary: " + ", ".join(f"{key}={value}" for key, value in data.items()
                                                 if key not in ("source", "out")))
     typer.echo(f"{stage} output: {data.get('out')}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's corpus and outputs.")] = Path("demo-output"),
+    config: ConfigOption = None,
+) -> None:
+    """Run the main job on the embedded default (local Ray on 127.0.0.1, local folders, CPU)."""
+    from latentsweep import demo as demo_job
+
+    failed = demo_job.run(out, log=typer.echo)
+    raise typer.Exit(EXIT_ITEMS_FAILED if failed else EXIT_OK)

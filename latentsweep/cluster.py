@@ -10,6 +10,7 @@ import logging
 import os
 
 LOOPBACK = "127.0.0.1"
+SINGLE_MACHINE_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Local object store: enough for a few shards of images in flight, small enough for a laptop.
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
 
@@ -18,10 +19,18 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
             quiet: bool = False) -> dict:
     """Initialise Ray once per process and return its cluster resources."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        # Ray's single-machine mode: every component takes 127.0.0.1 as the node address. Without
+        # it Ray resolves even an explicit 127.0.0.1 to the routable address and listens there.
+        os.environ[SINGLE_MACHINE_VARIABLE] = "0"
     import ray
 
+    if not address:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS") or None
         common = dict(log_to_driver=not quiet, logging_level=logging.WARNING,
                       configure_logging=True)
         if address:

@@ -13,11 +13,13 @@ import zlib
 
 import pyarrow as pa
 
+from latentsweep.errors import UsageError
+
 SCHEMA_KEY = "latentsweep.schema"
 VERSIONS = {"embeddings": 1, "errors": 1, "results": 1, "manifest": 1}
 
 
-class SchemaError(ValueError):
+class SchemaError(UsageError):
     """A file is not the kind or version a stage expects."""
 
 

@@ -17,6 +17,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlparse
 
+from latentsweep.errors import JobFailed
+
 if TYPE_CHECKING:
     import pyarrow.fs
 
@@ -26,7 +28,7 @@ MULTIPART_THRESHOLD = 64 * 1024 * 1024
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
-class StorageError(RuntimeError):
+class StorageError(JobFailed):
     """A storage operation failed; the message names the URI and never a credential."""
 
 

@@ -14,13 +14,14 @@ import torch
 
 from latentsweep.codec import colour, pooling, weights
 from latentsweep.codec.model import CODEC_NAME, TENSOR_STRIDES
+from latentsweep.errors import UsageError
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
+        raise UsageError("device 'cuda' asked for, but torch sees no CUDA device")
     return torch.device(device)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from latentsweep.codec.model import BRANCHES, TENSORS, tensor_channels
+from latentsweep.errors import UsageError
 
 POOLINGS = ("gap", "gap+std")
 ALL_COLUMNS = tuple(f"{tensor}_{branch}" for branch in BRANCHES for tensor in TENSORS)
@@ -23,7 +24,7 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
 
 def feature_columns(feature_set: str) -> tuple[str, ...]:
     if feature_set not in FEATURE_SETS:
-        raise ValueError(f"unknown feature set {feature_set!r}: choose one of {', '.join(FEATURE_SETS)}")
+        raise UsageError(f"unknown feature set {feature_set!r}: choose one of {', '.join(FEATURE_SETS)}")
     return FEATURE_SETS[feature_set]
 
 
@@ -34,7 +35,7 @@ def pooled_dim(column: str, pooling: str) -> int:
 
 def column_dims(feature_set: str, pooling: str) -> dict[str, int]:
     if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
+        raise UsageError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
     return {column: pooled_dim(column, pooling) for column in feature_columns(feature_set)}
 
 

@@ -15,12 +15,13 @@ import io
 import torch
 
 from latentsweep.codec.analysis import CHROMA_CHANNELS, LUMA_CHANNELS
+from latentsweep.errors import UsageError
 
 BRANCH_KEYS = {"model_y": "luma", "model_uv": "chroma"}
 DICT_TENSORS = ("y", "z", "z_hat", "psi", "scale_log", "residual_quant", "residual", "y_hat")
 
 
-class LatentFileError(ValueError):
+class LatentFileError(UsageError):
     """A .pt file that is not a latent export this project understands."""
 
 

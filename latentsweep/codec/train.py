@@ -28,6 +28,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     log_every: int = 50
+    init: str | None = None  # fine-tune from this checkpoint instead of a random initialisation
 
 
 def random_crops(images: list[np.ndarray], count: int, size: int, rng: np.random.Generator) -> torch.Tensor:
@@ -76,10 +77,15 @@ def train(settings: TrainSettings, out: str, progress=print) -> dict:
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    model = weights.untrained(settings.seed).to(device)
     held_out = photos.names("held_out")
-    before = evaluate(model, held_out, device)
-    training_images = [photos.load(name) for name in photos.names("train")]
+    before = evaluate(weights.untrained(settings.seed).to(device), held_out, device)
+    model, history = weights.untrained(settings.seed), []
+    if settings.init:
+        model, _, init_meta = weights.load(settings.init)
+        history = init_meta.get("history", []) + [init_meta.get("training", {})]
+    model = model.to(device)
+    training_images = [image for image in (photos.load(name) for name in photos.names("train"))
+                       if min(image.shape[:2]) >= settings.crop]
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, settings.steps)
     started = time.monotonic()
@@ -100,7 +106,8 @@ def train(settings: TrainSettings, out: str, progress=print) -> dict:
     after = evaluate(model, held_out, device)
     meta = {"trained": True, "architecture": "JPEG AI BOP analysis + project hyperprior/synthesis",
             "not_reference_weights": True, "training": asdict(settings),
-            "training_photos": photos.names("train"), "held_out_photos": held_out,
+            "history": history, "held_out_photos": held_out,
+            "training_photos": [n for n in photos.names("train") if min(photos.load(n).shape[:2]) >= settings.crop],
             "held_out_untrained": before, "held_out_trained": after,
             "train_seconds": round(time.monotonic() - started, 1), "torch": torch.__version__}
     meta["sha256"] = weights.save(model.cpu(), out, meta)

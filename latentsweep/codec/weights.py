@@ -16,12 +16,13 @@ from pathlib import Path
 import torch
 
 from latentsweep.codec.model import BopCodec
+from latentsweep.errors import UsageError
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "bop-default.pt"
 UNTRAINED = "untrained"  # a seeded random initialisation: the baseline the trained weights must beat
 
 
-class WeightsError(ValueError):
+class WeightsError(UsageError):
     """Weights are missing, corrupt, or do not fit the architecture."""
 
 

@@ -38,7 +38,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DecodeError("too_large", f"decompression bomb guard: {error}") from None
     except Exception as error:
-        raise DecodeError("unreadable", f"cannot open image: {error}") from None
+        raise DecodeError(_classify(error), f"cannot open image: {error}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise DecodeError("too_large", f"{width}x{height} = {width * height} pixels exceeds "
@@ -49,11 +49,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         image.load()
         image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
-    except OSError as error:
-        kind = "truncated" if "truncated" in str(error) or "broken" in str(error).lower() else "unreadable"
-        raise DecodeError(kind, f"cannot decode pixels: {error}") from None
     except Exception as error:
-        raise DecodeError("unreadable", f"cannot decode pixels: {type(error).__name__}: {error}") from None
+        raise DecodeError(_classify(error), f"cannot decode pixels: {type(error).__name__}: {error}") from None
+
+
+def _classify(error: Exception) -> str:
+    text = str(error).lower()
+    return "truncated" if "truncated" in text or "broken" in text else "unreadable"
 
 
 def _to_rgb(image) -> np.ndarray:

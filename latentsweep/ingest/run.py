@@ -22,6 +22,7 @@ from latentsweep.ingest import plan as planning
 from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from latentsweep.ingest.sources import list_source
 from latentsweep.ingest.write import DONE_FOLDER, ShardWriter, done_markers
+from latentsweep.errors import UsageError
 
 DECODE_BATCH = 16
 
@@ -92,7 +93,7 @@ def _check_previous(out: storage.Location, settings: dict, overwrite: bool) -> N
     old = json.loads(storage.read_bytes(previous)).get("settings", {})
     if old != settings:
         changed = sorted(k for k in settings if old.get(k) != settings[k])
-        raise ValueError(f"{out.uri} holds an ingest made with other settings ({', '.join(changed)}): "
+        raise UsageError(f"{out.uri} holds an ingest made with other settings ({', '.join(changed)}): "
                          f"use --overwrite to redo it, or another --out")
 
 
@@ -125,7 +126,7 @@ def run(job: IngestJob, log=None) -> IngestSummary:
     items, skipped = list_source(job.source, job.labels_from_folders, job.families)
     summary.inputs, summary.skipped_unsupported = len(items), len(skipped)
     if not items:
-        raise ValueError(f"no images or .pt latents found in {job.source}")
+        raise UsageError(f"no images or .pt latents found in {job.source}")
     _, weights_digest, _ = weights.load(job.embed.weights)
     settings = _plan_settings(job, weights_digest)
     _check_previous(out, settings, job.overwrite)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from latentsweep import storage
+from latentsweep.errors import UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 LATENT_SUFFIXES = (".pt",)
@@ -33,13 +34,13 @@ def parse_families(spec: list[str] | str | None) -> dict[str, str]:
 
         data = yaml.safe_load(storage.read_bytes(spec[0]))
         if not isinstance(data, dict):
-            raise ValueError(f"{spec[0]} must map each family to a list of labels")
+            raise UsageError(f"{spec[0]} must map each family to a list of labels")
         spec = [f"{family}={','.join(labels)}" for family, labels in data.items()]
     mapping: dict[str, str] = {}
     for entry in spec:
         family, sep, labels = entry.partition("=")
         if not sep or not family or not labels:
-            raise ValueError(f"bad family entry {entry!r}: expected family=label1,label2")
+            raise UsageError(f"bad family entry {entry!r}: expected family=label1,label2")
         for label in labels.split(","):
             if label.strip():
                 mapping[label.strip()] = family.strip()
@@ -86,7 +87,7 @@ def _read_manifest(source: str) -> list[SourceItem]:
     else:
         table = storage.read_table(location)
     if "uri" not in table.column_names:
-        raise ValueError(f"manifest {source} has no 'uri' column (columns: {', '.join(table.column_names)})")
+        raise UsageError(f"manifest {source} has no 'uri' column (columns: {', '.join(table.column_names)})")
     base = storage.Location(location.scheme, location.bucket,
                             (os.path.dirname(location.key) if not location.is_s3
                              else location.key.rsplit("/", 1)[0] if "/" in location.key else ""))

@@ -1,0 +1,294 @@
+"""Ingest: planning (pure), decoding of odd inputs, and the Ray pipeline end to end."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from images import gradient, odd_files, photo_corpus
+from latentsweep import schema, storage
+from latentsweep.codec.embed import EmbedSettings
+from latentsweep.ingest import plan as planning
+from latentsweep.ingest.decode import DecodeError, decode_image
+from latentsweep.ingest.run import IngestJob, pool_layout, run
+from latentsweep.ingest.sources import SourceItem, list_source, parse_families
+
+UNTRAINED = EmbedSettings(weights="untrained", feature_set="selected", device="cpu")
+
+
+def job(source, out, **kwargs) -> IngestJob:
+    kwargs.setdefault("embed", UNTRAINED)
+    kwargs.setdefault("shard_size", 4)
+    kwargs.setdefault("quiet", True)
+    return IngestJob(str(source), str(out), **kwargs)
+
+
+def read_output(out) -> tuple[pa.Table, pa.Table]:
+    location = storage.Location.parse(str(out))
+    embeddings = storage.read_table(location.join("embeddings"))
+    errors = storage.read_table(location.join("errors"))
+    return embeddings.sort_by("id"), errors.sort_by("id")
+
+
+# ---- planning ---------------------------------------------------------------------------------
+
+def test_plan_is_deterministic_and_covers_every_item():
+    items = [SourceItem(f"/data/{i}.png", 10, "v1") for i in range(100)]
+    first = planning.plan(items, 16, {"codec": "x"})
+    again = planning.plan(list(reversed(items)), 16, {"codec": "x"})
+    assert [(s.shard_id, s.digest, s.items) for s in first] == [(s.shard_id, s.digest, s.items) for s in again]
+    assert len(first) == 7
+    ids = [item.id for shard in first for item in shard.items]
+    assert sorted(ids) == sorted(schema.stable_id(i.uri) for i in items) and len(set(ids)) == 100
+    assert all(item.shard == shard.shard_id for shard in first for item in shard.items)
+
+
+def test_plan_digest_changes_with_content_and_settings():
+    items = [SourceItem(f"/data/{i}.png", 10, "v1") for i in range(20)]
+    base = planning.plan(items, 8, {"codec": "x"})
+    changed = planning.plan([SourceItem(i.uri, i.size, "v2" if i.uri == "/data/3.png" else i.version)
+                             for i in items], 8, {"codec": "x"})
+    differing = [a.shard_id for a, b in zip(base, changed) if a.digest != b.digest]
+    assert len(differing) == 1
+    assert all(a.digest != b.digest for a, b in zip(base, planning.plan(items, 8, {"codec": "y"})))
+    done = {s.shard_id: s.digest for s in base}
+    assert planning.pending(base, done) == []
+    assert [s.shard_id for s in planning.pending(changed, done)] == differing
+
+
+def test_duplicate_uris_collapse_to_one_row():
+    items = [SourceItem("/a.png"), SourceItem("/a.png"), SourceItem("/b.png")]
+    assert sum(len(s.items) for s in planning.plan(items, 10, {})) == 2
+
+
+def test_families_parse_from_flags_and_file(tmp_path):
+    assert parse_families(["gan=sg2,sg3", "dm=sana"]) == {"sg2": "gan", "sg3": "gan", "sana": "dm"}
+    spec = tmp_path / "families.yaml"
+    spec.write_text("gan: [sg2]\ndm: [sana, sd]\n")
+    assert parse_families([str(spec)]) == {"sg2": "gan", "sana": "dm", "sd": "dm"}
+    with pytest.raises(ValueError, match="bad family entry"):
+        parse_families(["gan=", "x"])
+
+
+def test_pool_layout_never_takes_every_cpu():
+    cpu = pool_layout({"CPU": 2.0}, UNTRAINED, None)
+    assert cpu["size"] == 1 and cpu["num_cpus"] < 2 and cpu["num_gpus"] == 0
+    big = pool_layout({"CPU": 16.0}, UNTRAINED, None)
+    assert big["size"] * big["num_cpus"] <= 15
+    gpu = pool_layout({"CPU": 8.0, "GPU": 4.0}, EmbedSettings(), None)
+    assert gpu == {"size": 4, "num_gpus": 1, "num_cpus": 1, "threads": None, "device": "cuda"}
+
+
+# ---- decoding ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(odd_files()))
+def test_odd_inputs_decode_or_fail_with_a_reason(name):
+    data, expected_error = odd_files()[name]
+    if expected_error is None:
+        image = decode_image(data, max_pixels=10_000_000, min_side=16)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    else:
+        with pytest.raises(DecodeError) as caught:
+            decode_image(data, max_pixels=10_000_000, min_side=16)
+        assert caught.value.error_type == expected_error, str(caught.value)
+
+
+def test_exif_orientation_and_sixteen_bit_values():
+    data, _ = odd_files()["rotated.jpg"]
+    assert decode_image(data).shape == (64, 48, 3)  # 48x64 stored, displayed rotated
+    sixteen = decode_image(odd_files()["sixteen.png"][0])
+    expected = gradient(40, 40)[:, :, 0]
+    assert np.abs(sixteen[:, :, 0].astype(int) - expected).max() <= 1
+    cmyk = decode_image(odd_files()["cmyk.jpg"][0])
+    assert np.abs(cmyk.astype(int) - gradient(48, 64)).mean() < 12
+
+
+# ---- the pipeline -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    photo_corpus(root)
+    (root / "alpha" / "broken.png").write_bytes(b"not an image")
+    (root / "notes.txt").write_text("ignored: unsupported suffix")
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference_run(corpus, tmp_path_factory, ray_session):
+    out = tmp_path_factory.mktemp("reference-run")
+    summary = run(job(corpus, out, labels_from_folders=True, families={"alpha": "gan", "beta": "gan",
+                                                                         "gamma": "dm"}))
+    return out, summary
+
+
+def test_local_folder_to_parquet(reference_run):
+    out, summary = reference_run
+    assert summary.inputs == 13 and summary.embedded == 12 and summary.errors == {"not_image": 1}
+    assert summary.skipped_unsupported == 1 and summary.shards == 4 and summary.shards_processed == 4
+    embeddings, errors = read_output(out)
+    schema.check(embeddings.schema, "embeddings", "embeddings")
+    assert embeddings.num_rows == 12 and errors.num_rows == 1
+    assert errors.column("uri")[0].as_py().endswith("broken.png")
+    labels = embeddings.column("label").to_pylist()
+    assert sorted(set(labels)) == ["alpha", "beta", "gamma"]
+    families = dict(zip(labels, embeddings.column("family").to_pylist()))
+    assert families == {"alpha": "gan", "beta": "gan", "gamma": "dm"}
+    assert schema.tensor_columns(embeddings.schema) == {
+        "y_hat_luma": 160, "y_hat_chroma": 96, "residual_luma": 160, "residual_chroma": 96,
+        "residual_quant_luma": 160, "residual_quant_chroma": 96}
+    assert set(embeddings.column("weights_digest").to_pylist()) == {"untrained-seed0"}
+    assert embeddings.column("id").to_pylist() == [schema.stable_id(u) for u in embeddings.column("uri").to_pylist()]
+    assert sorted(os.listdir(out / "embeddings")) == [f"shard-{i:05d}.parquet" for i in range(4)]
+
+
+def test_vectors_match_direct_embedding(reference_run):
+    """The pipeline's vectors are what the codec gives for the same image in one process."""
+    from latentsweep.codec.embed import Embedder
+    from latentsweep.ingest.decode import decode_image
+
+    out, _ = reference_run
+    embeddings, _ = read_output(out)
+    row = embeddings.slice(0, 1).to_pylist()[0]
+    image = decode_image(Path(row["uri"]).read_bytes())
+    direct = Embedder(UNTRAINED).embed([image])
+    np.testing.assert_allclose(np.array(row["y_hat_luma"]), direct["y_hat_luma"][0], atol=1e-5)
+
+
+def test_rerun_does_nothing_and_resume_redoes_only_missing_shards(reference_run, corpus, tmp_path):
+    out, _ = reference_run
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "embeddings").iterdir()}
+    again = run(job(corpus, out, labels_from_folders=True, families={"alpha": "gan", "beta": "gan",
+                                                                       "gamma": "dm"}))
+    assert again.shards_already_done == 4 and again.shards_processed == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "embeddings").iterdir()} == before
+    assert again.embedded == 12  # totals still count every finished shard
+
+
+def test_ids_are_stable_across_runs_and_locations(reference_run, corpus, tmp_path):
+    out, _ = reference_run
+    fresh = run(job(corpus, tmp_path / "other", labels_from_folders=True))
+    first, _ = read_output(out)
+    second, _ = read_output(tmp_path / "other")
+    assert first.column("id").equals(second.column("id"))
+    assert fresh.embedded == 12
+
+
+def test_changed_settings_are_refused_without_overwrite(reference_run, corpus):
+    out, _ = reference_run
+    with pytest.raises(ValueError, match="other settings"):
+        run(job(corpus, out, embed=EmbedSettings(weights="untrained", feature_set="2lat", device="cpu")))
+
+
+def test_manifest_input_with_relative_uris(corpus, tmp_path, ray_session):
+    manifest = corpus / "manifest.csv"
+    manifest.write_text("uri,label,family\nalpha/000.png,sg2,gan\nbeta/001.png,sana,dm\nmissing.png,x,gan\n")
+    summary = run(job(manifest, tmp_path / "out"))
+    embeddings, errors = read_output(tmp_path / "out")
+    assert summary.inputs == 3 and embeddings.num_rows == 2
+    assert embeddings.column("label").to_pylist() != [] and set(embeddings.column("family").to_pylist()) == {"gan", "dm"}
+    assert errors.column("error_type").to_pylist() == ["unreadable"]
+    manifest.unlink()
+
+
+def test_reference_latents_input(tmp_path, ray_session):
+    torch.manual_seed(0)
+    folder = tmp_path / "latents" / "sg2"
+    folder.mkdir(parents=True)
+    expected = {}
+    for n in range(3):
+        y_hat = torch.randn(1, 256, 4, 6)
+        torch.save(y_hat, folder / f"JAI_{n}_65.pt")
+        expected[str(folder / f"JAI_{n}_65.pt")] = y_hat.mean(dim=(2, 3))[0]
+    torch.save({"model_y": {"y_hat": torch.randn(1, 160, 2, 2)}}, folder / "partial.pt")
+    (folder / "evil.pt").write_bytes(__import__("pickle").dumps({"x": object.__new__(Exception)}))
+    two_lat = EmbedSettings(weights="untrained", feature_set="2lat", device="cpu")
+    summary = run(job(tmp_path / "latents", tmp_path / "out", labels_from_folders=True, embed=two_lat))
+    embeddings, errors = read_output(tmp_path / "out")
+    assert summary.embedded == 3 and summary.errors == {"bad_latents": 2}
+    for row in embeddings.to_pylist():
+        assert row["codec"] == "jpegai-reference" and row["weights_digest"] == "reference"
+        assert row["label"] == "sg2" and row["source"] == "latents"
+        combined = np.concatenate([row["y_hat_luma"], row["y_hat_chroma"]])
+        np.testing.assert_allclose(combined, expected[row["uri"]].numpy(), atol=1e-6)
+    messages = dict(zip([Path(u).name for u in errors.column("uri").to_pylist()],
+                        errors.column("message").to_pylist()))
+    assert "lacks y_hat_chroma" in messages["partial.pt"] and "weights_only" in messages["evil.pt"]
+
+
+def test_odd_inputs_end_as_rows(tmp_path, ray_session):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    expected = {}
+    for name, (data, error_type) in odd_files().items():
+        (folder / name).write_bytes(data)
+        expected[name] = error_type
+    summary = run(job(folder, tmp_path / "out", max_pixels=10_000_000))
+    embeddings, errors = read_output(tmp_path / "out")
+    got = {Path(u).name: None for u in embeddings.column("uri").to_pylist()}
+    got.update(zip([Path(u).name for u in errors.column("uri").to_pylist()],
+                   errors.column("error_type").to_pylist()))
+    assert got == expected
+    assert summary.embedded + sum(summary.errors.values()) == len(expected)
+
+
+def test_s3_to_s3(corpus, s3_env, ray_session):
+    bucket = s3_env["bucket"]
+    for path in sorted(corpus.rglob("*.png"))[:6]:
+        storage.write_bytes(f"s3://{bucket}/in/{path.parent.name}/{path.name}", path.read_bytes())
+    summary = run(job(f"s3://{bucket}/in", f"s3://{bucket}/out", labels_from_folders=True))
+    assert summary.inputs == 6 and summary.embedded + summary.failed == 6
+    embeddings, errors = read_output(f"s3://{bucket}/out")
+    assert embeddings.num_rows == summary.embedded and errors.num_rows == summary.failed
+    assert all(u.startswith(f"s3://{bucket}/in/") for u in embeddings.column("uri").to_pylist())
+    keys = [info.uri for info in storage.list_files(f"s3://{bucket}/out")]
+    assert f"s3://{bucket}/out/summary.json" in keys and f"s3://{bucket}/out/manifest.parquet" in keys
+
+
+def test_interrupted_run_resumes_to_identical_output(corpus, tmp_path):
+    """Kill the ingest process after its first shard lands; the rerun completes to the same rows."""
+    out = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "latentsweep", "ingest", str(corpus), "--out", str(out),
+               "--labels-from-folders", "--weights", "untrained", "--feature-set", "selected",
+               "--device", "cpu", "--shard-size", "2", "--batch-size", "2", "--quiet"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    process = subprocess.Popen(command, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        done = list((out / "_done").glob("*.json")) if (out / "_done").exists() else []
+        if done or process.poll() is not None:
+            break
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished_early = len(list((out / "_done").glob("*.json")))
+    assert 1 <= finished_early < 7, "the kill must land mid-run"
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 1, resumed.stderr[-2000:]  # 1: the broken file is an error row
+    assert "shards_already_done=" in resumed.stdout
+    clean = subprocess.run(command[:5] + [str(tmp_path / "clean")] + command[6:], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 1, clean.stderr[-2000:]
+    for kind in ("embeddings", "errors"):
+        a = pq.read_table(out / kind).sort_by("id")
+        b = pq.read_table(tmp_path / "clean" / kind).sort_by("id")
+        assert a.column_names == b.column_names and a.num_rows == b.num_rows
+        for name in a.column_names:
+            if pa.types.is_fixed_size_list(a.schema.field(name).type):
+                np.testing.assert_allclose(np.stack(a.column(name).to_numpy(zero_copy_only=False)),
+                                           np.stack(b.column(name).to_numpy(zero_copy_only=False)), atol=1e-6)
+            else:
+                assert a.column(name).equals(b.column(name)), name
