@@ -136,3 +136,53 @@ def demo(
 
     failed = demo_job.run(out, log=typer.echo)
     raise typer.Exit(EXIT_ITEMS_FAILED if failed else EXIT_OK)
+
+
+index_app = typer.Typer(help="Build and extend sharded FAISS indices from embedding Parquet.",
+                        no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+IndexSourcesArgument = Annotated[list[str], typer.Argument(
+    help="Ingest outputs (DEST folders or s3:// prefixes), folders of embedding Parquet, or files.")]
+IndexOutOption = Annotated[str, typer.Option("--out", help="Index folder or s3:// prefix.")]
+
+
+@index_app.command("build")
+def index_build(
+    embeddings: IndexSourcesArgument,
+    out: IndexOutOption,
+    features: Annotated[str, typer.Option(
+        help="2lat (default, the paper's), selected, all, or a comma list of pooled-tensor columns.")] = "2lat",
+    index_type: Annotated[str, typer.Option(
+        "--index-type", help="FAISS factory string: Flat (exact), IVF1024,Flat, IVF1024,PQ32, HNSW32, ...")] = "Flat",
+    auto: Annotated[bool, typer.Option(help="Choose the index type from the vector count and --memory-budget.")] = False,
+    memory_budget: Annotated[float, typer.Option(help="GiB the index may take in memory (for --auto).")] = 4.0,
+    shards: Annotated[int, typer.Option(help="Index shards, built in parallel (at most one per input file).")] = 4,
+    train_sample: Annotated[int, typer.Option(help="Vectors to train IVF/PQ types on.")] = 100_000,
+    address: AddressOption = None,
+    quiet: QuietOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Fit the scaler, build the shards with Ray tasks, write the manifest with checksums."""
+    from latentsweep.index.build import IndexJob, build
+
+    manifest = build(IndexJob(list(embeddings), out, features, index_type, auto, int(memory_budget * 2**30),
+                              shards, train_sample, quiet, address))
+    typer.echo(f"index: {manifest.vectors} vectors, {manifest.dimension} dims, {len(manifest.shards)} shards, "
+               f"type {manifest.index_spec}, labels {len(manifest.labels)} -> {out}")
+
+
+@index_app.command("add")
+def index_add(
+    embeddings: IndexSourcesArgument,
+    out: Annotated[str, typer.Option("--index", help="The index to extend.")],
+    shards: Annotated[int, typer.Option(help="New shards to add.")] = 1,
+    address: AddressOption = None,
+    quiet: QuietOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Append new reference embeddings as new shards; old shards and the scaler stay as they are."""
+    from latentsweep.index.build import IndexJob, add
+
+    manifest = add(IndexJob(list(embeddings), out, shards=shards, quiet=quiet, address=address))
+    typer.echo(f"index: now {manifest.vectors} vectors in {len(manifest.shards)} shards -> {out}")

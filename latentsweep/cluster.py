@@ -13,6 +13,7 @@ LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Local object store: enough for a few shards of images in flight, small enough for a laptop.
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
+FORWARDED_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
@@ -31,8 +32,11 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
 
         ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
     if not ray.is_initialized():
-        common = dict(log_to_driver=not quiet, logging_level=logging.WARNING,
-                      configure_logging=True)
+        # Workers must reach the same object store as the driver; credentials stay with each node's
+        # environment or instance profile and are never shipped in the job's configuration.
+        forwarded = {name: os.environ[name] for name in FORWARDED_VARIABLES if os.environ.get(name)}
+        common = dict(log_to_driver=not quiet, logging_level=logging.WARNING, configure_logging=True,
+                      runtime_env={"env_vars": forwarded} if forwarded else None)
         if address:
             ray.init(address=address, **common)
         else:

@@ -46,7 +46,8 @@ def stable_id(uri: str) -> int:
     Ids are what FAISS stores (``add_with_ids``), so they must not depend on row positions, shard
     layout or the run: the same URI always gets the same id.
     """
-    return int.from_bytes(hashlib.sha256(uri.encode("utf-8")).digest()[:8], "big", signed=True)
+    value = int.from_bytes(hashlib.sha256(uri.encode("utf-8")).digest()[:8], "big", signed=True)
+    return 0 if value == -1 else value  # -1 is FAISS's "no result"
 
 
 def shard_of(item_id: int, num_shards: int) -> int:

@@ -259,6 +259,11 @@ def download(uri: str | Location, destination: str) -> None:
 
 def write_table(uri: str | Location, table, metadata: dict[str, str] | None = None) -> None:
     """Write a pyarrow table as one Parquet file, atomically (see :func:`write_bytes`)."""
+    write_bytes(uri, table_bytes(table, metadata))
+
+
+def table_bytes(table, metadata: dict[str, str] | None = None) -> bytes:
+    """A pyarrow table as the bytes of one zstd-compressed Parquet file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -267,7 +272,7 @@ def write_table(uri: str | Location, table, metadata: dict[str, str] | None = No
                                                **{k.encode(): v.encode() for k, v in metadata.items()}})
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer, compression="zstd")
-    write_bytes(uri, buffer.getvalue().to_pybytes())
+    return buffer.getvalue().to_pybytes()
 
 
 def read_table(uri: str | Location, columns: list[str] | None = None):

@@ -80,15 +80,18 @@ def s3_server(tmp_path_factory):
     log.close()
 
 
+def s3_variables(server) -> dict[str, str]:
+    return {"AWS_ENDPOINT_URL": server["endpoint"], "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY, "AWS_REGION": "us-east-1"}
+
+
 @pytest.fixture
 def s3_env(s3_server, monkeypatch):
     """Point the standard AWS variables at the test server, with a fresh bucket for each test."""
     from latentsweep import storage
 
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["endpoint"])
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    for name, value in s3_variables(s3_server).items():
+        monkeypatch.setenv(name, value)
     storage._s3_client.cache_clear()
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     s3_server["client"].create_bucket(Bucket=bucket)
@@ -97,12 +100,15 @@ def s3_env(s3_server, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for the whole test run (starting Ray costs seconds)."""
+def ray_session(s3_server):
+    """One local Ray for the whole test run (starting Ray costs seconds). Its workers inherit the S3
+    settings of the test server, as a user's workers inherit theirs."""
     import ray
 
     from latentsweep.cluster import connect
 
+    for name, value in s3_variables(s3_server).items():
+        os.environ[name] = value
     resources = connect(num_cpus=2, quiet=True)
     yield resources
     ray.shutdown()

@@ -1,0 +1,83 @@
+"""Turn embedding Parquet into float32 matrices: resolve files, choose columns, check provenance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from latentsweep import schema, storage
+from latentsweep.codec.pooling import FEATURE_SETS
+from latentsweep.errors import UsageError
+
+PROVENANCE = ("codec", "weights_digest", "pooling")
+METADATA_COLUMNS = ("id", "uri", "label", "family")
+
+
+def embedding_files(sources: list[str]) -> list[str]:
+    """Parquet files of one or many ingest outputs (``DEST``), folders of Parquet, or files."""
+    files: list[str] = []
+    for source in sources:
+        location = storage.Location.parse(source)
+        if source.endswith(".parquet"):
+            files.append(location.uri)
+            continue
+        folder = location.join("embeddings")
+        found = [info.uri for info in _list(folder) if info.uri.endswith(".parquet")]
+        if not found:
+            found = [info.uri for info in _list(location) if info.uri.endswith(".parquet")
+                     and "/errors/" not in info.uri and not info.uri.endswith("manifest.parquet")]
+        if not found:
+            raise UsageError(f"no embedding Parquet found in {source}")
+        files += found
+    return sorted(set(files))
+
+
+def _list(location: storage.Location):
+    if not location.is_s3 and not storage.exists(location):
+        return []
+    return list(storage.list_files(location))
+
+
+def resolve_columns(tensor_columns: dict[str, int], features: str) -> list[str]:
+    """A feature set name (2lat, selected, all) or a comma list of columns -> columns present."""
+    if features in FEATURE_SETS:
+        wanted = list(FEATURE_SETS[features]) if features != "all" else list(tensor_columns)
+    else:
+        wanted = [name.strip() for name in features.split(",") if name.strip()]
+    missing = [name for name in wanted if name not in tensor_columns]
+    if missing:
+        raise UsageError(f"the embeddings lack {', '.join(missing)} (they hold: {', '.join(tensor_columns)}); "
+                         f"ingest with a larger --feature-set or choose other features")
+    return wanted
+
+
+@dataclass
+class Batch:
+    ids: np.ndarray        # int64 (n,)
+    vectors: np.ndarray    # float32 (n, d)
+    metadata: pa.Table     # id, uri, label, family
+    provenance: set[tuple[str, str, str]]
+
+
+def read(uri: str, features: str) -> tuple[Batch, list[str]]:
+    """One embeddings file -> vectors of the chosen columns concatenated in order."""
+    table = storage.read_table(uri)
+    schema.check(table.schema, "embeddings", uri)
+    columns = resolve_columns(schema.tensor_columns(table.schema), features)
+    parts = [np.asarray(table.column(name).combine_chunks().flatten(), dtype=np.float32)
+             .reshape(table.num_rows, -1) for name in columns]
+    vectors = np.concatenate(parts, axis=1) if parts else np.zeros((table.num_rows, 0), np.float32)
+    provenance = set(zip(*(table.column(name).to_pylist() for name in PROVENANCE)))
+    return Batch(table.column("id").to_numpy(), np.ascontiguousarray(vectors),
+                 table.select(list(METADATA_COLUMNS)), provenance), columns
+
+
+def check_provenance(provenance: set[tuple[str, str, str]], where: str) -> tuple[str, str, str]:
+    """Refuse to mix vectors from different codecs, weights or poolings in one index."""
+    if len(provenance) != 1:
+        listed = "; ".join(f"codec={c} weights={w[:12]} pooling={p}" for c, w, p in sorted(provenance))
+        raise UsageError(f"{where} mixes embeddings that live in different spaces ({listed}): "
+                         f"index each codec/weights/pooling separately")
+    return next(iter(provenance))
