@@ -213,7 +213,7 @@ def test_reference_latents_input(tmp_path, ray_session):
         torch.save(y_hat, folder / f"JAI_{n}_65.pt")
         expected[str(folder / f"JAI_{n}_65.pt")] = y_hat.mean(dim=(2, 3))[0]
     torch.save({"model_y": {"y_hat": torch.randn(1, 160, 2, 2)}}, folder / "partial.pt")
-    (folder / "evil.pt").write_bytes(__import__("pickle").dumps({"x": object.__new__(Exception)}))
+    (folder / "evil.pt").write_bytes(__import__("pickle").dumps({"x": ValueError("a pickled object")}))
     two_lat = EmbedSettings(weights="untrained", feature_set="2lat", device="cpu")
     summary = run(job(tmp_path / "latents", tmp_path / "out", labels_from_folders=True, embed=two_lat))
     embeddings, errors = read_output(tmp_path / "out")
@@ -257,8 +257,11 @@ def test_s3_to_s3(corpus, s3_env, ray_session):
     assert f"s3://{bucket}/out/summary.json" in keys and f"s3://{bucket}/out/manifest.parquet" in keys
 
 
-def test_interrupted_run_resumes_to_identical_output(corpus, tmp_path):
+def test_interrupted_run_resumes_to_identical_output(tmp_path):
     """Kill the ingest process after its first shard lands; the rerun completes to the same rows."""
+    corpus = tmp_path / "corpus"
+    photo_corpus(corpus, per_label=16, size=(120, 150))
+    (corpus / "alpha" / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "interrupted"
     command = [sys.executable, "-m", "latentsweep", "ingest", str(corpus), "--out", str(out),
                "--labels-from-folders", "--weights", "untrained", "--feature-set", "selected",
@@ -271,15 +274,15 @@ def test_interrupted_run_resumes_to_identical_output(corpus, tmp_path):
         done = list((out / "_done").glob("*.json")) if (out / "_done").exists() else []
         if done or process.poll() is not None:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     finished_early = len(list((out / "_done").glob("*.json")))
-    assert 1 <= finished_early < 7, "the kill must land mid-run"
+    assert 1 <= finished_early < 25, "the kill must land mid-run"
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 1, resumed.stderr[-2000:]  # 1: the broken file is an error row
     assert "shards_already_done=" in resumed.stdout
-    clean = subprocess.run(command[:5] + [str(tmp_path / "clean")] + command[6:], env=env,
+    clean = subprocess.run(command[:6] + [str(tmp_path / "clean")] + command[7:], env=env,
                            capture_output=True, text=True, timeout=300)
     assert clean.returncode == 1, clean.stderr[-2000:]
     for kind in ("embeddings", "errors"):
