@@ -40,6 +40,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
         if address:
             ray.init(address=address, **common)
         else:
-            ray.init(_node_ip_address=LOOPBACK, include_dashboard=False, num_cpus=num_cpus,
+            # address="local": always a new private instance, never a cluster found on this machine
+            ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=False, num_cpus=num_cpus,
                      num_gpus=num_gpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
     return ray.cluster_resources()

@@ -295,3 +295,38 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path):
                                            np.stack(b.column(name).to_numpy(zero_copy_only=False)), atol=1e-6)
             else:
                 assert a.column(name).equals(b.column(name)), name
+
+
+TWO_NODES = """
+import json, os, sys
+from ray.cluster_utils import Cluster
+from latentsweep.codec.embed import EmbedSettings
+from latentsweep.ingest.run import IngestJob, run
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 300 * 2**20})
+cluster.add_node(num_cpus=1, object_store_memory=300 * 2**20)
+cluster.wait_for_nodes()
+summary = run(IngestJob(sys.argv[1], sys.argv[2], EmbedSettings(weights="untrained", feature_set="selected",
+                                                                device="cpu"),
+                        shard_size=4, labels_from_folders=True, workers=2, quiet=True, address=cluster.address))
+print(json.dumps({"nodes": len(summary.images_per_node), "per_node": summary.images_per_node,
+                  "embedded": summary.embedded}))
+import ray
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_two_nodes_share_the_work_and_match_one_node(reference_run, corpus, tmp_path):
+    out, _ = reference_run
+    result = subprocess.run([sys.executable, "-c", TWO_NODES, str(corpus), str(tmp_path / "two")],
+                            capture_output=True, text=True, timeout=400, env={**os.environ, "RAY_ADDRESS": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = __import__("json").loads(result.stdout.strip().splitlines()[-1])
+    assert report["nodes"] == 2 and all(count > 0 for count in report["per_node"].values()), report
+    one, one_errors = read_output(out)
+    two, two_errors = read_output(tmp_path / "two")
+    assert one.column("id").equals(two.column("id")) and one_errors.column("id").equals(two_errors.column("id"))
+    for name in ("y_hat_luma", "residual_quant_chroma"):
+        np.testing.assert_allclose(np.stack(one.column(name).to_numpy(zero_copy_only=False)),
+                                   np.stack(two.column(name).to_numpy(zero_copy_only=False)), atol=1e-6)

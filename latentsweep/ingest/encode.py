@@ -16,9 +16,12 @@ class EncodeActor:
 
         from latentsweep.codec.embed import Embedder
 
+        import ray
+
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.embedder = Embedder(settings)
+        self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict) -> dict:
         count = len(batch["id"])
@@ -41,6 +44,7 @@ class EncodeActor:
                                               "width", "height", "source")}
         out["error_type"] = np.array(errors, dtype=object)
         out["message"] = np.array(messages, dtype=object)
+        out["node"] = np.array([self.node] * count, dtype=object)  # for the summary, not written
         out.update(vectors)
         return out
 

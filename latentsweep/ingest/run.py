@@ -58,6 +58,7 @@ class IngestSummary:
     images_per_second: float = 0.0
     workers: int = 0
     device: str = ""
+    images_per_node: dict[str, int] = field(default_factory=dict)  # this run's encoded items per Ray node
 
     @property
     def failed(self) -> int:
@@ -154,6 +155,11 @@ def run(job: IngestJob, log=None) -> IngestSummary:
     return summary
 
 
+def _spread_over_nodes() -> dict:
+    """Encoder actors on as many nodes as possible (one per GPU node on a cluster)."""
+    return {"scheduling_strategy": "SPREAD"}
+
+
 def _collect_totals(out: storage.Location, summary: IngestSummary) -> None:
     """Totals over every finished shard, this run's and earlier ones'."""
     errors: Counter = Counter()
@@ -182,18 +188,21 @@ def _process(job: IngestJob, out: storage.Location, todo: list[planning.Shard], 
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     items = [item for shard in todo for item in shard.items]
+    # Enough blocks that every encoder actor gets work, at most DECODE_BATCH rows each.
+    block_rows = max(1, min(DECODE_BATCH, math.ceil(len(items) / (4 * layout["size"]))))
     blocks = [pa.table({"id": pa.array([i.id for i in chunk], pa.int64()),
                         "shard": pa.array([i.shard for i in chunk], pa.int32()),
                         "uri": [i.uri for i in chunk], "label": [i.label for i in chunk],
                         "family": [i.family for i in chunk]})
-              for chunk in (items[start:start + DECODE_BATCH] for start in range(0, len(items), DECODE_BATCH))]
+              for chunk in (items[start:start + block_rows] for start in range(0, len(items), block_rows))]
     embed = EmbedSettings(**{**asdict(job.embed), "device": layout["device"]})
     dataset = (ray.data.from_arrow(blocks)
                .map_batches(read_and_decode, fn_kwargs={"max_pixels": job.max_pixels, "min_side": job.min_side},
-                            batch_size=DECODE_BATCH, batch_format="numpy", num_cpus=0.5)
+                            batch_size=block_rows, batch_format="numpy", num_cpus=0.5)
                .map_batches(EncodeActor, fn_constructor_kwargs={"settings": embed, "torch_threads": layout["threads"]},
                             batch_size=job.embed.max_batch, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=layout["size"]),
+                            ray_remote_args_fn=_spread_over_nodes,
                             num_gpus=layout["num_gpus"], num_cpus=layout["num_cpus"]))
     writer = ShardWriter(out, column_dims(job.embed.feature_set, job.embed.pooling),
                          {key: settings[key] for key in ("codec", "weights_digest", "feature_set", "pooling")})
@@ -203,7 +212,9 @@ def _process(job: IngestJob, out: storage.Location, todo: list[planning.Shard], 
     bar = tqdm(total=len(items), unit="img", desc="ingest", disable=job.quiet, file=sys.stderr)
     last_line = time.monotonic()
     started = last_line
+    per_node: Counter = Counter()
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        per_node.update(batch.pop("node").tolist())
         for shard_id in np.unique(batch["shard"]):
             mask = batch["shard"] == shard_id
             pending_rows[int(shard_id)].append({name: values[mask] for name, values in batch.items()})
@@ -221,5 +232,6 @@ def _process(job: IngestJob, out: storage.Location, todo: list[planning.Shard], 
                 f"{summary.shards_processed}/{len(todo)} shards written")
             last_line = now
     bar.close()
+    summary.images_per_node = dict(sorted(per_node.items()))
     if pending_rows:
         raise RuntimeError(f"ingest pipeline ended with incomplete shards {sorted(pending_rows)}: rerun to resume")
