@@ -21,7 +21,8 @@ def photo_corpus(root: Path, labels=("alpha", "beta", "gamma"), per_label: int =
         (root / label).mkdir(parents=True, exist_ok=True)
         for n in range(per_label):
             image = sources[n % len(sources)]
-            top, left = 20 * n, 30 * label_index
+            top = (20 * n) % (image.shape[0] - size[0])
+            left = (30 * label_index + 7 * n) % (image.shape[1] - size[1])
             crop = image[top:top + size[0], left:left + size[1]].astype(np.int16)
             crop[:, :, label_index % 3] += 25
             path = root / label / f"{n:03d}.png"

@@ -317,16 +317,19 @@ cluster.shutdown()
 """
 
 
-def test_two_nodes_share_the_work_and_match_one_node(reference_run, corpus, tmp_path):
-    out, _ = reference_run
+def test_two_nodes_share_the_work_and_match_one_node(tmp_path, ray_session):
+    corpus = tmp_path / "corpus"
+    photo_corpus(corpus, per_label=20, size=(120, 150))
+    one_node = run(job(corpus, tmp_path / "one", labels_from_folders=True))
     result = subprocess.run([sys.executable, "-c", TWO_NODES, str(corpus), str(tmp_path / "two")],
                             capture_output=True, text=True, timeout=400, env={**os.environ, "RAY_ADDRESS": ""})
     assert result.returncode == 0, result.stderr[-3000:]
     report = __import__("json").loads(result.stdout.strip().splitlines()[-1])
     assert report["nodes"] == 2 and all(count > 0 for count in report["per_node"].values()), report
-    one, one_errors = read_output(out)
-    two, two_errors = read_output(tmp_path / "two")
-    assert one.column("id").equals(two.column("id")) and one_errors.column("id").equals(two_errors.column("id"))
+    assert report["embedded"] == one_node.embedded == 60
+    one, _ = read_output(tmp_path / "one")
+    two, _ = read_output(tmp_path / "two")
+    assert one.column("id").equals(two.column("id"))
     for name in ("y_hat_luma", "residual_quant_chroma"):
         np.testing.assert_allclose(np.stack(one.column(name).to_numpy(zero_copy_only=False)),
                                    np.stack(two.column(name).to_numpy(zero_copy_only=False)), atol=1e-6)

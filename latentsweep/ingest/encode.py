@@ -11,7 +11,8 @@ from latentsweep.codec.embed import EmbedSettings
 class EncodeActor:
     """Ray Data callable class: batch of decoded rows -> the same rows with vector columns."""
 
-    def __init__(self, settings: EmbedSettings, torch_threads: int | None = None):
+    def __init__(self, settings: EmbedSettings, torch_threads: int | None = None,
+                 decode: dict | None = None):
         import torch
 
         from latentsweep.codec.embed import Embedder
@@ -21,9 +22,14 @@ class EncodeActor:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.embedder = Embedder(settings)
+        self.decode = decode  # read_and_decode arguments when decoding runs here (CPU-only pools)
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict) -> dict:
+        if self.decode is not None:
+            from latentsweep.ingest.decode import read_and_decode
+
+            batch = read_and_decode(batch, **self.decode)
         count = len(batch["id"])
         errors = list(batch["error_type"])
         messages = list(batch["message"])

@@ -155,11 +155,6 @@ def run(job: IngestJob, log=None) -> IngestSummary:
     return summary
 
 
-def _spread_over_nodes() -> dict:
-    """Encoder actors on as many nodes as possible (one per GPU node on a cluster)."""
-    return {"scheduling_strategy": "SPREAD"}
-
-
 def _collect_totals(out: storage.Location, summary: IngestSummary) -> None:
     """Totals over every finished shard, this run's and earlier ones'."""
     errors: Counter = Counter()
@@ -187,6 +182,7 @@ def _process(job: IngestJob, out: storage.Location, todo: list[planning.Shard], 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    context.scheduling_strategy = "SPREAD"  # encoder actors on as many nodes as possible
     items = [item for shard in todo for item in shard.items]
     # Enough blocks that every encoder actor gets work, at most DECODE_BATCH rows each.
     block_rows = max(1, min(DECODE_BATCH, math.ceil(len(items) / (4 * layout["size"]))))
@@ -196,13 +192,20 @@ def _process(job: IngestJob, out: storage.Location, todo: list[planning.Shard], 
                         "family": [i.family for i in chunk]})
               for chunk in (items[start:start + block_rows] for start in range(0, len(items), block_rows))]
     embed = EmbedSettings(**{**asdict(job.embed), "device": layout["device"]})
-    dataset = (ray.data.from_arrow(blocks)
-               .map_batches(read_and_decode, fn_kwargs={"max_pixels": job.max_pixels, "min_side": job.min_side},
-                            batch_size=block_rows, batch_format="numpy", num_cpus=0.5)
-               .map_batches(EncodeActor, fn_constructor_kwargs={"settings": embed, "torch_threads": layout["threads"]},
+    decode_args = {"max_pixels": job.max_pixels, "min_side": job.min_side}
+    dataset = ray.data.from_arrow(blocks)
+    if layout["device"] == "cuda":
+        # GPU pools: CPU tasks decode so the GPU never waits on PNG/JPEG decoding.
+        dataset = dataset.map_batches(read_and_decode, fn_kwargs=decode_args, batch_size=block_rows,
+                                      batch_format="numpy", num_cpus=0.5)
+    dataset = (dataset
+               .map_batches(EncodeActor, fn_constructor_kwargs={
+                                "settings": embed, "torch_threads": layout["threads"],
+                                # CPU pools decode in the actor: shipping decoded pixels between
+                                # processes costs more than it frees on the same cores
+                                "decode": None if layout["device"] == "cuda" else decode_args},
                             batch_size=job.embed.max_batch, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=layout["size"]),
-                            ray_remote_args_fn=_spread_over_nodes,
                             num_gpus=layout["num_gpus"], num_cpus=layout["num_cpus"]))
     writer = ShardWriter(out, column_dims(job.embed.feature_set, job.embed.pooling),
                          {key: settings[key] for key in ("codec", "weights_digest", "feature_set", "pooling")})
