@@ -186,3 +186,105 @@ def index_add(
 
     manifest = add(IndexJob(list(embeddings), out, shards=shards, quiet=quiet, address=address))
     typer.echo(f"index: now {manifest.vectors} vectors in {len(manifest.shards)} shards -> {out}")
+
+
+@app.command()
+def sweep(
+    queries: Annotated[list[str], typer.Argument(
+        help="Ingest outputs / embedding Parquet, or folders / s3:// prefixes of images (ingested first "
+             "with the index's codec settings).")],
+    index: Annotated[str, typer.Option("--index", help="The reference index (folder or s3:// prefix).")],
+    out: Annotated[str, typer.Option("--out", help="Results root; parts land in OUT/date=YYYY-MM-DD/.")],
+    date: Annotated[Optional[str], typer.Option(help="Partition date (default: today, UTC).")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Neighbours per query (and votes).")] = 10,
+    weighted: Annotated[bool, typer.Option(help="Neighbours vote with their similarity instead of 1.")] = False,
+    open_set_threshold: Annotated[Optional[float], typer.Option(
+        help="Label a query 'unknown' when its best cosine similarity is below this.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Query actors (default: one per GPU, or from the CPUs).")] = None,
+    weights: WeightsOption = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo the whole partition.")] = False,
+    address: AddressOption = None,
+    quiet: QuietOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Attribute every query to a generator by k-NN vote and write the results, partitioned by date."""
+    from latentsweep.query.sweep import SweepJob, sweep as run_sweep
+
+    job = SweepJob(list(queries), index, out, k=k, weighted=weighted, open_set_threshold=open_set_threshold,
+                   workers=workers, overwrite=overwrite, quiet=quiet, address=address)
+    if date:
+        job.date = date
+    job.queries = embeddings_for(job, weights)
+    summary = run_sweep(job)
+    report_summary("sweep", summary)
+    if summary.metrics:
+        overall = summary.metrics["overall"]
+        typer.echo(f"sweep metrics (labelled queries, AP truncated at k={k}): top1={overall['top1']:.3f} "
+                   f"p@10={overall['precision_at_10']:.3f} map={overall['map']:.3f} type_top1={overall['type_top1']:.3f}")
+
+
+def embeddings_for(job, weights: Optional[str]) -> list[str]:
+    """The sweep's queries as embeddings: ingest outputs as they are; images are ingested first into
+    OUT/_embeddings/date=D with the codec, weights, features and pooling the index was built from."""
+    from latentsweep.codec import weights as codec_weights
+    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.codec.pooling import FEATURE_SETS
+    from latentsweep.errors import UsageError
+    from latentsweep.index import features
+    from latentsweep.index.manifest import load
+    from latentsweep.ingest.run import IngestJob, run as run_ingest
+    from latentsweep.storage import Location
+
+    try:
+        features.embedding_files(job.queries)
+        return job.queries
+    except UsageError:
+        pass
+    manifest = load(job.index)
+    _, digest, _ = codec_weights.load(weights)
+    if digest != manifest.weights_digest:
+        raise UsageError(f"the index was built with codec weights {manifest.weights_digest[:12]}..., these are "
+                         f"{digest[:12]}...: pass the index's checkpoint with --weights")
+    feature_set = next(name for name in ("2lat", "selected", "all") if set(manifest.columns) <= set(FEATURE_SETS[name]))
+    embedded = Location.parse(job.out).join("_embeddings", f"date={job.date}").uri
+    for number, source in enumerate(job.queries):
+        summary = run_ingest(IngestJob(source, Location.parse(embedded).join(f"source-{number}").uri,
+                                       EmbedSettings(weights, feature_set, manifest.pooling),
+                                       quiet=job.quiet, address=job.address))
+        report_summary("ingest", summary)
+    return [embedded]
+
+
+@app.command()
+def evaluate(
+    index: Annotated[str, typer.Option("--index", help="The reference index.")],
+    out: Annotated[str, typer.Option("--out", help="Folder or s3:// prefix for metrics.json, tables.md, confusion.csv.")],
+    queries: Annotated[Optional[list[str]], typer.Option(
+        "--queries", help="Labelled query embeddings (default: the index's own reference set, leave-one-out).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the paper's protocol: Top-1, Precision@10, mAP, Top-1 Type; by family and by label."""
+    from latentsweep.query.evaluate import evaluate as run_evaluate, tables
+
+    result = run_evaluate(index, out, list(queries) if queries else None)
+    typer.echo(tables(result))
+    typer.echo(f"evaluate: wrote metrics.json, tables.md, confusion.csv to {out}")
+
+
+@app.command()
+def pull(
+    source: Annotated[str, typer.Argument(help="A sweep partition, e.g. s3://bucket/results/date=2026-11-23.")],
+    dest: Annotated[Path, typer.Argument(help="Local folder.")],
+    workers: Annotated[int, typer.Option(help="Parallel transfers.")] = 8,
+    quiet: QuietOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Download a sweep's results, verify sizes and SHA-256, resume a partial pull."""
+    from latentsweep.query.pull import pull as run_pull
+
+    summary = run_pull(source, str(dest), workers, quiet)
+    sweep_summary = summary.sweep
+    typer.echo(f"pull: {summary.files} files ({summary.downloaded} downloaded, {summary.already_present} already "
+               f"present and verified, {summary.bytes} bytes) -> {summary.out}")
+    typer.echo(f"sweep: {sweep_summary.get('queries')} queries, {sweep_summary.get('unknown')} unknown"
+               + (f", top1={sweep_summary['metrics']['overall']['top1']:.3f}" if sweep_summary.get("metrics") else ""))

@@ -103,6 +103,7 @@ RESULT_SCHEMA = pa.schema([
     pa.field("neighbor_ids", pa.list_(pa.int64())),
     pa.field("neighbor_labels", pa.list_(pa.string())),
     pa.field("neighbor_scores", pa.list_(pa.float32())),
+    pa.field("neighbor_uris", pa.list_(pa.string())),
     pa.field("label", pa.string()),           # the query's own label, where known
     pa.field("family", pa.string()),
 ], metadata=tag("results"))

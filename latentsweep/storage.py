@@ -170,6 +170,19 @@ def list_files(root: str | Location, page_size: int = 1000) -> Iterator[FileInfo
         yield FileInfo(path, stat.st_size, str(stat.st_mtime_ns))
 
 
+def info(uri: str | Location) -> FileInfo:
+    """Size and version (ETag or mtime) of one file."""
+    location = uri if isinstance(uri, Location) else Location.parse(uri)
+    if not location.is_s3:
+        stat = os.stat(location.key)
+        return FileInfo(location.key, stat.st_size, str(stat.st_mtime_ns))
+    try:
+        head = s3_client().head_object(Bucket=location.bucket, Key=location.key)
+    except Exception as error:
+        raise _explain(error, location, "stat") from None
+    return FileInfo(location.uri, head["ContentLength"], head["ETag"].strip('"'))
+
+
 def exists(uri: str | Location) -> bool:
     location = uri if isinstance(uri, Location) else Location.parse(uri)
     if not location.is_s3:

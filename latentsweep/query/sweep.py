@@ -1,0 +1,210 @@
+"""Bulk attribution sweeps: every query file streams through a pool of query actors.
+
+Each input embeddings file becomes one result part, named from its URI, in a date partition
+(``OUT/date=YYYY-MM-DD/part-<hash>-<name>.parquet``), written atomically with a done marker; a rerun
+of the same night skips parts already attributed with the same index and settings. The partition
+ends with ``_SUCCESS.json`` listing every part with its size and SHA-256, which ``pull`` verifies.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from latentsweep import schema, storage
+from latentsweep.errors import UsageError
+from latentsweep.index import features
+from latentsweep.query import metrics
+from latentsweep.query.vote import vote
+
+DONE_FOLDER = "_done"
+SUCCESS = "_SUCCESS.json"
+
+
+@dataclass
+class SweepJob:
+    queries: list[str]
+    index: str
+    out: str
+    date: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"))
+    k: int = 10
+    weighted: bool = False
+    open_set_threshold: float | None = None
+    workers: int | None = None
+    overwrite: bool = False
+    quiet: bool = False
+    address: str | None = None
+
+
+@dataclass
+class SweepSummary:
+    out: str
+    queries: int = 0
+    attributed: int = 0
+    unknown: int = 0
+    parts: int = 0
+    parts_already_done: int = 0
+    seconds: float = 0.0
+    queries_per_second: float = 0.0
+    labelled: int = 0
+    metrics: dict | None = None  # the paper's metrics when queries carry labels (AP truncated at k)
+
+
+def partition(job: SweepJob) -> storage.Location:
+    try:
+        datetime.date.fromisoformat(job.date)
+    except ValueError:
+        raise UsageError(f"--date must be YYYY-MM-DD, got {job.date!r}") from None
+    return storage.Location.parse(job.out).join(f"date={job.date}")
+
+
+def part_name(query_uri: str) -> str:
+    stem = query_uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet")
+    return f"part-{hashlib.sha256(query_uri.encode()).hexdigest()[:10]}-{stem}"
+
+
+class SweepWorker:
+    """Ray Data callable class: loads the index once; each row is a query file to attribute."""
+
+    def __init__(self, index_uri: str, settings: dict, partition_uri: str):
+        from latentsweep.query.actor import QueryEngine
+
+        self.engine = QueryEngine(index_uri)
+        self.settings = settings
+        self.partition = storage.Location.parse(partition_uri)
+        manifest = self.engine.manifest
+        self.expected = (manifest.codec, manifest.weights_digest, manifest.pooling)
+        self.columns = ",".join(manifest.columns)
+
+    def __call__(self, batch: dict) -> dict:
+        rows, unknown = [], []
+        for uri, name, digest in zip(batch["uri"], batch["part"], batch["digest"]):
+            count, missing = self.attribute(uri, name, digest)
+            rows.append(count)
+            unknown.append(missing)
+        return {"part": batch["part"], "rows": np.array(rows), "unknown": np.array(unknown)}
+
+    def attribute(self, uri: str, name: str, digest: str) -> tuple[int, int]:
+        batch, _ = features.read(uri, self.columns)
+        if batch.provenance and batch.provenance != {self.expected}:
+            found = features.check_provenance(batch.provenance, uri)
+            raise UsageError(f"{uri} was embedded with codec={found[0]} weights={found[1][:12]} "
+                             f"pooling={found[2]}, the index with {self.expected[0]} "
+                             f"weights={self.expected[1][:12]} pooling={self.expected[2]}")
+        k = self.settings["k"]
+        scores, ids, labels = self.engine.search(batch.vectors, k)
+        votes = [vote(list(labels[i]), scores[i], self.engine.families, self.settings["weighted"],
+                      self.settings["open_set_threshold"]) for i in range(len(ids))]
+        meta = batch.metadata
+        table = pa.table({
+            "id": meta.column("id"), "uri": meta.column("uri"),
+            "predicted_label": [v.label for v in votes], "predicted_family": [v.family for v in votes],
+            "vote_share": pa.array([v.share for v in votes], pa.float32()),
+            "top_score": pa.array([v.top_score for v in votes], pa.float32()),
+            "unknown": [v.unknown for v in votes],
+            "neighbor_ids": pa.array(ids.tolist(), pa.list_(pa.int64())),
+            "neighbor_labels": pa.array(labels.tolist(), pa.list_(pa.string())),
+            "neighbor_scores": pa.array(scores.tolist(), pa.list_(pa.float32())),
+            "neighbor_uris": pa.array(self.engine.uris(ids).tolist(), pa.list_(pa.string())),
+            "label": meta.column("label"), "family": meta.column("family"),
+        }, schema=schema.RESULT_SCHEMA)
+        storage.write_table(self.partition.join(f"{name}.parquet"), table)
+        marker = {"part": name, "digest": digest, "rows": table.num_rows,
+                  "unknown": int(sum(v.unknown for v in votes))}
+        storage.write_bytes(self.partition.join(DONE_FOLDER, f"{name}.json"), json.dumps(marker).encode())
+        return table.num_rows, marker["unknown"]
+
+
+def _digest(uri: str, version: str, index_digest: str, settings: dict) -> str:
+    text = json.dumps([uri, version, index_digest, settings], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _done(location: storage.Location) -> dict[str, dict]:
+    folder = location.join(DONE_FOLDER)
+    if not location.is_s3 and not storage.exists(folder):
+        return {}
+    return {record["part"]: record for record in
+            (json.loads(storage.read_bytes(info.uri)) for info in storage.list_files(folder))}
+
+
+def sweep(job: SweepJob, log=None) -> SweepSummary:
+    import ray
+
+    from latentsweep.cluster import connect
+    from latentsweep.index.manifest import load, sha256
+
+    log = log or (lambda message: None if job.quiet else print(message, file=sys.stderr, flush=True))
+    started = time.monotonic()
+    location = partition(job)
+    summary = SweepSummary(location.uri)
+    manifest = load(job.index)
+    index_digest = sha256(manifest.to_json().encode())
+    settings = {"k": job.k, "weighted": job.weighted, "open_set_threshold": job.open_set_threshold}
+    files = features.embedding_files(job.queries)
+    parts = [(uri, part_name(uri), _digest(uri, storage.info(uri).version, index_digest, settings)) for uri in files]
+    if job.overwrite:
+        for info in (list(storage.list_files(location)) if location.is_s3 or storage.exists(location) else []):
+            storage.delete(info.uri)
+    done = _done(location)
+    todo = [p for p in parts if done.get(p[1], {}).get("digest") != p[2]]
+    summary.parts, summary.parts_already_done = len(parts), len(parts) - len(todo)
+    if todo:
+        resources = connect(job.address, quiet=job.quiet)
+        gpus = int(resources.get("GPU", 0))
+        size = job.workers or (gpus or max(1, int(resources.get("CPU", 1)) // 2))
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        log(f"sweep: {len(todo)} of {len(parts)} query files to attribute with {size} query actors")
+        dataset = ray.data.from_items([{"uri": u, "part": n, "digest": d} for u, n, d in todo],
+                                      override_num_blocks=len(todo))
+        dataset = dataset.map_batches(
+            SweepWorker, fn_constructor_kwargs={"index_uri": job.index, "settings": settings,
+                                                "partition_uri": location.uri},
+            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=min(size, len(todo))),
+            num_gpus=1 if gpus else 0, num_cpus=1 if gpus else min(1.0, max(0.5, int(resources.get("CPU", 1)) / size)))
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            log(f"sweep: attributed {int(batch['rows'].sum())} queries ({', '.join(batch['part'])})")
+    else:
+        log(f"sweep: all {len(parts)} query files of {location.uri} are already attributed; nothing to do")
+    _finish(location, parts, manifest, job.k, summary)
+    summary.seconds = round(time.monotonic() - started, 2)
+    summary.queries_per_second = round(summary.queries / summary.seconds, 1) if summary.seconds else 0.0
+    return summary
+
+
+def _finish(location: storage.Location, parts: list, manifest, k: int, summary: SweepSummary) -> None:
+    """Totals and metrics over every part of the partition; ``_SUCCESS.json`` with checksums."""
+    from latentsweep.index.manifest import sha256
+
+    listing, labelled_rows = [], []
+    for _, name, _ in parts:
+        uri = location.join(f"{name}.parquet")
+        data = storage.read_bytes(uri)
+        table = storage.read_table(uri)
+        schema.check(table.schema, "results", uri.uri)
+        listing.append({"file": f"{name}.parquet", "bytes": len(data), "sha256": sha256(data), "rows": table.num_rows})
+        summary.queries += table.num_rows
+        unknown = table.column("unknown").to_pylist()
+        summary.unknown += sum(unknown)
+        labels = table.column("label").to_pylist()
+        for label, neighbours in zip(labels, table.column("neighbor_labels").to_pylist()):
+            if label is not None:
+                labelled_rows.append((label, neighbours))
+    summary.attributed = summary.queries - summary.unknown
+    summary.labelled = len(labelled_rows)
+    if labelled_rows:
+        rows = [metrics.per_query(label, neighbours, manifest.labels.get(label, 0), manifest.families, k)
+                for label, neighbours in labelled_rows]
+        summary.metrics = metrics.summarise([label for label, _ in labelled_rows], rows, manifest.families)
+        summary.metrics["map_truncated_at"] = k
+    record = {"parts": listing, "summary": asdict(summary)}
+    storage.write_bytes(location.join(SUCCESS), json.dumps(record, indent=2).encode())

@@ -1,0 +1,206 @@
+"""Query: vote, metrics (against scikit-learn), leave-one-out, the actor, sweeps, S3 and pull."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import average_precision_score
+
+from embeddings import DIMS, clustered, write_ingest_output
+from latentsweep import schema, storage
+from latentsweep.index.build import IndexJob, build
+from latentsweep.index.shards import ShardedIndex
+from latentsweep.query import metrics
+from latentsweep.query.actor import QueryEngine, drop_self, query_actor
+from latentsweep.query.evaluate import evaluate
+from latentsweep.query.pull import pull
+from latentsweep.query.sweep import SweepJob, sweep
+from latentsweep.query.vote import vote
+
+DIM = sum(DIMS.values())
+LABELS = ["sg2", "sg3", "sana", "sd"]
+FAMILIES = {"sg2": "gan", "sg3": "gan", "sana": "dm", "sd": "dm"}
+
+
+# ---- vote -------------------------------------------------------------------------------------
+
+def test_majority_wins_and_ties_go_to_summed_similarity():
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    assert vote(["a", "b", "a", "c"], scores, {"a": "gan"}).label == "a"
+    tie = vote(["a", "b", "b", "a"], np.array([0.9, 0.85, 0.8, 0.5]), {"b": "dm"})
+    assert tie.label == "b" and tie.family == "dm" and tie.share == 0.5  # 1.65 > 1.4
+    assert not tie.unknown and tie.top_score == pytest.approx(0.9)
+
+
+def test_weighted_vote_and_open_set():
+    labels, scores = ["a", "b", "b"], np.array([0.95, 0.2, 0.2])
+    assert vote(labels, scores).label == "b"
+    weighted = vote(labels, scores, weighted=True)
+    assert weighted.label == "a" and weighted.share == pytest.approx(0.95 / 1.35)
+    unknown = vote(labels, scores, open_set_threshold=0.99)
+    assert unknown.unknown and unknown.label == "unknown" and unknown.family is None
+    assert vote([None, None], np.array([-np.inf, -np.inf])).unknown
+
+
+@given(st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=12),
+       st.lists(st.floats(-1, 1), min_size=12, max_size=12))
+@settings(max_examples=200, deadline=None)
+def test_vote_properties(labels, raw_scores):
+    scores = np.sort(np.array(raw_scores[:len(labels)]))[::-1]
+    result = vote(labels, scores)
+    counts = {label: labels.count(label) for label in labels}
+    assert counts[result.label] == max(counts.values())
+    assert 0 < result.share <= 1 and result.top_score == scores[0]
+
+
+# ---- metrics ----------------------------------------------------------------------------------
+
+def test_average_precision_matches_sklearn():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        relevance = rng.random(40) < 0.3
+        if not relevance.any():
+            continue
+        scores = np.sort(rng.random(40))[::-1]
+        expected = average_precision_score(relevance, scores)
+        got = metrics.average_precision(np.flatnonzero(relevance) + 1, int(relevance.sum()))
+        assert got == pytest.approx(expected)
+
+
+def test_hand_computed_query():
+    # ranking: hit, miss, hit; 3 relevant in total -> AP = (1/1 + 2/3) / 3
+    row = metrics.per_query("a", ["a", "b", "a"], 3, {"a": "gan", "b": "gan"}, k=10)
+    assert row["ap"] == pytest.approx((1 + 2 / 3) / 3)
+    assert row["top1"] == 1 and row["precision_at_10"] == pytest.approx(0.2) and row["type_top1"] == 1
+    miss = metrics.per_query("a", ["b", "a"], 1, {"a": "gan", "b": "dm"}, k=10)
+    assert miss["top1"] == 0 and miss["type_top1"] == 0 and miss["ap"] == pytest.approx(0.5)
+    summary = metrics.summarise(["a", "a"], [row, miss], {"a": "gan", "b": "dm"})
+    assert summary["overall"]["top1"] == 0.5 and summary["by_family"]["gan"]["queries"] == 2
+    assert summary["confusion"] == {"a": {"a": 1, "b": 1}}
+
+
+def test_drop_self_removes_only_the_own_id():
+    ids = np.array([[5, 7, 9], [3, 5, 8]])
+    scores = np.array([[1.0, 0.9, 0.8], [0.99, 0.97, 0.5]])
+    kept_scores, kept = drop_self(scores, ids, np.array([5, 4]), 2)
+    assert kept.tolist() == [[7, 9], [3, 5]]
+    assert kept_scores.tolist() == [[0.9, 0.8], [0.99, 0.97]]
+
+
+# ---- with an index ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, ray_session):
+    vectors, assignment = clustered(1200, len(LABELS), DIM, seed=4, spread=0.25)
+    root = tmp_path_factory.mktemp("reference")
+    labels = [LABELS[a] for a in assignment]
+    vectors[1] = vectors[0]  # an exact duplicate image under another id
+    labels[1] = labels[0]
+    ids = write_ingest_output(str(root), vectors, labels, FAMILIES, files=3)
+    index = tmp_path_factory.mktemp("index")
+    build(IndexJob([str(root)], str(index), shards=3, quiet=True))
+    return {"root": root, "index": index, "vectors": vectors, "labels": labels, "ids": np.array(ids)}
+
+
+def test_leave_one_out_discards_exactly_the_self_match(reference):
+    engine = QueryEngine(str(reference["index"]))
+    scores, ids, _ = engine.search(reference["vectors"][:2], 3, exclude_ids=reference["ids"][:2])
+    assert ids[0, 0] == reference["ids"][1] and ids[1, 0] == reference["ids"][0]  # the duplicate stays
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    assert reference["ids"][0] not in ids[0] and reference["ids"][1] not in ids[1]
+
+
+def test_evaluate_on_the_reference_set(reference, tmp_path):
+    result = evaluate(str(reference["index"]), str(tmp_path / "eval"))
+    assert result["overall"]["queries"] == 1200
+    assert result["overall"]["top1"] > 0.9 and result["overall"]["map"] > 0.8
+    assert set(result["by_family"]) == {"gan", "dm"} and set(result["by_label"]) == set(LABELS)
+    assert result["protocol"]["map_ranking"] == "whole reference set"
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["overall"] == result["overall"]
+    assert "| sana |" in (tmp_path / "eval" / "tables.md").read_text()
+    assert (tmp_path / "eval" / "confusion.csv").read_text().startswith("true\\predicted,")
+    # mAP over the whole ranking equals scikit-learn's AP averaged over queries
+    engine = QueryEngine(str(reference["index"]))
+    labels = np.array(reference["labels"])
+    aps = []
+    for query in range(0, 1200, 97):
+        scores, ids, neighbour_labels = engine.search(reference["vectors"][query:query + 1], 1199,
+                                                      exclude_ids=reference["ids"][query:query + 1])
+        relevant = np.array([label == labels[query] for label in neighbour_labels[0]])
+        aps.append((average_precision_score(relevant, scores[0]),
+                    metrics.average_precision(np.flatnonzero(relevant) + 1, int(relevant.sum()))))
+    np.testing.assert_allclose([a for a, _ in aps], [b for _, b in aps], atol=1e-6)
+
+
+def test_actor_path_equals_direct_search(reference):
+    import ray
+
+    queries = reference["vectors"][::50] + 0.05
+    actor = query_actor(num_cpus=0.5).remote(str(reference["index"]))
+    actor_scores, actor_ids, actor_labels = ray.get(actor.search.remote(queries, 10))
+    index = ShardedIndex.load(str(reference["index"]))
+    scores, ids = index.search(index.prepare(queries), 10)
+    assert np.array_equal(actor_ids, ids)
+    np.testing.assert_allclose(actor_scores, scores)
+    label_of = dict(zip(reference["ids"].tolist(), reference["labels"]))
+    assert actor_labels.tolist() == [[label_of[i] for i in row] for row in ids.tolist()]
+    ray.kill(actor)
+
+
+@pytest.fixture
+def nightly_queries(tmp_path):
+    vectors, assignment = clustered(240, len(LABELS), DIM, seed=4, spread=0.25)  # same centres
+    labels = [LABELS[a] for a in assignment]
+    write_ingest_output(str(tmp_path / "night"), vectors, labels, FAMILIES, files=3, id_offset=50_000)
+    return tmp_path / "night", labels
+
+
+def test_sweep_is_idempotent_and_reports_metrics(reference, nightly_queries, tmp_path):
+    queries, labels = nightly_queries
+    job = SweepJob([str(queries)], str(reference["index"]), str(tmp_path / "results"), date="2026-11-23",
+                   quiet=True, workers=2)
+    first = sweep(job)
+    assert first.queries == 240 and first.parts == 3 and first.parts_already_done == 0
+    assert first.metrics["overall"]["top1"] > 0.9
+    partition = tmp_path / "results" / "date=2026-11-23"
+    parts = sorted(p for p in partition.iterdir() if p.suffix == ".parquet")
+    assert len(parts) == 3
+    table = storage.read_table(str(parts[0]))
+    schema.check(table.schema, "results", str(parts[0]))
+    row = table.slice(0, 1).to_pylist()[0]
+    assert len(row["neighbor_ids"]) == 10 and row["predicted_label"] in LABELS
+    assert row["neighbor_uris"][0].startswith("img://")
+    before = {p.name: p.stat().st_mtime_ns for p in parts}
+    again = sweep(job)
+    assert again.parts_already_done == 3 and again.queries == 240
+    assert {p.name: p.stat().st_mtime_ns for p in parts} == before
+    unknown = sweep(SweepJob([str(queries)], str(reference["index"]), str(tmp_path / "results"),
+                             date="2026-11-24", open_set_threshold=1.01, quiet=True))
+    assert unknown.unknown == 240  # another night, another partition, every query below the threshold
+
+
+def test_sweep_to_s3_and_pull_with_resume(reference, nightly_queries, s3_env, tmp_path):
+    queries, _ = nightly_queries
+    bucket = s3_env["bucket"]
+    summary = sweep(SweepJob([str(queries)], str(reference["index"]), f"s3://{bucket}/results",
+                             date="2026-11-23", quiet=True))
+    assert summary.queries == 240
+    local = tmp_path / "pulled"
+    first = pull(f"s3://{bucket}/results/date=2026-11-23", str(local), quiet=True)
+    assert first.files == 3 and first.downloaded == 3 and first.sweep["queries"] == 240
+    parts = sorted(local.glob("*.parquet"))
+    remote = storage.read_table(f"s3://{bucket}/results/date=2026-11-23/{parts[0].name}")
+    assert storage.read_table(str(parts[0])).equals(remote)
+    parts[0].unlink()
+    parts[1].write_bytes(parts[1].read_bytes()[:100])  # a partial download from an earlier attempt
+    second = pull(f"s3://{bucket}/results/date=2026-11-23", str(local), quiet=True)
+    assert second.downloaded == 2 and second.already_present == 1
+    assert not list(local.glob("*.part"))
+    with pytest.raises(Exception, match="_SUCCESS.json is missing"):
+        pull(f"s3://{bucket}/results/date=2026-11-25", str(tmp_path / "none"), quiet=True)
