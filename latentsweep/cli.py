@@ -129,13 +129,32 @@ def report_summary(stage: str, summary) -> None:
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's corpus and outputs.")] = Path("demo-output"),
+    per_generator: Annotated[int, typer.Option(help="Reference images per synthetic generator.")] = 24,
+    queries_per_generator: Annotated[int, typer.Option(help="Held-out query images per generator.")] = 8,
     config: ConfigOption = None,
 ) -> None:
-    """Run the main job on the embedded default (local Ray on 127.0.0.1, local folders, CPU)."""
+    """The main job on the embedded default: zoo corpus -> ingest (local Ray) -> index -> sweep -> tables."""
     from latentsweep import demo as demo_job
 
-    failed = demo_job.run(out, log=typer.echo)
+    failed = demo_job.run(out, per_generator, queries_per_generator, log=typer.echo)
     raise typer.Exit(EXIT_ITEMS_FAILED if failed else EXIT_OK)
+
+
+@app.command("make-corpus")
+def make_corpus(
+    out: Annotated[Path, typer.Argument(help="Folder for root/<generator>/*.png and manifest.csv.")],
+    per_generator: Annotated[int, typer.Option(help="Images per generator.")] = 24,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
+    seed: Annotated[int, typer.Option(help="Content seed (another seed = new content, e.g. for queries).")] = 0,
+    jpeg_quality: Annotated[Optional[int], typer.Option(help="Re-compress every image as JPEG at this quality.")] = None,
+    resize: Annotated[Optional[float], typer.Option(help="Rescale every image by this factor.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write the SYNTHETIC generator zoo: 7 fixed random generators (4 GAN-like, 3 diffusion-like)."""
+    from latentsweep.zoo.corpus import CorpusSettings, make_corpus as write
+
+    count = write(out, CorpusSettings(per_generator, size, seed, jpeg_quality, resize))
+    typer.echo(f"make-corpus: {count} synthetic images in {out} (manifest: {out / 'manifest.csv'})")
 
 
 index_app = typer.Typer(help="Build and extend sharded FAISS indices from embedding Parquet.",
