@@ -68,7 +68,8 @@ class Embedder:
         """Raw latent tensors of same-bucket images (padded) and their (H, W) sizes."""
         height, width = colour.padded_size(*images[0].shape[:2])
         batch = torch.stack([
-            colour.pad(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None], height, width)[0]
+            colour.pad(torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None],
+                       height, width)[0]
             for image in images]).to(self.device, non_blocking=True).float().div_(255.0)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
             tensors = self.model.export(batch)

@@ -182,7 +182,6 @@ def _process(job: IngestJob, out: storage.Location, todo: list[planning.Shard], 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    context.scheduling_strategy = "SPREAD"  # encoder actors on as many nodes as possible
     items = [item for shard in todo for item in shard.items]
     # Enough blocks that every encoder actor gets work, at most DECODE_BATCH rows each.
     block_rows = max(1, min(DECODE_BATCH, math.ceil(len(items) / (4 * layout["size"]))))

@@ -1,4 +1,7 @@
-"""Synthetic embedding Parquet in the ingest layout, for index and query tests (no codec needed)."""
+"""Synthetic embedding Parquet in the ingest layout: index and query tests and benchmarks (no codec).
+
+Benchmark data, not product logic: clustered vectors in the embeddings schema, and a numpy brute
+force to compare searches against."""
 
 from __future__ import annotations
 
