@@ -247,11 +247,11 @@ def embeddings_for(job, weights: Optional[str]) -> list[str]:
     OUT/_embeddings/date=D with the codec, weights, features and pooling the index was built from."""
     from latentsweep.codec import weights as codec_weights
     from latentsweep.codec.embed import EmbedSettings
-    from latentsweep.codec.pooling import FEATURE_SETS
     from latentsweep.errors import UsageError
     from latentsweep.index import features
     from latentsweep.index.manifest import load
     from latentsweep.ingest.run import IngestJob, run as run_ingest
+    from latentsweep.schema import FEATURE_SETS
     from latentsweep.storage import Location
 
     try:

@@ -55,6 +55,17 @@ def shard_of(item_id: int, num_shards: int) -> int:
     return zlib.crc32(item_id.to_bytes(8, "big", signed=True)) % num_shards
 
 
+# Pooled-tensor columns: "<tensor>_<branch>", luma first, tensors in this fixed order.
+BRANCHES = ("luma", "chroma")
+TENSORS = ("y", "z", "z_hat", "psi", "mu", "scale", "residual_quant", "residual", "y_hat")
+ALL_COLUMNS = tuple(f"{tensor}_{branch}" for branch in BRANCHES for tensor in TENSORS)
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "2lat": ("y_hat_luma", "y_hat_chroma"),
+    "selected": ("y_hat_luma", "y_hat_chroma", "residual_luma", "residual_chroma",
+                 "residual_quant_luma", "residual_quant_chroma"),
+    "all": ALL_COLUMNS,
+}
+
 # Identity and provenance columns of an embedding row; one float32 column per pooled tensor follows.
 EMBEDDING_FIELDS = [
     pa.field("id", pa.int64(), nullable=False),

@@ -11,7 +11,7 @@ import torch
 
 from latentsweep.codec import colour, pooling, reference, weights
 from latentsweep.codec.embed import EmbedSettings, Embedder
-from latentsweep.codec.model import TENSORS
+from latentsweep.schema import TENSORS
 
 
 @pytest.fixture(scope="module")

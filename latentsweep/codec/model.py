@@ -10,11 +10,9 @@ from latentsweep.codec.analysis import CHROMA_CHANNELS, LUMA_CHANNELS, EncoderBO
 from latentsweep.codec.entropy import FactorizedLogistic, bits, gaussian_likelihood
 from latentsweep.codec.hyperprior import LatentPredictor
 from latentsweep.codec.synthesis import Synthesis
+from latentsweep.schema import BRANCHES, TENSORS
 
 CODEC_NAME = "jpegai-bop"
-BRANCHES = ("luma", "chroma")
-# Every exported tensor of a branch, in the fixed order used for columns and feature sets.
-TENSORS = ("y", "z", "z_hat", "psi", "mu", "scale", "residual_quant", "residual", "y_hat")
 # Spatial stride of each tensor relative to the input image (for pooling over the valid area).
 TENSOR_STRIDES = {"y": 16, "z": 64, "z_hat": 64, "psi": 32, "mu": 16, "scale": 16,
                   "residual_quant": 16, "residual": 16, "y_hat": 16}

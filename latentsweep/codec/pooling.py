@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from latentsweep.codec.model import BRANCHES, TENSORS, tensor_channels
+from latentsweep.codec.model import tensor_channels
 from latentsweep.errors import UsageError
+from latentsweep.schema import ALL_COLUMNS, FEATURE_SETS
 
 POOLINGS = ("gap", "gap+std")
-ALL_COLUMNS = tuple(f"{tensor}_{branch}" for branch in BRANCHES for tensor in TENSORS)
-FEATURE_SETS: dict[str, tuple[str, ...]] = {
-    "2lat": ("y_hat_luma", "y_hat_chroma"),
-    "selected": ("y_hat_luma", "y_hat_chroma", "residual_luma", "residual_chroma",
-                 "residual_quant_luma", "residual_quant_chroma"),
-    "all": ALL_COLUMNS,
-}
 
 
 def feature_columns(feature_set: str) -> tuple[str, ...]:

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 
 from latentsweep import schema, storage
-from latentsweep.codec.pooling import FEATURE_SETS
 from latentsweep.errors import UsageError
+from latentsweep.schema import FEATURE_SETS
 
 PROVENANCE = ("codec", "weights_digest", "pooling")
 METADATA_COLUMNS = ("id", "uri", "label", "family")

@@ -73,9 +73,13 @@ def part_name(query_uri: str) -> str:
 class SweepWorker:
     """Ray Data callable class: loads the index once; each row is a query file to attribute."""
 
-    def __init__(self, index_uri: str, settings: dict, partition_uri: str):
+    def __init__(self, index_uri: str, settings: dict, partition_uri: str, threads: int | None = None):
+        import faiss
+
         from latentsweep.query.actor import QueryEngine
 
+        if threads:  # Ray sets OMP_NUM_THREADS to the actor's CPU count, 1 for fractional CPUs
+            faiss.omp_set_num_threads(threads)
         self.engine = QueryEngine(index_uri)
         self.settings = settings
         self.partition = storage.Location.parse(partition_uri)
@@ -159,7 +163,9 @@ def sweep(job: SweepJob, log=None) -> SweepSummary:
     if todo:
         resources = connect(job.address, quiet=job.quiet)
         gpus = int(resources.get("GPU", 0))
-        size = job.workers or (gpus or max(1, int(resources.get("CPU", 1)) // 2))
+        cpus = max(1, int(resources.get("CPU", 1)))
+        size = min(job.workers or (gpus or max(1, cpus // 2)), len(todo))
+        threads = max(1, cpus // size)  # each actor searches with its share of the cores
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
@@ -168,9 +174,9 @@ def sweep(job: SweepJob, log=None) -> SweepSummary:
                                       override_num_blocks=len(todo))
         dataset = dataset.map_batches(
             SweepWorker, fn_constructor_kwargs={"index_uri": job.index, "settings": settings,
-                                                "partition_uri": location.uri},
-            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=min(size, len(todo))),
-            num_gpus=1 if gpus else 0, num_cpus=1 if gpus else min(1.0, max(0.5, int(resources.get("CPU", 1)) / size)))
+                                                "partition_uri": location.uri, "threads": threads},
+            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
+            num_gpus=1 if gpus else 0, num_cpus=1 if gpus else min(1.0, max(0.5, cpus / size)))
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             log(f"sweep: attributed {int(batch['rows'].sum())} queries ({', '.join(batch['part'])})")
     else:
