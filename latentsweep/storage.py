@@ -9,6 +9,7 @@ and are never printed: error messages pass through :func:`redact`.
 from __future__ import annotations
 
 import io
+import json
 import os
 import posixpath
 import tempfile
@@ -140,8 +141,9 @@ def _explain(error: Exception, location: Location, action: str) -> StorageError:
     return StorageError(redact(f"cannot {action} {location.uri}: {code}{hint}"))
 
 
-def list_files(root: str | Location, page_size: int = 1000) -> Iterator[FileInfo]:
-    """Every file below ``root`` (recursive), in sorted key order. S3 listings follow pagination."""
+def list_files(root: str | Location, page_size: int = 1000, missing_ok: bool = False) -> Iterator[FileInfo]:
+    """Every file below ``root`` (recursive), in sorted key order. S3 listings follow pagination.
+    ``missing_ok``: a local folder that does not exist lists as empty (an S3 prefix always does)."""
     location = root if isinstance(root, Location) else Location.parse(root)
     if location.is_s3:
         prefix = location.key.rstrip("/") + "/" if location.key else ""
@@ -162,12 +164,19 @@ def list_files(root: str | Location, page_size: int = 1000) -> Iterator[FileInfo
         yield FileInfo(location.key, stat.st_size, str(stat.st_mtime_ns))
         return
     if not os.path.isdir(location.key):
+        if missing_ok:
+            return
         raise StorageError(f"no such file or folder: {location.key}")
     paths = sorted(os.path.join(folder, name) for folder, _, files in os.walk(location.key)
                    for name in files)
     for path in paths:
         stat = os.stat(path)
         yield FileInfo(path, stat.st_size, str(stat.st_mtime_ns))
+
+
+def read_json_folder(folder: str | Location) -> list[dict]:
+    """Every JSON record in a folder (done markers), in key order; none if the folder is missing."""
+    return [json.loads(read_bytes(item.uri)) for item in list_files(folder, missing_ok=True)]
 
 
 def info(uri: str | Location) -> FileInfo:

@@ -11,7 +11,7 @@ import torch
 
 from latentsweep.codec import colour, pooling, reference, weights
 from latentsweep.codec.embed import EmbedSettings, Embedder
-from latentsweep.schema import TENSORS
+from latentsweep.schema import ALL_COLUMNS, TENSORS
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_exported_shapes(embedder, height, width):
         assert torch.allclose(tensors[f"y_hat_{branch}"],
                               tensors[f"residual_{branch}"] + tensors[f"mu_{branch}"])
     vectors = embedder.embed([random_image(rng, height, width)])
-    assert set(vectors) == set(pooling.ALL_COLUMNS)
+    assert set(vectors) == set(ALL_COLUMNS)
     assert vectors["y_hat_luma"].shape == (1, 160) and vectors["psi_chroma"].shape == (1, 384)
     assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in vectors.values())
 

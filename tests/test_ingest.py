@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -15,7 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
 
 from images import gradient, odd_files, photo_corpus
 from latentsweep import schema, storage
@@ -23,7 +21,7 @@ from latentsweep.codec.embed import EmbedSettings
 from latentsweep.ingest import plan as planning
 from latentsweep.ingest.decode import DecodeError, decode_image
 from latentsweep.ingest.run import IngestJob, pool_layout, run
-from latentsweep.ingest.sources import SourceItem, list_source, parse_families
+from latentsweep.ingest.sources import SourceItem, parse_families
 
 UNTRAINED = EmbedSettings(weights="untrained", feature_set="selected", device="cpu")
 

@@ -10,7 +10,7 @@ from latentsweep.codec.analysis import CHROMA_CHANNELS, LUMA_CHANNELS, EncoderBO
 from latentsweep.codec.entropy import FactorizedLogistic, bits, gaussian_likelihood
 from latentsweep.codec.hyperprior import LatentPredictor
 from latentsweep.codec.synthesis import Synthesis
-from latentsweep.schema import BRANCHES, TENSORS
+from latentsweep.schema import TENSORS
 
 CODEC_NAME = "jpegai-bop"
 # Spatial stride of each tensor relative to the input image (for pooling over the valid area).

@@ -11,7 +11,7 @@ import torch
 
 from latentsweep.codec.model import tensor_channels
 from latentsweep.errors import UsageError
-from latentsweep.schema import ALL_COLUMNS, FEATURE_SETS
+from latentsweep.schema import FEATURE_SETS
 
 POOLINGS = ("gap", "gap+std")
 

@@ -35,9 +35,7 @@ def embedding_files(sources: list[str]) -> list[str]:
 
 
 def _list(location: storage.Location):
-    if not location.is_s3 and not storage.exists(location):
-        return []
-    return list(storage.list_files(location))
+    return list(storage.list_files(location, missing_ok=True))
 
 
 def resolve_columns(tensor_columns: dict[str, int], features: str) -> list[str]:

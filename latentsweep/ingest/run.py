@@ -100,10 +100,8 @@ def _check_previous(out: storage.Location, settings: dict, overwrite: bool) -> N
 
 def _clear(out: storage.Location) -> None:
     for folder in (DONE_FOLDER, "embeddings", "errors"):
-        location = out.join(folder)
-        if out.is_s3 or storage.exists(location):
-            for info in storage.list_files(location):
-                storage.delete(info.uri)
+        for info in list(storage.list_files(out.join(folder), missing_ok=True)):
+            storage.delete(info.uri)
 
 
 def _manifest_table(shards: list[planning.Shard]) -> pa.Table:
@@ -159,8 +157,7 @@ def _collect_totals(out: storage.Location, summary: IngestSummary) -> None:
     """Totals over every finished shard, this run's and earlier ones'."""
     errors: Counter = Counter()
     embedded = 0
-    for info in storage.list_files(out.join(DONE_FOLDER)):
-        record = json.loads(storage.read_bytes(info.uri))
+    for record in storage.read_json_folder(out.join(DONE_FOLDER)):
         embedded += record["embedded"]
         errors.update(record["errors"])
     summary.embedded, summary.errors = embedded, dict(sorted(errors.items()))

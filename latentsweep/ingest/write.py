@@ -29,14 +29,8 @@ class ShardResult:
 
 def done_markers(out: storage.Location) -> dict[int, str]:
     """``{shard_id: digest}`` of the shards finished in ``out``."""
-    folder = out.join(DONE_FOLDER)
-    if not out.is_s3 and not storage.exists(folder):
-        return {}
-    markers = {}
-    for info in storage.list_files(folder):
-        record = json.loads(storage.read_bytes(info.uri))
-        markers[int(record["shard_id"])] = record["digest"]
-    return markers
+    return {int(record["shard_id"]): record["digest"]
+            for record in storage.read_json_folder(out.join(DONE_FOLDER))}
 
 
 class ShardWriter:

@@ -132,11 +132,7 @@ def _digest(uri: str, version: str, index_digest: str, settings: dict) -> str:
 
 
 def _done(location: storage.Location) -> dict[str, dict]:
-    folder = location.join(DONE_FOLDER)
-    if not location.is_s3 and not storage.exists(folder):
-        return {}
-    return {record["part"]: record for record in
-            (json.loads(storage.read_bytes(info.uri)) for info in storage.list_files(folder))}
+    return {record["part"]: record for record in storage.read_json_folder(location.join(DONE_FOLDER))}
 
 
 def sweep(job: SweepJob, log=None) -> SweepSummary:
@@ -155,7 +151,7 @@ def sweep(job: SweepJob, log=None) -> SweepSummary:
     files = features.embedding_files(job.queries)
     parts = [(uri, part_name(uri), _digest(uri, storage.info(uri).version, index_digest, settings)) for uri in files]
     if job.overwrite:
-        for info in (list(storage.list_files(location)) if location.is_s3 or storage.exists(location) else []):
+        for info in list(storage.list_files(location, missing_ok=True)):
             storage.delete(info.uri)
     done = _done(location)
     todo = [p for p in parts if done.get(p[1], {}).get("digest") != p[2]]

@@ -5,7 +5,6 @@ force to compare searches against."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
