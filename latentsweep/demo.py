@@ -46,5 +46,5 @@ def run(out: Path, per_generator: int = 24, queries_per_generator: int = 8, log=
     reference = evaluate(str(index), str(out / "evaluation"))
     log("Leave-one-out on the reference set (the paper's protocol):")
     log(tables(reference))
-    log(f"demo: results in {result.out}, evaluation in {out / 'evaluation'}")
+    log(f"demo: results and report.html in {result.out}, evaluation in {out / 'evaluation'}")
     return failed

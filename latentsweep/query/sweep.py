@@ -26,6 +26,7 @@ from latentsweep.query.vote import vote
 
 DONE_FOLDER = "_done"
 SUCCESS = "_SUCCESS.json"
+REPORT = "report.html"
 
 
 @dataclass
@@ -188,7 +189,7 @@ def _finish(location: storage.Location, parts: list, manifest, k: int, summary: 
     from latentsweep.index.manifest import sha256
 
     listing, labelled_rows = [], []
-    for _, name, _ in parts:
+    for _, name, _ in parts:  # result parts only: the report is rendered from them below
         uri = location.join(f"{name}.parquet")
         data = storage.read_bytes(uri)
         table = storage.read_table(uri)
@@ -208,5 +209,10 @@ def _finish(location: storage.Location, parts: list, manifest, k: int, summary: 
                 for label, neighbours in labelled_rows]
         summary.metrics = metrics.summarise([label for label, _ in labelled_rows], rows, manifest.families)
         summary.metrics["map_truncated_at"] = k
+    from latentsweep.query.report import render
+
+    page = render(location.uri, listing, asdict(summary), manifest.families)
+    storage.write_bytes(location.join(REPORT), page)
+    listing.append({"file": REPORT, "bytes": len(page), "sha256": sha256(page), "rows": 0})
     record = {"parts": listing, "summary": asdict(summary)}
     storage.write_bytes(location.join(SUCCESS), json.dumps(record, indent=2).encode())
