@@ -11,7 +11,9 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(FAISS_EXTRA)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench clean
+AUTOFAISS_VENV ?= .venv-autofaiss
+
+.PHONY: venv demo test bench bench-index clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,5 +35,13 @@ test: venv
 bench: venv
 	RAY_AUTH_MODE=disabled $(PY) benchmarks/run_all.py
 
+# autofaiss pins numpy<2: it gets its own environment, and the benchmark runs both sides in one run.
+$(AUTOFAISS_VENV)/bin/python:
+	$(PYTHON) -m venv $(AUTOFAISS_VENV)
+	$(AUTOFAISS_VENV)/bin/python -m pip install -q "autofaiss==2.18.0" "pyarrow<19"  # pyarrow 19+ needs numpy 2
+
+bench-index: venv $(AUTOFAISS_VENV)/bin/python
+	RAY_AUTH_MODE=disabled $(PY) benchmarks/bench_index.py --autofaiss-python $(AUTOFAISS_VENV)/bin/python
+
 clean:
-	rm -rf $(VENV) .pytest_cache demo-output
+	rm -rf $(VENV) $(AUTOFAISS_VENV) .pytest_cache demo-output
