@@ -93,6 +93,19 @@ def test_sharded_flat_equals_brute_force(reference_set, flat_index):
     np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
 
 
+def test_sharded_flat_equals_brute_force_on_random_data(tmp_path, ray_session):
+    rng = np.random.default_rng(21)
+    vectors = rng.normal(size=(1500, DIM)).astype(np.float32) * rng.uniform(0.1, 10, DIM).astype(np.float32)
+    ids = np.array(write_ingest_output(str(tmp_path / "emb"), vectors, ["x"] * 1500, {}, files=5))
+    build(IndexJob([str(tmp_path / "emb")], str(tmp_path / "index"), shards=3, quiet=True))
+    index = ShardedIndex.load(str(tmp_path / "index"))
+    queries = rng.normal(size=(40, DIM)).astype(np.float32)
+    scores, found = index.search(index.prepare(queries), 15)
+    expected_scores, positions = exact_search(vectors, queries, 15)
+    assert np.array_equal(found, ids[positions])
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+
 def test_ids_survive_save_load_and_add(reference_set, flat_index, tmp_path, ray_session):
     root, vectors, ids, _ = reference_set
     out, _ = flat_index

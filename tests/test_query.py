@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -248,3 +249,29 @@ def test_report_with_neighbour_strips_renders(tmp_path, ray_session):
     assert any(entry["file"] == "report.html" for entry in record["parts"])
     pixels = screenshot(page, tmp_path / "report.png")
     assert pixels.shape[0] > 500 and pixels.std() > 20  # rendered content, not a blank page
+
+
+def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, ray_session):
+    """`latentsweep sweep IMAGES` embeds the night's images with the index's codec, then attributes."""
+    import subprocess
+    import sys
+
+    from images import photo_corpus
+    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.ingest.run import IngestJob, run as ingest
+
+    photo_corpus(tmp_path / "ref", per_label=3)
+    photo_corpus(tmp_path / "night", labels=("alpha", "beta"), per_label=2, size=(64, 80))
+    ingest(IngestJob(str(tmp_path / "ref"), str(tmp_path / "emb"), EmbedSettings(feature_set="2lat", device="cpu"),
+                     labels_from_folders=True, quiet=True))
+    build(IndexJob([str(tmp_path / "emb")], str(tmp_path / "index"), shards=1, quiet=True))
+    command = [sys.executable, "-m", "latentsweep", "sweep", str(tmp_path / "night"), "--index",
+               str(tmp_path / "index"), "--out", str(tmp_path / "results"), "--date", "2026-11-23", "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sweep summary: queries=4" in result.stdout
+    embedded = storage.read_table(str(tmp_path / "results" / "_embeddings" / "date=2026-11-23" / "source-0" / "embeddings"))
+    assert embedded.num_rows == 4 and set(embedded.column("feature_set").to_pylist()) == {"2lat"}
+    untrained = subprocess.run(command[:-1] + ["--weights", "untrained", "--date", "2026-11-24"], capture_output=True,
+                               text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+    assert untrained.returncode == 2 and "built with codec weights" in untrained.stderr
