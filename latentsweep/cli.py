@@ -220,6 +220,9 @@ def sweep(
     open_set_threshold: Annotated[Optional[float], typer.Option(
         help="Label a query 'unknown' when its best cosine similarity is below this.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Query actors (default: one per GPU, or from the CPUs).")] = None,
+    index_parts: Annotated[int, typer.Option(
+        help="Spread the index shards over this many actors (for indices larger than one worker's memory); "
+             "every query batch is searched on all parts and merged.")] = 1,
     weights: WeightsOption = None,
     overwrite: Annotated[bool, typer.Option(help="Redo the whole partition.")] = False,
     address: AddressOption = None,
@@ -230,7 +233,7 @@ def sweep(
     from latentsweep.query.sweep import SweepJob, sweep as run_sweep
 
     job = SweepJob(list(queries), index, out, k=k, weighted=weighted, open_set_threshold=open_set_threshold,
-                   workers=workers, overwrite=overwrite, quiet=quiet, address=address)
+                   workers=workers, index_parts=index_parts, overwrite=overwrite, quiet=quiet, address=address)
     if date:
         job.date = date
     job.queries = embeddings_for(job, weights)

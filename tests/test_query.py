@@ -16,7 +16,7 @@ from latentsweep import schema, storage
 from latentsweep.index.build import IndexJob, build
 from latentsweep.index.shards import ShardedIndex
 from latentsweep.query import metrics
-from latentsweep.query.actor import QueryEngine, drop_self, query_actor
+from latentsweep.query.actor import QueryEngine, drop_self, query_actor, start_parts
 from latentsweep.query.evaluate import evaluate
 from latentsweep.query.pull import pull
 from latentsweep.query.sweep import SweepJob, sweep
@@ -151,6 +151,14 @@ def test_actor_path_equals_direct_search(reference):
     label_of = dict(zip(reference["ids"].tolist(), reference["labels"]))
     assert actor_labels.tolist() == [[label_of[i] for i in row] for row in ids.tolist()]
     ray.kill(actor)
+    parts = start_parts(str(reference["index"]), 2)
+    front = QueryEngine(str(reference["index"]), parts=parts)
+    assert front.index.indices == []  # the front holds no vectors
+    part_scores, part_ids, _ = front.search(queries, 10)
+    assert np.array_equal(part_ids, ids)
+    np.testing.assert_allclose(part_scores, scores)
+    for part in parts:
+        ray.kill(part)
 
 
 @pytest.fixture
@@ -180,6 +188,12 @@ def test_sweep_is_idempotent_and_reports_metrics(reference, nightly_queries, tmp
     again = sweep(job)
     assert again.parts_already_done == 3 and again.queries == 240
     assert {p.name: p.stat().st_mtime_ns for p in parts} == before
+    spread = sweep(SweepJob([str(queries)], str(reference["index"]), str(tmp_path / "spread"), date="2026-11-23",
+                            quiet=True, index_parts=3))
+    for part in parts:
+        same = storage.read_table(str(tmp_path / "spread" / "date=2026-11-23" / part.name))
+        assert same.equals(storage.read_table(str(part))), "index parts must not change results"
+    assert spread.metrics["overall"] == first.metrics["overall"]
     unknown = sweep(SweepJob([str(queries)], str(reference["index"]), str(tmp_path / "results"),
                              date="2026-11-24", open_set_threshold=1.01, quiet=True))
     assert unknown.unknown == 240  # another night, another partition, every query below the threshold

@@ -47,7 +47,10 @@ class ShardedIndex:
         self.scaler = Scaler.from_dict(manifest.scaler)
 
     @classmethod
-    def load(cls, root: str, shard_ids: list[int] | None = None, use_gpu: bool = True) -> "ShardedIndex":
+    def load(cls, root: str, shard_ids: list[int] | None = None, use_gpu: bool = True,
+             load_vectors: bool = True) -> "ShardedIndex":
+        """``shard_ids``: only these shards (an index part); ``load_vectors=False``: manifest, scaler and
+        metadata only, for a front that searches through part actors."""
         import faiss
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -58,6 +61,10 @@ class ShardedIndex:
         indices, tables = [], []
         gpus = gpu_count() if use_gpu else 0
         for position, entry in enumerate(entries):
+            raw = read_verified(root, entry.metadata_file, entry.metadata_sha256)
+            tables.append(pq.read_table(pa.BufferReader(raw)))
+            if not load_vectors:
+                continue
             data = read_verified(root, entry.index_file, entry.index_sha256)
             index = faiss.deserialize_index(np.frombuffer(data, np.uint8))
             if index.d != manifest.dimension:
@@ -66,8 +73,6 @@ class ShardedIndex:
             if gpus:
                 index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), position % gpus, index)
             indices.append(index)
-            raw = read_verified(root, entry.metadata_file, entry.metadata_sha256)
-            tables.append(pq.read_table(pa.BufferReader(raw)))
         metadata = pa.concat_tables(tables) if tables else None
         return cls(root, manifest, indices, metadata)
 

@@ -39,6 +39,7 @@ class SweepJob:
     weighted: bool = False
     open_set_threshold: float | None = None
     workers: int | None = None
+    index_parts: int = 1  # >1: spread the shards over this many actors, searched and merged per query batch
     overwrite: bool = False
     quiet: bool = False
     address: str | None = None
@@ -74,14 +75,15 @@ def part_name(query_uri: str) -> str:
 class SweepWorker:
     """Ray Data callable class: loads the index once; each row is a query file to attribute."""
 
-    def __init__(self, index_uri: str, settings: dict, partition_uri: str, threads: int | None = None):
+    def __init__(self, index_uri: str, settings: dict, partition_uri: str, threads: int | None = None,
+                 parts: list | None = None):
         import faiss
 
         from latentsweep.query.actor import QueryEngine
 
         if threads:  # Ray sets OMP_NUM_THREADS to the actor's CPU count, 1 for fractional CPUs
             faiss.omp_set_num_threads(threads)
-        self.engine = QueryEngine(index_uri)
+        self.engine = QueryEngine(index_uri, parts=parts)
         self.settings = settings
         self.partition = storage.Location.parse(partition_uri)
         manifest = self.engine.manifest
@@ -166,16 +168,24 @@ def sweep(job: SweepJob, log=None) -> SweepSummary:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
-        log(f"sweep: {len(todo)} of {len(parts)} query files to attribute with {size} query actors")
+        from latentsweep.query.actor import start_parts
+
+        index_parts = start_parts(job.index, job.index_parts, num_gpus=1 if gpus else 0) if job.index_parts > 1 else None
+        log(f"sweep: {len(todo)} of {len(parts)} query files to attribute with {size} query actors"
+            + (f" over {len(index_parts)} index parts" if index_parts else ""))
         dataset = ray.data.from_items([{"uri": u, "part": n, "digest": d} for u, n, d in todo],
                                       override_num_blocks=len(todo))
         dataset = dataset.map_batches(
             SweepWorker, fn_constructor_kwargs={"index_uri": job.index, "settings": settings,
-                                                "partition_uri": location.uri, "threads": threads},
+                                                "partition_uri": location.uri, "threads": threads,
+                                                "parts": index_parts},
             batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
-            num_gpus=1 if gpus else 0, num_cpus=1 if gpus else min(1.0, max(0.5, cpus / size)))
+            num_gpus=1 if gpus and not index_parts else 0,  # with parts, the part actors hold the GPUs
+            num_cpus=1 if gpus else min(1.0, max(0.5, cpus / size)))
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             log(f"sweep: attributed {int(batch['rows'].sum())} queries ({', '.join(batch['part'])})")
+        for actor in index_parts or []:
+            ray.kill(actor)
     else:
         log(f"sweep: all {len(parts)} query files of {location.uri} are already attributed; nothing to do")
     _finish(location, parts, manifest, job.k, summary)
