@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 AUTOFAISS_VENV ?= .venv-autofaiss
 
-.PHONY: venv demo test bench bench-index clean
+.PHONY: venv demo test experiment bench bench-index clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ venv: $(STAMP)
 
 demo: venv
 	$(VENV)/bin/latentsweep demo
+
+experiment: venv
+	$(VENV)/bin/latentsweep experiment --out experiment --docs docs/results.md
 
 test: venv
 	RAY_AUTH_MODE=disabled $(PY) -m pytest $(PYTEST_ARGS)
@@ -44,4 +47,4 @@ bench-index: venv $(AUTOFAISS_VENV)/bin/python
 	RAY_AUTH_MODE=disabled $(PY) benchmarks/bench_index.py --autofaiss-python $(AUTOFAISS_VENV)/bin/python
 
 clean:
-	rm -rf $(VENV) $(AUTOFAISS_VENV) .pytest_cache demo-output
+	rm -rf $(VENV) $(AUTOFAISS_VENV) .pytest_cache demo-output experiment

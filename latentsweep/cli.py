@@ -140,6 +140,33 @@ def demo(
     raise typer.Exit(EXIT_ITEMS_FAILED if failed else EXIT_OK)
 
 
+@app.command()
+def experiment(
+    out: Annotated[Path, typer.Option(help="Working folder: corpora, embeddings, indices, evaluations.")] = Path("experiment"),
+    docs: Annotated[Optional[Path], typer.Option(help="Also copy results.md here (e.g. docs/results.md).")] = None,
+    size: Annotated[int, typer.Option(help="Image side of both corpora.")] = 256,
+    per_class: Annotated[int, typer.Option(help="Semantic corpus images per photo class (Table 1).")] = 24,
+    per_generator: Annotated[int, typer.Option(help="Zoo reference images per generator.")] = 60,
+    queries_per_generator: Annotated[int, typer.Option(help="Held-out zoo queries per generator.")] = 20,
+    habit: Annotated[float, typer.Option(help="Strength of the zoo generators' colour habits (0: spectral traces only).")] = 1.0,
+    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of the re-compressed query variant.")] = 90,
+    main_features: Annotated[str, typer.Option(help="Feature set of the full Tables 2 and 3.")] = "y_chroma",
+    config: ConfigOption = None,
+) -> None:
+    """The seed paper's experiments end to end (Table 1, Tables 2 and 3, pixel baseline) -> results.md."""
+    import shutil
+
+    from latentsweep import experiment as runner
+
+    settings = runner.ExperimentSettings(size, per_class, per_generator, queries_per_generator, habit,
+                                         jpeg_quality, main_features)
+    runner.run(out, settings, log=typer.echo)
+    if docs:
+        docs.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "results.md", docs)
+        typer.echo(f"experiment: copied results.md to {docs}")
+
+
 @app.command("make-corpus")
 def make_corpus(
     out: Annotated[Path, typer.Argument(help="Folder for root/<generator>/*.png and manifest.csv.")],
@@ -148,12 +175,13 @@ def make_corpus(
     seed: Annotated[int, typer.Option(help="Content seed (another seed = new content, e.g. for queries).")] = 0,
     jpeg_quality: Annotated[Optional[int], typer.Option(help="Re-compress every image as JPEG at this quality.")] = None,
     resize: Annotated[Optional[float], typer.Option(help="Rescale every image by this factor.")] = None,
+    habit: Annotated[float, typer.Option(help="Strength of the generators' colour habits (0: spectral traces only).")] = 1.0,
     config: ConfigOption = None,
 ) -> None:
     """Write the SYNTHETIC generator zoo: 7 fixed random generators (4 GAN-like, 3 diffusion-like)."""
     from latentsweep.zoo.corpus import CorpusSettings, make_corpus as write
 
-    count = write(out, CorpusSettings(per_generator, size, seed, jpeg_quality, resize))
+    count = write(out, CorpusSettings(per_generator, size, seed, jpeg_quality, resize, habit))
     typer.echo(f"make-corpus: {count} synthetic images in {out} (manifest: {out / 'manifest.csv'})")
 
 

@@ -19,6 +19,7 @@ class CorpusSettings:
     seed: int = 0          # content seed: use another seed for held-out queries (new content)
     jpeg_quality: int | None = None  # re-compress every image (robustness variants)
     resize: float | None = None      # rescale every image by this factor after generation
+    habit: float = 1.0               # strength of the generators' colour habits (0: spectral traces only)
     generators: tuple[str, ...] = tuple(spec.name for spec in ZOO)
 
 
@@ -41,7 +42,7 @@ def make_corpus(root: str | Path, settings: CorpusSettings = CorpusSettings()) -
     """Deterministic for a given ``settings``; returns the number of images written."""
     root = Path(root)
     specs = [spec for spec in ZOO if spec.name in settings.generators]
-    generators = [Generator(spec) for spec in specs]
+    generators = [Generator(spec, settings.habit) for spec in specs]
     cache: dict = {}
     lines = ["uri,label,family"]
     for index in range(settings.per_generator):

@@ -1,11 +1,15 @@
 """The generators: fixed random networks, seeded, in two families.
 
-GAN-like: the content is reduced to a 1/4-resolution "latent", and a fixed random network upsamples
-it back with a generator-specific final upsampling (transposed convolution, nearest + conv, bilinear
-+ conv, pixel shuffle); the network's output is added as a small residual to a smooth upsampling, so
-the picture is the content and the residual is the fingerprint.
+The fingerprint comes from how each generator forms its image, as in real models (Durall et al.,
+"Watch your up-convolution", CVPR 2020): the spectrum of the output is what its last stages can make.
+GAN-like: the content is reduced to a half-resolution "feature map" and the generator's own final
+upsampling makes the full-resolution picture (transposed convolution, nearest, bilinear, pixel
+shuffle: each with a fixed seeded kernel), plus the small output of a fixed random network.
 Diffusion-like: the content plus noise is iteratively denoised for a few steps by a fixed random
-network under a generator-specific noise schedule.
+network under a generator-specific noise schedule; each step smooths, and the last noise stays.
+Every generator also has a rendering habit, as real models have a recognisable "look" (colour cues:
+McCloskey and Albright, 2018): a seeded tone curve, saturation and white balance, scaled by
+``habit`` (0 turns it off, leaving only the spectral traces).
 """
 
 from __future__ import annotations
@@ -88,14 +92,38 @@ def schedule(kind: str) -> list[tuple[float, float]]:
 
 
 FILTER_STRENGTH = 0.25
+UPSAMPLING_JITTER = 0.5  # how far a learned upsampling kernel is from a smooth one
 PATTERN = 0.015      # amplitude of the periodic trace (about 4 grey levels)
 GRAIN = 0.02         # amplitude of the residual noise of diffusion-like generators
 
 
+@dataclass(frozen=True)
+class Habit:
+    """A generator's colour rendering: ``gamma`` tone curve, ``saturation`` around the luma,
+    per-channel white-balance ``gains``. Drawn from the seed; ``strength`` scales the departure from
+    neutral (1, 1, (1, 1, 1))."""
+
+    gamma: float
+    saturation: float
+    gains: tuple[float, float, float]
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, strength: float) -> "Habit":
+        return cls(gamma=float(np.exp(strength * rng.uniform(-0.25, 0.25))),
+                   saturation=float(np.exp(strength * rng.uniform(-0.3, 0.3))),
+                   gains=tuple(float(g) for g in np.exp(strength * rng.uniform(-0.06, 0.06, 3))))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clamp(0, 1) ** self.gamma * torch.tensor(self.gains).view(1, 3, 1, 1)
+        luma = (x * torch.tensor([0.2126, 0.7152, 0.0722]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+        return luma + self.saturation * (x - luma)
+
+
 class Generator:
-    def __init__(self, spec: GeneratorSpec):
+    def __init__(self, spec: GeneratorSpec, habit: float = 1.0):
         torch.manual_seed(spec.seed)
         self.spec = spec
+        self.habit = Habit.draw(np.random.default_rng(spec.seed), habit)
         self.net = (Upsampler(spec.kind) if spec.family == "gan" else Denoiser()).eval()
         # The generator's spectral signature: a fixed near-identity 3x3 filter per channel whose
         # taps sum to 1 (brightness kept), like the colour and sharpness habits of a real model.
@@ -105,18 +133,46 @@ class Generator:
         # Upsampling leaves periodic traces (GAN checkerboards); iterative denoisers leave residual
         # noise of a characteristic colour and spectrum. Both are fixed per generator.
         period = {"tconv": 2, "nearest": 4, "bilinear": 8, "pixelshuffle": 2}.get(spec.kind, 1)
+        self.up_kernel = self._upsampling_kernel() if spec.family == "gan" else None
         self.tile = PATTERN * torch.randn(1, 3, period, period) if spec.family == "gan" else None
         self.noise_filter = torch.randn(3, 1, 3, 3) / 3 if spec.family == "diffusion" else None
+
+    def _upsampling_kernel(self) -> torch.Tensor | None:
+        """Seeded kernels of the learned upsamplings: a transposed convolution's 4x4 kernel (uneven
+        overlap gives checkerboards), or one 3x3 filter per sub-pixel position for pixel shuffle.
+        Both keep brightness: the taps that reach each output pixel sum to 1."""
+        if self.spec.kind == "tconv":
+            bilinear = torch.tensor([0.25, 0.75, 0.75, 0.25])
+            kernel = torch.outer(bilinear, bilinear) * (1 + UPSAMPLING_JITTER * torch.randn(3, 4, 4))
+            for dy in range(2):
+                for dx in range(2):
+                    kernel[:, dy::2, dx::2] /= kernel[:, dy::2, dx::2].sum(dim=(1, 2), keepdim=True)
+            return kernel[:, None]
+        if self.spec.kind == "pixelshuffle":
+            kernel = torch.zeros(12, 1, 3, 3)
+            kernel[:, 0, 1, 1] = 1
+            kernel += UPSAMPLING_JITTER * 0.25 * torch.randn(12, 1, 3, 3)
+            return kernel / kernel.sum(dim=(2, 3), keepdim=True)
+        return None
+
+    def upsample(self, low: torch.Tensor) -> torch.Tensor:
+        """The generator's final 2x upsampling of its (B, 3, h, w) feature map."""
+        if self.spec.kind in ("nearest", "bilinear"):
+            return F.interpolate(low, scale_factor=2, mode=self.spec.kind,
+                                 **({"align_corners": False} if self.spec.kind == "bilinear" else {}))
+        padded = F.pad(low, (1, 1, 1, 1), mode="replicate")
+        if self.spec.kind == "tconv":
+            full = F.conv_transpose2d(padded, self.up_kernel, stride=2, padding=1, groups=3)
+            return full[..., 2:-2, 2:-2]
+        return F.pixel_shuffle(F.conv2d(padded, self.up_kernel, groups=3), 2)
 
     @torch.no_grad()
     def render(self, content: np.ndarray, noise_seed: int) -> np.ndarray:
         """Content (H, W, 3) in [0, 1] -> uint8 image carrying this generator's fingerprint."""
         x = torch.from_numpy(np.ascontiguousarray(content)).permute(2, 0, 1)[None].float()
         if self.spec.family == "gan":
-            low = F.avg_pool2d(x, 4)
-            smooth = F.interpolate(low, scale_factor=4, mode="bicubic", align_corners=False)
-            detail = x - smooth
-            out = smooth + 0.5 * detail + RESIDUAL * self.net(low * 2 - 1)
+            low = F.avg_pool2d(x, 2)
+            out = self.upsample(low) + RESIDUAL * self.net(F.avg_pool2d(low, 2) * 2 - 1)
         else:
             generator = torch.Generator().manual_seed(noise_seed)
             out = x.clone()
@@ -124,7 +180,7 @@ class Generator:
                 out = out + noise * torch.randn(out.shape, generator=generator)
                 blurred = F.avg_pool2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
                 out = 0.5 * (out + blurred) + strength * self.net(out * 2 - 1)
-        out = F.conv2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), self.filter, groups=3)
+        out = F.conv2d(F.pad(self.habit.apply(out), (1, 1, 1, 1), mode="replicate"), self.filter, groups=3)
         if self.tile is not None:
             reps = (out.shape[-2] // self.tile.shape[-2] + 1, out.shape[-1] // self.tile.shape[-1] + 1)
             out = out + self.tile.repeat(1, 1, *reps)[..., :out.shape[-2], :out.shape[-1]]
