@@ -12,6 +12,9 @@ from pathlib import Path
 from latentsweep.zoo.corpus import CorpusSettings, make_corpus
 
 SWEEP_DATE = "2026-01-01"  # a fixed partition, so reruns of the demo resume instead of adding nights
+SIZE = 256
+# The descriptor that attributes the zoo best (docs/results.md): GAP of the chroma branch's latent y.
+FEATURES = "y_chroma"
 
 
 def run(out: Path, per_generator: int = 24, queries_per_generator: int = 8, log=print) -> int:
@@ -22,8 +25,8 @@ def run(out: Path, per_generator: int = 24, queries_per_generator: int = 8, log=
     from latentsweep.query.sweep import SweepJob, sweep
 
     failed = 0
-    for name, settings in (("reference", CorpusSettings(per_generator=per_generator, seed=0)),
-                           ("queries", CorpusSettings(per_generator=queries_per_generator, seed=1))):
+    for name, settings in (("reference", CorpusSettings(per_generator=per_generator, size=SIZE, seed=0)),
+                           ("queries", CorpusSettings(per_generator=queries_per_generator, size=SIZE, seed=1))):
         corpus = out / "corpus" / name
         if not (corpus / "manifest.csv").exists():
             count = make_corpus(corpus, settings)
@@ -36,7 +39,7 @@ def run(out: Path, per_generator: int = 24, queries_per_generator: int = 8, log=
             f"already done), errors {summary.errors or 'none'}")
     index = out / "index"
     if not (index / "manifest.json").exists():
-        build(IndexJob([str(out / "embeddings" / "reference")], str(index), features="2lat", shards=2))
+        build(IndexJob([str(out / "embeddings" / "reference")], str(index), features=FEATURES, shards=2))
     result = sweep(SweepJob([str(out / "embeddings" / "queries")], str(index), str(out / "results"),
                             date=SWEEP_DATE))
     log(f"demo: sweep attributed {result.queries} held-out queries ({result.parts_already_done}/{result.parts} "
