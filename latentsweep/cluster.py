@@ -44,3 +44,12 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
             ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=False, num_cpus=num_cpus,
                      num_gpus=num_gpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
     return ray.cluster_resources()
+
+
+def thread_env(threads: int) -> dict:
+    """``runtime_env`` for an actor that should compute with ``threads`` cores. Ray sets
+    ``OMP_NUM_THREADS`` to an actor's CPU reservation (1 when fractional) before the process starts,
+    and OpenBLAS (FAISS's BLAS) sizes its thread pool from it once, at load time; setting the
+    variables here is the only way to give such an actor more."""
+    value = str(max(1, threads))
+    return {"env_vars": {"OMP_NUM_THREADS": value, "OPENBLAS_NUM_THREADS": value, "MKL_NUM_THREADS": value}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from images import gradient, odd_files, photo_corpus
 from latentsweep import schema, storage
@@ -331,3 +333,55 @@ def test_two_nodes_share_the_work_and_match_one_node(tmp_path, ray_session):
     for name in ("y_hat_luma", "residual_quant_chroma"):
         np.testing.assert_allclose(np.stack(one.column(name).to_numpy(zero_copy_only=False)),
                                    np.stack(two.column(name).to_numpy(zero_copy_only=False)), atol=1e-6)
+
+
+ERROR_TYPES = {"not_image", "truncated", "too_large", "too_small", "unreadable"}
+
+
+def _encoded(data, mode: str, width: int, height: int, fmt: str, cut: float) -> bytes:
+    """An image of ``mode`` and size in ``fmt``, its bytes cut to the fraction ``cut`` (1 = whole)."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(data)
+    pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(mode) if mode != "I;16" else Image.fromarray(
+        (pixels[:, :, 0].astype(np.uint16) * 257), mode="I;16")
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    raw = buffer.getvalue()
+    return raw[:max(0, int(len(raw) * cut))] if cut < 1 else raw
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_embedder():
+    from latentsweep.codec.embed import Embedder
+
+    return Embedder(EmbedSettings(feature_set="selected", pooling="gap+std", device="cpu"))
+
+
+@given(seed=st.integers(0, 2**16), mode=st.sampled_from(["RGB", "L", "P", "RGBA", "CMYK", "I;16", "LA"]),
+       width=st.integers(1, 90), height=st.integers(1, 90), fmt=st.sampled_from(["PNG", "TIFF", "WEBP", "JPEG"]),
+       cut=st.sampled_from([1.0, 1.0, 0.6, 0.1, 0.0]))
+@hypothesis_settings(max_examples=60, deadline=None)
+def test_decode_and_pool_never_crash(seed, mode, width, height, fmt, cut):
+    """Any image (mode, size, format, truncation) decodes to RGB and pools to finite vectors that do
+    not depend on the batch, or is refused with one of the documented error types."""
+    if (fmt == "JPEG" and mode in ("RGBA", "P", "LA", "I;16")) or (fmt == "WEBP" and mode in ("CMYK", "I;16")):
+        return  # formats that cannot hold the mode: nothing to write
+    data = _encoded(seed, mode, width, height, fmt, cut)
+    try:
+        rgb = decode_image(data, min_side=8)
+    except DecodeError as error:
+        assert error.error_type in ERROR_TYPES and str(error)
+        if cut == 1.0:
+            assert error.error_type == "too_small" and min(width, height) < 8
+        return
+    assert rgb.dtype == np.uint8 and rgb.shape == (height, width, 3)
+    other = np.zeros((64, 64, 3), np.uint8)
+    alone = cpu_embedder().embed([rgb])
+    together = cpu_embedder().embed([other, rgb])
+    for column, values in alone.items():
+        assert np.isfinite(values).all()
+        np.testing.assert_allclose(values[0], together[column][1], atol=1e-5)

@@ -75,14 +75,9 @@ def part_name(query_uri: str) -> str:
 class SweepWorker:
     """Ray Data callable class: loads the index once; each row is a query file to attribute."""
 
-    def __init__(self, index_uri: str, settings: dict, partition_uri: str, threads: int | None = None,
-                 parts: list | None = None):
-        import faiss
-
+    def __init__(self, index_uri: str, settings: dict, partition_uri: str, parts: list | None = None):
         from latentsweep.query.actor import QueryEngine
 
-        if threads:  # Ray sets OMP_NUM_THREADS to the actor's CPU count, 1 for fractional CPUs
-            faiss.omp_set_num_threads(threads)
         self.engine = QueryEngine(index_uri, parts=parts)
         self.settings = settings
         self.partition = storage.Location.parse(partition_uri)
@@ -141,7 +136,7 @@ def _done(location: storage.Location) -> dict[str, dict]:
 def sweep(job: SweepJob, log=None) -> SweepSummary:
     import ray
 
-    from latentsweep.cluster import connect
+    from latentsweep.cluster import connect, thread_env
     from latentsweep.index.manifest import load, sha256
 
     log = log or (lambda message: None if job.quiet else print(message, file=sys.stderr, flush=True))
@@ -177,11 +172,10 @@ def sweep(job: SweepJob, log=None) -> SweepSummary:
                                       override_num_blocks=len(todo))
         dataset = dataset.map_batches(
             SweepWorker, fn_constructor_kwargs={"index_uri": job.index, "settings": settings,
-                                                "partition_uri": location.uri, "threads": threads,
-                                                "parts": index_parts},
+                                                "partition_uri": location.uri, "parts": index_parts},
             batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
             num_gpus=1 if gpus and not index_parts else 0,  # with parts, the part actors hold the GPUs
-            num_cpus=1 if gpus else min(1.0, max(0.5, cpus / size)))
+            num_cpus=1 if gpus else min(1.0, max(0.5, cpus / size)), runtime_env=thread_env(threads))
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             log(f"sweep: attributed {int(batch['rows'].sum())} queries ({', '.join(batch['part'])})")
         for actor in index_parts or []:
