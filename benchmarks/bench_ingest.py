@@ -16,6 +16,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import make_images, report  # noqa: E402
 
 
+WARM_UP_IMAGES = 16
+
+
 def bare_loop(paths: list[Path], batch: int) -> float:
     from latentsweep.codec.embed import EmbedSettings, Embedder
     from latentsweep.ingest.decode import decode_image
@@ -47,12 +50,13 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     paths = make_images(work / "images", args.images, args.size)
+    make_images(work / "warm-up", WARM_UP_IMAGES, args.size, seed=1)
 
     from latentsweep.cluster import connect
 
     connect(quiet=True)
     bare = bare_loop(paths, args.batch)
-    pipeline(work / "images", work / "warm", args.batch)  # actor start-up and imports, once
+    pipeline(work / "warm-up", work / "warm", args.batch)  # Ray worker imports, once per machine
     seconds, nodes = pipeline(work / "images", work / "out", args.batch)
     rows = [{"setup": "bare loop (1 process)", "images": args.images, "seconds": round(bare, 2),
              "img_s": round(args.images / bare, 2), "ratio_vs_bare": 1.0},
@@ -67,7 +71,7 @@ def main() -> None:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         connect(cluster.address, quiet=True)
-        pipeline(work / "images", work / "warm2", args.batch, cluster.address)
+        pipeline(work / "warm-up", work / "warm2", args.batch, cluster.address)
         seconds2, nodes2 = pipeline(work / "images", work / "out2", args.batch, cluster.address)
         rows.append({"setup": f"ray pipeline, 2 nodes ({len(nodes2)} used)", "images": args.images,
                      "seconds": round(seconds2, 2), "img_s": round(args.images / seconds2, 2),

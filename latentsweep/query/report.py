@@ -15,6 +15,21 @@ STRIP_QUERIES = 6
 FRAME = {"label": "#1a9850", "family": "#fdae61", "wrong": "#d73027"}
 
 
+def warm_up() -> None:
+    """Import the plotting stack ahead of :func:`render` (a sweep calls this in a thread while its
+    actors search, so the second it takes is hidden)."""
+    import matplotlib.figure  # noqa: F401
+
+
+def _figure(width: float, height: float):
+    """A figure on the Agg canvas through matplotlib's object API: no pyplot import (about a second),
+    no global figure registry to close."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height))
+    return figure, figure.subplots()
+
+
 def _png(figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -22,17 +37,13 @@ def _png(figure) -> str:
 
 
 def confusion_figure(confusion: dict[str, dict[str, int]]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     truths = sorted(confusion)
     predictions = sorted({p for row in confusion.values() for p in row} | set(truths))
     matrix = np.array([[confusion[t].get(p, 0) for p in predictions] for t in truths], dtype=float)
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    figure, axes = plt.subplots(figsize=(1.0 + 0.6 * len(predictions), 0.8 + 0.5 * len(truths)))
+    figure, axes = _figure(1.0 + 0.6 * len(predictions), 0.8 + 0.5 * len(truths))
     image = axes.imshow(shares, cmap="viridis", vmin=0, vmax=1)
     axes.set_xticks(range(len(predictions)), predictions, rotation=45, ha="right")
     axes.set_yticks(range(len(truths)), truths)
@@ -44,25 +55,16 @@ def confusion_figure(confusion: dict[str, dict[str, int]]) -> str:
                 axes.text(col, row, int(matrix[row, col]), ha="center", va="center",
                           color="white" if shares[row, col] < 0.6 else "black", fontsize=8)
     figure.colorbar(image, ax=axes, fraction=0.04)
-    data = _png(figure)
-    plt.close(figure)
-    return data
+    return _png(figure)
 
 
 def bars_figure(values: dict[str, float], title: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(1.2 + 0.55 * len(values), 3))
+    figure, axes = _figure(1.2 + 0.55 * len(values), 3)
     axes.bar(list(values), list(values.values()), color="#4575b4")
     axes.set_title(title)
     axes.set_ylim(0, max(1.0, max(values.values(), default=1)))
     axes.tick_params(axis="x", rotation=45)
-    data = _png(figure)
-    plt.close(figure)
-    return data
+    return _png(figure)
 
 
 def thumbnail(uri: str | None) -> str | None:

@@ -12,16 +12,18 @@ import datetime
 import hashlib
 import json
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from latentsweep import schema, storage
 from latentsweep.errors import UsageError
 from latentsweep.index import features
-from latentsweep.query import metrics
+from latentsweep.query import metrics, report
 from latentsweep.query.vote import vote
 
 DONE_FOLDER = "_done"
@@ -176,6 +178,7 @@ def sweep(job: SweepJob, log=None) -> SweepSummary:
             batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
             num_gpus=1 if gpus and not index_parts else 0,  # with parts, the part actors hold the GPUs
             num_cpus=1 if gpus else min(1.0, max(0.5, cpus / size)), runtime_env=thread_env(threads))
+        threading.Thread(target=report.warm_up, daemon=True).start()
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             log(f"sweep: attributed {int(batch['rows'].sum())} queries ({', '.join(batch['part'])})")
         for actor in index_parts or []:
@@ -196,7 +199,7 @@ def _finish(location: storage.Location, parts: list, manifest, k: int, summary: 
     for _, name, _ in parts:  # result parts only: the report is rendered from them below
         uri = location.join(f"{name}.parquet")
         data = storage.read_bytes(uri)
-        table = storage.read_table(uri)
+        table = pq.read_table(pa.BufferReader(data))
         schema.check(table.schema, "results", uri.uri)
         listing.append({"file": f"{name}.parquet", "bytes": len(data), "sha256": sha256(data), "rows": table.num_rows})
         summary.queries += table.num_rows
@@ -213,9 +216,7 @@ def _finish(location: storage.Location, parts: list, manifest, k: int, summary: 
                 for label, neighbours in labelled_rows]
         summary.metrics = metrics.summarise([label for label, _ in labelled_rows], rows, manifest.families)
         summary.metrics["map_truncated_at"] = k
-    from latentsweep.query.report import render
-
-    page = render(location.uri, listing, asdict(summary), manifest.families)
+    page = report.render(location.uri, listing, asdict(summary), manifest.families)
     storage.write_bytes(location.join(REPORT), page)
     listing.append({"file": REPORT, "bytes": len(page), "sha256": sha256(page), "rows": 0})
     record = {"parts": listing, "summary": asdict(summary)}
