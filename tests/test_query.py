@@ -60,16 +60,26 @@ def test_vote_properties(labels, raw_scores):
 
 # ---- metrics ----------------------------------------------------------------------------------
 
+def ranking_ap(relevance: np.ndarray) -> float:
+    """AP by :func:`metrics.per_query` of a full ranking whose hits are ``relevance``."""
+    ranking = ["a" if hit else "b" for hit in relevance]
+    return metrics.per_query("a", ranking, int(relevance.sum()), {}, k=10)["ap"]
+
+
 def test_average_precision_matches_sklearn():
     rng = np.random.default_rng(0)
+    rankings, totals, expected = [], [], []
     for _ in range(50):
         relevance = rng.random(40) < 0.3
         if not relevance.any():
             continue
         scores = np.sort(rng.random(40))[::-1]
-        expected = average_precision_score(relevance, scores)
-        got = metrics.average_precision(np.flatnonzero(relevance) + 1, int(relevance.sum()))
-        assert got == pytest.approx(expected)
+        expected.append(average_precision_score(relevance, scores))
+        assert ranking_ap(relevance) == pytest.approx(expected[-1])
+        rankings.append(["a" if hit else "b" for hit in relevance])
+        totals.append(int(relevance.sum()))
+    batch = metrics.per_queries(["a"] * len(rankings), rankings, totals, {}, k=10)  # the sweep's path
+    np.testing.assert_allclose([row["ap"] for row in batch], expected, atol=1e-12)
 
 
 def test_hand_computed_query():
@@ -133,8 +143,7 @@ def test_evaluate_on_the_reference_set(reference, tmp_path):
         scores, ids, neighbour_labels = engine.search(reference["vectors"][query:query + 1], 1199,
                                                       exclude_ids=reference["ids"][query:query + 1])
         relevant = np.array([label == labels[query] for label in neighbour_labels[0]])
-        aps.append((average_precision_score(relevant, scores[0]),
-                    metrics.average_precision(np.flatnonzero(relevant) + 1, int(relevant.sum()))))
+        aps.append((average_precision_score(relevant, scores[0]), ranking_ap(relevant)))
     np.testing.assert_allclose([a for a, _ in aps], [b for _, b in aps], atol=1e-6)
 
 

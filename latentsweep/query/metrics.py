@@ -12,28 +12,35 @@ from collections import defaultdict
 import numpy as np
 
 
-def average_precision(relevant_ranks: np.ndarray, total_relevant: int) -> float:
-    """AP of one ranking: mean over relevant items of precision at their rank (ranks from 1)."""
-    if total_relevant == 0:
-        return 0.0
-    ranks = np.sort(np.asarray(relevant_ranks, dtype=np.float64))
-    hits = np.arange(1, len(ranks) + 1)
-    return float(np.sum(hits / ranks) / total_relevant)
-
-
 def per_query(query_label: str, neighbour_labels: list[str | None], total_relevant: int,
               families: dict[str, str], k: int = 10) -> dict:
     """Metrics of one query given its ranking (best first)."""
-    matches = np.array([label == query_label for label in neighbour_labels], dtype=bool)
-    top = neighbour_labels[0] if neighbour_labels else None
-    return {
-        "top1": float(matches[0]) if len(matches) else 0.0,
-        "precision_at_10": float(matches[:k].sum() / k),
-        "ap": average_precision(np.flatnonzero(matches) + 1, total_relevant),
-        "type_top1": float(top is not None and families.get(top) is not None
-                           and families.get(top) == families.get(query_label)),
-        "predicted": top,
-    }
+    return per_queries([query_label], [neighbour_labels], [total_relevant], families, k)[0]
+
+
+def per_queries(query_labels: list[str], rankings: list[list[str | None]], total_relevant: list[int],
+                families: dict[str, str], k: int = 10) -> list[dict]:
+    """Metrics of many queries at once (array operations: a night's sweep has 100k of them); every
+    ranking has the same length. AP = the sum, over the hits, of the precision at the hit's rank,
+    divided by the number of relevant references."""
+    labels = np.asarray(query_labels, dtype=object)
+    ranked = np.empty((len(rankings), len(rankings[0]) if rankings else 0), dtype=object)
+    ranked[:] = rankings
+    matches = ranked == labels[:, None]
+    hits = np.cumsum(matches, axis=1)
+    ranks = np.arange(1, matches.shape[1] + 1)
+    relevant = np.asarray(total_relevant, dtype=np.float64)
+    ap = np.divide((matches * hits / ranks).sum(axis=1), relevant, out=np.zeros(len(labels)), where=relevant > 0)
+    precision = matches[:, :k].sum(axis=1) / k
+    tops = ranked[:, 0] if ranked.shape[1] else np.full(len(labels), None, dtype=object)
+    rows = []
+    for index, (label, top) in enumerate(zip(labels, tops)):
+        family = families.get(top) if top is not None else None
+        rows.append({"top1": float(matches[index, 0]) if matches.shape[1] else 0.0,
+                     "precision_at_10": float(precision[index]), "ap": float(ap[index]),
+                     "type_top1": float(family is not None and family == families.get(label)),
+                     "predicted": top})
+    return rows
 
 
 def summarise(labels: list[str], rows: list[dict], families: dict[str, str]) -> dict:

@@ -212,8 +212,8 @@ def _finish(location: storage.Location, parts: list, manifest, k: int, summary: 
     summary.attributed = summary.queries - summary.unknown
     summary.labelled = len(labelled_rows)
     if labelled_rows:
-        rows = [metrics.per_query(label, neighbours, manifest.labels.get(label, 0), manifest.families, k)
-                for label, neighbours in labelled_rows]
+        rows = metrics.per_queries([label for label, _ in labelled_rows], [n for _, n in labelled_rows],
+                                   [manifest.labels.get(label, 0) for label, _ in labelled_rows], manifest.families, k)
         summary.metrics = metrics.summarise([label for label, _ in labelled_rows], rows, manifest.families)
         summary.metrics["map_truncated_at"] = k
     page = report.render(location.uri, listing, asdict(summary), manifest.families)
