@@ -181,3 +181,28 @@ def test_s3_roundtrip(reference_set, s3_env, ray_session):
     index = ShardedIndex.load(f"s3://{bucket}/index")
     _, found = index.search(index.prepare(vectors[:5]), 1)
     assert found[:, 0].tolist() == list(ids[:5])
+
+
+def test_truncated_embeddings_and_tampered_manifest_are_refused(flat_index, tmp_path, ray_session):
+    """A truncated Parquet input stops the build with an error naming the file and writes no index;
+    a manifest whose recorded checksum does not match its shard is refused naming the shard."""
+    import shutil
+
+    from latentsweep.storage import StorageError
+
+    vectors, assignment = clustered(200, 2, DIM, seed=6)
+    write_ingest_output(str(tmp_path / "emb"), vectors, [LABELS[a] for a in assignment], FAMILIES, files=2)
+    victim = sorted((tmp_path / "emb" / "embeddings").glob("*.parquet"))[1]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.raises(StorageError, match=victim.name):
+        build(IndexJob([str(tmp_path / "emb")], str(tmp_path / "out"), quiet=True))
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+    copy = tmp_path / "index"
+    shutil.copytree(flat_index[0], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = manifest["shards"][1]
+    entry["index_sha256"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(JobFailed, match=entry["index_file"].rsplit("/", 1)[-1]):
+        ShardedIndex.load(str(copy))
