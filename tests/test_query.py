@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -298,3 +299,49 @@ def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, 
     untrained = subprocess.run(command[:-1] + ["--weights", "untrained", "--date", "2026-11-24"], capture_output=True,
                                text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
     assert untrained.returncode == 2 and "built with codec weights" in untrained.stderr
+
+
+def test_killed_sweep_resumes_to_identical_results(reference, tmp_path):
+    """SIGKILL the sweep's process group once its first part lands (before `_SUCCESS.json`); the
+    rerun skips the finished parts and ends with the same parts, rows and values as a clean run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    vectors, assignment = clustered(1200, len(LABELS), DIM, seed=9, spread=0.25)
+    write_ingest_output(str(tmp_path / "night"), vectors, [LABELS[a] for a in assignment], FAMILIES,
+                        files=24, id_offset=90_000)
+
+    def command(out):
+        return [sys.executable, "-m", "latentsweep", "sweep", str(tmp_path / "night"), "--index",
+                str(reference["index"]), "--out", str(out), "--date", "2026-11-23", "--quiet"]
+
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    partition = tmp_path / "killed" / "date=2026-11-23"
+    process = subprocess.Popen(command(tmp_path / "killed"), env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if (partition / "_done").exists() and any((partition / "_done").glob("*.json")):
+            break
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (partition / "_SUCCESS.json").exists(), "the kill must land before the sweep finishes"
+    finished_early = len(list((partition / "_done").glob("*.json")))
+    assert finished_early >= 1
+    resumed = subprocess.run(command(tmp_path / "killed"), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"parts_already_done={finished_early}" in resumed.stdout
+    clean = subprocess.run(command(tmp_path / "clean"), env=env, capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    resumed_parts = sorted(p.name for p in partition.glob("part-*.parquet"))
+    clean_parts = sorted(p.name for p in (tmp_path / "clean" / "date=2026-11-23").glob("part-*.parquet"))
+    assert resumed_parts == clean_parts and len(clean_parts) == 24
+    for name in clean_parts:
+        a = pq.read_table(partition / name)
+        b = pq.read_table(tmp_path / "clean" / "date=2026-11-23" / name)
+        assert a.equals(b), name
+    success = json.loads((partition / "_SUCCESS.json").read_text())
+    assert success["summary"]["queries"] == 1200
