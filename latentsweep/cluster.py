@@ -46,6 +46,20 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
     return ray.cluster_resources()
 
 
+def cpus_and_gpus(resources: dict) -> tuple[int, int]:
+    """Whole CPUs (at least one) and GPUs in ``connect``'s resources."""
+    return max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
+
+
+def quiet_data_context() -> None:
+    """Ray Data without its progress bars and start-up banner: the stages print their own progress."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
 def thread_env(threads: int) -> dict:
     """``runtime_env`` for an actor that should compute with ``threads`` cores. Ray sets
     ``OMP_NUM_THREADS`` to an actor's CPU reservation (1 when fractional) before the process starts,

@@ -10,7 +10,6 @@ listed; ``add`` appends new shards and keeps the recorded scaler.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from latentsweep import storage
+from latentsweep.console import stage_log
 from latentsweep.errors import UsageError
 from latentsweep.index import factory, features
 from latentsweep.index.manifest import Manifest, ShardEntry, load, save, sha256
@@ -97,7 +97,7 @@ def _train(spec: str, dimension: int, files: list[str], feature_spec: str, scale
 
 
 def _log(job: IndexJob):
-    return job.log or (lambda message: None if job.quiet else print(message, file=sys.stderr, flush=True))
+    return job.log or stage_log(job.quiet)
 
 
 def build(job: IndexJob) -> Manifest:

@@ -17,11 +17,13 @@ import numpy as np
 import pyarrow as pa
 
 from latentsweep import storage
+from latentsweep.cluster import cpus_and_gpus
 from latentsweep.codec.embed import EmbedSettings
 from latentsweep.ingest import plan as planning
 from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from latentsweep.ingest.sources import list_source
 from latentsweep.ingest.write import DONE_FOLDER, ShardWriter, done_markers
+from latentsweep.console import stage_log
 from latentsweep.errors import UsageError
 
 DECODE_BATCH = 16
@@ -71,10 +73,9 @@ def pool_layout(resources: dict, embed: EmbedSettings, workers: int | None) -> d
     GPU nodes: one actor per GPU (``num_gpus=1``). CPU only: actors of two torch threads each that
     together leave a CPU for the decode tasks (a pool that takes every CPU starves them and hangs).
     """
-    gpus = int(resources.get("GPU", 0))
+    cpus, gpus = cpus_and_gpus(resources)
     if gpus and embed.device != "cpu":
         return {"size": workers or gpus, "num_gpus": 1, "num_cpus": 1, "threads": None, "device": "cuda"}
-    cpus = max(1, int(resources.get("CPU", 1)))
     size = workers or max(1, (cpus - 1) // 2)
     per_actor = min(2.0, max(0.25, (cpus - 1) / size))
     # On one or two CPUs a single actor may use every core: decoding is light next to encoding.
@@ -118,7 +119,7 @@ def run(job: IngestJob, log=None) -> IngestSummary:
     """Run (or resume) an ingest and return its summary; also written to ``OUT/summary.json``."""
     from latentsweep.codec import weights
 
-    log = log or (lambda message: None if job.quiet else print(message, file=sys.stderr, flush=True))
+    log = log or stage_log(job.quiet)
     started = time.monotonic()
     out = storage.Location.parse(job.out)
     summary = IngestSummary(job.source, out.uri)
@@ -168,7 +169,7 @@ def _process(job: IngestJob, out: storage.Location, todo: list[planning.Shard], 
     import ray
     from tqdm import tqdm
 
-    from latentsweep.cluster import connect
+    from latentsweep.cluster import connect, quiet_data_context
     from latentsweep.codec.pooling import column_dims
     from latentsweep.ingest.decode import read_and_decode
     from latentsweep.ingest.encode import EncodeActor
@@ -176,9 +177,7 @@ def _process(job: IngestJob, out: storage.Location, todo: list[planning.Shard], 
     resources = connect(job.address, quiet=job.quiet)
     layout = pool_layout(resources, job.embed, job.workers)
     summary.workers, summary.device = layout["size"], layout["device"]
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    quiet_data_context()
     items = [item for shard in todo for item in shard.items]
     # Enough blocks that every encoder actor gets work, at most DECODE_BATCH rows each.
     block_rows = max(1, min(DECODE_BATCH, math.ceil(len(items) / (4 * layout["size"]))))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latentsweep import schema, storage
+from latentsweep.console import stage_log
 from latentsweep.errors import UsageError
 from latentsweep.index import features
 from latentsweep.query import metrics, report
@@ -138,10 +138,10 @@ def _done(location: storage.Location) -> dict[str, dict]:
 def sweep(job: SweepJob, log=None) -> SweepSummary:
     import ray
 
-    from latentsweep.cluster import connect, thread_env
+    from latentsweep.cluster import connect, cpus_and_gpus, quiet_data_context, thread_env
     from latentsweep.index.manifest import load, sha256
 
-    log = log or (lambda message: None if job.quiet else print(message, file=sys.stderr, flush=True))
+    log = log or stage_log(job.quiet)
     started = time.monotonic()
     location = partition(job)
     summary = SweepSummary(location.uri)
@@ -158,13 +158,10 @@ def sweep(job: SweepJob, log=None) -> SweepSummary:
     summary.parts, summary.parts_already_done = len(parts), len(parts) - len(todo)
     if todo:
         resources = connect(job.address, quiet=job.quiet)
-        gpus = int(resources.get("GPU", 0))
-        cpus = max(1, int(resources.get("CPU", 1)))
+        cpus, gpus = cpus_and_gpus(resources)
         size = min(job.workers or (gpus or max(1, cpus // 2)), len(todo))
         threads = max(1, cpus // size)  # each actor searches with its share of the cores
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
+        quiet_data_context()
         from latentsweep.query.actor import start_parts
 
         index_parts = start_parts(job.index, job.index_parts, num_gpus=1 if gpus else 0) if job.index_parts > 1 else None
