@@ -8,6 +8,7 @@ and are never printed: error messages pass through :func:`redact`.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -302,7 +303,22 @@ def read_table(uri: str | Location, columns: list[str] | None = None):
     import pyarrow.parquet as pq
 
     location = uri if isinstance(uri, Location) else Location.parse(uri)
-    try:
+    with _parquet_errors(location):
         return pq.read_table(location.fs_path, filesystem=filesystem(location), columns=columns)
+
+
+def parse_table(data: bytes, uri: str | Location):
+    """A Parquet file already read (e.g. to checksum the same bytes); errors name ``uri``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with _parquet_errors(uri if isinstance(uri, Location) else Location.parse(uri)):
+        return pq.read_table(pa.BufferReader(data))
+
+
+@contextlib.contextmanager
+def _parquet_errors(location: Location):
+    try:
+        yield
     except (OSError, ValueError) as error:  # pyarrow.ArrowInvalid is a ValueError
         raise StorageError(redact(f"cannot read Parquet {location.uri}: {error}")) from None

@@ -125,3 +125,11 @@ def test_download_is_atomic_and_exact(s3_env, tmp_path):
 def test_redact_hides_credentials(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "supersecretvalue")
     assert storage.redact("failed with supersecretvalue inside") == "failed with *** inside"
+
+
+def test_parse_table_reads_bytes_and_names_the_file_on_corruption(tmp_path):
+    table = pa.table({"id": [1, 2]})
+    data = storage.table_bytes(table)
+    assert storage.parse_table(data, str(tmp_path / "a.parquet")).equals(table)
+    with pytest.raises(StorageError, match="a.parquet"):
+        storage.parse_table(data[: len(data) // 2], str(tmp_path / "a.parquet"))

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from latentsweep import schema, storage
 from latentsweep.console import stage_log
@@ -196,7 +195,7 @@ def _finish(location: storage.Location, parts: list, manifest, k: int, summary: 
     for _, name, _ in parts:  # result parts only: the report is rendered from them below
         uri = location.join(f"{name}.parquet")
         data = storage.read_bytes(uri)
-        table = pq.read_table(pa.BufferReader(data))
+        table = storage.parse_table(data, uri)
         schema.check(table.schema, "results", uri.uri)
         listing.append({"file": f"{name}.parquet", "bytes": len(data), "sha256": sha256(data), "rows": table.num_rows})
         summary.queries += table.num_rows
