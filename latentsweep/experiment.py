@@ -154,17 +154,14 @@ def zoo_tables(root: Path, settings: ExperimentSettings, log) -> dict:
 
 
 def _images(manifest: Path) -> tuple[list[np.ndarray], list[str], dict[str, str]]:
-    import csv
+    """A corpus read and decoded as ingest reads and decodes it."""
+    from latentsweep import storage
+    from latentsweep.ingest.decode import decode_image
+    from latentsweep.ingest.sources import list_source
 
-    from PIL import Image
-
-    images, labels, families = [], [], {}
-    with manifest.open() as handle:
-        for row in csv.DictReader(handle):
-            images.append(np.asarray(Image.open(manifest.parent / row["uri"]).convert("RGB")))
-            labels.append(row["label"])
-            families[row["label"]] = row["family"]
-    return images, labels, families
+    items, _ = list_source(str(manifest))
+    images = [decode_image(storage.read_bytes(item.uri)) for item in items]
+    return images, [item.label for item in items], {item.label: item.family for item in items}
 
 
 def pixel_baseline(root: Path, settings: ExperimentSettings, log) -> dict:
@@ -180,7 +177,8 @@ def pixel_baseline(root: Path, settings: ExperimentSettings, log) -> dict:
     queries, query_labels, _ = _images(root / "corpus" / "queries" / "manifest.csv")
     embedder = Embedder(EmbedSettings(feature_set="all"))
     baseline = PixelBaseline(embedder)
-    embedder.embed(queries[:2]), baseline.embed(queries[:2])  # warm-up, not timed
+    embedder.embed(queries[:2])  # warm-up, not timed
+    baseline.embed(queries[:2])
     timings = {}
     for name, describe in (("latent", lambda images: embedder.embed(images)), ("pixel", baseline.embed)):
         began = time.perf_counter()
@@ -192,8 +190,8 @@ def pixel_baseline(root: Path, settings: ExperimentSettings, log) -> dict:
     index.add(scaler.transform(reference_vectors))
     _, found = index.search(scaler.transform(baseline.embed(queries)), len(reference))
     counts = {label: reference_labels.count(label) for label in set(reference_labels)}
-    rows = [metrics.per_query(label, [reference_labels[i] for i in ranking], counts[label], families)
-            for label, ranking in zip(query_labels, found)]
+    rows = metrics.per_queries(query_labels, np.asarray(reference_labels, dtype=object)[found],
+                               [counts[label] for label in query_labels], families)
     result = _headline({"overall": metrics.summarise(query_labels, rows, families)["overall"]})
     result.update({"latent_seconds_per_image": round(timings["latent"], 5),
                    "pixel_seconds_per_image": round(timings["pixel"], 5),
@@ -225,7 +223,7 @@ def markdown(results: dict) -> str:
              "## Table 1: semantic retrieval (leave-one-out)", "",
              "| classes | features | Top-1 Acc. | Prec.@10 | mAP |", "|---|---|---|---|---|"]
     lines += [row(r, ("classes", "features") + metric_keys) for r in results["table1"]]
-    lines += ["", f"## The zoo: every configuration", "",
+    lines += ["", "## The zoo: every configuration", "",
               "`reference` = leave-one-out on the reference set (the paper's protocol); `queries` = held-out "
               "images with new content against the reference index; `queries-jpeg*` = the same held-out "
               "images re-compressed as JPEG. Chance Top-1 is 1/7 = 0.143.", "",
@@ -241,7 +239,7 @@ def markdown(results: dict) -> str:
               f"| latent ({settings['main_features']}, gap) | "
               + " | ".join(f"{_row_of(results, 'queries')[k]:.3f}" for k in metric_keys)
               + f" | {pixel['latent_seconds_per_image']:.4f} |",
-              f"| pixel (decode + descriptor) | " + " | ".join(f"{pixel[k]:.3f}" for k in metric_keys)
+              "| pixel (decode + descriptor) | " + " | ".join(f"{pixel[k]:.3f}" for k in metric_keys)
               + f" | {pixel['pixel_seconds_per_image']:.4f} |", "",
               f"The pixel path takes {pixel['pixel_over_latent_time']:.2f}x the latent path's time per image.", ""]
     from latentsweep.query.evaluate import tables

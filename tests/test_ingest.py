@@ -338,14 +338,14 @@ def test_two_nodes_share_the_work_and_match_one_node(tmp_path, ray_session):
 ERROR_TYPES = {"not_image", "truncated", "too_large", "too_small", "unreadable"}
 
 
-def _encoded(data, mode: str, width: int, height: int, fmt: str, cut: float) -> bytes | None:
+def _encoded(seed: int, mode: str, width: int, height: int, fmt: str, cut: float) -> bytes | None:
     """An image of ``mode`` and size in ``fmt``, its bytes cut to the fraction ``cut`` (1 = whole);
     None when Pillow cannot write that mode in that format."""
     import io
 
     from PIL import Image
 
-    rng = np.random.default_rng(data)
+    rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
     image = (Image.fromarray(pixels[:, :, 0].astype(np.uint16) * 257) if mode == "I;16"
              else Image.fromarray(pixels).convert(mode))

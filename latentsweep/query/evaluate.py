@@ -43,10 +43,11 @@ def evaluate(index_uri: str, out: str, queries: list[str] | None = None, engine:
             part_ids = ids[start:start + chunk]
             _, _, neighbour_labels = engine.search(vectors[start:start + chunk], min(depth, manifest.vectors - 1)
                                                    if exhaustive else depth, exclude_ids=part_ids)
-            for row, (query_id, label) in enumerate(zip(part_ids, query_labels[start:start + chunk])):
-                relevant = manifest.labels.get(label, 0) - (1 if int(query_id) in reference_ids else 0)
-                rows.append(metrics.per_query(label, list(neighbour_labels[row]), relevant, manifest.families))
-                labels.append(label)
+            part_labels = query_labels[start:start + chunk]
+            relevant = [manifest.labels.get(label, 0) - (1 if int(query_id) in reference_ids else 0)
+                        for query_id, label in zip(part_ids, part_labels)]
+            rows += metrics.per_queries(part_labels, neighbour_labels, relevant, manifest.families)
+            labels += part_labels
     if not rows:
         raise UsageError("no labelled queries to evaluate")
     result = metrics.summarise(labels, rows, manifest.families)

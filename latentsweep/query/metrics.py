@@ -18,13 +18,13 @@ def per_query(query_label: str, neighbour_labels: list[str | None], total_releva
     return per_queries([query_label], [neighbour_labels], [total_relevant], families, k)[0]
 
 
-def per_queries(query_labels: list[str], rankings: list[list[str | None]], total_relevant: list[int],
+def per_queries(query_labels: list[str], rankings, total_relevant: list[int],
                 families: dict[str, str], k: int = 10) -> list[dict]:
     """Metrics of many queries at once (array operations: a night's sweep has 100k of them); every
-    ranking has the same length. AP = the sum, over the hits, of the precision at the hit's rank,
+    ranking (a row of ``rankings``: lists or a 2-d object array) has the same length. AP = the sum, over the hits, of the precision at the hit's rank,
     divided by the number of relevant references."""
     labels = np.asarray(query_labels, dtype=object)
-    ranked = np.empty((len(rankings), len(rankings[0]) if rankings else 0), dtype=object)
+    ranked = np.empty((len(rankings), len(rankings[0]) if len(rankings) else 0), dtype=object)
     ranked[:] = rankings
     matches = ranked == labels[:, None]
     hits = np.cumsum(matches, axis=1)

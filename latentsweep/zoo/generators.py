@@ -133,7 +133,7 @@ class Generator:
         # Upsampling leaves periodic traces (GAN checkerboards); iterative denoisers leave residual
         # noise of a characteristic colour and spectrum. Both are fixed per generator.
         period = {"tconv": 2, "nearest": 4, "bilinear": 8, "pixelshuffle": 2}.get(spec.kind, 1)
-        self.up_kernel = self._upsampling_kernel() if spec.family == "gan" else None
+        self.up_kernel = self._upsampling_kernel()
         self.tile = PATTERN * torch.randn(1, 3, period, period) if spec.family == "gan" else None
         self.noise_filter = torch.randn(3, 1, 3, 3) / 3 if spec.family == "diffusion" else None
 
