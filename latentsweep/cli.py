@@ -1,7 +1,8 @@
 """The ``latentsweep`` command: parses flags or ``--config``, calls the stages, holds no logic.
 
 Exit codes: 0 success, 1 completed with failed items, 2 bad usage or configuration,
-3 the job could not run (storage unreachable, corrupt input files, ...).
+3 the job could not run (storage unreachable, corrupt input files, output in use, ...),
+130 interrupted (Ctrl-C): a rerun resumes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import typer
 
 from latentsweep.config import apply_config
 
-EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 app = typer.Typer(
     help="Attribute images to the generator that made them, from JPEG AI latents, on Ray + FAISS.",
@@ -31,14 +32,38 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ou
 
 def main() -> None:
     """Console entry point: turn known failures into one clear line and an exit code."""
-    from latentsweep.errors import LatentsweepError, UsageError
+    from latentsweep.errors import UsageError
     from latentsweep.storage import redact
 
     try:
         app()
-    except LatentsweepError as error:
-        typer.secho(f"error: {redact(str(error))}", fg="red", err=True)
-        sys.exit(EXIT_USAGE if isinstance(error, UsageError) else EXIT_FAILED)
+    except SystemExit as done:
+        if done.code == EXIT_INTERRUPTED:  # typer's answer to Ctrl-C (KeyboardInterrupt)
+            typer.secho("interrupted: finished shards and parts are kept; rerun the same command to "
+                        "resume", fg="yellow", err=True)
+        raise
+    except Exception as error:
+        known = _known_cause(error)
+        if known is None:
+            raise
+        typer.secho(f"error: {redact(str(known))}", fg="red", err=True)
+        sys.exit(EXIT_USAGE if isinstance(known, UsageError) else EXIT_FAILED)
+
+
+def _known_cause(error: BaseException | None):
+    """The project's error behind ``error``: itself, or what a Ray task raised (Ray wraps it, its
+    message then carrying a remote traceback)."""
+    from latentsweep.errors import LatentsweepError
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        cause = getattr(error, "cause", None)
+        wrapped = cause if isinstance(cause, BaseException) else None
+        if isinstance(error, LatentsweepError) and wrapped is None:
+            return error
+        error = wrapped or error.__cause__
+    return None
 
 
 @app.command("train-codec")

@@ -13,7 +13,8 @@ LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Local object store: enough for a few shards of images in flight, small enough for a laptop.
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
-FORWARDED_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+FORWARDED_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+                       "AWS_MAX_ATTEMPTS")
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,

@@ -30,8 +30,23 @@ MULTIPART_THRESHOLD = 64 * 1024 * 1024
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
+# Failures that a later attempt may not meet: the endpoint is down, overloaded or timed out.
+TRANSIENT_CODES = frozenset({"EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError",
+                             "ReadTimeoutError", "ConnectionError", "500", "502", "503", "504",
+                             "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"})
+
+
 class StorageError(JobFailed):
-    """A storage operation failed; the message names the URI and never a credential."""
+    """A storage operation failed; the message names the URI and never a credential. ``transient``:
+    the store did not answer (rather than refusing), so the job stops instead of recording the item
+    as failed, and a rerun resumes."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+    def __reduce__(self):  # keep ``transient`` when Ray ships the error between processes
+        return type(self), (str(self), self.transient)
 
 
 @dataclass(frozen=True)
@@ -100,22 +115,24 @@ def redact(text: str) -> str:
 
 
 @lru_cache(maxsize=None)
-def _s3_client(endpoint: str | None, region: str | None):
+def _s3_client(endpoint: str | None, region: str | None, attempts: int):
     import boto3
     from botocore.config import Config
 
     config = Config(
         s3={"addressing_style": "path" if endpoint else "auto"},
-        retries={"max_attempts": 5, "mode": "standard"},
+        retries={"max_attempts": attempts, "mode": "standard"},
     )
     # A fresh session, not boto3's default one: that caches the credentials it first resolved.
     return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
 
 def s3_client():
-    """A boto3 S3 client configured from the standard AWS variables (cached per endpoint)."""
+    """A boto3 S3 client configured from the standard AWS variables (cached per endpoint);
+    ``AWS_MAX_ATTEMPTS`` (default 5) bounds boto3's retries with backoff."""
     return _s3_client(os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3"),
-                      os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+                      os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+                      int(os.environ.get("AWS_MAX_ATTEMPTS") or 5))
 
 
 def filesystem(location: Location) -> "pyarrow.fs.FileSystem":
@@ -132,14 +149,16 @@ def filesystem(location: Location) -> "pyarrow.fs.FileSystem":
     return pafs.S3FileSystem(**options)
 
 
-def _explain(error: Exception, location: Location, action: str) -> StorageError:
+def explain(error: Exception, location: Location, action: str) -> StorageError:
     code = getattr(error, "response", {}).get("Error", {}).get("Code", type(error).__name__)
     hint = ""
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
         hint = " (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy)"
     elif code in ("NoSuchBucket",):
         hint = " (the bucket does not exist)"
-    return StorageError(redact(f"cannot {action} {location.uri}: {code}{hint}"))
+    elif code in TRANSIENT_CODES:
+        hint = " (the store did not answer after retries: rerun when it is back; finished work is kept)"
+    return StorageError(redact(f"cannot {action} {location.uri}: {code}{hint}"), code in TRANSIENT_CODES)
 
 
 def list_files(root: str | Location, page_size: int = 1000, missing_ok: bool = False) -> Iterator[FileInfo]:
@@ -158,7 +177,7 @@ def list_files(root: str | Location, page_size: int = 1000, missing_ok: bool = F
                         yield FileInfo(f"s3://{location.bucket}/{item['Key']}", item["Size"],
                                        item["ETag"].strip('"'))
         except Exception as error:  # botocore raises several unrelated types
-            raise _explain(error, location, "list") from None
+            raise explain(error, location, "list") from None
         return
     if os.path.isfile(location.key):
         stat = os.stat(location.key)
@@ -189,7 +208,7 @@ def info(uri: str | Location) -> FileInfo:
     try:
         head = s3_client().head_object(Bucket=location.bucket, Key=location.key)
     except Exception as error:
-        raise _explain(error, location, "stat") from None
+        raise explain(error, location, "stat") from None
     return FileInfo(location.uri, head["ContentLength"], head["ETag"].strip('"'))
 
 
@@ -203,7 +222,7 @@ def exists(uri: str | Location) -> bool:
     except Exception as error:
         if getattr(error, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return False
-        raise _explain(error, location, "check") from None
+        raise explain(error, location, "check") from None
 
 
 def read_bytes(uri: str | Location) -> bytes:
@@ -214,7 +233,7 @@ def read_bytes(uri: str | Location) -> bytes:
     try:
         return s3_client().get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
     except Exception as error:
-        raise _explain(error, location, "read") from None
+        raise explain(error, location, "read") from None
 
 
 def write_bytes(uri: str | Location, data: bytes) -> None:
@@ -231,7 +250,7 @@ def write_bytes(uri: str | Location, data: bytes) -> None:
             s3_client().upload_fileobj(io.BytesIO(data), location.bucket, location.key,
                                        Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD))
         except Exception as error:
-            raise _explain(error, location, "write") from None
+            raise explain(error, location, "write") from None
         return
     folder = os.path.dirname(location.key)
     os.makedirs(folder, exist_ok=True)
@@ -257,7 +276,7 @@ def delete(uri: str | Location) -> None:
     try:
         s3_client().delete_object(Bucket=location.bucket, Key=location.key)
     except Exception as error:
-        raise _explain(error, location, "delete") from None
+        raise explain(error, location, "delete") from None
 
 
 def download(uri: str | Location, destination: str) -> None:
@@ -277,7 +296,7 @@ def download(uri: str | Location, destination: str) -> None:
     except Exception as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
-        raise _explain(error, location, "download") from None
+        raise explain(error, location, "download") from None
 
 
 def write_table(uri: str | Location, table, metadata: dict[str, str] | None = None) -> None:

@@ -35,49 +35,71 @@ def weed_binary() -> str:
     return found
 
 
+class WeedServer:
+    """A SeaweedFS ``weed mini`` on loopback with telemetry off, keeping its folder and ports across
+    :meth:`stop` and :meth:`start` (tests stop it mid-job and start it again)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        config = root / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "admin", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+        s3_port = free_port()
+        ports = {name: free_port() for name in ("master.port", "master.port.grpc", "volume.port",
+                                                "volume.port.grpc", "filer.port", "filer.port.grpc",
+                                                "s3.port.grpc", "admin.port", "admin.port.grpc")}
+        self.command = [weed_binary(), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                        "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-s3.port={s3_port}",
+                        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}"]
+        self.command += [f"-{name}={port}" for name, port in ports.items()]
+        self.endpoint = f"http://127.0.0.1:{s3_port}"
+        self.process: subprocess.Popen | None = None
+        import boto3
+        from botocore.config import Config
+
+        self.client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=S3_ACCESS_KEY,
+                                   aws_secret_access_key=S3_SECRET_KEY, region_name="us-east-1",
+                                   config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+
+    def start(self) -> None:
+        with open(self.root / "weed.log", "ab") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.client.list_buckets()
+                self.client.create_bucket(Bucket="probe")
+                return
+            except Exception as error:
+                if "BucketAlready" in str(error):
+                    return
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail("SeaweedFS did not start:\n" + (self.root / "weed.log").read_text()[-3000:])
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        """SIGTERM the server's process group (it is ours: started in its own session), then SIGKILL."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    """Start ``weed mini`` bound to loopback with telemetry off; yield its endpoint; stop it by PID."""
-    root = tmp_path_factory.mktemp("seaweedfs")
-    config = root / "s3.json"
-    config.write_text(json.dumps({"identities": [{
-        "name": "admin", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
-        "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
-    s3_port = free_port()
-    ports = {name: free_port() for name in ("master.port", "master.port.grpc", "volume.port",
-                                            "volume.port.grpc", "filer.port", "filer.port.grpc",
-                                            "s3.port.grpc", "admin.port", "admin.port.grpc")}
-    command = [weed_binary(), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-               "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-s3.port={s3_port}",
-               "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}"]
-    command += [f"-{name}={port}" for name, port in ports.items()]
-    (root / "data").mkdir()
-    log = open(root / "weed.log", "wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{s3_port}"
-    import boto3
-    from botocore.config import Config
-
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_ACCESS_KEY,
-                          aws_secret_access_key=S3_SECRET_KEY, region_name="us-east-1",
-                          config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client.create_bucket(Bucket="probe")
-            break
-        except Exception:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail("SeaweedFS did not start:\n" + (root / "weed.log").read_text()[-3000:])
-            time.sleep(0.3)
-    yield {"endpoint": endpoint, "client": client, "process": process}
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-    log.close()
+    """One S3 server for the test run; yields its endpoint and an admin client."""
+    server = WeedServer(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield {"endpoint": server.endpoint, "client": server.client, "process": server.process}
+    server.stop()
 
 
 def s3_variables(server) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -12,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from hypothesis import assume, given, settings as hypothesis_settings, strategies as st
 
 from images import gradient, odd_files, photo_corpus
+from processes import assert_same_ingest, files_in, interrupt_when
 from latentsweep import schema, storage
 from latentsweep.codec.embed import EmbedSettings
 from latentsweep.ingest import plan as planning
@@ -49,7 +50,7 @@ def test_plan_is_deterministic_and_covers_every_item():
     first = planning.plan(items, 16, {"codec": "x"})
     again = planning.plan(list(reversed(items)), 16, {"codec": "x"})
     assert [(s.shard_id, s.digest, s.items) for s in first] == [(s.shard_id, s.digest, s.items) for s in again]
-    assert len(first) == 7
+    assert len(first) == 7 and all(shard.items for shard in first)
     ids = [item.id for shard in first for item in shard.items]
     assert sorted(ids) == sorted(schema.stable_id(i.uri) for i in items) and len(set(ids)) == 100
     assert all(item.shard == shard.shard_id for shard in first for item in shard.items)
@@ -66,6 +67,15 @@ def test_plan_digest_changes_with_content_and_settings():
     done = {s.shard_id: s.digest for s in base}
     assert planning.pending(base, done) == []
     assert [s.shard_id for s in planning.pending(changed, done)] == differing
+
+
+def test_empty_shards_are_not_planned():
+    """Hashing 48 items into 24 shards leaves some empty; none is planned, so none stays pending."""
+    items = [SourceItem(f"/data/{i}.png", 10, "v1") for i in range(48)]
+    shards = planning.plan(items, 2, {})
+    assert 0 < len(shards) < 24 and all(shard.items for shard in shards)
+    assert sum(len(shard.items) for shard in shards) == 48
+    assert planning.pending(shards, {s.shard_id: s.digest for s in shards}) == []
 
 
 def test_duplicate_uris_collapse_to_one_row():
@@ -257,8 +267,9 @@ def test_s3_to_s3(corpus, s3_env, ray_session):
     assert f"s3://{bucket}/out/summary.json" in keys and f"s3://{bucket}/out/manifest.parquet" in keys
 
 
-def test_interrupted_run_resumes_to_identical_output(tmp_path):
-    """Kill the ingest process after its first shard lands; the rerun completes to the same rows."""
+def test_interrupted_runs_resume_to_identical_output(tmp_path):
+    """Ctrl-C (SIGINT to the process group) after the first shard lands, then SIGKILL of the resumed
+    run after its first shard: the third run completes to the rows and values of an undisturbed run."""
     corpus = tmp_path / "corpus"
     photo_corpus(corpus, per_label=16, size=(120, 150))
     (corpus / "alpha" / "broken.png").write_bytes(b"not an image")
@@ -266,35 +277,65 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path):
     command = [sys.executable, "-m", "latentsweep", "ingest", str(corpus), "--out", str(out),
                "--labels-from-folders", "--weights", "untrained", "--feature-set", "selected",
                "--device", "cpu", "--shard-size", "2", "--batch-size", "2", "--quiet"]
+    markers = lambda: files_in(out / "_done")
+    code, stderr = interrupt_when(command, lambda: markers() >= 1, signal.SIGINT)
+    assert code == 130 and "interrupted" in stderr and "rerun" in stderr, stderr[-2000:]
+    after_sigint, planned = markers(), json.loads((out / "plan.json").read_text())["shards"]
+    assert 1 <= after_sigint < planned, "the interrupt must land mid-run"
+    assert not list(out.rglob(".tmp-*")), "an interrupted write left a temporary file"
+    interrupt_when(command, lambda: markers() > after_sigint, signal.SIGKILL)
+    after_sigkill = markers()
+    assert after_sigint < after_sigkill < planned
     env = {**os.environ, "RAY_ADDRESS": ""}
-    process = subprocess.Popen(command, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        done = list((out / "_done").glob("*.json")) if (out / "_done").exists() else []
-        if done or process.poll() is not None:
-            break
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    finished_early = len(list((out / "_done").glob("*.json")))
-    assert 1 <= finished_early < 25, "the kill must land mid-run"
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 1, resumed.stderr[-2000:]  # 1: the broken file is an error row
-    assert "shards_already_done=" in resumed.stdout
+    assert f"shards_already_done={after_sigkill}" in resumed.stdout
     clean = subprocess.run(command[:6] + [str(tmp_path / "clean")] + command[7:], env=env,
                            capture_output=True, text=True, timeout=300)
     assert clean.returncode == 1, clean.stderr[-2000:]
-    for kind in ("embeddings", "errors"):
-        a = pq.read_table(out / kind).sort_by("id")
-        b = pq.read_table(tmp_path / "clean" / kind).sort_by("id")
-        assert a.column_names == b.column_names and a.num_rows == b.num_rows
-        for name in a.column_names:
-            if pa.types.is_fixed_size_list(a.schema.field(name).type):
-                np.testing.assert_allclose(np.stack(a.column(name).to_numpy(zero_copy_only=False)),
-                                           np.stack(b.column(name).to_numpy(zero_copy_only=False)), atol=1e-6)
-            else:
-                assert a.column(name).equals(b.column(name)), name
+    assert_same_ingest(out, tmp_path / "clean")
+
+
+def test_killed_encoder_actor_is_replaced_and_output_is_unchanged(tmp_path, ray_session):
+    """SIGKILL the encoder actor's process once the first shard lands: Ray Data restarts the actor
+    and resubmits its batch; the job completes to the rows of an undisturbed run (none lost, none
+    twice)."""
+    import threading
+
+    import psutil
+
+    corpus = tmp_path / "corpus"
+    photo_corpus(corpus, per_label=16, size=(120, 150))
+    settings = dict(labels_from_folders=True, shard_size=2, embed=EmbedSettings(
+        weights="untrained", feature_set="selected", device="cpu", max_batch=2))
+    clean = run(job(corpus, tmp_path / "clean", **settings))
+    out = tmp_path / "disturbed"
+    killed: list[int] = []
+    shards_at_kill: list[int] = []
+
+    def kill_encoder_after_first_shard():
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and files_in(out / "_done") == 0:
+            time.sleep(0.01)
+        shards_at_kill.append(files_in(out / "_done"))
+        # only our own Ray's workers: descendants of this test process
+        for process in psutil.Process().children(recursive=True):
+            try:
+                if "EncodeActor" in " ".join(process.cmdline()):
+                    process.kill()
+                    killed.append(process.pid)
+            except psutil.NoSuchProcess:
+                pass
+
+    killer = threading.Thread(target=kill_encoder_after_first_shard)
+    killer.start()
+    disturbed = run(job(corpus, out, **settings))
+    killer.join()
+    assert killed, "no encoder actor process was found to kill"
+    assert shards_at_kill[0] < disturbed.shards, "the kill must land mid-run"
+    assert disturbed.shards_processed == disturbed.shards == clean.shards_processed == clean.shards
+    assert disturbed.embedded == clean.embedded == 48
+    assert_same_ingest(out, tmp_path / "clean")
 
 
 TWO_NODES = """
@@ -324,7 +365,7 @@ def test_two_nodes_share_the_work_and_match_one_node(tmp_path, ray_session):
     result = subprocess.run([sys.executable, "-c", TWO_NODES, str(corpus), str(tmp_path / "two")],
                             capture_output=True, text=True, timeout=400, env={**os.environ, "RAY_ADDRESS": ""})
     assert result.returncode == 0, result.stderr[-3000:]
-    report = __import__("json").loads(result.stdout.strip().splitlines()[-1])
+    report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["nodes"] == 2 and all(count > 0 for count in report["per_node"].values()), report
     assert report["embedded"] == one_node.embedded == 60
     one, _ = read_output(tmp_path / "one")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from latentsweep import storage
+from latentsweep import lock, storage
 from latentsweep.console import stage_log
 from latentsweep.errors import UsageError
 from latentsweep.index import factory, features
@@ -102,12 +102,14 @@ def _log(job: IndexJob):
 
 def build(job: IndexJob) -> Manifest:
     """Build an index from scratch at ``job.out``."""
-    return _run(job, existing=None)
+    with lock.hold(storage.Location.parse(job.out), "index build"):
+        return _run(job, existing=None)
 
 
 def add(job: IndexJob) -> Manifest:
     """Append ``job.sources`` to the index at ``job.out`` as new shards (scaler and type unchanged)."""
-    return _run(job, existing=load(job.out))
+    with lock.hold(storage.Location.parse(job.out), "index add"):
+        return _run(job, existing=load(job.out))
 
 
 def _run(job: IndexJob, existing: Manifest | None) -> Manifest:

@@ -104,7 +104,11 @@ def read_and_decode(batch: dict, max_pixels: int, min_side: int) -> dict:
                 record["height"], record["width"] = image.shape[:2]
         except DecodeError as error:
             record.update(error_type=error.error_type, message=str(error))
-        except Exception as error:  # storage errors, permissions, vanished objects
+        except storage.StorageError as error:
+            if error.transient:  # the store is down, the item is fine: stop the job, a rerun resumes
+                raise
+            record.update(error_type="unreadable", message=str(error))
+        except Exception as error:  # permissions, vanished files
             record.update(error_type="unreadable", message=storage.redact(f"{type(error).__name__}: {error}"))
         images.append(image)
         payloads.append(payload)

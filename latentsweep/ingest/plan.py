@@ -47,7 +47,7 @@ def num_shards_for(count: int, shard_size: int) -> int:
 
 
 def plan(items: list[SourceItem], shard_size: int, settings: dict) -> list[Shard]:
-    """Assign ids and shards; duplicate URIs are collapsed (one id each)."""
+    """Assign ids and shards; duplicate URIs are collapsed (one id each); empty shards are left out."""
     unique = {item.uri: item for item in items}
     count = num_shards_for(len(unique), shard_size)
     planned: dict[int, list[PlannedItem]] = {index: [] for index in range(count)}
@@ -59,6 +59,8 @@ def plan(items: list[SourceItem], shard_size: int, settings: dict) -> list[Shard
     settings_text = json.dumps(settings, sort_keys=True)
     shards = []
     for shard_id, members in planned.items():
+        if not members:  # hashing leaves some shards of a small job empty: nothing to write or redo
+            continue
         members.sort(key=lambda p: p.id)
         hasher = hashlib.sha256(settings_text.encode())
         for member in members:

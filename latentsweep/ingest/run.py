@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from latentsweep import storage
+from latentsweep import lock, storage
 from latentsweep.cluster import cpus_and_gpus
 from latentsweep.codec.embed import EmbedSettings
 from latentsweep.ingest import plan as planning
@@ -129,6 +129,19 @@ def run(job: IngestJob, log=None) -> IngestSummary:
         raise UsageError(f"no images or .pt latents found in {job.source}")
     _, weights_digest, _ = weights.load(job.embed.weights)
     settings = _plan_settings(job, weights_digest)
+    with lock.hold(out, "ingest"):
+        todo = _plan_and_process(job, out, items, settings, summary, log)
+        _collect_totals(out, summary)
+        summary.seconds = round(time.monotonic() - started, 2)
+        processed = sum(len(s.items) for s in todo)
+        summary.images_per_second = round(processed / summary.seconds, 2) if summary.seconds else 0.0
+        storage.write_bytes(out.join("summary.json"), json.dumps(asdict(summary), indent=2).encode())
+    return summary
+
+
+def _plan_and_process(job: IngestJob, out: storage.Location, items: list, settings: dict,
+                      summary: IngestSummary, log) -> list[planning.Shard]:
+    """Plan against what ``out`` already holds and process the shards left; returns those."""
     _check_previous(out, settings, job.overwrite)
     if job.overwrite:
         _clear(out)
@@ -146,12 +159,7 @@ def run(job: IngestJob, log=None) -> IngestSummary:
         _process(job, out, todo, settings, summary, log)
     else:
         log(f"ingest: all {len(shards)} shards of {out.uri} are already done; nothing to do")
-    _collect_totals(out, summary)
-    summary.seconds = round(time.monotonic() - started, 2)
-    processed = sum(len(s.items) for s in todo)
-    summary.images_per_second = round(processed / summary.seconds, 2) if summary.seconds else 0.0
-    storage.write_bytes(out.join("summary.json"), json.dumps(asdict(summary), indent=2).encode())
-    return summary
+    return todo
 
 
 def _collect_totals(out: storage.Location, summary: IngestSummary) -> None:

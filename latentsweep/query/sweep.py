@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from latentsweep import schema, storage
+from latentsweep import lock, schema, storage
 from latentsweep.console import stage_log
 from latentsweep.errors import UsageError
 from latentsweep.index import features
@@ -135,14 +135,19 @@ def _done(location: storage.Location) -> dict[str, dict]:
 
 
 def sweep(job: SweepJob, log=None) -> SweepSummary:
+    """Attribute every query file of ``job`` into its date partition; one sweep per partition at a time."""
+    location = partition(job)
+    with lock.hold(location, "sweep"):
+        return _sweep(job, location, log or stage_log(job.quiet))
+
+
+def _sweep(job: SweepJob, location: storage.Location, log) -> SweepSummary:
     import ray
 
     from latentsweep.cluster import connect, cpus_and_gpus, quiet_data_context, thread_env
     from latentsweep.index.manifest import load, sha256
 
-    log = log or stage_log(job.quiet)
     started = time.monotonic()
-    location = partition(job)
     summary = SweepSummary(location.uri)
     manifest = load(job.index)
     index_digest = sha256(manifest.to_json().encode())
@@ -151,7 +156,8 @@ def sweep(job: SweepJob, log=None) -> SweepSummary:
     parts = [(uri, part_name(uri), _digest(uri, storage.info(uri).version, index_digest, settings)) for uri in files]
     if job.overwrite:
         for info in list(storage.list_files(location, missing_ok=True)):
-            storage.delete(info.uri)
+            if not lock.is_lock_file(info.uri):
+                storage.delete(info.uri)
     done = _done(location)
     todo = [p for p in parts if done.get(p[1], {}).get("digest") != p[2]]
     summary.parts, summary.parts_already_done = len(parts), len(parts) - len(todo)

@@ -1,0 +1,160 @@
+"""One writer per output: a second run on the same output is refused while the first is alive.
+
+Locally the lock is ``flock`` on ``OUT/_lock``: the kernel drops it when its process ends, however
+it ends, so a rerun after a crash never waits. On S3 it is a lease object ``OUT/_lock.json`` created
+with a conditional PUT (``If-None-Match: *``), renewed by a heartbeat with ``If-Match`` and deleted at
+the end. A lease left by a killed run is taken over when its holder is known dead (same host, no such
+process) or when it has not been renewed for :data:`LEASE_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from email.utils import parsedate_to_datetime
+from typing import Iterator
+
+from latentsweep import storage
+from latentsweep.errors import JobFailed
+
+LOCK_FILE = "_lock"
+LEASE_FILE = "_lock.json"
+LEASE_SECONDS = 120.0
+RENEW_SECONDS = LEASE_SECONDS / 4
+
+
+class OutputBusy(JobFailed):
+    """Another live run holds the output's lock."""
+
+
+def is_lock_file(uri: str) -> bool:
+    """Whether ``uri`` is a lock of this module (which ``--overwrite`` must not delete)."""
+    return uri.rsplit("/", 1)[-1] in (LOCK_FILE, LEASE_FILE)
+
+
+def _holder(stage: str) -> dict:
+    return {"stage": stage, "host": socket.gethostname(), "pid": os.getpid(), "owner": uuid.uuid4().hex,
+            "started": time.time()}
+
+
+def _busy(out: storage.Location, holder: dict, detail: str = "") -> OutputBusy:
+    return OutputBusy(f"{out.uri} is in use by another run ({holder.get('stage', '?')}, pid "
+                      f"{holder.get('pid', '?')} on {holder.get('host', '?')}){detail}: wait for it to "
+                      f"finish, or write to another output")
+
+
+@contextlib.contextmanager
+def hold(out: storage.Location, stage: str) -> Iterator[None]:
+    """Hold ``out``'s lock for the ``with`` block, or raise :class:`OutputBusy`."""
+    with (_hold_lease(out, stage) if out.is_s3 else _hold_flock(out, stage)):
+        yield
+
+
+@contextlib.contextmanager
+def _hold_flock(out: storage.Location, stage: str) -> Iterator[None]:
+    import fcntl
+
+    os.makedirs(out.key, exist_ok=True)
+    with open(os.path.join(out.key, LOCK_FILE), "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise _busy(out, _parse(handle.read())) from None
+        handle.truncate(0)
+        handle.write(json.dumps(_holder(stage)))
+        handle.flush()
+        yield  # the kernel releases the lock when the file closes or the process dies
+
+
+def _parse(text: str | bytes) -> dict:
+    try:
+        value = json.loads(text)
+        return value if isinstance(value, dict) else {}
+    except ValueError:
+        return {}
+
+
+def _code(error: Exception) -> str:
+    return getattr(error, "response", {}).get("Error", {}).get("Code", "")
+
+
+@contextlib.contextmanager
+def _hold_lease(out: storage.Location, stage: str) -> Iterator[None]:
+    lease = _Lease(out.join(LEASE_FILE), _holder(stage))
+    lease.acquire(out)
+    stop = threading.Event()
+    heartbeat = threading.Thread(target=lease.renew_until, args=(stop,), daemon=True)
+    heartbeat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        heartbeat.join()
+        lease.release()
+
+
+class _Lease:
+    def __init__(self, location: storage.Location, holder: dict):
+        self.location, self.holder, self.etag = location, holder, ""
+
+    def _put(self, **condition) -> str:
+        body = json.dumps({**self.holder, "renewed": time.time()}).encode()
+        return storage.s3_client().put_object(Bucket=self.location.bucket, Key=self.location.key,
+                                              Body=body, **condition)["ETag"]
+
+    def acquire(self, out: storage.Location) -> None:
+        try:
+            self.etag = self._put(IfNoneMatch="*")
+            return
+        except Exception as error:
+            if _code(error) not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise storage.explain(error, self.location, "lock") from None
+        try:
+            current = storage.s3_client().get_object(Bucket=self.location.bucket, Key=self.location.key)
+        except Exception as error:
+            raise storage.explain(error, self.location, "read the lock") from None
+        other = _parse(current["Body"].read())
+        # both times from the server's clock: hosts' clocks may disagree
+        server_now = parsedate_to_datetime(current["ResponseMetadata"]["HTTPHeaders"]["date"])
+        age = (server_now - current["LastModified"]).total_seconds()
+        dead = other.get("host") == self.holder["host"] and not _alive(other.get("pid"))
+        if not dead and age < LEASE_SECONDS:
+            raise _busy(out, other, f", lease renewed {age:.0f} s ago, expires in {LEASE_SECONDS - age:.0f} s")
+        try:  # take over the stale lease, unless someone else just did
+            self.etag = self._put(IfMatch=current["ETag"])
+        except Exception as error:
+            if _code(error) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise _busy(out, other, " (taken over by another run just now)") from None
+            raise storage.explain(error, self.location, "lock") from None
+
+    def renew_until(self, stop: threading.Event) -> None:
+        while not stop.wait(RENEW_SECONDS):
+            try:
+                self.etag = self._put(IfMatch=self.etag)
+            except Exception:  # storage down: the next beat retries; the job's own writes will fail
+                continue
+
+    def release(self) -> None:
+        try:
+            storage.s3_client().delete_object(Bucket=self.location.bucket, Key=self.location.key,
+                                              IfMatch=self.etag)
+        except Exception:  # unreachable or taken over: the lease expires on its own
+            pass
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,62 @@
+"""Run the command line as a user does, interrupt it as users and machines do, compare outputs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+
+def interrupt_when(command: list[str], ready: Callable[[], bool], sig: int, timeout: float = 240) -> tuple[int, str]:
+    """Start ``command`` in its own process group; once ``ready()`` holds, send ``sig`` to the group
+    (as Ctrl-C does to a terminal's foreground group). Returns (exit code, stderr)."""
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                   stderr=stderr)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None and not ready():
+            time.sleep(0.02)
+        assert process.poll() is None, "the command ended before it could be interrupted"
+        os.killpg(process.pid, sig)
+        try:
+            code = process.wait(timeout=90)
+        finally:
+            try:  # whatever of the group outlived the signal (Ray's own processes)
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        stderr.seek(0)
+        return code, stderr.read().decode(errors="replace")
+
+
+def files_in(folder: Path, pattern: str = "*.json") -> int:
+    return len(list(folder.glob(pattern))) if folder.exists() else 0
+
+
+def assert_same_rows(a: pa.Table, b: pa.Table, what: str) -> None:
+    """Same columns, rows and values (vectors to float tolerance)."""
+    assert a.column_names == b.column_names and a.num_rows == b.num_rows, what
+    for name in a.column_names:
+        if pa.types.is_fixed_size_list(a.schema.field(name).type):
+            np.testing.assert_allclose(np.stack(a.column(name).to_numpy(zero_copy_only=False)),
+                                       np.stack(b.column(name).to_numpy(zero_copy_only=False)), atol=1e-6)
+        else:
+            assert a.column(name).equals(b.column(name)), f"{what}: column {name}"
+
+
+def assert_same_ingest(out: str | Path, clean: str | Path) -> None:
+    """Two ingest outputs hold the same embedding and error rows."""
+    from latentsweep import storage
+
+    for kind in ("embeddings", "errors"):
+        a = storage.read_table(storage.Location.parse(str(out)).join(kind)).sort_by("id")
+        b = storage.read_table(storage.Location.parse(str(clean)).join(kind)).sort_by("id")
+        assert_same_rows(a, b, kind)
