@@ -58,6 +58,9 @@ def odd_files() -> dict[str, tuple[bytes, str | None]]:
     bomb = bytearray(encoded(Image.new("L", (64, 64)), "PNG"))
     bomb[16:24] = struct.pack(">II", 100_000, 100_000)  # IHDR claims 10^10 pixels
     bomb[29:33] = struct.pack(">I", zlib.crc32(bytes(bomb[12:29])))  # with a valid chunk CRC
+    huge = bytearray(encoded(Image.new("RGB", (64, 64)), "PNG"))
+    huge[16:24] = struct.pack(">II", 6000, 3000)  # 18 Mpx: under Pillow's bomb guard, over --max-pixels 10M
+    huge[29:33] = struct.pack(">I", zlib.crc32(bytes(huge[12:29])))
     return {
         "ok.png": (png, None),
         "ok.jpg": (jpeg, None),
@@ -74,6 +77,7 @@ def odd_files() -> dict[str, tuple[bytes, str | None]]:
         "zero.png": (b"", "not_image"),
         "text.png": (b"this is not an image\n", "not_image"),
         "bomb.png": (bytes(bomb), "too_large"),
+        "huge.png": (bytes(huge), "too_large"),
         "tiny.png": (encoded(Image.new("RGB", (1, 1)), "PNG"), "too_small"),
         "line.png": (encoded(Image.new("RGB", (1, 300)), "PNG"), "too_small"),
     }

@@ -301,13 +301,15 @@ def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, 
     assert untrained.returncode == 2 and "built with codec weights" in untrained.stderr
 
 
-def test_killed_sweep_resumes_to_identical_results(reference, tmp_path):
-    """SIGKILL the sweep's process group once its first part lands (before `_SUCCESS.json`); the
-    rerun skips the finished parts and ends with the same parts, rows and values as a clean run."""
+def test_interrupted_sweeps_resume_to_identical_results(reference, tmp_path):
+    """Ctrl-C (SIGINT to the process group) once the first part lands, then SIGKILL of the resumed
+    sweep after its first part (both before `_SUCCESS.json`): the third run skips exactly the
+    finished parts and ends with the same parts, rows and values as a clean run."""
     import signal
     import subprocess
     import sys
-    import time
+
+    from processes import files_in, interrupt_when
 
     vectors, assignment = clustered(1200, len(LABELS), DIM, seed=9, spread=0.25)
     write_ingest_output(str(tmp_path / "night"), vectors, [LABELS[a] for a in assignment], FAMILIES,
@@ -317,23 +319,19 @@ def test_killed_sweep_resumes_to_identical_results(reference, tmp_path):
         return [sys.executable, "-m", "latentsweep", "sweep", str(tmp_path / "night"), "--index",
                 str(reference["index"]), "--out", str(out), "--date", "2026-11-23", "--quiet"]
 
+    partition = tmp_path / "interrupted" / "date=2026-11-23"
+    markers = lambda: files_in(partition / "_done")
+    code, stderr = interrupt_when(command(tmp_path / "interrupted"), lambda: markers() >= 1, signal.SIGINT)
+    assert code == 130 and "rerun the same command to resume" in stderr, stderr[-2000:]
+    after_sigint = markers()
+    interrupt_when(command(tmp_path / "interrupted"), lambda: markers() > after_sigint, signal.SIGKILL)
+    after_sigkill = markers()
+    assert not (partition / "_SUCCESS.json").exists(), "the kills must land before the sweep finishes"
+    assert 1 <= after_sigint < after_sigkill < 24
     env = {**os.environ, "RAY_ADDRESS": ""}
-    partition = tmp_path / "killed" / "date=2026-11-23"
-    process = subprocess.Popen(command(tmp_path / "killed"), env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        if (partition / "_done").exists() and any((partition / "_done").glob("*.json")):
-            break
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (partition / "_SUCCESS.json").exists(), "the kill must land before the sweep finishes"
-    finished_early = len(list((partition / "_done").glob("*.json")))
-    assert finished_early >= 1
-    resumed = subprocess.run(command(tmp_path / "killed"), env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(command(tmp_path / "interrupted"), env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"parts_already_done={finished_early}" in resumed.stdout
+    assert f"parts_already_done={after_sigkill}" in resumed.stdout
     clean = subprocess.run(command(tmp_path / "clean"), env=env, capture_output=True, text=True, timeout=300)
     assert clean.returncode == 0, clean.stderr[-2000:]
     resumed_parts = sorted(p.name for p in partition.glob("part-*.parquet"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -88,15 +89,13 @@ def _read_manifest(source: str) -> list[SourceItem]:
         table = storage.read_table(location)
     if "uri" not in table.column_names:
         raise UsageError(f"manifest {source} has no 'uri' column (columns: {', '.join(table.column_names)})")
-    base = storage.Location(location.scheme, location.bucket,
-                            (os.path.dirname(location.key) if not location.is_s3
-                             else location.key.rsplit("/", 1)[0] if "/" in location.key else ""))
-    rows = table.to_pylist()
+    folder = posixpath.dirname(location.key) if location.is_s3 else os.path.dirname(location.key)
     items = []
-    for row in rows:
+    for row in table.to_pylist():
         uri = str(row["uri"])
-        if "://" not in uri and not os.path.isabs(uri):
-            uri = base.join(uri).uri
+        if "://" not in uri and not os.path.isabs(uri):  # relative to the manifest; may climb out of it
+            uri = (f"s3://{location.bucket}/{posixpath.normpath(posixpath.join(folder, uri)).lstrip('/')}"
+                   if location.is_s3 else os.path.normpath(os.path.join(folder, uri)))
         items.append(SourceItem(uri, label=_text(row.get("label")), family=_text(row.get("family"))))
     return items
 
