@@ -45,7 +45,8 @@ class Embedder:
         self.columns = pooling.column_dims(settings.feature_set, settings.pooling)
         self.device = resolve_device(settings.device)
         model, self.weights_digest, self.meta = weights.load(settings.weights)
-        self.model = model.to(self.device).eval()
+        # NHWC: oneDNN's and cuDNN's preferred convolution layout (1.1-1.2x on CPU, benchmarks/bench_bounds.py)
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.half = settings.half and self.device.type == "cuda"
         self.codec = CODEC_NAME
 
@@ -71,6 +72,7 @@ class Embedder:
             colour.pad(torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None],
                        height, width)[0]
             for image in images]).to(self.device, non_blocking=True).float().div_(255.0)
+        batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
             tensors = self.model.export(batch)
         return tensors, [image.shape[:2] for image in images]
