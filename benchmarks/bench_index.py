@@ -1,5 +1,6 @@
 """Index build: this project (Ray tasks, streaming scaler, shards) against autofaiss's build_index on
-the same embeddings, same machine, same run: build time and recall@10 against exact search.
+the same embeddings, same machine, same run: build time, peak memory above idle, and recall@10
+against exact search.
 
 autofaiss pins numpy<2, so it runs from its own environment (``make bench-index`` creates it):
 ``--autofaiss-python PATH``. Both sides index the same vectors; autofaiss gets them already
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import report  # noqa: E402
+from common import PeakMemory, report  # noqa: E402
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -53,8 +54,9 @@ def main() -> None:
     truth = None
     for spec in ("Flat", "HNSW32", "IVF256,PQ32"):
         started = time.perf_counter()
-        build(IndexJob([str(work / "ref")], str(work / spec.replace(",", "_")), index_spec=spec, shards=4,
-                       quiet=True, train_sample=50_000))
+        with PeakMemory() as memory:
+            build(IndexJob([str(work / "ref")], str(work / spec.replace(",", "_")), index_spec=spec, shards=4,
+                           quiet=True, train_sample=50_000))
         seconds = time.perf_counter() - started
         index = ShardedIndex.load(str(work / spec.replace(",", "_")))
         prepared = index.prepare(queries)
@@ -65,7 +67,7 @@ def main() -> None:
             ref_seconds = seconds
         rows.append({"builder": f"latentsweep {spec}", "vectors": args.vectors, "build_s": round(seconds, 2),
                      "build_ratio_vs_latentsweep_flat": round(seconds / ref_seconds, 2),
-                     "recall_at_10": round(recall(found, truth), 3)})
+                     "recall_at_10": round(recall(found, truth), 3), "peak_mem_mb": memory.above_idle_mb})
     if args.autofaiss_python:
         side = work / "autofaiss"
         (side / "emb").mkdir(parents=True)
@@ -73,9 +75,10 @@ def main() -> None:
             pa.array(reference_prepared.reshape(-1)), 256)})
         pq.write_table(table, side / "emb" / "part-0.parquet")
         np.save(side / "queries.npy", queries_prepared)
-        result = subprocess.run([args.autofaiss_python, str(Path(__file__).parent / "autofaiss_side.py"),
-                                 str(side / "emb"), str(side / "queries.npy"), str(side), "10", args.budget],
-                                capture_output=True, text=True)
+        with PeakMemory() as memory:
+            result = subprocess.run([args.autofaiss_python, str(Path(__file__).parent / "autofaiss_side.py"),
+                                     str(side / "emb"), str(side / "queries.npy"), str(side), "10", args.budget],
+                                    capture_output=True, text=True)
         if result.returncode:
             sys.exit("autofaiss failed:\n" + result.stderr[-3000:])
         info = json.loads((side / "result.json").read_text())
@@ -84,7 +87,8 @@ def main() -> None:
         rows.append({"builder": f"autofaiss {info['index_key']}", "vectors": args.vectors,
                      "build_s": round(info["seconds"], 2),
                      "build_ratio_vs_latentsweep_flat": round(info["seconds"] / ref_seconds, 2),
-                     "recall_at_10": round(recall(found, truth), 3)})
+                     "recall_at_10": round(recall(found, truth), 3),
+                     "peak_mem_mb": memory.above_idle_mb})  # includes its search of the queries
     report("index build: latentsweep vs autofaiss", rows, Path("benchmarks/results/index.json"))
     shutil.rmtree(work, ignore_errors=True)
 

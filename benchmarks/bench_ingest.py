@@ -30,14 +30,15 @@ def bare_loop(paths: list[Path], batch: int) -> float:
     return time.perf_counter() - started
 
 
-def pipeline(source: Path, out: Path, batch: int, address: str | None = None) -> tuple[float, dict]:
+def pipeline(source: Path, out: Path, batch: int, address: str | None = None,
+             workers: int | None = None) -> tuple[float, dict]:
     from latentsweep.codec.embed import EmbedSettings
     from latentsweep.ingest.run import IngestJob, run
 
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     summary = run(IngestJob(str(source), str(out), EmbedSettings(feature_set="all", device="cpu", max_batch=batch),
-                            shard_size=32, quiet=True, address=address))
+                            shard_size=32, quiet=True, address=address, workers=workers))
     return time.perf_counter() - started, summary.images_per_node
 
 
@@ -71,8 +72,9 @@ def main() -> None:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         connect(cluster.address, quiet=True)
-        pipeline(work / "warm-up", work / "warm2", args.batch, cluster.address)
-        seconds2, nodes2 = pipeline(work / "images", work / "out2", args.batch, cluster.address)
+        # one encoder actor per node (the default layout counts 2 CPUs and starts one)
+        pipeline(work / "warm-up", work / "warm2", args.batch, cluster.address, workers=2)
+        seconds2, nodes2 = pipeline(work / "images", work / "out2", args.batch, cluster.address, workers=2)
         rows.append({"setup": f"ray pipeline, 2 nodes ({len(nodes2)} used)", "images": args.images,
                      "seconds": round(seconds2, 2), "img_s": round(args.images / seconds2, 2),
                      "ratio_vs_bare": round(bare / seconds2, 3)})

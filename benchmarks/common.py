@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import threading
 import time
 from pathlib import Path
 
@@ -49,3 +50,41 @@ def report(name: str, rows: list[dict], out: Path | None = None) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=2))
+
+
+class PeakMemory:
+    """Peak resident memory of this process and all its descendants (Ray's workers, a subprocess)
+    above what they held when the block began, sampled every 20 ms. Shared pages (Ray's object
+    store) count once per process that maps them, so Ray-side peaks are upper bounds."""
+
+    def __enter__(self) -> "PeakMemory":
+        self._stop = threading.Event()
+        self.idle = self.peak = self._tree_rss()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def above_idle_mb(self) -> int:
+        return round((self.peak - self.idle) / 2**20)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._tree_rss())
+
+    @staticmethod
+    def _tree_rss() -> int:
+        import psutil
+
+        total = 0
+        root = psutil.Process()
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
