@@ -94,9 +94,11 @@ def test_families_parse_from_flags_and_file(tmp_path):
 
 def test_pool_layout_never_takes_every_cpu():
     cpu = pool_layout({"CPU": 2.0}, UNTRAINED, None)
-    assert cpu["size"] == 1 and cpu["num_cpus"] < 2 and cpu["num_gpus"] == 0
+    assert cpu["size"] == 2 and cpu["size"] * cpu["num_cpus"] <= 1 and cpu["threads"] == 1 and cpu["num_gpus"] == 0
     big = pool_layout({"CPU": 16.0}, UNTRAINED, None)
-    assert big["size"] * big["num_cpus"] <= 15
+    assert big["size"] == 16 and big["size"] * big["num_cpus"] <= 15
+    one = pool_layout({"CPU": 2.0}, UNTRAINED, 1)
+    assert one["size"] == 1 and one["threads"] == 2 and one["num_cpus"] <= 1
     gpu = pool_layout({"CPU": 8.0, "GPU": 4.0}, EmbedSettings(), None)
     assert gpu == {"size": 4, "num_gpus": 1, "num_cpus": 1, "threads": None, "device": "cuda"}
 

@@ -70,17 +70,17 @@ class IngestSummary:
 def pool_layout(resources: dict, embed: EmbedSettings, workers: int | None) -> dict:
     """How many encoder actors, and what each reserves, from the cluster's resources.
 
-    GPU nodes: one actor per GPU (``num_gpus=1``). CPU only: actors of two torch threads each that
-    together leave a CPU for the decode tasks (a pool that takes every CPU starves them and hangs).
+    GPU nodes: one actor per GPU (``num_gpus=1``). CPU only: one single-threaded actor per core
+    (they decode in the actor; on 2 cores two 1-thread actors run 1.24x faster than one 2-thread
+    actor, benchmarks/bench_ingest.py), whose reservations together leave a CPU free: a pool that
+    reserves every CPU starves Ray Data's own tasks and hangs.
     """
     cpus, gpus = cpus_and_gpus(resources)
     if gpus and embed.device != "cpu":
         return {"size": workers or gpus, "num_gpus": 1, "num_cpus": 1, "threads": None, "device": "cuda"}
-    size = workers or max(1, (cpus - 1) // 2)
-    per_actor = min(2.0, max(0.25, (cpus - 1) / size))
-    # On one or two CPUs a single actor may use every core: decoding is light next to encoding.
-    threads = cpus if cpus <= 2 and size == 1 else max(1, round(per_actor))
-    return {"size": size, "num_gpus": 0, "num_cpus": per_actor, "threads": threads, "device": "cpu"}
+    size = workers or cpus
+    per_actor = min(1.0, max(0.25, (cpus - 1) / size))
+    return {"size": size, "num_gpus": 0, "num_cpus": per_actor, "threads": max(1, cpus // size), "device": "cpu"}
 
 
 def _plan_settings(job: IngestJob, weights_digest: str) -> dict:
