@@ -10,17 +10,17 @@ image (the paper's efficiency claim: the pixel path runs the same encoder plus t
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import make_images, report, timed  # noqa: E402
+from common import encoder_flops, make_images, report, timed  # noqa: E402
 
 
 def matmul_gflops(n: int = 2048) -> float:
@@ -33,14 +33,6 @@ def read_bandwidth_gbs(size: int = 1 << 30) -> float:
     data = np.ones(size // 4, np.float32)
     data.sum()
     return size / timed(data.sum, 5) / 1e9
-
-
-def encoder_flops(model, size: int) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model.export(torch.rand(1, 3, size, size))
-    return float(counter.get_total_flops())
 
 
 def main() -> None:
@@ -67,7 +59,7 @@ def main() -> None:
 
     paths = make_images(Path(tempfile.mkdtemp(prefix="bench-bounds-")), args.images, args.size)
     blobs = [path.read_bytes() for path in paths]
-    decode = timed(lambda: [np.asarray(Image.open(__import__("io").BytesIO(b)).convert("RGB")) for b in blobs], 3)
+    decode = timed(lambda: [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs], 3)
     decode_rate = args.images / decode
     rows.append({"measure": f"PNG decode {args.size}px (Pillow, 1 core)", "measured": f"{decode_rate:.0f} img/s",
                  "bound": f"{decode_rate * cores:.0f} img/s on {cores} cores", "fraction_of_bound": "-"})

@@ -11,15 +11,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import report, timed  # noqa: E402
-
-
-def macs_per_pixel(model, size: int) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model.export(torch.rand(1, 3, size, size))
-    return counter.get_total_flops() / 2 / (size * size)
+from common import encoder_flops, report, timed  # noqa: E402
 
 
 def main() -> None:
@@ -60,7 +52,7 @@ def main() -> None:
                          "size": args.size, "bare_img_s": round(args.images / bare_seconds, 2),
                          "latentsweep_img_s": round(args.images / ours_seconds, 2),
                          "ratio": round(bare_seconds / ours_seconds, 3)})
-    macs = macs_per_pixel(Embedder(EmbedSettings(device="cpu")).model, args.size)
+    macs = encoder_flops(Embedder(EmbedSettings(device="cpu")).model, args.size) / 2 / args.size**2  # per pixel
     for row in rows:
         row["kMAC_per_px"] = round(macs / 1000, 1)
     report("codec: Embedder vs bare torch forward", rows, Path("benchmarks/results/codec.json"))

@@ -31,6 +31,16 @@ def make_images(root: Path, count: int, size: int = 128, seed: int = 0) -> list[
     return paths
 
 
+def encoder_flops(model, size: int) -> float:
+    """FLOPs of one ``size`` x ``size`` image through the codec's export (torch's FLOP counter)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model.export(torch.rand(1, 3, size, size))
+    return float(counter.get_total_flops())
+
+
 def timed(function, repeat: int = 1) -> float:
     best = float("inf")
     for _ in range(repeat):

@@ -15,7 +15,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from email.utils import parsedate_to_datetime
 from typing import Iterator
 
@@ -26,6 +25,7 @@ LOCK_FILE = "_lock"
 LEASE_FILE = "_lock.json"
 LEASE_SECONDS = 120.0
 RENEW_SECONDS = LEASE_SECONDS / 4
+PRECONDITION_CODES = ("PreconditionFailed", "ConditionalRequestConflict")  # another writer got there first
 
 
 class OutputBusy(JobFailed):
@@ -38,8 +38,7 @@ def is_lock_file(uri: str) -> bool:
 
 
 def _holder(stage: str) -> dict:
-    return {"stage": stage, "host": socket.gethostname(), "pid": os.getpid(), "owner": uuid.uuid4().hex,
-            "started": time.time()}
+    return {"stage": stage, "host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
 
 
 def _busy(out: storage.Location, holder: dict, detail: str = "") -> OutputBusy:
@@ -80,10 +79,6 @@ def _parse(text: str | bytes) -> dict:
         return {}
 
 
-def _code(error: Exception) -> str:
-    return getattr(error, "response", {}).get("Error", {}).get("Code", "")
-
-
 @contextlib.contextmanager
 def _hold_lease(out: storage.Location, stage: str) -> Iterator[None]:
     lease = _Lease(out.join(LEASE_FILE), _holder(stage))
@@ -104,16 +99,16 @@ class _Lease:
         self.location, self.holder, self.etag = location, holder, ""
 
     def _put(self, **condition) -> str:
-        body = json.dumps({**self.holder, "renewed": time.time()}).encode()
+        # the object's LastModified, on the server's clock, is the renewal time
         return storage.s3_client().put_object(Bucket=self.location.bucket, Key=self.location.key,
-                                              Body=body, **condition)["ETag"]
+                                              Body=json.dumps(self.holder).encode(), **condition)["ETag"]
 
     def acquire(self, out: storage.Location) -> None:
         try:
             self.etag = self._put(IfNoneMatch="*")
             return
         except Exception as error:
-            if _code(error) not in ("PreconditionFailed", "ConditionalRequestConflict"):
+            if storage.error_code(error) not in PRECONDITION_CODES:
                 raise storage.explain(error, self.location, "lock") from None
         try:
             current = storage.s3_client().get_object(Bucket=self.location.bucket, Key=self.location.key)
@@ -129,7 +124,7 @@ class _Lease:
         try:  # take over the stale lease, unless someone else just did
             self.etag = self._put(IfMatch=current["ETag"])
         except Exception as error:
-            if _code(error) in ("PreconditionFailed", "ConditionalRequestConflict"):
+            if storage.error_code(error) in PRECONDITION_CODES:
                 raise _busy(out, other, " (taken over by another run just now)") from None
             raise storage.explain(error, self.location, "lock") from None
 

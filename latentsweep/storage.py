@@ -149,8 +149,13 @@ def filesystem(location: Location) -> "pyarrow.fs.FileSystem":
     return pafs.S3FileSystem(**options)
 
 
+def error_code(error: Exception) -> str:
+    """The S3 error code of a botocore error ("NoSuchKey", "PreconditionFailed", ...), else its type name."""
+    return getattr(error, "response", {}).get("Error", {}).get("Code", type(error).__name__)
+
+
 def explain(error: Exception, location: Location, action: str) -> StorageError:
-    code = getattr(error, "response", {}).get("Error", {}).get("Code", type(error).__name__)
+    code = error_code(error)
     hint = ""
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
         hint = " (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy)"
@@ -220,7 +225,7 @@ def exists(uri: str | Location) -> bool:
         s3_client().head_object(Bucket=location.bucket, Key=location.key)
         return True
     except Exception as error:
-        if getattr(error, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if error_code(error) in ("404", "NoSuchKey", "NotFound"):
             return False
         raise explain(error, location, "check") from None
 

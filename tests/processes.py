@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,12 +15,24 @@ import numpy as np
 import pyarrow as pa
 
 
+LATENTSWEEP = [sys.executable, "-m", "latentsweep"]
+
+
+def local_env(extra: dict | None = None) -> dict:
+    """This environment for a child that starts its own local Ray, not the tests' shared one."""
+    return {**os.environ, "RAY_ADDRESS": "", **(extra or {})}
+
+
+def run_command(command: list[str], env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``command`` to its end with its own local Ray; stdout and stderr captured as text."""
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=local_env(env))
+
+
 def interrupt_when(command: list[str], ready: Callable[[], bool], sig: int, timeout: float = 240) -> tuple[int, str]:
     """Start ``command`` in its own process group; once ``ready()`` holds, send ``sig`` to the group
     (as Ctrl-C does to a terminal's foreground group). Returns (exit code, stderr)."""
-    env = {**os.environ, "RAY_ADDRESS": ""}
     with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+        process = subprocess.Popen(command, env=local_env(), start_new_session=True, stdout=subprocess.DEVNULL,
                                    stderr=stderr)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and process.poll() is None and not ready():

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import S3_ACCESS_KEY, S3_SECRET_KEY, WeedServer, s3_variables
 from images import photo_corpus
-from processes import assert_same_ingest
+from processes import LATENTSWEEP, assert_same_ingest, local_env, run_command
 from latentsweep import lock, storage
 from latentsweep.codec.embed import EmbedSettings
 from latentsweep.ingest.run import IngestJob, run
@@ -25,9 +25,8 @@ from latentsweep.ingest.run import IngestJob, run
 INGEST_FLAGS = ["--weights", "untrained", "--feature-set", "selected", "--device", "cpu", "--quiet"]
 
 
-def cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "latentsweep", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "RAY_ADDRESS": "", **(env or {})})
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_command([*LATENTSWEEP, *args], env)
 
 
 def ingest_in_process(source, out, **kwargs):
@@ -74,10 +73,9 @@ def test_concurrent_ingests_into_one_output_one_is_refused(tmp_path):
     refused before writing anything; the output equals a lone run's."""
     photo_corpus(tmp_path / "corpus", per_label=4)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "latentsweep", "ingest", str(tmp_path / "corpus"), "--out", str(out),
-               "--shard-size", "2", *INGEST_FLAGS]
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [*LATENTSWEEP, "ingest", str(tmp_path / "corpus"), "--out", str(out), "--shard-size", "2",
+               *INGEST_FLAGS]
+    runs = [subprocess.Popen(command, env=local_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in runs]
     codes = sorted(code for code, _ in results)
@@ -145,9 +143,9 @@ def test_s3_server_stopped_mid_ingest_then_restarted(tmp_path, ray_session):
         server.client.create_bucket(Bucket="outage")
         photo_corpus(tmp_path / "corpus", per_label=16, size=(120, 150))
         env = {**s3_variables({"endpoint": server.endpoint}), "AWS_MAX_ATTEMPTS": "2"}
-        command = [sys.executable, "-m", "latentsweep", "ingest", str(tmp_path / "corpus"), "--out",
-                   "s3://outage/out", "--shard-size", "2", "--batch-size", "2", *INGEST_FLAGS]
-        process = subprocess.Popen(command, env={**os.environ, "RAY_ADDRESS": "", **env},
+        command = [*LATENTSWEEP, "ingest", str(tmp_path / "corpus"), "--out", "s3://outage/out",
+                   "--shard-size", "2", "--batch-size", "2", *INGEST_FLAGS]
+        process = subprocess.Popen(command, env=local_env(env),
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
         def done_keys() -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -277,12 +276,12 @@ def test_report_with_neighbour_strips_renders(tmp_path, ray_session):
 
 def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, ray_session):
     """`latentsweep sweep IMAGES` embeds the night's images with the index's codec, then attributes."""
-    import subprocess
     import sys
 
     from images import photo_corpus
     from latentsweep.codec.embed import EmbedSettings
     from latentsweep.ingest.run import IngestJob, run as ingest
+    from processes import run_command
 
     photo_corpus(tmp_path / "ref", per_label=3)
     photo_corpus(tmp_path / "night", labels=("alpha", "beta"), per_label=2, size=(64, 80))
@@ -291,13 +290,12 @@ def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, 
     build(IndexJob([str(tmp_path / "emb")], str(tmp_path / "index"), shards=1, quiet=True))
     command = [sys.executable, "-m", "latentsweep", "sweep", str(tmp_path / "night"), "--index",
                str(tmp_path / "index"), "--out", str(tmp_path / "results"), "--date", "2026-11-23", "--quiet"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+    result = run_command(command)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sweep summary: queries=4" in result.stdout
     embedded = storage.read_table(str(tmp_path / "results" / "_embeddings" / "date=2026-11-23" / "source-0" / "embeddings"))
     assert embedded.num_rows == 4 and set(embedded.column("feature_set").to_pylist()) == {"2lat"}
-    untrained = subprocess.run(command[:-1] + ["--weights", "untrained", "--date", "2026-11-24"], capture_output=True,
-                               text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+    untrained = run_command(command[:-1] + ["--weights", "untrained", "--date", "2026-11-24"])
     assert untrained.returncode == 2 and "built with codec weights" in untrained.stderr
 
 
@@ -306,10 +304,9 @@ def test_interrupted_sweeps_resume_to_identical_results(reference, tmp_path):
     sweep after its first part (both before `_SUCCESS.json`): the third run skips exactly the
     finished parts and ends with the same parts, rows and values as a clean run."""
     import signal
-    import subprocess
     import sys
 
-    from processes import files_in, interrupt_when
+    from processes import files_in, interrupt_when, run_command
 
     vectors, assignment = clustered(1200, len(LABELS), DIM, seed=9, spread=0.25)
     write_ingest_output(str(tmp_path / "night"), vectors, [LABELS[a] for a in assignment], FAMILIES,
@@ -328,11 +325,10 @@ def test_interrupted_sweeps_resume_to_identical_results(reference, tmp_path):
     after_sigkill = markers()
     assert not (partition / "_SUCCESS.json").exists(), "the kills must land before the sweep finishes"
     assert 1 <= after_sigint < after_sigkill < 24
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    resumed = subprocess.run(command(tmp_path / "interrupted"), env=env, capture_output=True, text=True, timeout=300)
+    resumed = run_command(command(tmp_path / "interrupted"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"parts_already_done={after_sigkill}" in resumed.stdout
-    clean = subprocess.run(command(tmp_path / "clean"), env=env, capture_output=True, text=True, timeout=300)
+    clean = run_command(command(tmp_path / "clean"))
     assert clean.returncode == 0, clean.stderr[-2000:]
     resumed_parts = sorted(p.name for p in partition.glob("part-*.parquet"))
     clean_parts = sorted(p.name for p in (tmp_path / "clean" / "date=2026-11-23").glob("part-*.parquet"))
