@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 completed with failed items, 2 bad usage or configurati
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,12 +15,35 @@ from typing import Annotated, Optional
 import typer
 
 from latentsweep.config import apply_config
+from latentsweep.schema import ALL_COLUMNS
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+DEBUG_VARIABLE = "LATENTSWEEP_DEBUG"
+
+EPILOG = ("Exit codes: 0 success; 1 the job completed but some items failed (see the error table); "
+          "2 bad usage, configuration or a missing input; 3 the job could not run (storage unreachable, "
+          "credentials refused, a corrupt file, the output in use by another run); 130 interrupted "
+          "(rerun the same command to resume).\n\n"
+          "Environment: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, "
+          "AWS_REGION, AWS_MAX_ATTEMPTS (S3); RAY_ADDRESS (a cluster to join); LATENTSWEEP_DEBUG=1 "
+          "(tracebacks, as --debug).")
 
 app = typer.Typer(
     help="Attribute images to the generator that made them, from JPEG AI latents, on Ray + FAISS.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+    epilog=EPILOG, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+
+def command(*args, **kwargs):
+    """``app.command`` with the exit codes and environment variables in every command's --help."""
+    return app.command(*args, epilog=EPILOG, **kwargs)
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option(
+        "--debug", help="Show full tracebacks (also from Ray workers) instead of one-line errors.")] = False) -> None:
+    if debug:
+        os.environ[DEBUG_VARIABLE] = "1"
+
 
 ConfigOption = Annotated[Optional[Path], typer.Option(
     "--config", callback=apply_config, is_eager=True, exists=False,
@@ -27,27 +51,38 @@ ConfigOption = Annotated[Optional[Path], typer.Option(
 AddressOption = Annotated[Optional[str], typer.Option(
     "--address", envvar="RAY_ADDRESS",
     help="Ray cluster to join (e.g. ray://head:10001 or auto). Default: a local Ray on 127.0.0.1.")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output, only the summary.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and the final summary lines.")]
 
 
 def main() -> None:
-    """Console entry point: turn known failures into one clear line and an exit code."""
+    """Console entry point: a user's mistake or a failed job is one line on stderr and an exit code
+    (2 usage, 3 could not run), never a traceback unless ``--debug``; errors raised inside Ray tasks
+    are unwrapped to their message."""
+    import click
+
     from latentsweep.errors import UsageError
     from latentsweep.storage import redact
 
     try:
-        app()
-    except SystemExit as done:
-        if done.code == EXIT_INTERRUPTED:  # typer's answer to Ctrl-C (KeyboardInterrupt)
-            typer.secho("interrupted: finished shards and parts are kept; rerun the same command to "
-                        "resume", fg="yellow", err=True)
-        raise
+        code = app(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as error:
+        error.show()
+        code = EXIT_USAGE
+    except click.exceptions.ClickException as error:  # bad flags, values, --config files
+        typer.secho(f"error: {redact(error.format_message())}", fg="red", err=True)
+        code = EXIT_USAGE
+    except click.exceptions.Abort:
+        code = EXIT_INTERRUPTED
     except Exception as error:
         known = _known_cause(error)
-        if known is None:
+        if known is None or os.environ.get(DEBUG_VARIABLE):
             raise
         typer.secho(f"error: {redact(str(known))}", fg="red", err=True)
-        sys.exit(EXIT_USAGE if isinstance(known, UsageError) else EXIT_FAILED)
+        code = EXIT_USAGE if isinstance(known, UsageError) else EXIT_FAILED
+    if code == EXIT_INTERRUPTED:
+        typer.secho("interrupted: finished shards and parts are kept; rerun the same command to resume",
+                    fg="yellow", err=True)
+    sys.exit(code or EXIT_OK)
 
 
 def _known_cause(error: BaseException | None):
@@ -66,7 +101,7 @@ def _known_cause(error: BaseException | None):
     return None
 
 
-@app.command("train-codec")
+@command("train-codec")
 def train_codec(
     out: Annotated[Path, typer.Option(help="Checkpoint to write (a .json checksum file goes beside it).")],
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 1000,
@@ -94,9 +129,11 @@ def train_codec(
                f"trained {after['psnr_db']:.2f} dB at {after['bpp']:.3f} bpp")
 
 
+COLUMNS_HELP = ("Columns (tensor_branch): " + ", ".join(ALL_COLUMNS) +
+                ". y_chroma attributes the synthetic zoo best (docs/results.md).")
 FeatureSetOption = Annotated[str, typer.Option(
     "--feature-set", help="Pooled tensors to store: 2lat (y_hat luma+chroma, 256 dims), selected "
-                          "(+ residual, residual_quant), all (every exported tensor).")]
+                          "(+ residual, residual_quant), all (every exported tensor). " + COLUMNS_HELP)]
 PoolingOption = Annotated[str, typer.Option(
     "--pooling", help="gap (the paper's global average) or gap+std (adds per-channel std).")]
 WeightsOption = Annotated[Optional[str], typer.Option(
@@ -104,7 +141,7 @@ WeightsOption = Annotated[Optional[str], typer.Option(
 DeviceOption = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 
 
-@app.command()
+@command()
 def ingest(
     source: Annotated[str, typer.Argument(help="Folder, s3://bucket/prefix, or a manifest (.parquet/.csv with uri[, label, family]).")],
     out: Annotated[str, typer.Option("--out", help="Output folder or s3:// prefix for the embedding Parquet.")],
@@ -151,7 +188,7 @@ def report_summary(stage: str, summary) -> None:
     typer.echo(f"{stage} output: {data.get('out')}")
 
 
-@app.command()
+@command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's corpus and outputs.")] = Path("demo-output"),
     per_generator: Annotated[int, typer.Option(help="Reference images per synthetic generator.")] = 24,
@@ -165,7 +202,7 @@ def demo(
     raise typer.Exit(EXIT_ITEMS_FAILED if failed else EXIT_OK)
 
 
-@app.command()
+@command()
 def experiment(
     out: Annotated[Path, typer.Option(help="Working folder: corpora, embeddings, indices, evaluations.")] = Path("experiment"),
     docs: Annotated[Optional[Path], typer.Option(help="Also copy results.md here (e.g. docs/results.md).")] = None,
@@ -192,7 +229,7 @@ def experiment(
         typer.echo(f"experiment: copied results.md to {docs}")
 
 
-@app.command("make-corpus")
+@command("make-corpus")
 def make_corpus(
     out: Annotated[Path, typer.Argument(help="Folder for root/<generator>/*.png and manifest.csv.")],
     per_generator: Annotated[int, typer.Option(help="Images per generator.")] = 24,
@@ -219,12 +256,13 @@ IndexSourcesArgument = Annotated[list[str], typer.Argument(
 IndexOutOption = Annotated[str, typer.Option("--out", help="Index folder or s3:// prefix.")]
 
 
-@index_app.command("build")
+@index_app.command("build", epilog=EPILOG)
 def index_build(
     embeddings: IndexSourcesArgument,
     out: IndexOutOption,
     features: Annotated[str, typer.Option(
-        help="2lat (default, the paper's), selected, all, or a comma list of pooled-tensor columns.")] = "2lat",
+        help="2lat (default, the paper's), selected, all, or a comma list of pooled-tensor columns. "
+             + COLUMNS_HELP)] = "2lat",
     index_type: Annotated[str, typer.Option(
         "--index-type", help="FAISS factory string: Flat (exact), IVF1024,Flat, IVF1024,PQ32, HNSW32, ...")] = "Flat",
     auto: Annotated[bool, typer.Option(help="Choose the index type from the vector count and --memory-budget.")] = False,
@@ -244,7 +282,7 @@ def index_build(
                f"type {manifest.index_spec}, labels {len(manifest.labels)} -> {out}")
 
 
-@index_app.command("add")
+@index_app.command("add", epilog=EPILOG)
 def index_add(
     embeddings: IndexSourcesArgument,
     out: Annotated[str, typer.Option("--index", help="The index to extend.")],
@@ -260,7 +298,7 @@ def index_add(
     typer.echo(f"index: now {manifest.vectors} vectors in {len(manifest.shards)} shards -> {out}")
 
 
-@app.command()
+@command()
 def sweep(
     queries: Annotated[list[str], typer.Argument(
         help="Ingest outputs / embedding Parquet, or folders / s3:// prefixes of images (ingested first "
@@ -283,19 +321,21 @@ def sweep(
     config: ConfigOption = None,
 ) -> None:
     """Attribute every query to a generator by k-NN vote and write the results, partitioned by date."""
-    from latentsweep.query.sweep import SweepJob, sweep as run_sweep
+    from latentsweep.query.sweep import SweepJob, check, sweep as run_sweep
 
     job = SweepJob(list(queries), index, out, k=k, weighted=weighted, open_set_threshold=open_set_threshold,
                    workers=workers, index_parts=index_parts, overwrite=overwrite, quiet=quiet, address=address)
     if date:
         job.date = date
+    check(job)  # before the night's images are ingested
     job.queries = embeddings_for(job, weights)
     summary = run_sweep(job)
     report_summary("sweep", summary)
-    if summary.metrics:
-        overall = summary.metrics["overall"]
-        typer.echo(f"sweep metrics (labelled queries, AP truncated at k={k}): top1={overall['top1']:.3f} "
-                   f"p@10={overall['precision_at_10']:.3f} map={overall['map']:.3f} type_top1={overall['type_top1']:.3f}")
+    if summary.metrics and summary.labelled:  # only labelled queries are scored; none: no metrics line
+        from latentsweep.query.metrics import headline
+
+        typer.echo(f"sweep metrics ({summary.labelled} labelled queries, vote_acc = predicted_label, top1 = nearest "
+                   f"neighbour, AP truncated at k={k}): {headline(summary.metrics['overall'])}")
 
 
 def embeddings_for(job, weights: Optional[str]) -> list[str]:
@@ -330,7 +370,7 @@ def embeddings_for(job, weights: Optional[str]) -> list[str]:
     return [embedded]
 
 
-@app.command()
+@command()
 def evaluate(
     index: Annotated[str, typer.Option("--index", help="The reference index.")],
     out: Annotated[str, typer.Option("--out", help="Folder or s3:// prefix for metrics.json, tables.md, confusion.csv.")],
@@ -346,7 +386,7 @@ def evaluate(
     typer.echo(f"evaluate: wrote metrics.json, tables.md, confusion.csv to {out}")
 
 
-@app.command()
+@command()
 def pull(
     source: Annotated[str, typer.Argument(help="A sweep partition, e.g. s3://bucket/results/date=2026-11-23.")],
     dest: Annotated[Path, typer.Argument(help="Local folder.")],
@@ -361,5 +401,9 @@ def pull(
     sweep_summary = summary.sweep
     typer.echo(f"pull: {summary.files} files ({summary.downloaded} downloaded, {summary.already_present} already "
                f"present and verified, {summary.bytes} bytes) -> {summary.out}")
-    typer.echo(f"sweep: {sweep_summary.get('queries')} queries, {sweep_summary.get('unknown')} unknown"
-               + (f", top1={sweep_summary['metrics']['overall']['top1']:.3f}" if sweep_summary.get("metrics") else ""))
+    from latentsweep.query.metrics import headline
+
+    typer.echo(f"sweep: {sweep_summary.get('queries')} queries, {sweep_summary.get('unknown')} unknown, "
+               f"{sweep_summary.get('labelled', 0)} labelled"
+               + (f"; metrics of the labelled: {headline(sweep_summary['metrics']['overall'])}"
+                  if sweep_summary.get("metrics") and sweep_summary.get("labelled") else ""))

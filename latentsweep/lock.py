@@ -1,7 +1,8 @@
 """One writer per output: a second run on the same output is refused while the first is alive.
 
 Locally the lock is ``flock`` on ``OUT/_lock``: the kernel drops it when its process ends, however
-it ends, so a rerun after a crash never waits. On S3 it is a lease object ``OUT/_lock.json`` created
+it ends, so a rerun after a crash never waits; a run that ends removes the file (and the folders it
+created, when still empty). On S3 it is a lease object ``OUT/_lock.json`` created
 with a conditional PUT (``If-None-Match: *``), renewed by a heartbeat with ``If-Match`` and deleted at
 the end. A lease left by a killed run is taken over when its holder is known dead (same host, no such
 process) or when it has not been renewed for :data:`LEASE_SECONDS`.
@@ -56,19 +57,62 @@ def hold(out: storage.Location, stage: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _hold_flock(out: storage.Location, stage: str) -> Iterator[None]:
+    """``flock`` on ``OUT/_lock``; the file is removed at the end, and so are the folders this run
+    created if they are still empty: a run that failed before writing leaves no claim behind."""
     import fcntl
 
+    created = _first_missing(out.key)
     os.makedirs(out.key, exist_ok=True)
-    with open(os.path.join(out.key, LOCK_FILE), "a+") as handle:
+    path = os.path.join(out.key, LOCK_FILE)
+    while True:
+        handle = open(path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            raise _busy(out, _parse(handle.read())) from None
+            holder = _parse(handle.read())
+            handle.close()
+            raise _busy(out, holder) from None
+        if _same_file(handle, path):
+            break
+        handle.close()  # the previous holder removed the file after we opened it: lock the new one
+    try:
         handle.truncate(0)
         handle.write(json.dumps(_holder(stage)))
         handle.flush()
         yield  # the kernel releases the lock when the file closes or the process dies
+    finally:
+        os.unlink(path)  # still holding it: a run waiting on this inode re-checks and retries
+        handle.close()
+        if created:
+            _remove_empty(out.key, created)
+
+
+def _first_missing(path: str) -> str | None:
+    """The outermost folder of ``path`` that does not exist yet (None when ``path`` exists)."""
+    missing = None
+    while not os.path.exists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
+
+
+def _same_file(handle, path: str) -> bool:
+    try:
+        return os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _remove_empty(path: str, top: str) -> None:
+    """Remove ``path`` and its parents up to ``top`` while they are empty."""
+    while True:
+        try:
+            os.rmdir(path)
+        except OSError:  # not empty: the run wrote something, which stays
+            return
+        if path == top:
+            return
+        path = os.path.dirname(path)
 
 
 def _parse(text: str | bytes) -> dict:

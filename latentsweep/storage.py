@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlparse
 
-from latentsweep.errors import JobFailed
+from latentsweep.errors import JobFailed, UsageError
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -36,17 +36,42 @@ TRANSIENT_CODES = frozenset({"EndpointConnectionError", "ConnectionClosedError",
                              "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"})
 
 
+# Failures of the set-up rather than of one object: missing or refused credentials, a bucket that
+# does not exist or refuses us. Every other item would meet them too.
+SETUP_CODES = frozenset({"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                         "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException",
+                         "InvalidToken", "TokenRefreshRequired", "AccessDenied", "AllAccessDisabled", "403",
+                         "NoSuchBucket", "InvalidBucketName", "NoRegionError"})
+CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"})
+MISSING_CREDENTIAL_CODES = frozenset({"NoCredentialsError", "PartialCredentialsError",
+                                      "CredentialRetrievalError", "ExpiredToken", "ExpiredTokenException",
+                                      "InvalidToken", "TokenRefreshRequired"})
+
+
 class StorageError(JobFailed):
-    """A storage operation failed; the message names the URI and never a credential. ``transient``:
-    the store did not answer (rather than refusing), so the job stops instead of recording the item
-    as failed, and a rerun resumes."""
+    """A storage operation failed; the message names the URI and never a credential. ``code``: the
+    S3 error code or exception type. ``systemic``: the store did not answer (``transient``) or refused
+    the set-up (credentials, bucket): the job stops instead of recording the item as failed, nothing
+    is marked done, and a rerun resumes."""
 
-    def __init__(self, message: str, transient: bool = False):
+    def __init__(self, message: str, code: str = ""):
         super().__init__(message)
-        self.transient = transient
+        self.code = code
 
-    def __reduce__(self):  # keep ``transient`` when Ray ships the error between processes
-        return type(self), (str(self), self.transient)
+    @property
+    def transient(self) -> bool:
+        return self.code in TRANSIENT_CODES
+
+    @property
+    def systemic(self) -> bool:
+        return self.transient or self.code in SETUP_CODES
+
+    def __reduce__(self):  # keep ``code`` when Ray ships the error between processes
+        return type(self), (str(self), self.code)
+
+
+class MissingInput(UsageError, StorageError):
+    """An input the user named does not exist (a folder, a bucket): a usage error (exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -156,14 +181,25 @@ def error_code(error: Exception) -> str:
 
 def explain(error: Exception, location: Location, action: str) -> StorageError:
     code = error_code(error)
-    hint = ""
-    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+    hint, kind = "", StorageError
+    if code in CREDENTIAL_CODES:
         hint = " (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy)"
-    elif code in ("NoSuchBucket",):
-        hint = " (the bucket does not exist)"
+    elif code in MISSING_CREDENTIAL_CODES:
+        hint = (f" on Ray node {_node_name()} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the "
+                f"environment of every node's `ray start`, or in the job's runtime env with `ray job submit "
+                f"--runtime-env-json`, or give the nodes an instance profile)")
+    elif code == "NoSuchBucket":
+        hint, kind = " (the bucket does not exist)", MissingInput
     elif code in TRANSIENT_CODES:
         hint = " (the store did not answer after retries: rerun when it is back; finished work is kept)"
-    return StorageError(redact(f"cannot {action} {location.uri}: {code}{hint}"), code in TRANSIENT_CODES)
+    return kind(redact(f"cannot {action} {location.uri}: {code}{hint}"), code)
+
+
+def _node_name() -> str:
+    """This process's host, to say which node of a cluster lacks a setting."""
+    import socket
+
+    return socket.gethostname()
 
 
 def list_files(root: str | Location, page_size: int = 1000, missing_ok: bool = False) -> Iterator[FileInfo]:
@@ -191,7 +227,7 @@ def list_files(root: str | Location, page_size: int = 1000, missing_ok: bool = F
     if not os.path.isdir(location.key):
         if missing_ok:
             return
-        raise StorageError(f"no such file or folder: {location.key}")
+        raise MissingInput(f"no such file or folder: {location.key}")
     paths = sorted(os.path.join(folder, name) for folder, _, files in os.walk(location.key)
                    for name in files)
     for path in paths:
@@ -329,6 +365,15 @@ def read_table(uri: str | Location, columns: list[str] | None = None):
     location = uri if isinstance(uri, Location) else Location.parse(uri)
     with _parquet_errors(location):
         return pq.read_table(location.fs_path, filesystem=filesystem(location), columns=columns)
+
+
+def read_schema(uri: str | Location):
+    """The schema of one Parquet file, from its footer only (cheap checks before a job starts)."""
+    import pyarrow.parquet as pq
+
+    location = uri if isinstance(uri, Location) else Location.parse(uri)
+    with _parquet_errors(location):
+        return pq.read_schema(location.fs_path, filesystem=filesystem(location))
 
 
 def parse_table(data: bytes, uri: str | Location):

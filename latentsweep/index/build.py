@@ -102,26 +102,45 @@ def _log(job: IndexJob):
 
 def build(job: IndexJob) -> Manifest:
     """Build an index from scratch at ``job.out``."""
+    files = check(job, existing=None)
     with lock.hold(storage.Location.parse(job.out), "index build"):
-        return _run(job, existing=None)
+        return _run(job, files, existing=None)
 
 
 def add(job: IndexJob) -> Manifest:
     """Append ``job.sources`` to the index at ``job.out`` as new shards (scaler and type unchanged)."""
+    files = check(job, existing=load(job.out))
     with lock.hold(storage.Location.parse(job.out), "index add"):
-        return _run(job, existing=load(job.out))
+        return _run(job, files, existing=load(job.out))
 
 
-def _run(job: IndexJob, existing: Manifest | None) -> Manifest:
+def _feature_spec(job: IndexJob, existing: Manifest | None) -> str:
+    return ",".join(existing.columns) if existing else job.features
+
+
+def check(job: IndexJob, existing: Manifest | None) -> list[str]:
+    """The job's embedding files, once its settings are known to be good: refused before the index
+    folder is claimed or any Ray task starts. Features and the index type are checked against the
+    first file's schema."""
+    for name in ("shards", "train_sample", "memory_budget"):
+        if getattr(job, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(job, name)}")
+    files = features.embedding_files(job.sources)
+    dimension = sum(features.columns_of(files[0], _feature_spec(job, existing)).values())
+    if not existing and not job.auto:
+        factory.check(job.index_spec, dimension)
+    return files
+
+
+def _run(job: IndexJob, files: list[str], existing: Manifest | None) -> Manifest:
     import ray
 
     from latentsweep.cluster import connect
 
     log = _log(job)
     started = time.monotonic()
-    files = features.embedding_files(job.sources)
     connect(job.address, quiet=job.quiet)
-    feature_spec = ",".join(existing.columns) if existing else job.features
+    feature_spec = _feature_spec(job, existing)
     scan = ray.remote(_scan)
     scans = ray.get([scan.remote(uri, feature_spec) for uri in files])
     provenance = set().union(*(s["provenance"] for s in scans))

@@ -75,6 +75,17 @@ def create(spec: str, dimension: int):
     return faiss.index_factory(dimension, wrapped, faiss.METRIC_INNER_PRODUCT)
 
 
+def check(spec: str, dimension: int) -> None:
+    """Refuse a factory string FAISS cannot build for ``dimension`` (before any task starts)."""
+    try:
+        create(spec, dimension)
+    except RuntimeError as error:
+        # FAISS's messages start with the C++ function that raised: keep what follows the location
+        reason = str(error).strip().split(": ", 1)[-1].removeprefix("Error: ")
+        raise UsageError(f"--index-type {spec!r} cannot be built for {dimension} dims ({reason}); "
+                         f"e.g. Flat, HNSW32, IVF1024,Flat, IVF1024,PQ32") from None
+
+
 def apply_search_params(index, params: str) -> None:
     import faiss
 

@@ -51,6 +51,21 @@ def resolve_columns(tensor_columns: dict[str, int], features: str) -> list[str]:
     return wanted
 
 
+def columns_of(uri: str, features: str) -> dict[str, int]:
+    """``{column: dim}`` that ``features`` selects in one embeddings file, from its schema alone: a
+    check that costs one footer read, made before any Ray task starts."""
+    file_schema = storage.read_schema(uri)
+    schema.check(file_schema, "embeddings", uri)
+    present = schema.tensor_columns(file_schema)
+    return {name: present[name] for name in resolve_columns(present, features)}
+
+
+def provenance_of(uri: str) -> set[tuple[str, str, str]]:
+    """(codec, weights_digest, pooling) of every row of one embeddings file (three small columns)."""
+    table = storage.read_table(uri, columns=list(PROVENANCE))
+    return set(zip(*(table.column(name).to_pylist() for name in PROVENANCE)))
+
+
 @dataclass
 class Batch:
     ids: np.ndarray        # int64 (n,)

@@ -105,7 +105,7 @@ def read_and_decode(batch: dict, max_pixels: int, min_side: int) -> dict:
         except DecodeError as error:
             record.update(error_type=error.error_type, message=str(error))
         except storage.StorageError as error:
-            if error.transient:  # the store is down, the item is fine: stop the job, a rerun resumes
+            if error.systemic:  # the store is down or refuses this node: stop the job, a rerun resumes
                 raise
             record.update(error_type="unreadable", message=str(error))
         except Exception as error:  # permissions, vanished files
@@ -114,7 +114,7 @@ def read_and_decode(batch: dict, max_pixels: int, min_side: int) -> dict:
         payloads.append(payload)
         for name in fields:
             fields[name].append(record[name])
-    out = {name: batch[name] for name in ("id", "shard", "uri", "label", "family")}
+    out = {name: batch[name] for name in ("id", "shard", "uri")}
     out.update({name: np.array(values, dtype=np.int32 if name in ("width", "height") else object)
                 for name, values in fields.items()})
     image_column = np.empty(count, dtype=object)

@@ -46,8 +46,7 @@ class EncodeActor:
         for i in range(count):
             if not errors[i] and batch["source"][i] == "latents":
                 self._pool_latents(batch["latents"][i], i, vectors, errors, messages)
-        out = {name: batch[name] for name in ("id", "shard", "uri", "label", "family", "sha256",
-                                              "width", "height", "source")}
+        out = {name: batch[name] for name in ("id", "shard", "uri", "sha256", "width", "height", "source")}
         out["error_type"] = np.array(errors, dtype=object)
         out["message"] = np.array(messages, dtype=object)
         out["node"] = np.array([self.node] * count, dtype=object)  # for the summary, not written

@@ -27,6 +27,7 @@ from latentsweep.console import stage_log
 from latentsweep.errors import UsageError
 
 DECODE_BATCH = 16
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -83,6 +84,20 @@ def pool_layout(resources: dict, embed: EmbedSettings, workers: int | None) -> d
     return {"size": size, "num_gpus": 0, "num_cpus": per_actor, "threads": max(1, cpus // size), "device": "cpu"}
 
 
+def check(job: IngestJob) -> None:
+    """Refuse bad settings before anything is read or written (a bad value must not claim ``out``)."""
+    from latentsweep.codec.pooling import column_dims
+
+    column_dims(job.embed.feature_set, job.embed.pooling)
+    if job.embed.device not in DEVICES:
+        raise UsageError(f"unknown --device {job.embed.device!r}: choose one of {', '.join(DEVICES)}")
+    for name in ("shard_size", "max_pixels", "min_side"):
+        if getattr(job, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(job, name)}")
+    if job.embed.max_batch < 1 or (job.workers is not None and job.workers < 1):
+        raise UsageError("--batch-size and --workers must be at least 1")
+
+
 def _plan_settings(job: IngestJob, weights_digest: str) -> dict:
     return {"codec": "jpegai-bop", "weights_digest": weights_digest, "feature_set": job.embed.feature_set,
             "pooling": job.embed.pooling, "max_pixels": job.max_pixels, "min_side": job.min_side}
@@ -110,9 +125,11 @@ def _manifest_table(shards: list[planning.Shard]) -> pa.Table:
     return pa.table({
         "id": pa.array([i.id for i in items], pa.int64()),
         "shard": pa.array([i.shard for i in items], pa.int32()),
-        "uri": [i.uri for i in items], "size": pa.array([i.size for i in items], pa.int64()),
-        "version": [i.version for i in items], "label": [i.label for i in items],
-        "family": [i.family for i in items]})
+        "uri": pa.array([i.uri for i in items], pa.string()),
+        "size": pa.array([i.size for i in items], pa.int64()),
+        "version": pa.array([i.version for i in items], pa.string()),
+        "label": pa.array([i.label for i in items], pa.string()),
+        "family": pa.array([i.family for i in items], pa.string())})
 
 
 def run(job: IngestJob, log=None) -> IngestSummary:
@@ -122,6 +139,7 @@ def run(job: IngestJob, log=None) -> IngestSummary:
     log = log or stage_log(job.quiet)
     started = time.monotonic()
     out = storage.Location.parse(job.out)
+    check(job)
     summary = IngestSummary(job.source, out.uri)
     items, skipped = list_source(job.source, job.labels_from_folders, job.families)
     summary.inputs, summary.skipped_unsupported = len(items), len(skipped)
@@ -191,8 +209,7 @@ def _process(job: IngestJob, out: storage.Location, todo: list[planning.Shard], 
     block_rows = max(1, min(DECODE_BATCH, math.ceil(len(items) / (4 * layout["size"]))))
     blocks = [pa.table({"id": pa.array([i.id for i in chunk], pa.int64()),
                         "shard": pa.array([i.shard for i in chunk], pa.int32()),
-                        "uri": [i.uri for i in chunk], "label": [i.label for i in chunk],
-                        "family": [i.family for i in chunk]})
+                        "uri": pa.array([i.uri for i in chunk], pa.string())})
               for chunk in (items[start:start + block_rows] for start in range(0, len(items), block_rows))]
     embed = EmbedSettings(**{**asdict(job.embed), "device": layout["device"]})
     decode_args = {"max_pixels": job.max_pixels, "min_side": job.min_side}

@@ -45,7 +45,7 @@ class ShardWriter:
         rows = {name: values[order] for name, values in rows.items()}
         failed = np.array([bool(e) for e in rows["error_type"]], dtype=bool)
         ok = ~failed
-        storage.write_table(self.out.join("embeddings", f"{shard.name}.parquet"), self._embeddings(rows, ok))
+        storage.write_table(self.out.join("embeddings", f"{shard.name}.parquet"), self._embeddings(shard, rows, ok))
         errors = pa.table({
             "id": pa.array(rows["id"][failed], pa.int64()),
             "uri": pa.array(list(rows["uri"][failed]), pa.string()),
@@ -63,8 +63,12 @@ class ShardWriter:
         storage.write_bytes(self.out.join(DONE_FOLDER, f"{shard.name}.json"), json.dumps(marker).encode())
         return result
 
-    def _embeddings(self, rows: dict[str, np.ndarray], ok: np.ndarray) -> pa.Table:
+    def _embeddings(self, shard: Shard, rows: dict[str, np.ndarray], ok: np.ndarray) -> pa.Table:
         count = int(ok.sum())
+        # Labels come from the plan, not through the pipeline: Ray Data turns a batch column of
+        # nothing but None (an unlabelled night) into float NaN.
+        planned = {item.id: item for item in shard.items}
+        labelled = [planned[int(item_id)] for item_id in rows["id"][ok]]
         latents = np.array([source == "latents" for source in rows["source"][ok]], dtype=bool)
         codec = np.where(latents, REFERENCE_CODEC[0], self.provenance["codec"])
         digest = np.where(latents, REFERENCE_CODEC[1], self.provenance["weights_digest"])
@@ -72,8 +76,9 @@ class ShardWriter:
         text = lambda name: pa.array([None if v is None or v == "" else str(v) for v in rows[name][ok]],
                                      pa.string())
         arrays = [
-            pa.array(rows["id"][ok], pa.int64()), text("uri"), text("sha256"), text("label"),
-            text("family"), size("width"), size("height"), text("source"),
+            pa.array(rows["id"][ok], pa.int64()), text("uri"), text("sha256"),
+            pa.array([item.label for item in labelled], pa.string()),
+            pa.array([item.family for item in labelled], pa.string()), size("width"), size("height"), text("source"),
             pa.array(codec.tolist(), pa.string()), pa.array(digest.tolist(), pa.string()),
             pa.array([self.provenance["feature_set"]] * count, pa.string()),
             pa.array([self.provenance["pooling"]] * count, pa.string()),
