@@ -229,49 +229,7 @@ def test_sweep_to_s3_and_pull_with_resume(reference, nightly_queries, s3_env, tm
         pull(f"s3://{bucket}/results/date=2026-11-25", str(tmp_path / "none"), quiet=True)
 
 
-# ---- report -----------------------------------------------------------------------------------
-
-def screenshot(page, out):
-    """Render ``page`` in headless Chromium; returns the PNG as an array (or skips without Chromium)."""
-    import shutil
-    import subprocess
-
-    from PIL import Image
-
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (CI installs it: .ci/run)")
-    profile = out.parent / "chromium-profile"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={profile}", f"--screenshot={out}", "--window-size=1200,1600",
-                    f"file://{page}"], capture_output=True, timeout=120, check=True)
-    return np.asarray(Image.open(out).convert("L"))
-
-
-def test_report_with_neighbour_strips_renders(tmp_path, ray_session):
-    from images import photo_corpus
-    from latentsweep.codec.embed import EmbedSettings
-    from latentsweep.ingest.run import IngestJob, run as ingest
-
-    reference, queries = tmp_path / "ref", tmp_path / "queries"
-    photo_corpus(reference, per_label=5)
-    photo_corpus(queries, per_label=2, size=(64, 64))
-    settings = EmbedSettings(weights="untrained", feature_set="2lat", device="cpu")
-    for corpus in (reference, queries):
-        ingest(IngestJob(str(corpus), str(tmp_path / "emb" / corpus.name), settings, labels_from_folders=True,
-                         families={"alpha": "gan", "beta": "gan", "gamma": "dm"}, quiet=True))
-    build(IndexJob([str(tmp_path / "emb" / "ref")], str(tmp_path / "index"), shards=1, quiet=True))
-    summary = sweep(SweepJob([str(tmp_path / "emb" / "queries")], str(tmp_path / "index"),
-                             str(tmp_path / "results"), date="2026-11-23", quiet=True))
-    page = tmp_path / "results" / "date=2026-11-23" / "report.html"
-    text = page.read_text()
-    assert summary.queries == 6 and "By label (Table 3)" in text and "Confusion" in text
-    assert text.count('class="strip"') == 6 and text.count("data:image/jpeg;base64") >= 6 * 6
-    record = json.loads((page.parent / "_SUCCESS.json").read_text())
-    assert any(entry["file"] == "report.html" for entry in record["parts"])
-    pixels = screenshot(page, tmp_path / "report.png")
-    assert pixels.shape[0] > 500 and pixels.std() > 20  # rendered content, not a blank page
+# ---- report: tests/test_report.py -------------------------------------------------------------
 
 
 def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, ray_session):

@@ -62,12 +62,17 @@ def evaluate(index_uri: str, out: str, queries: list[str] | None = None, engine:
 
 def tables(result: dict) -> str:
     """Markdown tables in the shape of the paper's Tables 2 (by family) and 3 (by label)."""
+    precision = metrics.precision_name(result["overall"])  # precision_at_<k>: the k of the run
+    voted = "vote_accuracy" in result["overall"]  # a sweep's metrics: the k-NN vote's accuracy first
+    names = (["vote_accuracy"] if voted else []) + ["top1", precision, "map", "type_top1"]
+    header = ((["Vote Acc.", "Top-1 Acc. (nearest neighbour)"] if voted else ["Top-1 Acc."])
+              + [f"Prec.@{precision.removeprefix('precision_at_')}", "mAP", "Top-1 Type Acc."])
+
     def table(title: str, key: str, section: dict) -> str:
-        lines = [f"### {title}", "", f"| {key} | Top-1 Acc. | Prec.@10 | mAP | Top-1 Type Acc. | queries |",
-                 "|---|---|---|---|---|---|"]
+        lines = [f"### {title}", "", f"| {key} | " + " | ".join(header) + " | queries |",
+                 "|---" * (len(header) + 2) + "|"]
         for name, values in section.items():
-            lines.append(f"| {name} | {values['top1']:.3f} | {values['precision_at_10']:.3f} | "
-                         f"{values['map']:.3f} | {values['type_top1']:.3f} | {values['queries']} |")
+            lines.append(f"| {name} | " + " | ".join(f"{values[n]:.3f}" for n in names) + f" | {values['queries']} |")
         return "\n".join(lines)
 
     overall = {"all": result["overall"]}

@@ -1,18 +1,34 @@
-"""A self-contained HTML report of a sweep partition: summary, the paper's tables, a confusion
-heatmap, per-label bars and, where the images are reachable, neighbour strips like the paper's
-Figure 4 (query + nearest references, framed by whether label and family match)."""
+"""A self-contained HTML report of a sweep partition (one file: figures and thumbnails inlined, a
+small inline script, no external URL).
+
+What made the night (provenance: index and its version, features, pooling, k, threshold, codec
+weights, date, counts); the metrics of the labelled queries, scored on ``predicted_label`` (the k-NN
+vote, what users act on) with the nearest neighbour's Top-1 beside it (no metrics section when no
+query carries a label); a per-query table, sortable and filterable by predicted label and unknown
+(``report.html#predicted=LABEL&unknown=1`` opens it filtered); and, where the images are reachable,
+neighbour strips like the paper's Figure 4 for a stated sample: the least confident queries and a
+seeded random set.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 from latentsweep import storage
+from latentsweep.query.metrics import precision_name
 
 THUMBNAIL = 72
-STRIP_QUERIES = 6
+STRIPS_LEAST_CONFIDENT = 6  # neighbour strips: this many least confident queries ...
+STRIPS_RANDOM = 6           # ... and this many others chosen at random (seeded: the same page each run)
+STRIP_SEED = 0
+TABLE_ROWS = 5000           # per-query rows embedded in the page (the least confident first)
 FRAME = {"label": "#1a9850", "family": "#fdae61", "wrong": "#d73027"}
+NEUTRAL = "#9e9e9e"         # a neighbour of a query without a label: nothing to judge
+MISSING = "\u2014"          # shown for NULL (no label, no family)
 
 
 def warm_up() -> None:
@@ -36,7 +52,7 @@ def _png(figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def confusion_figure(confusion: dict[str, dict[str, int]]) -> str:
+def confusion_figure(confusion: dict[str, dict[str, int]], predicted: str = "predicted_label (k-NN vote)") -> str:
     import numpy as np
 
     truths = sorted(confusion)
@@ -47,7 +63,7 @@ def confusion_figure(confusion: dict[str, dict[str, int]]) -> str:
     image = axes.imshow(shares, cmap="viridis", vmin=0, vmax=1)
     axes.set_xticks(range(len(predictions)), predictions, rotation=45, ha="right")
     axes.set_yticks(range(len(truths)), truths)
-    axes.set_xlabel("top-1 neighbour's label")
+    axes.set_xlabel(predicted)
     axes.set_ylabel("true label")
     for row in range(len(truths)):
         for col in range(len(predictions)):
@@ -83,70 +99,287 @@ def thumbnail(uri: str | None) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def _text(value) -> str:
+    """Escaped text of a value; NULL shows as a dash (never 'None' or 'nan')."""
+    return MISSING if value is None else html.escape(str(value))
+
+
+def _number(value, digits: int = 3) -> str:
+    return MISSING if value is None else f"{value:.{digits}f}"
+
+
+def _basename(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1] or uri
+
+
+def _provenance(provenance: dict, summary: dict) -> str:
+    threshold = provenance.get("open_set_threshold")
+    items = [
+        ("index", _text(provenance.get("index"))),
+        ("index version", f"created {_text(provenance.get('index_created'))}, manifest sha256 "
+                          f"<code title=\"{_text(provenance.get('index_manifest_sha256'))}\">"
+                          f"{_text((provenance.get('index_manifest_sha256') or '')[:16])}</code>"),
+        ("index type", f"{_text(provenance.get('index_type'))}, {_text(provenance.get('index_vectors'))} reference "
+                       f"vectors, {_text(provenance.get('index_labels'))} labels"),
+        ("features", f"{_text(provenance.get('features'))} (columns: "
+                     f"{_text(', '.join(provenance.get('columns') or []))})"),
+        ("pooling", _text(provenance.get("pooling"))),
+        ("k", _text(provenance.get("k"))),
+        ("vote", "weighted by similarity" if provenance.get("weighted") else "one vote per neighbour"),
+        ("open-set threshold", "none (every query gets a label)" if threshold is None
+         else f"{threshold} (queries whose best similarity is below it are unknown)"),
+        ("codec", _text(provenance.get("codec"))),
+        ("codec weights digest", f"<code>{_text(provenance.get('weights_digest'))}</code>"),
+        ("date partition", f"{_text(provenance.get('date'))} ({_text(provenance.get('partition'))})"),
+        ("counts", f"{summary['queries']} queries, {summary['labelled']} labelled, {summary['unknown']} unknown, "
+                   f"{summary['parts']} parts"),
+        ("latentsweep", f"{_text(provenance.get('latentsweep'))}, finished {_text(provenance.get('finished'))}"),
+    ]
+    rows = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in items)
+    return f'<h2>Provenance</h2><table class="kv" id="provenance">{rows}</table>'
+
+
+def _metric_columns(values: dict) -> list[tuple[str, str]]:
+    """(key, header) of the metrics present, the vote first."""
+    precision = precision_name(values)
+    columns = [("vote_accuracy", "Vote accuracy"), ("top1", "Top-1 (nearest neighbour)"),
+               (precision, f"Prec.@{precision.removeprefix('precision_at_')}" if precision else ""),
+               ("map", "mAP"), ("type_top1", "Top-1 Type (nearest neighbour)")]
+    return [(key, header) for key, header in columns if key and key in values]
+
+
 def _table(title: str, key: str, section: dict) -> str:
+    columns = _metric_columns(next(iter(section.values()), {}))
     rows = "".join(
-        f"<tr><td>{html.escape(str(name))}</td><td>{v['top1']:.3f}</td><td>{v['precision_at_10']:.3f}</td>"
-        f"<td>{v['map']:.3f}</td><td>{v['type_top1']:.3f}</td><td>{v['queries']}</td></tr>"
-        for name, v in section.items())
-    return (f"<h3>{html.escape(title)}</h3><table><tr><th>{key}</th><th>Top-1 Acc.</th><th>Prec.@10</th>"
-            f"<th>mAP</th><th>Top-1 Type Acc.</th><th>queries</th></tr>{rows}</table>")
+        f"<tr><td>{html.escape(str(name))}</td>" + "".join(f"<td>{v[c]:.3f}</td>" for c, _ in columns)
+        + f"<td>{v['queries']}</td></tr>" for name, v in section.items())
+    header = "".join(f"<th>{h}</th>" for _, h in columns)
+    return f"<h3>{html.escape(title)}</h3><table><tr><th>{key}</th>{header}<th>queries</th></tr>{rows}</table>"
 
 
-def _strips(rows: list[dict], families: dict[str, str]) -> str:
-    blocks = []
-    for row in rows:
-        query = thumbnail(row["uri"])
+def _metrics(metrics: dict, summary: dict) -> list[str]:
+    overall = metrics["overall"]
+    k = metrics.get("map_truncated_at")
+    precision = precision_name(overall)
+    cards = [(overall.get("vote_accuracy"), "vote accuracy", "predicted_label (the k-NN vote) = label"),
+             (overall["top1"], "Top-1 (nearest neighbour)", "the nearest reference's label = label")]
+    if precision:
+        cards.append((overall[precision], f"Prec.@{precision.removeprefix('precision_at_')}",
+                      "share of the k neighbours with the query's label"))
+    cards.append((overall["map"], "mAP", f"AP over the top {k} neighbours"))
+    headline = "".join(f'<div class="card"><b>{value:.3f}</b><br>{name}<br><small>{note}</small></div>'
+                       for value, name, note in cards if value is not None)
+    per_label = {label: values.get("vote_accuracy", values["top1"]) for label, values in metrics["by_label"].items()}
+    return [f"<h2 id=\"metrics\">Attribution of the {summary['labelled']} labelled queries (of {summary['queries']})</h2>",
+            "<p>Only queries with a label are scored. The vote accuracy scores <code>predicted_label</code>, "
+            "the label users act on; Top-1 scores the nearest neighbour alone.</p>",
+            f'<div class="cards">{headline}</div>',
+            _table("Overall", "set", {"all": overall}),
+            _table("By family (Table 2)", "Type", metrics["by_family"]),
+            _table("By label (Table 3)", "Model", metrics["by_label"]),
+            f'<img src="{bars_figure(per_label, "vote accuracy per label")}">',
+            f"<h2>Confusion</h2><p>Rows: the true label; columns: "
+            f"{html.escape(metrics.get('confusion_of', 'predicted_label (k-NN vote)'))}.</p>"
+            f'<img src="{confusion_figure(metrics["confusion"], metrics.get("confusion_of", "predicted_label (k-NN vote)"))}">']
+
+
+def _confidence_order(rows: dict) -> list[int]:
+    """Row positions, least confident (lowest top score) first; ties by URI: a stable order."""
+    import math
+
+    def score(position: int) -> float:
+        value = rows["top_score"][position]
+        return value if value is not None and math.isfinite(value) else float("-inf")
+
+    return sorted(range(len(rows["uri"])), key=lambda i: (score(i), rows["uri"][i]))
+
+
+def _query_table(rows: dict, order: list[int]) -> str:
+    total = len(order)
+    shown = order[:TABLE_ROWS]
+    labelled = any(label is not None for label in rows["label"])
+    predicted = sorted({label for label in rows["predicted_label"] if label is not None})
+    headers = [("file", "text"), ("predicted label", "text"), ("predicted family", "text"),
+               ("vote share", "num"), ("confidence (top score)", "num"), ("unknown", "text")]
+    if labelled:
+        headers.append(("true label", "text"))
+    body = []
+    for i in shown:
+        uri, label, guess = rows["uri"][i], rows["label"][i], rows["predicted_label"][i]
+        score = rows["top_score"][i]
+        cells = [f'<td class="file" title="{html.escape(uri)}">{html.escape(_basename(uri))}</td>',
+                 f"<td>{_text(guess)}</td>", f"<td>{_text(rows['predicted_family'][i])}</td>",
+                 f'<td data-v="{rows["vote_share"][i] or 0:.6f}">{_number(rows["vote_share"][i])}</td>',
+                 f'<td data-v="{score if score is not None and abs(score) != float("inf") else -9:.6f}">'
+                 f"{_number(score)}</td>", f"<td>{'yes' if rows['unknown'][i] else ''}</td>"]
+        if labelled:
+            cells.append(f"<td>{_text(label)}</td>")
+        miss = ' class="miss"' if label is not None and guess != label else ""
+        body.append(f'<tr{miss} data-predicted="{html.escape(guess or "")}" '
+                    f'data-unknown="{1 if rows["unknown"][i] else 0}">{"".join(cells)}</tr>')
+    if total > len(shown):
+        statement = (f"The table holds the {len(shown):,} least confident of the {total:,} queries (lowest top "
+                     f"score first); all {total:,} are in the Parquet parts.")
+    else:
+        statement = f"All {total:,} queries, least confident (lowest top score) first."
+    options = "".join(f'<option value="{html.escape(label)}">{html.escape(label)}</option>' for label in predicted)
+    controls = (f'<p class="controls"><label>predicted label <select id="filter-predicted"><option value="">all'
+                f'</option>{options}</select></label> <label><input type="checkbox" id="filter-unknown"> unknown only'
+                f'</label> <span id="shown">{len(shown)}</span> of {len(shown)} rows shown. Click a header to sort.</p>')
+    head = "".join(f'<th data-type="{kind}">{name}</th>' for name, kind in headers)
+    return (f'<h2 id="queries">Queries</h2><p id="table-statement">{statement}'
+            + (" Rows whose vote differs from the true label are tinted." if labelled else "") + "</p>"
+            + controls + f'<table id="query-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+
+
+SCRIPT = """<script>
+(function () {
+  var table = document.getElementById('query-table');
+  if (!table) return;
+  var body = table.tBodies[0], select = document.getElementById('filter-predicted'),
+      unknown = document.getElementById('filter-unknown'), shown = document.getElementById('shown');
+  function apply() {
+    var label = select.value, only = unknown.checked, count = 0;
+    Array.prototype.forEach.call(body.rows, function (row) {
+      var visible = (!label || row.dataset.predicted === label) && (!only || row.dataset.unknown === '1');
+      row.hidden = !visible;
+      if (visible) count++;
+    });
+    shown.textContent = count;
+  }
+  function fromHash() {
+    var wanted = new URLSearchParams(location.hash.slice(1));
+    select.value = wanted.get('predicted') || '';
+    if (select.value !== (wanted.get('predicted') || '')) select.value = '';
+    unknown.checked = wanted.get('unknown') === '1';
+    apply();
+  }
+  function toHash() {
+    var state = new URLSearchParams();
+    if (select.value) state.set('predicted', select.value);
+    if (unknown.checked) state.set('unknown', '1');
+    history.replaceState(null, '', '#' + state.toString());
+    apply();
+  }
+  select.addEventListener('change', toHash);
+  unknown.addEventListener('change', toHash);
+  window.addEventListener('hashchange', fromHash);
+  Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, column) {
+    th.addEventListener('click', function () {
+      var ascending = th.dataset.dir !== 'asc', numeric = th.dataset.type === 'num';
+      Array.prototype.forEach.call(table.tHead.rows[0].cells, function (o) { delete o.dataset.dir; });
+      th.dataset.dir = ascending ? 'asc' : 'desc';
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = a.cells[column], y = b.cells[column];
+        var order = numeric ? parseFloat(x.dataset.v) - parseFloat(y.dataset.v)
+                            : x.textContent.localeCompare(y.textContent);
+        return ascending ? order : -order;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+  fromHash();
+})();
+</script>"""
+
+
+def _sample(order: list[int]) -> tuple[list[int], list[int]]:
+    """The strips' sample: the least confident queries, then others drawn with a fixed seed."""
+    import numpy as np
+
+    least = order[:STRIPS_LEAST_CONFIDENT]
+    rest = order[STRIPS_LEAST_CONFIDENT:]
+    drawn = np.random.default_rng(STRIP_SEED).choice(len(rest), size=min(STRIPS_RANDOM, len(rest)), replace=False)
+    return least, [rest[i] for i in sorted(drawn)]
+
+
+def _strips(results, order: list[int], families: dict[str, str]) -> str:
+    least, drawn = _sample(order)
+    sample = results.take(least + drawn).select(["uri", "label", "predicted_label", "vote_share",
+                                                  "neighbor_uris", "neighbor_labels", "neighbor_scores"]).to_pylist()
+    uris = {row["uri"] for row in sample} | {uri for row in sample for uri in row["neighbor_uris"] or [] if uri}
+    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 4) * 2)) as pool:
+        names = sorted(uris)
+        pictures = dict(zip(names, pool.map(thumbnail, names)))
+    blocks, rendered, judged, neutral = {"least": [], "random": []}, {"least": 0, "random": 0}, False, False
+    for group, row in [("least", r) for r in sample[:len(least)]] + [("random", r) for r in sample[len(least):]]:
+        query = pictures.get(row["uri"])
         if query is None:
             continue
-        cells = [f'<figure><img src="{query}" style="border:3px solid #333"><figcaption>query<br>'
-                 f'{html.escape(str(row.get("label") or "?"))}</figcaption></figure>']
-        for uri, label, score in zip(row["neighbor_uris"], row["neighbor_labels"], row["neighbor_scores"]):
-            picture = thumbnail(uri)
-            if row.get("label") is not None and label == row["label"]:
-                verdict = "label"
-            elif row.get("label") is not None and families.get(label) == families.get(row["label"]):
-                verdict = "family"
+        label = row.get("label")
+        caption = (f"{html.escape(_basename(row['uri']))}<br>predicted {_text(row['predicted_label'])} "
+                   f"({_number(row['vote_share'], 2)})" + (f"<br>label {_text(label)}" if label is not None else ""))
+        cells = [f'<figure><img src="{query}" style="border:3px solid #333" title="{html.escape(row["uri"])}">'
+                 f"<figcaption>query<br>{caption}</figcaption></figure>"]
+        for uri, neighbour, score in zip(row["neighbor_uris"], row["neighbor_labels"], row["neighbor_scores"]):
+            if label is None:
+                colour, verdict, neutral = NEUTRAL, "query has no label", True
             else:
-                verdict = "wrong"
+                judged = True
+                verdict = ("label" if neighbour == label else
+                           "family" if families.get(neighbour) is not None and families.get(neighbour) == families.get(label)
+                           else "wrong")
+                colour = FRAME[verdict]
+            picture = pictures.get(uri)
             image = f'<img src="{picture}"' if picture else '<div class="missing"'
-            cells.append(f'<figure>{image} style="border:3px solid {FRAME[verdict]}" title="{verdict}">'
-                         f'<figcaption>{html.escape(str(label))}<br>{score:.3f}</figcaption></figure>')
-        blocks.append(f'<div class="strip">{"".join(cells)}</div>')
-        if len(blocks) == STRIP_QUERIES:
-            break
-    if not blocks:
-        return "<p>Neighbour strips: the query images are not reachable from here.</p>"
-    legend = " ".join(f'<span style="border:3px solid {c};padding:0 4px">{n}</span>' for n, c in FRAME.items())
-    return f"<h2>Nearest neighbours</h2><p>Frames: {legend}</p>" + "".join(blocks)
+            end = "" if picture else "</div>"
+            cells.append(f'<figure>{image} style="border:3px solid {colour}" title="{html.escape(verdict)}">{end}'
+                         f"<figcaption>{_text(neighbour)}<br>{_number(score)}</figcaption></figure>")
+        blocks[group].append(f'<div class="strip">{"".join(cells)}</div>')
+        rendered[group] += 1
+    total = len(order)
+    strips = rendered["least"] + rendered["random"]
+    statement = (f"Neighbour strips for {strips} of {total} queries: the {rendered['least']} least confident and "
+                 f"{rendered['random']} chosen at random (seed {STRIP_SEED}).")
+    unreachable = len(least) + len(drawn) - strips
+    if unreachable:
+        statement += f" {unreachable} sampled queries are left out: their images are not reachable from here."
+    if not strips:
+        return f'<h2>Nearest neighbours</h2><p id="strip-statement">{statement}</p>'
+    legend = []
+    if judged:
+        legend += [f'<span style="border:3px solid {c};padding:0 4px">{n}</span>' for n, c in FRAME.items()]
+    if neutral:
+        legend.append(f'<span style="border:3px solid {NEUTRAL};padding:0 4px">query has no label</span>')
+    parts = [f'<h2>Nearest neighbours</h2><p id="strip-statement">{statement}</p><p>Frames: {" ".join(legend)}</p>']
+    if blocks["least"]:
+        parts.append(f"<h3>The {rendered['least']} least confident</h3>" + "".join(blocks["least"]))
+    if blocks["random"]:
+        parts.append(f"<h3>{rendered['random']} chosen at random</h3>" + "".join(blocks["random"]))
+    return "".join(parts)
 
 
-def render(partition: str, parts: list[dict], summary: dict, families: dict[str, str]) -> bytes:
-    """The report page of a sweep partition, from its result parts and summary."""
-    root = storage.Location.parse(partition)
-    sample_rows = storage.read_table(root.join(parts[0]["file"])).to_pylist()[:STRIP_QUERIES * 4] if parts else []
-    sections = [f"<h1>latentsweep sweep report</h1><p>{html.escape(summary['out'])}</p>",
-                "<table>" + "".join(f"<tr><th>{k}</th><td>{html.escape(str(summary[k]))}</td></tr>"
-                                    for k in ("queries", "attributed", "unknown", "parts", "labelled")) + "</table>"]
+STYLE = ("body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}"
+         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}"
+         "table.kv th,table.kv td{text-align:left}#query-table th{cursor:pointer}"
+         "#query-table td.file{text-align:left;max-width:28em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}"
+         "#query-table tr.miss{background:#fdecea}th[data-dir=asc]:after{content:' \\25B2'}"
+         "th[data-dir=desc]:after{content:' \\25BC'}.cards{display:flex;gap:12px;margin:8px 0}"
+         ".card{border:1px solid #ccc;padding:8px 14px;text-align:center}.card b{font-size:22px}"
+         ".strip{display:flex;gap:4px;margin:6px 0}figure{margin:0;text-align:center;font-size:10px;max-width:96px}"
+         ".missing{width:72px;height:72px;background:#eee}")
+
+
+def render(results, summary: dict, provenance: dict, families: dict[str, str]) -> bytes:
+    """The report page of a sweep partition from its results (every part, one Arrow table), its
+    summary and its provenance."""
+    rows = results.select(["uri", "predicted_label", "predicted_family", "vote_share", "top_score", "unknown",
+                           "label"]).to_pydict()
+    order = _confidence_order(rows)
+    date = provenance.get("date") or ""
+    sections = [f"<h1>latentsweep sweep report {html.escape(date)}</h1><p>{html.escape(summary['out'])}</p>",
+                _provenance(provenance, summary)]
+    if summary.get("metrics") and summary.get("labelled"):
+        sections += _metrics(summary["metrics"], summary)
     predicted: dict[str, int] = {}
-    for part in parts:
-        for label in storage.read_table(root.join(part["file"]), columns=["predicted_label"]).column(
-                "predicted_label").to_pylist():
-            predicted[label] = predicted.get(label, 0) + 1
-    sections.append(f'<h2>Predicted labels</h2><img src="{bars_figure(dict(sorted(predicted.items())), "queries per predicted label")}">')
-    metrics = summary.get("metrics")
-    if metrics:
-        sections.append(f"<h2>Attribution of labelled queries (AP truncated at {metrics.get('map_truncated_at')})</h2>")
-        sections.append(_table("Overall", "set", {"all": metrics["overall"]}))
-        sections.append(_table("By family (Table 2)", "Type", metrics["by_family"]))
-        sections.append(_table("By label (Table 3)", "Model", metrics["by_label"]))
-        top1 = {label: values["top1"] for label, values in metrics["by_label"].items()}
-        sections.append(f'<img src="{bars_figure(top1, "Top-1 accuracy per label")}">')
-        sections.append(f'<h2>Confusion</h2><img src="{confusion_figure(metrics["confusion"])}">')
-    sections.append(_strips(sample_rows, families))
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>latentsweep report</title><style>"
-            "body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}"
-            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}"
-            ".strip{display:flex;gap:4px;margin:6px 0}figure{margin:0;text-align:center;font-size:10px}"
-            ".missing{width:72px;height:72px;background:#eee}</style></head><body>"
-            + "".join(sections) + "</body></html>")
+    for label in rows["predicted_label"]:
+        predicted[label or MISSING] = predicted.get(label or MISSING, 0) + 1
+    if predicted:
+        sections.append(f'<h2>Predicted labels</h2><img src="{bars_figure(dict(sorted(predicted.items())), "queries per predicted label")}">')
+    sections.append(_query_table(rows, order))
+    sections.append(_strips(results, order, families))
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>latentsweep report "
+            f"{html.escape(date)}</title><style>{STYLE}</style></head><body>"
+            + "".join(sections) + SCRIPT + "</body></html>")
     return page.encode()

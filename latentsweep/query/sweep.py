@@ -187,39 +187,64 @@ def _sweep(job: SweepJob, location: storage.Location, log) -> SweepSummary:
             ray.kill(actor)
     else:
         log(f"sweep: all {len(parts)} query files of {location.uri} are already attributed; nothing to do")
-    _finish(location, parts, manifest, job.k, summary)
-    summary.seconds = round(time.monotonic() - started, 2)
-    summary.queries_per_second = round(summary.queries / summary.seconds, 1) if summary.seconds else 0.0
+    _finish(location, parts, manifest, job, summary, started)  # fills the timing fields too
     return summary
 
 
-def _finish(location: storage.Location, parts: list, manifest, k: int, summary: SweepSummary) -> None:
-    """Totals and metrics over every part of the partition; ``_SUCCESS.json`` with checksums."""
+def _finish(location: storage.Location, parts: list, manifest, job: SweepJob, summary: SweepSummary,
+            started: float) -> None:
+    """Totals and metrics over every part of the partition, the report, then ``_SUCCESS.json`` with
+    checksums, the summary (timing included: measured up to this record) and the provenance."""
     from latentsweep.index.manifest import sha256
 
-    listing, labelled_rows = [], []
+    listing, tables = [], []
     for _, name, _ in parts:  # result parts only: the report is rendered from them below
         uri = location.join(f"{name}.parquet")
         data = storage.read_bytes(uri)
         table = storage.parse_table(data, uri)
         schema.check(table.schema, "results", uri.uri)
         listing.append({"file": f"{name}.parquet", "bytes": len(data), "sha256": sha256(data), "rows": table.num_rows})
-        summary.queries += table.num_rows
-        unknown = table.column("unknown").to_pylist()
-        summary.unknown += sum(unknown)
-        labels = table.column("label").to_pylist()
-        for label, neighbours in zip(labels, table.column("neighbor_labels").to_pylist()):
-            if label is not None:
-                labelled_rows.append((label, neighbours))
+        tables.append(table)
+    results = pa.concat_tables(tables) if tables else schema.RESULT_SCHEMA.empty_table()
+    summary.queries = results.num_rows
+    summary.unknown = sum(results.column("unknown").to_pylist())
     summary.attributed = summary.queries - summary.unknown
-    summary.labelled = len(labelled_rows)
-    if labelled_rows:
-        rows = metrics.per_queries([label for label, _ in labelled_rows], [n for _, n in labelled_rows],
-                                   [manifest.labels.get(label, 0) for label, _ in labelled_rows], manifest.families, k)
-        summary.metrics = metrics.summarise([label for label, _ in labelled_rows], rows, manifest.families)
-        summary.metrics["map_truncated_at"] = k
-    page = report.render(location.uri, listing, asdict(summary), manifest.families)
+    labelled = results.filter(results.column("label").is_valid())  # NULL label: not scored
+    summary.labelled = labelled.num_rows
+    if labelled.num_rows:
+        labels = labelled.column("label").to_pylist()
+        rows = metrics.per_queries(labels, labelled.column("neighbor_labels").to_pylist(),
+                                   [manifest.labels.get(label, 0) for label in labels], manifest.families, job.k,
+                                   predicted=labelled.column("predicted_label").to_pylist())
+        summary.metrics = metrics.summarise(labels, rows, manifest.families)
+        summary.metrics["map_truncated_at"] = job.k
+    provenance = _provenance(location, manifest, job)
+    page = report.render(results, asdict(summary), provenance, manifest.families)
     storage.write_bytes(location.join(REPORT), page)
     listing.append({"file": REPORT, "bytes": len(page), "sha256": sha256(page), "rows": 0})
-    record = {"parts": listing, "summary": asdict(summary)}
+    summary.seconds = round(time.monotonic() - started, 2)
+    summary.queries_per_second = round(summary.queries / summary.seconds, 1) if summary.seconds else 0.0
+    record = {"parts": listing, "summary": asdict(summary), "provenance": provenance}
     storage.write_bytes(location.join(SUCCESS), json.dumps(record, indent=2).encode())
+
+
+def _provenance(location: storage.Location, manifest, job: SweepJob) -> dict:
+    """What made this night's results: the index (URI and version: its manifest's creation time and
+    SHA-256), its features, pooling and codec weights, and the vote's settings (JSON-serialisable)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from latentsweep.index.manifest import sha256
+
+    try:
+        release = version("latentsweep")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        release = None
+
+    return {"index": storage.Location.parse(job.index).uri, "index_created": manifest.created,
+            "index_manifest_sha256": sha256(manifest.to_json().encode()), "index_type": manifest.index_spec,
+            "index_vectors": manifest.vectors, "index_labels": len(manifest.labels),
+            "features": manifest.features, "columns": list(manifest.columns), "pooling": manifest.pooling,
+            "codec": manifest.codec, "weights_digest": manifest.weights_digest,
+            "k": job.k, "weighted": job.weighted, "open_set_threshold": job.open_set_threshold,
+            "date": job.date, "partition": location.uri, "latentsweep": release,
+            "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
