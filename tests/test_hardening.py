@@ -252,7 +252,7 @@ def test_credentials_never_reach_outputs_logs_or_errors(s3_env, tmp_path):
             "--date", "2026-11-23", env=env),
         cli("index", "build", "s3://no-such-bucket-here/emb", "--out", f"{root}/x", env=env),
     ]
-    assert [step.returncode for step in steps] == [0, 0, 0, 3], [s.stderr[-1500:] for s in steps]
+    assert [step.returncode for step in steps] == [0, 0, 0, 2], [s.stderr[-1500:] for s in steps]
     texts = [step.stdout + step.stderr for step in steps]
     texts += [storage.read_bytes(info.uri).decode("latin-1") for info in storage.list_files(root)]
     log_files = [path for path in Path(ray_logs).rglob("*") if path.is_file() and not path.is_socket()]

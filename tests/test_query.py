@@ -204,7 +204,7 @@ def test_sweep_is_idempotent_and_reports_metrics(reference, nightly_queries, tmp
         assert same.equals(storage.read_table(str(part))), "index parts must not change results"
     assert spread.metrics["overall"] == first.metrics["overall"]
     unknown = sweep(SweepJob([str(queries)], str(reference["index"]), str(tmp_path / "results"),
-                             date="2026-11-24", open_set_threshold=1.01, quiet=True))
+                             date="2026-11-24", open_set_threshold=1.0, quiet=True))
     assert unknown.unknown == 240  # another night, another partition, every query below the threshold
 
 
@@ -225,8 +225,11 @@ def test_sweep_to_s3_and_pull_with_resume(reference, nightly_queries, s3_env, tm
     second = pull(f"s3://{bucket}/results/date=2026-11-23", str(local), quiet=True)
     assert second.downloaded == 2 and second.already_present == 2
     assert not list(local.glob("*.part"))
-    with pytest.raises(Exception, match="_SUCCESS.json is missing"):
+    with pytest.raises(Exception, match="nothing at s3://.*/date=2026-11-25: expected a sweep partition"):
         pull(f"s3://{bucket}/results/date=2026-11-25", str(tmp_path / "none"), quiet=True)
+    storage.delete(f"s3://{bucket}/results/date=2026-11-23/_SUCCESS.json")  # parts, no _SUCCESS.json
+    with pytest.raises(Exception, match="_SUCCESS.json is missing: the sweep of .* has not finished"):
+        pull(f"s3://{bucket}/results/date=2026-11-23", str(tmp_path / "unfinished"), quiet=True)
 
 
 # ---- report: tests/test_report.py -------------------------------------------------------------

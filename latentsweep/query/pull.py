@@ -45,8 +45,11 @@ def pull(source: str, out: str, workers: int = 8, quiet: bool = False) -> PullSu
     root = storage.Location.parse(source)
     success = root.join(SUCCESS)
     if not storage.exists(success):
-        raise UsageError(f"{success.uri} is missing: the sweep has not finished (or {source} is not a "
-                         f"sweep partition like s3://bucket/results/date=YYYY-MM-DD)")
+        # a missing bucket raises here (a HEAD request cannot tell it from a missing object)
+        if not next(storage.list_files(root, missing_ok=True), None):
+            raise UsageError(f"nothing at {root.uri}: expected a sweep partition like "
+                             f"s3://bucket/results/date=YYYY-MM-DD")
+        raise UsageError(f"{success.uri} is missing: the sweep of {root.uri} has not finished (rerun it)")
     record = json.loads(storage.read_bytes(success))
     summary = PullSummary(root.uri, os.path.abspath(out), files=len(record["parts"]), sweep=record["summary"])
     os.makedirs(out, exist_ok=True)

@@ -96,11 +96,7 @@ class SweepWorker:
 
     def attribute(self, uri: str, name: str, digest: str) -> tuple[int, int]:
         batch, _ = features.read(uri, self.columns)
-        if batch.provenance and batch.provenance != {self.expected}:
-            found = features.check_provenance(batch.provenance, uri)
-            raise UsageError(f"{uri} was embedded with codec={found[0]} weights={found[1][:12]} "
-                             f"pooling={found[2]}, the index with {self.expected[0]} "
-                             f"weights={self.expected[1][:12]} pooling={self.expected[2]}")
+        require_index_space(batch.provenance, self.expected, uri)
         k = self.settings["k"]
         scores, ids, labels = self.engine.search(batch.vectors, k)
         votes = [vote(list(labels[i]), scores[i], self.engine.families, self.settings["weighted"],
@@ -125,6 +121,38 @@ class SweepWorker:
         return table.num_rows, marker["unknown"]
 
 
+def require_index_space(provenance: set, expected: tuple[str, str, str], uri: str) -> None:
+    """Refuse queries embedded with another codec, weights or pooling than the index."""
+    if provenance and provenance != {expected}:
+        found = features.check_provenance(provenance, uri)
+        raise UsageError(f"{uri} was embedded with codec={found[0]} weights={found[1][:12]} "
+                         f"pooling={found[2]}, the index with {expected[0]} weights={expected[1][:12]} "
+                         f"pooling={expected[2]}: embed the queries with the index's settings")
+
+
+def check(job: SweepJob):
+    """Refuse bad settings and a missing index before anything is ingested, claimed or started;
+    returns the index manifest."""
+    from latentsweep.index.manifest import load
+
+    partition(job)
+    if job.k < 1:
+        raise UsageError(f"-k must be at least 1, got {job.k}")
+    if job.index_parts < 1 or (job.workers is not None and job.workers < 1):
+        raise UsageError("--index-parts and --workers must be at least 1")
+    if job.open_set_threshold is not None and not -1.0 <= job.open_set_threshold <= 1.0:
+        raise UsageError(f"--open-set-threshold is a cosine similarity in [-1, 1], got {job.open_set_threshold}")
+    return load(job.index)
+
+
+def check_queries(files: list[str], manifest) -> None:
+    """The first query file against the index (its columns and embedding space), so that a
+    mismatch is one clear error before any actor starts; workers check every file again."""
+    features.columns_of(files[0], ",".join(manifest.columns))
+    require_index_space(features.provenance_of(files[0]),
+                        (manifest.codec, manifest.weights_digest, manifest.pooling), files[0])
+
+
 def _digest(uri: str, version: str, index_digest: str, settings: dict) -> str:
     text = json.dumps([uri, version, index_digest, settings], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -136,6 +164,7 @@ def _done(location: storage.Location) -> dict[str, dict]:
 
 def sweep(job: SweepJob, log=None) -> SweepSummary:
     """Attribute every query file of ``job`` into its date partition; one sweep per partition at a time."""
+    check_queries(features.embedding_files(job.queries), check(job))
     location = partition(job)
     with lock.hold(location, "sweep"):
         return _sweep(job, location, log or stage_log(job.quiet))
