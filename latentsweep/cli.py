@@ -77,7 +77,9 @@ def main() -> None:
         known = _known_cause(error)
         if known is None or os.environ.get(DEBUG_VARIABLE):
             raise
-        typer.secho(f"error: {redact(str(known))}", fg="red", err=True)
+        # the first line: Ray Data appends its retry advice to the messages of errors raised in a stage
+        message = str(known).strip().splitlines()[0] if str(known).strip() else type(known).__name__
+        typer.secho(f"error: {redact(message)}", fg="red", err=True)
         code = EXIT_USAGE if isinstance(known, UsageError) else EXIT_FAILED
     if code == EXIT_INTERRUPTED:
         typer.secho("interrupted: finished shards and parts are kept; rerun the same command to resume",
