@@ -21,7 +21,7 @@ $(PY):
 	$(PIP) install -q "$(TORCH_SPEC)"
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install -q -e ".[$(FAISS_EXTRA),test]"
+	$(PIP) install -q -e ".[$(FAISS_EXTRA),test,cluster]"
 	touch $(STAMP)
 
 venv: $(STAMP)

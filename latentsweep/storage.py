@@ -74,6 +74,16 @@ class MissingInput(UsageError, StorageError):
     """An input the user named does not exist (a folder, a bucket): a usage error (exit code 2)."""
 
 
+def refuse_relative_in_ray_job(path: str) -> None:
+    """A relative local path given to a Ray job's driver (``ray job submit --working-dir``) would
+    resolve inside Ray's temporary copy of the working directory, which goes away with the job."""
+    from latentsweep.cluster import in_ray_job  # cluster imports nothing of ours: no cycle
+
+    if not os.path.isabs(path) and in_ray_job():
+        raise UsageError(f"{path!r} is a relative path inside a Ray job (it would resolve in Ray's temporary "
+                         "copy of the working directory): pass an absolute path or an s3:// URI")
+
+
 @dataclass(frozen=True)
 class Location:
     """A parsed URI. ``key`` is an absolute local path, or the object key (prefix) inside ``bucket``."""
@@ -94,6 +104,7 @@ class Location:
             text = urlparse(text).path
         elif "://" in text:
             raise StorageError(f"unsupported URI scheme in {text!r}: use a local path, file:// or s3://")
+        refuse_relative_in_ray_job(text)
         return cls("file", "", os.path.abspath(text))
 
     @property
