@@ -271,6 +271,9 @@ def index_build(
     memory_budget: Annotated[float, typer.Option(help="GiB the index may take in memory (for --auto).")] = 4.0,
     shards: Annotated[int, typer.Option(help="Index shards, built in parallel (at most one per input file).")] = 4,
     train_sample: Annotated[int, typer.Option(help="Vectors to train IVF/PQ types on.")] = 100_000,
+    min_recall: Annotated[float, typer.Option(
+        help="recall@10 (against exact search, on held-out vectors) an approximate index must reach: "
+             "larger efSearch/nprobe are tried first; --auto refuses a type that stays below.")] = 0.9,
     address: AddressOption = None,
     quiet: QuietOption = False,
     config: ConfigOption = None,
@@ -279,7 +282,7 @@ def index_build(
     from latentsweep.index.build import IndexJob, build
 
     manifest = build(IndexJob(list(embeddings), out, features, index_type, auto, int(memory_budget * 2**30),
-                              shards, train_sample, quiet, address))
+                              shards, train_sample, quiet, address, min_recall=min_recall))
     typer.echo(f"index: {manifest.vectors} vectors, {manifest.dimension} dims, {len(manifest.shards)} shards, "
                f"type {manifest.index_spec}, labels {len(manifest.labels)} -> {out}")
 

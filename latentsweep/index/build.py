@@ -1,18 +1,28 @@
-"""Build or extend a sharded index with Ray tasks.
+"""Build or extend a sharded index with Ray tasks; the driver holds O(files) numbers, never vectors.
 
-Pass 1 (one task per embeddings file): partial scalers, provenance, label counts -> merged on the
-driver. Trained types (IVF/PQ) train once on a deterministic sample. Pass 2 (one task per shard):
-each shard reads its own files (shard i gets files i, i+N, ...), z-scores and L2-normalises with the
-shared scaler, adds vectors with their global ids and writes ``shards/shard-NNNNN.faiss`` and
-``metadata/shard-NNNNN.parquet``. The manifest is written last, so a half-built index is never
-listed; ``add`` appends new shards and keeps the recorded scaler.
+1. Scan, one task per embeddings file, reading only the columns the index uses: partial scaler,
+   provenance, label counts, the file's ids (int64) and its deterministic share of the training and
+   recall samples (raw vectors, a permutation seeded per file). The driver merges the small results
+   in windows of :data:`SCAN_WINDOW` files, never all partials at once.
+2. One task checks the ids: ``build`` refuses an id that repeats, ``add`` skips ids the index holds.
+3. One task trains IVF/PQ on the sample (at least FAISS's 39 points per centroid when the vectors
+   exist) and normalises the held-out recall queries.
+4. Shard tasks, each with a ``memory=`` request from :func:`shard_memory`, read their files (shard i
+   gets files i, i+N, ...), z-score and L2-normalise with the shared scaler, add vectors with their
+   global ids, search the recall queries exactly and with the index, and write
+   ``v-NNNNNN/shards/shard-NNNNN.faiss`` and ``v-NNNNNN/metadata/shard-NNNNN.parquet``.
+5. ANN types get recall@10 against exact search (the search params that reach ``--min-recall``).
+6. ``manifest.save`` switches ``INDEX/manifest.json`` to the new version last, so a half-built
+   version is never listed and a reader of the previous version keeps it; versions older than the
+   previous one are removed. ``add`` writes a new version too: its new shards, the old ones listed.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -20,11 +30,24 @@ from latentsweep import lock, storage
 from latentsweep.console import stage_log
 from latentsweep.errors import UsageError
 from latentsweep.index import factory, features
-from latentsweep.index.manifest import Manifest, ShardEntry, load, save, sha256
+from latentsweep.index.manifest import (MANIFEST_NAME, Manifest, ShardEntry, clean, load, locate, save, sha256,
+                                        version_number)
 from latentsweep.index.scaler import Scaler
+from latentsweep.index.shards import MISSING, merge
 
 DEFAULT_BUDGET = 4 * 2**30
 TRAIN_SAMPLE = 100_000
+RECALL_QUERIES = 1_000      # held-out vectors recall@10 is measured on (at most a fifth of the vectors)
+RECALL_K = 10
+DEFAULT_MIN_RECALL = 0.9
+SCAN_WINDOW = 256           # scan results the driver holds at once while merging them
+# Memory of a task, the terms of shard_memory / train_memory / ids_memory:
+WORKER_BYTES = 256 * 2**20  # a Ray worker with numpy, pyarrow and faiss imported
+METADATA_ROW_BYTES = 160    # id, uri, label, family of one row as Arrow (a URI of ~100 characters)
+FILE_BYTES_PER_DIM = 32     # per dimension of a file in flight: Arrow float32 (4) + float32 matrix (4)
+#                             + float64 z-score and its temporary (16) + float32 result (4) + exact-search copy (4)
+KMEANS_BYTES_PER_POINT = 16  # k-means assignment (int64) and distance (float32, padded) per training vector
+ID_CHECK_BYTES = 24         # per id in the duplicate check: the ids (8), their order (8), the sorted ids (8)
 
 
 @dataclass
@@ -40,60 +63,193 @@ class IndexJob:
     quiet: bool = False
     address: str | None = None
     log: object = field(default=None, repr=False)
+    min_recall: float = DEFAULT_MIN_RECALL  # recall@10 an ANN type must reach (--auto refuses below it)
 
 
-def _scan(uri: str, feature_spec: str) -> dict:
-    batch, columns = features.read(uri, feature_spec)
-    families = {}
-    for label, family in zip(batch.metadata.column("label").to_pylist(), batch.metadata.column("family").to_pylist()):
-        if label is not None and family is not None:
-            families[label] = family
-    return {"scaler": Scaler.fit(batch.vectors), "provenance": batch.provenance, "columns": columns,
-            "labels": Counter(l for l in batch.metadata.column("label").to_pylist() if l is not None),
-            "families": families, "dimension": batch.vectors.shape[1]}
+def shard_memory(spec: str, dimension: int, vectors: int, largest_file: int, queries: int = 0) -> int:
+    """Bytes a shard task holds at its peak, requested from Ray as ``memory=``: the finished index
+    twice (FAISS's serialised copy is written while the index still exists), the metadata of every
+    row, one input file in flight (read, z-scored, normalised, searched exactly) and the recall
+    queries with their results, on top of the worker itself."""
+    return (WORKER_BYTES
+            + 2 * factory.index_bytes(spec, vectors, dimension)
+            + vectors * METADATA_ROW_BYTES
+            + largest_file * (dimension * FILE_BYTES_PER_DIM + METADATA_ROW_BYTES)
+            + queries * (4 * dimension + 12 * (RECALL_K + 1) * (1 + factory.LADDER_STEPS)))
 
 
-def _build_shard(shard_id: int, files: list[str], feature_spec: str, scaler: dict, spec: str,
-                 trained: bytes | None, out: str) -> dict:
+def train_memory(spec: str, dimension: int, train: int, queries: int) -> int:
+    """Bytes of the task that trains ``spec`` on ``train`` vectors and normalises the recall queries:
+    the sample as it arrives and normalised, k-means bookkeeping, the trained empty index twice."""
+    return (WORKER_BYTES + (train + queries) * dimension * FILE_BYTES_PER_DIM + train * KMEANS_BYTES_PER_POINT
+            + 2 * factory.index_bytes(spec, 0, dimension))
+
+
+def ids_memory(ids: int) -> int:
+    """Bytes of the task that checks ``ids`` int64 ids for repeats (or collects an index's ids)."""
+    return WORKER_BYTES + ids * ID_CHECK_BYTES
+
+
+def allocate(capacities: list[int], total: int) -> list[int]:
+    """Split ``total`` over files holding ``capacities`` rows as evenly as they allow (water-filling:
+    a file that has fewer rows than its share gives all it has, the rest goes to the others), in a
+    deterministic way; the parts sum to min(total, sum(capacities))."""
+    out, remaining = [0] * len(capacities), min(total, sum(capacities))
+    order = sorted(range(len(capacities)), key=lambda i: (capacities[i], i))
+    for rank, i in enumerate(order):
+        out[i] = min(capacities[i], -(-remaining // (len(order) - rank)))
+        remaining -= out[i]
+    return out
+
+
+def recall_at_k(truth: np.ndarray, found: np.ndarray, own: np.ndarray, k: int) -> float:
+    """Mean share of each query's k exact neighbours that the approximate search found; the query's own
+    id (a held-out vector is also in the index) and missing hits (-1) are left out of both lists."""
+    shares = []
+    for expected, got, self_id in zip(truth, found, own):
+        expected = [i for i in expected if i != self_id and i != MISSING][:k]
+        got = [i for i in got if i != self_id and i != MISSING][:k]
+        if expected:
+            shares.append(len(set(expected) & set(got)) / len(expected))
+    return float(np.mean(shares)) if shares else 1.0
+
+
+def _read(uri: str, columns: list[str], skip_ids: np.ndarray | None, with_uri: bool = False):
+    """One file's batch (projected columns) without the ids in ``skip_ids`` (sorted; ``add``) and the
+    number of rows skipped."""
+    batch = features.read_columns(uri, columns, with_uri=with_uri)
+    if skip_ids is None or not len(skip_ids) or not len(batch.ids):
+        return batch, 0
+    import pyarrow as pa
+
+    keep = ~np.isin(batch.ids, skip_ids)
+    kept = features.Batch(batch.ids[keep], np.ascontiguousarray(batch.vectors[keep]),
+                          batch.metadata.filter(pa.array(keep)), batch.provenance)
+    return kept, int(len(keep) - keep.sum())
+
+
+def _sample(uri: str, vectors: np.ndarray, ids: np.ndarray, train: int, queries: int) -> dict:
+    """A file's deterministic share of the samples, raw (normalised later with the merged scaler): a
+    permutation seeded by the file's name; training rows from its front, recall queries from its back,
+    so that a larger share extends a smaller one and the two never overlap while they fit the file."""
+    order = np.random.default_rng(zlib.crc32(uri.rsplit("/", 1)[-1].encode())).permutation(len(ids))
+    train, queries = min(train, len(ids)), min(queries, len(ids))
+    back = order[len(ids) - queries:]
+    return {"train": vectors[order[:train]], "query": vectors[back], "query_ids": ids[back]}
+
+
+def _scan(uri: str, columns: list[str], train: int, queries: int, skip_ids: np.ndarray | None):
+    """Task (three results): the file's statistics, its ids and its share of the samples."""
+    batch, skipped = _read(uri, columns, skip_ids)
+    labels = batch.metadata.column("label").to_pylist()
+    families = {label: family for label, family in zip(labels, batch.metadata.column("family").to_pylist())
+                if label is not None and family is not None}
+    stats = {"rows": len(batch.ids), "skipped": skipped, "scaler": Scaler.fit(batch.vectors),
+             "provenance": batch.provenance, "labels": Counter(l for l in labels if l is not None),
+             "families": families}
+    # ids as int64 numpy: 8 bytes an id, what the duplicate check and ``add`` hold per vector
+    return stats, batch.ids, _sample(uri, batch.vectors, batch.ids, train, queries)
+
+
+def _resample(uri: str, columns: list[str], train: int, queries: int, skip_ids: np.ndarray | None) -> dict:
+    """Task: a larger share of one file's samples than its scan returned (same permutation)."""
+    batch, _ = _read(uri, columns, skip_ids)
+    return _sample(uri, batch.vectors, batch.ids, train, queries)
+
+
+def _duplicate(files: list[str], *id_arrays: np.ndarray) -> tuple[int, str, str] | None:
+    """Task: the first id (in sorted order) that appears twice among ``files`` and the two files
+    holding it, or None. Holds the ids (8 bytes each), their order and the sorted ids: 24 bytes an id."""
+    if not id_arrays:
+        return None
+    bounds = np.cumsum([len(ids) for ids in id_arrays])
+    ids = np.concatenate(id_arrays)
+    order = np.argsort(ids, kind="stable")
+    ordered = ids[order]
+    repeats = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if not len(repeats):
+        return None
+    first, second = order[repeats[0]], order[repeats[0] + 1]
+    owner = np.searchsorted(bounds, [first, second], side="right")
+    return int(ordered[repeats[0]]), files[owner[0]], files[owner[1]]
+
+
+def _indexed_ids(root: str, metadata_files: list[str]) -> np.ndarray:
+    """Task: the sorted ids an index holds (the ``id`` column of its shards' metadata; 8 bytes an id)."""
+    location = storage.Location.parse(root)
+    parts = [storage.read_table(location.join(name), columns=["id"]).column("id").to_numpy()
+             for name in metadata_files]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def _prepare(spec: str, dimension: int, scaler: dict, takes: list[tuple[int, int]], *samples: dict):
+    """Task (two results): the trained empty index (serialised, None for untrained types) with the
+    normalised recall queries, and the queries' ids. ``takes[i]``: (training rows, queries) to use
+    from ``samples[i]`` (a prefix of its training rows, a suffix of its queries)."""
+    import faiss
+
+    scaler_ = Scaler.from_dict(scaler)
+    train = [sample["train"][:a] for sample, (a, _) in zip(samples, takes) if a]
+    query = [sample["query"][len(sample["query"]) - b:] for sample, (_, b) in zip(samples, takes) if b]
+    query_ids = [sample["query_ids"][len(sample["query_ids"]) - b:] for sample, (_, b) in zip(samples, takes) if b]
+    trained = None
+    if factory.needs_training(spec):
+        index = factory.create(spec, dimension)
+        index.train(scaler_.transform(np.concatenate(train)))
+        trained = faiss.serialize_index(index)
+    queries = scaler_.transform(np.concatenate(query)) if query else np.zeros((0, dimension), np.float32)
+    return {"trained": trained, "queries": queries}, (np.concatenate(query_ids) if query_ids
+                                                      else np.zeros(0, np.int64))
+
+
+def _build_shard(shard_id: int, files: list[str], columns: list[str], dimension: int, scaler: dict, spec: str,
+                 payload: dict | None, skip_ids: np.ndarray | None, ladder: list[str], out: str,
+                 version: str) -> dict:
+    """Task: one shard of version ``version``; with recall queries in ``payload``, their exact top-k
+    over this shard's vectors and their top-k by the index at each search params of ``ladder``."""
     import faiss
     import pyarrow as pa
 
     scaler_ = Scaler.from_dict(scaler)
-    index = faiss.deserialize_index(np.frombuffer(trained, np.uint8)) if trained else None
+    trained = payload["trained"] if payload else None
+    index = faiss.deserialize_index(trained) if trained is not None else factory.create(spec, dimension)
+    queries = payload["queries"] if payload and len(payload["queries"]) else None
+    k = RECALL_K + 1  # one more: a held-out query finds itself
     tables = []
+    exact = (np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), MISSING, np.int64)) \
+        if queries is not None else None
     for uri in files:
-        batch, _ = features.read(uri, feature_spec)
-        if index is None:
-            index = factory.create(spec, batch.vectors.shape[1])
+        batch, _ = _read(uri, columns, skip_ids, with_uri=True)
         if len(batch.ids):
-            index.add_with_ids(scaler_.transform(batch.vectors), batch.ids.astype(np.int64))
+            prepared = scaler_.transform(batch.vectors)
+            index.add_with_ids(prepared, batch.ids)
+            if queries is not None:
+                flat = faiss.IndexFlatIP(dimension)
+                flat.add(prepared)
+                scores, positions = flat.search(queries, min(k, len(batch.ids)))
+                found = (scores, np.where(positions >= 0, batch.ids[np.maximum(positions, 0)], MISSING))
+                exact = merge([exact, found], k)
+            del prepared
         tables.append(batch.metadata)
     name = f"shard-{shard_id:05d}"
-    index_bytes = faiss.serialize_index(index).tobytes()
     root = storage.Location.parse(out)
-    storage.write_bytes(root.join("shards", f"{name}.faiss"), index_bytes)
+    serialised = faiss.serialize_index(index)  # uint8 array, written without another copy
+    entry = {"shard_id": shard_id, "index_file": f"{version}/shards/{name}.faiss", "index_sha256": sha256(serialised),
+             "index_bytes": len(serialised), "metadata_file": f"{version}/metadata/{name}.parquet",
+             "count": int(index.ntotal)}
+    storage.write_bytes(root.join(entry["index_file"]), serialised.data)
+    del serialised
     metadata_bytes = storage.table_bytes(pa.concat_tables(tables))
-    storage.write_bytes(root.join("metadata", f"{name}.parquet"), metadata_bytes)
-    return {"shard_id": shard_id, "index_file": f"shards/{name}.faiss", "index_sha256": sha256(index_bytes),
-            "index_bytes": len(index_bytes), "metadata_file": f"metadata/{name}.parquet",
-            "metadata_sha256": sha256(metadata_bytes), "count": int(index.ntotal)}
-
-
-def _train(spec: str, dimension: int, files: list[str], feature_spec: str, scaler: Scaler, sample: int) -> bytes:
-    """Train an empty index of ``spec`` on a deterministic sample of the transformed vectors."""
-    import faiss
-
-    rng = np.random.default_rng(0)
-    per_file = max(1, -(-sample // len(files)))
-    parts = []
-    for uri in files:
-        vectors = features.read(uri, feature_spec)[0].vectors
-        take = rng.choice(len(vectors), size=min(per_file, len(vectors)), replace=False) if len(vectors) else []
-        parts.append(vectors[np.sort(take)])
-    data = scaler.transform(np.concatenate(parts))
-    index = factory.create(spec, dimension)
-    index.train(data)
-    return faiss.serialize_index(index).tobytes()
+    storage.write_bytes(root.join(entry["metadata_file"]), metadata_bytes)
+    entry["metadata_sha256"] = sha256(metadata_bytes)
+    recall = None
+    if queries is not None:
+        approximate = []
+        for params in ladder:
+            factory.apply_search_params(index, params)
+            approximate.append(index.search(queries, k))
+        recall = {"exact": exact, "approximate": approximate}
+    return {"entry": entry, "recall": recall}
 
 
 def _log(job: IndexJob):
@@ -125,11 +281,51 @@ def check(job: IndexJob, existing: Manifest | None) -> list[str]:
     for name in ("shards", "train_sample", "memory_budget"):
         if getattr(job, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(job, name)}")
+    if not 0.0 <= job.min_recall <= 1.0:
+        raise UsageError(f"--min-recall is a recall@10 in [0, 1], got {job.min_recall}")
+    if existing and locate(job.out)[0] != storage.Location.parse(job.out).uri:
+        raise UsageError(f"{job.out} is one version of an index, kept for its readers: add to the index "
+                         f"folder above it")
     files = features.embedding_files(job.sources)
     dimension = sum(features.columns_of(files[0], _feature_spec(job, existing)).values())
     if not existing and not job.auto:
         factory.check(job.index_spec, dimension)
     return files
+
+
+def _largest_node_memory() -> int:
+    import ray
+
+    return int(max((node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")), default=0))
+
+
+def _memory(wanted: int, largest: int, what: str, log) -> int:
+    """``wanted`` bytes, or the largest node's memory when no node offers that much (Ray would never
+    schedule the task), saying so."""
+    if largest and wanted > largest:
+        log(f"index: {what} needs about {wanted / 2**30:.2f} GiB by the arithmetic of build.shard_memory; the "
+            f"largest Ray node offers {largest / 2**30:.2f} GiB: requesting that (more --shards make shards smaller)")
+        return largest
+    return wanted
+
+
+def _next_version(root: storage.Location, previous: Manifest | None) -> str:
+    """``v-NNNNNN``, one above every version folder present (a failed build's too) and the previous one."""
+    numbers = [version_number(root.relative(info.uri)) for info in storage.list_files(root, missing_ok=True)]
+    if previous and previous.build_version:
+        numbers.append(version_number(previous.build_version))
+    return f"v-{max([n for n in numbers if n is not None], default=0) + 1:06d}"
+
+
+def _discard(root: storage.Location, version: str) -> None:
+    """Remove what a build that did not finish wrote into its version folder (never listed)."""
+    folder = root.join(version)
+    for info in list(storage.list_files(folder, missing_ok=True)):
+        storage.delete(info.uri)
+    if not folder.is_s3:
+        import shutil
+
+        shutil.rmtree(folder.key, ignore_errors=True)
 
 
 def _run(job: IndexJob, files: list[str], existing: Manifest | None) -> Manifest:
@@ -140,58 +336,176 @@ def _run(job: IndexJob, files: list[str], existing: Manifest | None) -> Manifest
     log = _log(job)
     started = time.monotonic()
     connect(job.address, quiet=job.quiet)
-    feature_spec = _feature_spec(job, existing)
-    scan = ray.remote(_scan)
-    scans = ray.get([scan.remote(uri, feature_spec) for uri in files])
-    provenance = set().union(*(s["provenance"] for s in scans))
+    root = storage.Location.parse(job.out)
+    previous = existing or (load(root.uri) if storage.exists(root.join(MANIFEST_NAME)) else None)
+    version = _next_version(root, previous)
+    widths = features.columns_of(files[0], _feature_spec(job, existing))
+    columns, dimension = list(widths), sum(widths.values())
+    largest = _largest_node_memory()
+    spec = existing.index_spec if existing else None if job.auto else job.index_spec
+    # First shares of the samples, drawn by the scans; a file asked for more later (uneven files,
+    # --auto choosing a trained type) is read again for its larger share only.
+    train_target = (max(job.train_sample, factory.min_train_points(spec))
+                    if spec and factory.needs_training(spec) else 0)
+    query_target = RECALL_QUERIES if not existing and not (spec and factory.is_exact(spec)) else 0
+    per_file = (-(-train_target // len(files)), -(-query_target // len(files)))
+
+    skip_ids = None
+    if existing and existing.shards:
+        skip_ids = ray.remote(_indexed_ids).options(memory=_memory(
+            ids_memory(existing.vectors), largest, "collecting the index's ids", log)).remote(
+            root.uri, [shard.metadata_file for shard in existing.shards])
+    scan = ray.remote(_scan).options(num_returns=3)
+    scans = [scan.remote(uri, columns, *per_file, skip_ids) for uri in files]
+
+    merged, provenance = Scaler.empty(dimension), set()
+    labels, families = Counter(existing.labels if existing else {}), dict(existing.families if existing else {})
+    rows, skipped = [], []
+    for window in range(0, len(scans), SCAN_WINDOW):  # in file order: the merged scaler is reproducible
+        for stats in ray.get([refs[0] for refs in scans[window:window + SCAN_WINDOW]]):
+            merged = merged.merge(stats["scaler"])
+            provenance |= stats["provenance"]
+            labels.update(stats["labels"])
+            families.update(stats["families"])
+            rows.append(stats["rows"])
+            skipped.append(stats["skipped"])
     if existing:
         provenance.add((existing.codec, existing.weights_digest, existing.pooling))
     codec, weights_digest, pooling = features.check_provenance(provenance, "this index")
-    columns = scans[0]["columns"]
-    dimension = scans[0]["dimension"]
-    labels, families = Counter(existing.labels if existing else {}), dict(existing.families if existing else {})
-    merged = Scaler.empty(dimension)
-    for result in scans:
-        merged = merged.merge(result["scaler"])
-        labels.update(result["labels"])
-        families.update(result["families"])
-    if merged.count == 0 and not existing:
+    total, skipped_total = sum(rows), sum(skipped)
+    if total == 0 and not existing:
         raise UsageError(f"no embedding rows in {', '.join(job.sources)}")
+    duplicate = ray.get(ray.remote(_duplicate).options(memory=_memory(
+        ids_memory(total), largest, "the duplicate-id check", log)).remote(files, *[refs[1] for refs in scans]))
+    if duplicate:
+        found, first, second = duplicate
+        where = f"twice in {first}" if first == second else f"in both {first} and {second}"
+        raise UsageError(f"id {found} appears {where}: every id may be indexed once (the same images "
+                         f"ingested twice, or stale shard files); index one copy of each")
+    if existing and total == 0:
+        log(f"index add: all {skipped_total} ids of {', '.join(job.sources)} are already in the index; "
+            f"nothing to add")
+        return replace(existing, skipped_existing_ids=skipped_total)
+
     scaler = Scaler.from_dict(existing.scaler) if existing else merged
     if existing:
-        spec, params = existing.index_spec, existing.search_params
+        params = existing.search_params
     elif job.auto:
-        choice = factory.choose(merged.count, dimension, job.memory_budget)
+        choice = factory.choose(total, dimension, job.memory_budget)
         spec, params = choice.spec, choice.search_params
         for reason in choice.reasons:
             log(f"index --auto: {reason}")
     else:
-        spec, params = job.index_spec, _default_params(job.index_spec)
-    trained = (_train(spec, dimension, files, feature_spec, scaler, job.train_sample)
-               if factory.needs_training(spec) else None)
-    count = max(1, min(job.shards, len(files)))
+        params = factory.default_search_params(spec)
+    measure = not existing and not factory.is_exact(spec)
+    queries = min(RECALL_QUERIES, total // 5) if measure else 0
+    query_takes = allocate(rows, queries)
+    train_takes = (allocate([r - q for r, q in zip(rows, query_takes)],
+                            max(job.train_sample, factory.min_train_points(spec)))
+                   if factory.needs_training(spec) else [0] * len(files))
+    if factory.needs_training(spec):
+        _check_training(spec, sum(train_takes), total, queries, log)
+
+    payload, query_ids = None, None
+    if sum(train_takes) or queries:
+        samples, takes = [], []
+        for i, uri in enumerate(files):
+            a, b = train_takes[i], query_takes[i]
+            if not a and not b:
+                continue
+            if a > min(per_file[0], rows[i]) or b > min(per_file[1], rows[i]):
+                samples.append(ray.remote(_resample).remote(uri, columns, a, b, skip_ids))
+                takes.append((a, b))
+            else:
+                samples.append(scans[i][2])
+                takes.append((a, b))
+        payload, query_ids = ray.remote(_prepare).options(num_returns=2, memory=_memory(
+            train_memory(spec, dimension, sum(train_takes), queries), largest, "training", log)).remote(
+            spec, dimension, scaler.to_dict(), takes, *samples)
+    del scans  # the driver lets go of every scan result (ids and samples are freed once used)
+
+    filled = [i for i in range(len(files)) if rows[i]]
+    count = max(1, min(job.shards, len(filled)))
     first = (max(s.shard_id for s in existing.shards) + 1) if existing and existing.shards else 0
+    ladder = factory.search_ladder(spec) if queries else []
     shard_task = ray.remote(_build_shard)
-    entries = ray.get([shard_task.remote(first + i, files[i::count], feature_spec, scaler.to_dict(), spec,
-                                         trained, storage.Location.parse(job.out).uri)
-                       for i in range(count)])
+    tasks = []
+    for g in range(count):
+        group = filled[g::count]
+        wanted = shard_memory(spec, dimension, sum(rows[i] for i in group),
+                              max(rows[i] + skipped[i] for i in group), queries)
+        tasks.append(shard_task.options(memory=_memory(wanted, largest, f"shard {first + g}", log)).remote(
+            first + g, [files[i] for i in group], columns, dimension, scaler.to_dict(), spec, payload, skip_ids,
+            ladder, root.uri, version))
+    try:
+        results = ray.get(tasks)
+        recall = (_recall(spec, ladder, [r["recall"] for r in results], ray.get(query_ids), job, log)
+                  if queries else None)
+    except BaseException:
+        _discard(root, version)
+        raise
+    if recall:
+        params = recall["search_params"]
     manifest = Manifest(
         dimension=dimension, features=existing.features if existing else job.features, columns=columns,
         pooling=pooling, codec=codec, weights_digest=weights_digest, scaler=scaler.to_dict(),
         index_spec=spec, search_params=params,
-        shards=(existing.shards if existing else []) + [ShardEntry(**entry) for entry in entries],
+        shards=(existing.shards if existing else []) + [ShardEntry(**r["entry"]) for r in results],
         labels=dict(sorted(labels.items())), families=dict(sorted(families.items())),
-        sources=(existing.sources if existing else []) + list(job.sources))
-    save(job.out, manifest)
+        sources=(existing.sources if existing else []) + list(job.sources), build_version=version,
+        recall_at_10=recall["recall_at_10"] if recall else existing.recall_at_10 if existing else None,
+        recall_queries=queries if recall else existing.recall_queries if existing else 0,
+        recall_tried=recall["tried"] if recall else existing.recall_tried if existing else [],
+        skipped_existing_ids=skipped_total)
+    save(root.uri, manifest)
+    removed = clean(root.uri, [manifest] + ([previous] if previous else []))
+    added = sum(r["entry"]["count"] for r in results)
     log(f"index: {manifest.vectors} vectors of {dimension} dims in {len(manifest.shards)} shards "
-        f"({spec}) at {job.out} in {time.monotonic() - started:.1f} s")
+        f"({spec}{', ' + params if params else ''}) at {job.out}, version {version}"
+        + (f": added {added}, skipped {skipped_total} ids already in the index" if existing else "")
+        + (f"; removed {len(removed)} files of older versions" if removed else "")
+        + f" in {time.monotonic() - started:.1f} s")
     return manifest
 
 
-def _default_params(spec: str) -> str:
-    if spec.startswith("HNSW"):
-        return "efSearch=128"
-    if spec.startswith("IVF"):
-        nlist = int(spec[3:].split(",")[0].split("_")[0] or 1)
-        return f"nprobe={max(8, nlist // 64)}"
-    return ""
+def _check_training(spec: str, train: int, total: int, queries: int, log) -> None:
+    """Refuse fewer training vectors than centroids (FAISS cannot train); warn below its recommended
+    39 per centroid."""
+    centroids, recommended = factory.centroids(spec), factory.min_train_points(spec)
+    held = f" ({queries} more are held out to measure recall)" if queries else ""
+    if train < centroids:
+        raise UsageError(f"{spec} trains {centroids} centroids and needs at least as many training vectors; "
+                         f"{total} vectors exist{held}: choose fewer lists (IVF<n>), fewer PQ bits, or Flat")
+    if train < recommended:
+        log(f"index: warning: training {spec} on {train} vectors, fewer than FAISS's recommended 39 per "
+            f"centroid ({recommended}): all there are{held}")
+    else:
+        log(f"index: training {spec} on {train} sampled vectors ({train // centroids} per centroid, at least "
+            f"39 recommended){held}")
+
+
+def _recall(spec: str, ladder: list[str], parts: list[dict], query_ids: np.ndarray, job: IndexJob, log) -> dict:
+    """recall@10 of ``spec`` at each search params of ``ladder`` (cheapest first) against exact search,
+    merged over the shards as a search merges them; the first params that reach ``job.min_recall``,
+    else (without --auto) the best; --auto refuses a type that reaches it at none."""
+    k = RECALL_K + 1
+    _, truth = merge([part["exact"] for part in parts], k)
+    tried = []
+    for step, params in enumerate(ladder):
+        _, found = merge([part["approximate"][step] for part in parts], k)
+        tried.append({"search_params": params, "recall_at_10": round(recall_at_k(truth, found, query_ids, RECALL_K), 4)})
+    said = ", ".join(f"{t['search_params'] or spec}: {t['recall_at_10']:.3f}" for t in tried)
+    chosen = next((t for t in tried if t["recall_at_10"] >= job.min_recall), None)
+    if chosen is None:
+        best = max(tried, key=lambda t: t["recall_at_10"])
+        if job.auto:
+            raise UsageError(f"index --auto: {spec} reaches recall@10 {best['recall_at_10']:.3f} at best on "
+                             f"{len(query_ids)} held-out vectors, below --min-recall {job.min_recall} (tried "
+                             f"{said}): raise --memory-budget for a larger index, lower --min-recall, "
+                             f"or choose --index-type")
+        log(f"index: warning: {spec} reaches recall@10 {best['recall_at_10']:.3f} at best, below "
+            f"--min-recall {job.min_recall} (tried {said}); keeping {best['search_params'] or 'its defaults'}")
+        chosen = best
+    log(f"index: recall@10 {chosen['recall_at_10']:.3f} against exact search on {len(query_ids)} held-out "
+        f"vectors at {chosen['search_params'] or spec} (tried {said})")
+    return {**chosen, "tried": tried}

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from latentsweep import storage
 from latentsweep.errors import JobFailed, UsageError
 from latentsweep.index import factory
-from latentsweep.index.manifest import Manifest, load, read_verified
+from latentsweep.index.manifest import Manifest, locate, read_verified
 from latentsweep.index.scaler import Scaler
 
 MISSING = -1
@@ -55,8 +54,7 @@ class ShardedIndex:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        root = storage.Location.parse(root).uri
-        manifest = load(root)
+        root, manifest = locate(root)  # INDEX (its current version) or INDEX/v-NNNNNN (pinned)
         entries = [s for s in manifest.shards if shard_ids is None or s.shard_id in shard_ids]
         indices, tables = [], []
         gpus = gpu_count() if use_gpu else 0
