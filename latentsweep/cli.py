@@ -161,21 +161,29 @@ def ingest(
     max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = 64_000_000,
     min_side: Annotated[int, typer.Option(help="Refuse images whose shorter side is below this.")] = 16,
     overwrite: Annotated[bool, typer.Option(help="Redo every shard instead of resuming.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="List and plan only; write nothing; print what a run would do as one JSON object.")] = False,
     address: AddressOption = None,
     quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Encode a corpus with the JPEG AI codec and write pooled latents to Parquet, one file per shard.
 
-    Reruns resume: finished shards are skipped. Exit code 1 when some inputs ended as error rows.
+    Reruns resume: finished shards are skipped; items already ingested keep their shard, so a grown
+    corpus costs only its new items. Exit code 1 when some inputs ended as error rows.
     """
+    import json
+
     from latentsweep.codec.embed import EmbedSettings
-    from latentsweep.ingest.run import IngestJob, run
+    from latentsweep.ingest.run import IngestJob, dry_run as plan_only, run
     from latentsweep.ingest.sources import parse_families
 
     job = IngestJob(source, out, EmbedSettings(weights, feature_set, pooling, device, half, batch_size),
                     shard_size, labels_from_folders, parse_families(families), max_pixels, min_side,
                     workers, overwrite, quiet, address)
+    if dry_run:
+        typer.echo(json.dumps(plan_only(job)))
+        return
     summary = run(job)
     report_summary("ingest", summary)
     raise typer.Exit(EXIT_ITEMS_FAILED if summary.failed else EXIT_OK)
@@ -361,18 +369,18 @@ def embeddings_for(job, weights: Optional[str]) -> list[str]:
     except UsageError:
         pass
     manifest = load(job.index)
-    _, digest, _ = codec_weights.load(weights)
+    digest = codec_weights.digest(weights)
     if digest != manifest.weights_digest:
         raise UsageError(f"the index was built with codec weights {manifest.weights_digest[:12]}..., these are "
                          f"{digest[:12]}...: pass the index's checkpoint with --weights")
     feature_set = next(name for name in ("2lat", "selected", "all") if set(manifest.columns) <= set(FEATURE_SETS[name]))
-    embedded = Location.parse(job.out).join("_embeddings", f"date={job.date}").uri
-    for number, source in enumerate(job.queries):
-        summary = run_ingest(IngestJob(source, Location.parse(embedded).join(f"source-{number}").uri,
-                                       EmbedSettings(weights, feature_set, manifest.pooling),
+    embedded = Location.parse(job.out).join("_embeddings", f"date={job.date}")
+    outputs = [embedded.join(f"source-{number}").uri for number in range(len(job.queries))]
+    for source, output in zip(job.queries, outputs):
+        summary = run_ingest(IngestJob(source, output, EmbedSettings(weights, feature_set, manifest.pooling),
                                        quiet=job.quiet, address=job.address))
         report_summary("ingest", summary)
-    return [embedded]
+    return outputs
 
 
 @command()

@@ -177,6 +177,9 @@ def quiet_data_context() -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    # Errors of our own code in a map stage reach the driver as themselves (inside Ray's RayTaskError,
+    # whose ``cause`` the CLI unwraps), not as a bare UserCodeException whose cause is lost on the way.
+    context.raise_original_map_exception = True
 
 
 def thread_env(threads: int) -> dict:

@@ -159,9 +159,9 @@ def _images(manifest: Path) -> tuple[list[np.ndarray], list[str], dict[str, str]
     from latentsweep.ingest.decode import decode_image
     from latentsweep.ingest.sources import list_source
 
-    items, _ = list_source(str(manifest))
-    images = [decode_image(storage.read_bytes(item.uri)) for item in items]
-    return images, [item.label for item in items], {item.label: item.family for item in items}
+    items = list_source(str(manifest)).items()
+    images = [decode_image(storage.read_bytes(item["uri"])) for item in items]
+    return images, [item["label"] for item in items], {item["label"]: item["family"] for item in items}
 
 
 def pixel_baseline(root: Path, settings: ExperimentSettings, log) -> dict:

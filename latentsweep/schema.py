@@ -16,7 +16,9 @@ import pyarrow as pa
 from latentsweep.errors import UsageError
 
 SCHEMA_KEY = "latentsweep.schema"
-VERSIONS = {"embeddings": 1, "errors": 1, "results": 1, "manifest": 1}
+# embeddings/2, errors/2: rows carry the input's ``version``, so a rerun reuses them item by item.
+# manifest/2: the ingest plan, one row group per shard, in parts of SHARDS_PER_PART shards.
+VERSIONS = {"embeddings": 2, "errors": 2, "results": 1, "manifest": 2}
 
 
 class SchemaError(UsageError):
@@ -71,6 +73,7 @@ EMBEDDING_FIELDS = [
     pa.field("id", pa.int64(), nullable=False),
     pa.field("uri", pa.string(), nullable=False),
     pa.field("sha256", pa.string()),
+    pa.field("version", pa.string()),         # the input's ETag or mtime when it was read
     pa.field("label", pa.string()),
     pa.field("family", pa.string()),
     pa.field("width", pa.int32()),
@@ -85,10 +88,33 @@ EMBEDDING_FIELDS = [
 ERROR_SCHEMA = pa.schema([
     pa.field("id", pa.int64(), nullable=False),
     pa.field("uri", pa.string(), nullable=False),
+    pa.field("version", pa.string()),
     pa.field("stage", pa.string()),           # read | decode | encode | ...
     pa.field("error_type", pa.string()),      # unreadable | truncated | not_image | too_large | too_small | ...
     pa.field("message", pa.string()),
 ], metadata=tag("errors"))
+
+
+# An ingest output's shard list (DEST/shards.parquet, kind "manifest"): the shards of its current plan.
+# Readers take DEST/embeddings/shard-NNNNN.parquet of these shards only, never a glob.
+INGEST_SHARDS_FILE = "shards.parquet"
+INGEST_PLAN_FILES = ("manifest", INGEST_SHARDS_FILE, "manifest.parquet", "errors")  # not embeddings
+
+def shard_name(shard_id: int) -> str:
+    """The name of a shard's files: ``embeddings/shard-NNNNN.parquet``, ``errors/...``, ``_done/...``."""
+    return f"shard-{shard_id:05d}"
+
+
+# The ingest plan (DEST/manifest/part-NNNNN.parquet): every item with the shard it belongs to.
+MANIFEST_SCHEMA = pa.schema([
+    pa.field("id", pa.int64(), nullable=False),
+    pa.field("shard", pa.int32(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("size", pa.int64()),
+    pa.field("version", pa.string()),
+    pa.field("label", pa.string()),
+    pa.field("family", pa.string()),
+], metadata=tag("manifest"))
 
 
 def embedding_schema(tensor_dims: dict[str, int]) -> pa.Schema:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 # boto3 switches to a multipart upload above this size; S3 makes the object visible only when the
 # upload completes, so both paths are atomic.
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
+_UMASK = os.umask(0o022)  # read once (setting it is the only way to read it), then put back
+os.umask(_UMASK)
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
@@ -191,12 +193,17 @@ def error_code(error: Exception) -> str:
 
 
 def explain(error: Exception, location: Location, action: str) -> StorageError:
-    code = error_code(error)
+    """A botocore error as a :class:`StorageError` that names the URI, never a credential."""
+    return storage_error(error_code(error), location, action)
+
+
+def storage_error(code: str, location: Location, action: str) -> StorageError:
     hint, kind = "", StorageError
     if code in CREDENTIAL_CODES:
-        hint = " (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy)"
+        hint = (f" on {_node_name()} (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment of "
+                f"every Ray node or the job's runtime env, and the bucket policy)")
     elif code in MISSING_CREDENTIAL_CODES:
-        hint = (f" on Ray node {_node_name()} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the "
+        hint = (f" on {_node_name()} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the "
                 f"environment of every node's `ray start`, or in the job's runtime env with `ray job submit "
                 f"--runtime-env-json`, or give the nodes an instance profile)")
     elif code == "NoSuchBucket":
@@ -206,10 +213,31 @@ def explain(error: Exception, location: Location, action: str) -> StorageError:
     return kind(redact(f"cannot {action} {location.uri}: {code}{hint}"), code)
 
 
+# pyarrow's S3 filesystem (Parquet reads) reports AWS errors by kind: "AWS Error ACCESS_DENIED during ..."
+ARROW_S3_CODES = {"ACCESS_DENIED": "AccessDenied", "INVALID_ACCESS_KEY_ID": "InvalidAccessKeyId",
+                  "SIGNATURE_DOES_NOT_MATCH": "SignatureDoesNotMatch", "NO_SUCH_BUCKET": "NoSuchBucket",
+                  "NETWORK_CONNECTION": "EndpointConnectionError", "SERVICE_UNAVAILABLE": "ServiceUnavailable",
+                  "SLOW_DOWN": "SlowDown", "INTERNAL_FAILURE": "InternalError", "REQUEST_TIMEOUT": "RequestTimeout"}
+
+
+def _arrow_code(message: str) -> str:
+    import re
+
+    found = re.search(r"AWS Error ([A-Z_]+)", message)
+    return ARROW_S3_CODES.get(found.group(1), "") if found else ""
+
+
 def _node_name() -> str:
-    """This process's host, to say which node of a cluster lacks a setting."""
+    """This process's host (and Ray node, inside Ray), to say which node of a cluster lacks a setting."""
     import socket
 
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return f"Ray node {ray.get_runtime_context().get_node_id()[:12]} on {socket.gethostname()}"
+    except Exception:  # outside Ray, or Ray not importable here
+        pass
     return socket.gethostname()
 
 
@@ -246,9 +274,45 @@ def list_files(root: str | Location, page_size: int = 1000, missing_ok: bool = F
         yield FileInfo(path, stat.st_size, str(stat.st_mtime_ns))
 
 
-def read_json_folder(folder: str | Location) -> list[dict]:
-    """Every JSON record in a folder (done markers), in key order; none if the folder is missing."""
-    return [json.loads(read_bytes(item.uri)) for item in list_files(folder, missing_ok=True)]
+LISTING_THREADS = 16
+
+
+def list_tree(root: str | Location, threads: int = LISTING_THREADS) -> Iterator[FileInfo]:
+    """Every file below ``root`` like :func:`list_files`, but an S3 prefix is listed in parallel:
+    one paginated stream per top-level common prefix (``Delimiter="/"``), ``threads`` at a time, so a
+    corpus laid out as ``root/<label or date>/...`` is not listed one page after another."""
+    location = root if isinstance(root, Location) else Location.parse(root)
+    if not location.is_s3:
+        yield from list_files(location)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    prefix = location.key.rstrip("/") + "/" if location.key else ""
+    top, folders = [], []
+    try:
+        for page in s3_client().get_paginator("list_objects_v2").paginate(
+                Bucket=location.bucket, Prefix=prefix, Delimiter="/"):
+            top += [FileInfo(f"s3://{location.bucket}/{item['Key']}", item["Size"], item["ETag"].strip('"'))
+                    for item in page.get("Contents", []) if not item["Key"].endswith("/")]
+            folders += [entry["Prefix"] for entry in page.get("CommonPrefixes", [])]
+    except Exception as error:
+        raise explain(error, location, "list") from None
+    yield from top
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        # in key order: each folder's listing is consumed whole before the next one's
+        for files in pool.map(lambda folder: list(list_files(Location("s3", location.bucket, folder.rstrip("/")))),
+                              folders):
+            yield from files
+
+
+def read_json_folder(folder: str | Location, threads: int = LISTING_THREADS) -> list[dict]:
+    """Every JSON record in a folder (done markers), in key order; none if the folder is missing.
+    Objects are fetched ``threads`` at a time (one marker a shard: thousands of small GETs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    uris = [item.uri for item in list_files(folder, missing_ok=True)]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return [json.loads(data) for data in pool.map(read_bytes, uris)]
 
 
 def info(uri: str | Location) -> FileInfo:
@@ -308,6 +372,7 @@ def write_bytes(uri: str | Location, data: bytes) -> None:
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(location.key))
     try:
+        os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the team what the umask allows
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()
@@ -374,7 +439,7 @@ def read_table(uri: str | Location, columns: list[str] | None = None):
     import pyarrow.parquet as pq
 
     location = uri if isinstance(uri, Location) else Location.parse(uri)
-    with _parquet_errors(location):
+    with parquet_errors(location):
         return pq.read_table(location.fs_path, filesystem=filesystem(location), columns=columns)
 
 
@@ -383,7 +448,7 @@ def read_schema(uri: str | Location):
     import pyarrow.parquet as pq
 
     location = uri if isinstance(uri, Location) else Location.parse(uri)
-    with _parquet_errors(location):
+    with parquet_errors(location):
         return pq.read_schema(location.fs_path, filesystem=filesystem(location))
 
 
@@ -392,13 +457,15 @@ def parse_table(data: bytes, uri: str | Location):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with _parquet_errors(uri if isinstance(uri, Location) else Location.parse(uri)):
+    with parquet_errors(uri if isinstance(uri, Location) else Location.parse(uri)):
         return pq.read_table(pa.BufferReader(data))
 
 
 @contextlib.contextmanager
-def _parquet_errors(location: Location):
+def parquet_errors(location: Location):
     try:
         yield
     except (OSError, ValueError) as error:  # pyarrow.ArrowInvalid is a ValueError
+        if location.is_s3 and (code := _arrow_code(str(error))):  # the store or the set-up, not the file
+            raise storage_error(code, location, "read Parquet") from None
         raise StorageError(redact(f"cannot read Parquet {location.uri}: {error}")) from None

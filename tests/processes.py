@@ -50,6 +50,17 @@ def interrupt_when(command: list[str], ready: Callable[[], bool], sig: int, time
         return code, stderr.read().decode(errors="replace")
 
 
+def settled(count: Callable[[], int], quiet: float = 3.0, timeout: float = 60) -> int:
+    """``count()`` once it has not changed for ``quiet`` seconds: workers of a killed driver may
+    finish the shard in their hands (and write it, whole) before they notice and exit."""
+    value, since, deadline = count(), time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.2)
+        if (now := count()) != value:
+            value, since = now, time.monotonic()
+    return value
+
+
 def files_in(folder: Path, pattern: str = "*.json") -> int:
     return len(list(folder.glob(pattern))) if folder.exists() else 0
 

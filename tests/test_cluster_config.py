@@ -17,7 +17,7 @@ def test_cluster_yaml_passes_ray_validation():
     workers = config["available_node_types"]["gpu_worker"]
     assert workers["resources"]["GPU"] >= 1 and workers["min_workers"] == 0
     assert "GPU" not in config["available_node_types"]["head"]["resources"]
-    assert any("latentsweep[gpu]" in command for command in config["setup_commands"])
+    assert any("latentsweep[gpu,cluster]" in command for command in config["setup_commands"])
     assert all("IamInstanceProfile" in t["node_config"] for t in config["available_node_types"].values())
 
 

@@ -188,16 +188,15 @@ def test_unreachable_store_stops_the_job_instead_of_failing_the_item(monkeypatch
     """An object store that does not answer is not the image's fault: decoding raises (the job
     stops, a rerun resumes) instead of recording an error row that a rerun would trust."""
     from conftest import free_port
-    from latentsweep.ingest.decode import read_and_decode
+    from latentsweep.ingest.decode import fetch
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
     storage._s3_client.cache_clear()
-    batch = {"id": [1], "shard": [0], "uri": ["s3://bucket/a.png"], "label": [None], "family": [None]}
     with pytest.raises(storage.StorageError) as caught:
-        read_and_decode(batch, max_pixels=10**6, min_side=16)
+        fetch("s3://bucket/a.png", max_pixels=10**6, min_side=16)
     assert caught.value.transient and "did not answer" in str(caught.value)
     storage._s3_client.cache_clear()
 

@@ -18,13 +18,13 @@ import torch
 from hypothesis import assume, given, settings as hypothesis_settings, strategies as st
 
 from images import gradient, odd_files, photo_corpus
-from processes import assert_same_ingest, files_in, interrupt_when, local_env, run_command
+from processes import assert_same_ingest, files_in, interrupt_when, local_env, run_command, settled
 from latentsweep import schema, storage
 from latentsweep.codec.embed import EmbedSettings
 from latentsweep.ingest import plan as planning
 from latentsweep.ingest.decode import DecodeError, decode_image
 from latentsweep.ingest.run import IngestJob, pool_layout, run
-from latentsweep.ingest.sources import SourceItem, parse_families
+from latentsweep.ingest.sources import listing_table, parse_families
 
 UNTRAINED = EmbedSettings(weights="untrained", feature_set="selected", device="cpu")
 
@@ -45,42 +45,66 @@ def read_output(out) -> tuple[pa.Table, pa.Table]:
 
 # ---- planning ---------------------------------------------------------------------------------
 
+def listing(count: int, version: str = "v1", start: int = 0, changed: dict | None = None) -> pa.Table:
+    changed = changed or {}
+    return listing_table([(f"/data/{i}.png", 10, changed.get(i, version), None, None)
+                          for i in range(start, start + count)])
+
+
 def test_plan_is_deterministic_and_covers_every_item():
-    items = [SourceItem(f"/data/{i}.png", 10, "v1") for i in range(100)]
-    first = planning.plan(items, 16, {"codec": "x"})
-    again = planning.plan(list(reversed(items)), 16, {"codec": "x"})
-    assert [(s.shard_id, s.digest, s.items) for s in first] == [(s.shard_id, s.digest, s.items) for s in again]
-    assert len(first) == 7 and all(shard.items for shard in first)
-    ids = [item.id for shard in first for item in shard.items]
-    assert sorted(ids) == sorted(schema.stable_id(i.uri) for i in items) and len(set(ids)) == 100
-    assert all(item.shard == shard.shard_id for shard in first for item in shard.items)
+    first = planning.plan(listing(100), 16, {"codec": "x"})
+    again = planning.plan(listing(100).take(pa.array(range(99, -1, -1))), 16, {"codec": "x"})
+    assert first.items.equals(again.items) and first.shards.equals(again.shards)
+    assert first.shards.num_rows == 7 and first.shards.column("items").to_pylist() == [16] * 6 + [4]
+    ids = first.items.column("id").to_pylist()
+    assert sorted(ids) == sorted(schema.stable_id(f"/data/{i}.png") for i in range(100)) and len(set(ids)) == 100
+    assert first.counts == {"inputs": 100, "unchanged": 0, "new": 100, "changed": 0, "removed": 0}
 
 
 def test_plan_digest_changes_with_content_and_settings():
-    items = [SourceItem(f"/data/{i}.png", 10, "v1") for i in range(20)]
-    base = planning.plan(items, 8, {"codec": "x"})
-    changed = planning.plan([SourceItem(i.uri, i.size, "v2" if i.uri == "/data/3.png" else i.version)
-                             for i in items], 8, {"codec": "x"})
-    differing = [a.shard_id for a, b in zip(base, changed) if a.digest != b.digest]
-    assert len(differing) == 1
-    assert all(a.digest != b.digest for a, b in zip(base, planning.plan(items, 8, {"codec": "y"})))
-    done = {s.shard_id: s.digest for s in base}
-    assert planning.pending(base, done) == []
-    assert [s.shard_id for s in planning.pending(changed, done)] == differing
+    base = planning.plan(listing(20), 8, {"codec": "x"})
+    changed = planning.plan(listing(20, changed={3: "v2"}), 8, {"codec": "x"}, previous=base.items)
+    differing = [b for a, b in zip(base.shards.column("digest").to_pylist(), changed.shards.column("digest").to_pylist())
+                 if a != b]
+    assert len(differing) == 1 and changed.counts["changed"] == 1 and changed.fresh.sum() == 1
+    other = planning.plan(listing(20), 8, {"codec": "y"})
+    assert not set(base.shards.column("digest").to_pylist()) & set(other.shards.column("digest").to_pylist())
+    done = dict(zip(base.shards.column("shard").to_pylist(), base.shards.column("digest").to_pylist()))
+    assert base.pending(done).num_rows == 0
+    assert changed.pending(done).column("digest").to_pylist() == differing
 
 
-def test_empty_shards_are_not_planned():
-    """Hashing 48 items into 24 shards leaves some empty; none is planned, so none stays pending."""
-    items = [SourceItem(f"/data/{i}.png", 10, "v1") for i in range(48)]
-    shards = planning.plan(items, 2, {})
-    assert 0 < len(shards) < 24 and all(shard.items for shard in shards)
-    assert sum(len(shard.items) for shard in shards) == 48
-    assert planning.pending(shards, {s.shard_id: s.digest for s in shards}) == []
+def test_growth_keeps_every_items_shard_and_fills_new_shards():
+    """Adding 10% never moves an item: the old shards keep their digests, the new items fill new shards."""
+    first = planning.plan(listing(100), 16, {})
+    grown = planning.plan(listing(110), 16, {}, previous=first.items)
+    assert grown.counts == {"inputs": 110, "unchanged": 100, "new": 10, "changed": 0, "removed": 0}
+    old = dict(zip(first.items.column("id").to_pylist(), first.items.column("shard").to_pylist()))
+    now = dict(zip(grown.items.column("id").to_pylist(), grown.items.column("shard").to_pylist()))
+    assert all(now[item_id] == shard for item_id, shard in old.items())
+    assert {now[item_id] for item_id in set(now) - set(old)} == {7}  # one new shard after shards 0..6
+    done = dict(zip(first.shards.column("shard").to_pylist(), first.shards.column("digest").to_pylist()))
+    pending = grown.pending(done)
+    assert pending.column("shard").to_pylist() == [7] and pending.column("items").to_pylist() == [10]
+
+
+def test_removed_items_leave_their_shards_and_empty_shards_are_dropped():
+    first = planning.plan(listing(40), 8, {})
+    shard_of = dict(zip(first.items.column("uri").to_pylist(), first.items.column("shard").to_pylist()))
+    gone_shard = shard_of["/data/0.png"]
+    kept = [uri for uri, shard in shard_of.items() if shard != gone_shard and uri != "/data/39.png"]
+    remaining = listing_table([(uri, 10, "v1", None, None) for uri in kept])
+    shrunk = planning.plan(remaining, 8, {}, previous=first.items)
+    assert shrunk.counts["removed"] == 9 and shrunk.counts["new"] == 0 and shrunk.dropped == [gone_shard]
+    assert gone_shard not in shrunk.shards.column("shard").to_pylist()
+    done = dict(zip(first.shards.column("shard").to_pylist(), first.shards.column("digest").to_pylist()))
+    assert shrunk.pending(done).column("shard").to_pylist() == [shard_of["/data/39.png"]]
+    assert shrunk.fresh.sum() == 0  # the rewritten shard encodes nothing: its items are unchanged
 
 
 def test_duplicate_uris_collapse_to_one_row():
-    items = [SourceItem("/a.png"), SourceItem("/a.png"), SourceItem("/b.png")]
-    assert sum(len(s.items) for s in planning.plan(items, 10, {})) == 2
+    rows = listing_table([("/a.png", 1, "v", None, None), ("/a.png", 1, "v", None, None), ("/b.png", 1, "v", None, None)])
+    assert planning.plan(rows, 10, {}).items.num_rows == 2
 
 
 def test_families_parse_from_flags_and_file(tmp_path):
@@ -100,7 +124,10 @@ def test_pool_layout_never_takes_every_cpu():
     one = pool_layout({"CPU": 2.0}, UNTRAINED, 1)
     assert one["size"] == 1 and one["threads"] == 2 and one["num_cpus"] <= 1
     gpu = pool_layout({"CPU": 8.0, "GPU": 4.0}, EmbedSettings(), None)
-    assert gpu == {"size": 4, "num_gpus": 1, "num_cpus": 1, "threads": None, "device": "cuda"}
+    assert gpu == {"size": 4, "num_gpus": 1, "num_cpus": 1, "threads": None, "device": "cuda", "fetch_threads": 2}
+    # a GPU actor's share of the CPUs feeds its fetch-and-decode threads; one CPU a GPU stays free
+    wide = pool_layout({"CPU": 64.0, "GPU": 4.0}, EmbedSettings(), None)
+    assert wide["num_cpus"] == 15 and wide["fetch_threads"] == 30 and wide["size"] * wide["num_cpus"] < 64
 
 
 # ---- decoding ---------------------------------------------------------------------------------
@@ -146,17 +173,17 @@ def reference_run(corpus, tmp_path_factory, ray_session):
     return out, summary
 
 
-def hashed_shards(out) -> list[int]:
-    """The shards the 13 inputs of ``out`` hash into (4 planned, 13 ids): an empty one is never planned."""
-    uris = storage.read_table(storage.Location.parse(str(out)).join("manifest.parquet")).column("uri").to_pylist()
-    assert len(uris) == 13
-    return sorted({schema.shard_of(schema.stable_id(uri), planning.num_shards_for(13, 4)) for uri in uris})
+def planned_shards(out) -> list[int]:
+    """The shards of ``out``'s plan: 13 inputs, 4 a shard, in id order: shards 0 to 3."""
+    shards = storage.read_table(storage.Location.parse(str(out)).join("shards.parquet")).column("shard").to_pylist()
+    assert shards == [0, 1, 2, 3]
+    return shards
 
 
 def test_local_folder_to_parquet(reference_run):
     out, summary = reference_run
     assert summary.inputs == 13 and summary.embedded == 12 and summary.errors == {"not_image": 1}
-    shards = hashed_shards(out)
+    shards = planned_shards(out)
     assert summary.skipped_unsupported == 1 and summary.shards == summary.shards_processed == len(shards) > 1
     embeddings, errors = read_output(out)
     schema.check(embeddings.schema, "embeddings", "embeddings")
@@ -192,7 +219,7 @@ def test_rerun_does_nothing_and_resume_redoes_only_missing_shards(reference_run,
     before = {p.name: p.stat().st_mtime_ns for p in (out / "embeddings").iterdir()}
     again = run(job(corpus, out, labels_from_folders=True, families={"alpha": "gan", "beta": "gan",
                                                                        "gamma": "dm"}))
-    assert again.shards_already_done == len(hashed_shards(out)) and again.shards_processed == 0
+    assert again.shards_already_done == len(planned_shards(out)) and again.shards_processed == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "embeddings").iterdir()} == before
     assert again.embedded == 12  # totals still count every finished shard
 
@@ -274,7 +301,7 @@ def test_s3_to_s3(corpus, s3_env, ray_session):
     assert embeddings.num_rows == summary.embedded and errors.num_rows == summary.failed
     assert all(u.startswith(f"s3://{bucket}/in/") for u in embeddings.column("uri").to_pylist())
     keys = [info.uri for info in storage.list_files(f"s3://{bucket}/out")]
-    assert f"s3://{bucket}/out/summary.json" in keys and f"s3://{bucket}/out/manifest.parquet" in keys
+    assert {f"s3://{bucket}/out/{name}" for name in ("summary.json", "shards.parquet", "manifest/part-00000.parquet")} <= set(keys)
 
 
 def test_interrupted_runs_resume_to_identical_output(tmp_path):
@@ -290,11 +317,11 @@ def test_interrupted_runs_resume_to_identical_output(tmp_path):
     markers = lambda: files_in(out / "_done")
     code, stderr = interrupt_when(command, lambda: markers() >= 1, signal.SIGINT)
     assert code == 130 and "interrupted" in stderr and "rerun" in stderr, stderr[-2000:]
-    after_sigint, planned = markers(), json.loads((out / "plan.json").read_text())["shards"]
+    after_sigint, planned = settled(markers), json.loads((out / "plan.json").read_text())["shards"]
     assert 1 <= after_sigint < planned, "the interrupt must land mid-run"
     assert not list(out.rglob(".tmp-*")), "an interrupted write left a temporary file"
     interrupt_when(command, lambda: markers() > after_sigint, signal.SIGKILL)
-    after_sigkill = markers()
+    after_sigkill = settled(markers)
     assert after_sigint < after_sigkill < planned
     resumed = run_command(command)
     assert resumed.returncode == 1, resumed.stderr[-2000:]  # 1: the broken file is an error row
@@ -329,7 +356,7 @@ def test_killed_encoder_actor_is_replaced_and_output_is_unchanged(tmp_path, ray_
         # only our own Ray's workers: descendants of this test process
         for process in psutil.Process().children(recursive=True):
             try:
-                if "EncodeActor" in " ".join(process.cmdline()):
+                if "ShardWorker" in " ".join(process.cmdline()):
                     process.kill()
                     killed.append(process.pid)
             except psutil.NoSuchProcess:

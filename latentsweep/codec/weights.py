@@ -50,10 +50,8 @@ def untrained(seed: int = 0) -> BopCodec:
     return BopCodec()
 
 
-def load(path: str | Path | None = None) -> tuple[BopCodec, str, dict]:
-    """(model in eval mode, digest, meta). ``None`` = the shipped default; ``"untrained"`` = seed 0."""
-    if str(path) == UNTRAINED:
-        return untrained().eval(), f"{UNTRAINED}-seed0", {"trained": False}
+def _verified(path: str | Path | None) -> tuple[Path, bytes, str, dict]:
+    """(path, bytes, digest, sidecar record) of a checkpoint whose bytes match its sidecar."""
     path = Path(path) if path else DEFAULT_WEIGHTS
     if not path.exists():
         raise WeightsError(f"codec weights not found: {path}")
@@ -65,6 +63,19 @@ def load(path: str | Path | None = None) -> tuple[BopCodec, str, dict]:
     if digest != record.get("sha256"):
         raise WeightsError(f"checksum mismatch for {path}: file {digest[:12]}..., "
                            f"expected {str(record.get('sha256'))[:12]}...: the file is corrupt or replaced")
+    return path, data, digest, record
+
+
+def digest(path: str | Path | None = None) -> str:
+    """The digest :func:`load` would give, checked but without building the model (for planning)."""
+    return f"{UNTRAINED}-seed0" if str(path) == UNTRAINED else _verified(path)[2]
+
+
+def load(path: str | Path | None = None) -> tuple[BopCodec, str, dict]:
+    """(model in eval mode, digest, meta). ``None`` = the shipped default; ``"untrained"`` = seed 0."""
+    if str(path) == UNTRAINED:
+        return untrained().eval(), digest(path), {"trained": False}
+    path, data, digest_, record = _verified(path)
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     model = BopCodec()
     try:
@@ -72,7 +83,7 @@ def load(path: str | Path | None = None) -> tuple[BopCodec, str, dict]:
                                for name, value in state.items()})
     except RuntimeError as error:
         raise WeightsError(f"{path} does not fit the BOP architecture: {error}") from None
-    return model.eval(), digest, record.get("meta", {})
+    return model.eval(), digest_, record.get("meta", {})
 
 
 @dataclass

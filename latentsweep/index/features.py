@@ -16,22 +16,33 @@ METADATA_COLUMNS = ("id", "uri", "label", "family")
 
 
 def embedding_files(sources: list[str]) -> list[str]:
-    """Parquet files of one or many ingest outputs (``DEST``), folders of Parquet, or files."""
+    """Parquet files of one or many ingest outputs (``DEST``), folders of Parquet, or files. An
+    ingest output contributes the shard files of its current plan only (``DEST/shards.parquet``):
+    files of shards an earlier plan had and this one dropped are never read."""
     files: list[str] = []
     for source in sources:
         location = storage.Location.parse(source)
         if source.endswith(".parquet"):
             files.append(location.uri)
             continue
-        folder = location.join("embeddings")
-        found = [info.uri for info in _list(folder) if info.uri.endswith(".parquet")]
-        if not found:
+        found = _planned(location)
+        if found is None:
             found = [info.uri for info in _list(location) if info.uri.endswith(".parquet")
-                     and "/errors/" not in info.uri and not info.uri.endswith("manifest.parquet")]
+                     and not set(location.relative(info.uri).split("/")) & set(schema.INGEST_PLAN_FILES)]
         if not found:
             raise UsageError(f"no embedding Parquet found in {source}")
         files += found
     return sorted(set(files))
+
+
+def _planned(location: storage.Location) -> list[str] | None:
+    """The embedding files of the ingest output at ``location`` (None when it is not one)."""
+    shards = location.join(schema.INGEST_SHARDS_FILE)
+    if not storage.exists(shards):
+        return None
+    names = {f"{schema.shard_name(shard)}.parquet" for shard in
+             storage.read_table(shards, columns=["shard"]).column("shard").to_pylist()}
+    return [info.uri for info in _list(location.join("embeddings")) if info.uri.rsplit("/", 1)[-1] in names]
 
 
 def _list(location: storage.Location):

@@ -1,4 +1,4 @@
-"""Bytes -> RGB uint8, or a classified error. Runs in Ray CPU tasks, never on the GPU workers.
+"""Bytes -> RGB uint8, or a classified error. Runs on the shard workers' fetch threads.
 
 Every odd input becomes either a correct RGB image or a :class:`DecodeError` with a type:
 ``not_image``, ``truncated``, ``too_large`` (the ``max_pixels`` guard runs on the header, before any
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -76,49 +77,45 @@ def _to_rgb(image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
 
 
-PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)  # image column value of rows that carry no image
+@dataclass
+class Fetched:
+    """One input after reading: an RGB image, or the bytes of exported latents (``.pt``), or the
+    reason it failed (``error_type``)."""
+
+    uri: str
+    image: np.ndarray | None = None
+    latents: bytes | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    source: str = "image"
+    error_type: str = ""
+    message: str = ""
 
 
-def read_and_decode(batch: dict, max_pixels: int, min_side: int) -> dict:
-    """Ray Data CPU stage: fetch each item's bytes and decode images; errors become row fields.
-
-    ``.pt`` items keep their bytes (``latents`` column) for the encoder, which pools them.
-    """
+def fetch(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE) -> Fetched:
+    """Read one input and decode it. Failures of the item become its ``error_type``; failures of
+    the set-up (the store down, no credentials on this node, a missing bucket) raise
+    :class:`latentsweep.storage.StorageError`: the job stops and a rerun resumes."""
     import hashlib
 
     from latentsweep import storage
 
-    count = len(batch["id"])
-    images, payloads = [], []
-    fields = {name: [] for name in ("sha256", "width", "height", "source", "error_type", "message")}
-    for uri in batch["uri"]:
-        image, payload, record = PLACEHOLDER, b"", {"sha256": "", "width": -1, "height": -1,
-                                                     "source": "image", "error_type": "", "message": ""}
-        try:
-            data = storage.read_bytes(uri)
-            record["sha256"] = hashlib.sha256(data).hexdigest()
-            if uri.lower().endswith(".pt"):
-                record["source"], payload = "latents", data
-            else:
-                image = decode_image(data, max_pixels, min_side)
-                record["height"], record["width"] = image.shape[:2]
-        except DecodeError as error:
-            record.update(error_type=error.error_type, message=str(error))
-        except storage.StorageError as error:
-            if error.systemic:  # the store is down or refuses this node: stop the job, a rerun resumes
-                raise
-            record.update(error_type="unreadable", message=str(error))
-        except Exception as error:  # permissions, vanished files
-            record.update(error_type="unreadable", message=storage.redact(f"{type(error).__name__}: {error}"))
-        images.append(image)
-        payloads.append(payload)
-        for name in fields:
-            fields[name].append(record[name])
-    out = {name: batch[name] for name in ("id", "shard", "uri")}
-    out.update({name: np.array(values, dtype=np.int32 if name in ("width", "height") else object)
-                for name, values in fields.items()})
-    image_column = np.empty(count, dtype=object)
-    image_column[:] = images
-    out["image"] = image_column
-    out["latents"] = np.array(payloads, dtype=object)
-    return out
+    item = Fetched(uri)
+    try:
+        data = storage.read_bytes(uri)
+        item.sha256 = hashlib.sha256(data).hexdigest()
+        if uri.lower().endswith(".pt"):
+            item.source, item.latents = "latents", data
+        else:
+            item.image = decode_image(data, max_pixels, min_side)
+            item.height, item.width = item.image.shape[:2]
+    except DecodeError as error:
+        item.error_type, item.message = error.error_type, str(error)
+    except storage.StorageError as error:
+        if error.systemic:
+            raise
+        item.error_type, item.message = "unreadable", str(error)
+    except Exception as error:  # permissions, vanished files
+        item.error_type, item.message = "unreadable", storage.redact(f"{type(error).__name__}: {error}")
+    return item

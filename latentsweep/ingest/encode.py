@@ -1,71 +1,55 @@
-"""The encoder actor: loads the codec once, turns decoded images (and exported latents) into pooled
-vectors. One actor per GPU on GPU nodes; fractional CPUs on CPU-only machines."""
+"""Fetched inputs -> pooled vectors: images through the codec, exported latents (``.pt``) pooled
+directly. Loads the codec once; a bad image never sinks its batch (the batch is retried one by one)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from latentsweep.codec.embed import EmbedSettings
+from latentsweep.ingest.decode import Fetched
 
 
-class EncodeActor:
-    """Ray Data callable class: batch of decoded rows -> the same rows with vector columns."""
-
-    def __init__(self, settings: EmbedSettings, torch_threads: int | None = None,
-                 decode: dict | None = None):
+class Encoder:
+    def __init__(self, settings: EmbedSettings, torch_threads: int | None = None):
         import torch
 
         from latentsweep.codec.embed import Embedder
 
-        import ray
-
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.embedder = Embedder(settings)
-        self.decode = decode  # read_and_decode arguments when decoding runs here (CPU-only pools)
-        self.node = ray.get_runtime_context().get_node_id()
+        self.columns = self.embedder.columns
 
-    def __call__(self, batch: dict) -> dict:
-        if self.decode is not None:
-            from latentsweep.ingest.decode import read_and_decode
-
-            batch = read_and_decode(batch, **self.decode)
-        count = len(batch["id"])
-        errors = list(batch["error_type"])
-        messages = list(batch["message"])
-        vectors = {name: np.zeros((count, dim), np.float32) for name, dim in self.embedder.columns.items()}
-        image_rows = [i for i in range(count) if not errors[i] and batch["source"][i] == "image"]
-        if image_rows:
+    def encode(self, items: list[Fetched]) -> dict[str, np.ndarray]:
+        """``{column: float32 (n, dim)}`` for ``items``; items that fail here get their
+        ``error_type`` and ``message`` set (their vector rows stay zero and are not written)."""
+        vectors = {name: np.zeros((len(items), dim), np.float32) for name, dim in self.columns.items()}
+        images = [i for i, item in enumerate(items) if not item.error_type and item.source == "image"]
+        if images:
             try:
-                pooled = self.embedder.embed([np.asarray(batch["image"][i]) for i in image_rows])
+                pooled = self.embedder.embed([items[i].image for i in images])
                 for name, values in pooled.items():
-                    vectors[name][image_rows] = values
+                    vectors[name][images] = values
             except Exception:  # one bad image must not sink its batch: retry one by one
-                for i in image_rows:
-                    self._embed_one(batch, i, vectors, errors, messages)
-        for i in range(count):
-            if not errors[i] and batch["source"][i] == "latents":
-                self._pool_latents(batch["latents"][i], i, vectors, errors, messages)
-        out = {name: batch[name] for name in ("id", "shard", "uri", "sha256", "width", "height", "source")}
-        out["error_type"] = np.array(errors, dtype=object)
-        out["message"] = np.array(messages, dtype=object)
-        out["node"] = np.array([self.node] * count, dtype=object)  # for the summary, not written
-        out.update(vectors)
-        return out
+                for i in images:
+                    self._embed_one(items[i], i, vectors)
+        for i, item in enumerate(items):
+            if not item.error_type and item.source == "latents":
+                self._pool_latents(item, i, vectors)
+        return vectors
 
-    def _embed_one(self, batch, i, vectors, errors, messages) -> None:
+    def _embed_one(self, item: Fetched, i: int, vectors: dict) -> None:
         try:
-            pooled = self.embedder.embed([np.asarray(batch["image"][i])])
-            for name, values in pooled.items():
+            for name, values in self.embedder.embed([item.image]).items():
                 vectors[name][i] = values[0]
         except Exception as error:
-            errors[i], messages[i] = "encode_failed", f"{type(error).__name__}: {error}"
+            item.error_type, item.message = "encode_failed", f"{type(error).__name__}: {error}"
 
-    def _pool_latents(self, data: bytes, i, vectors, errors, messages) -> None:
+    def _pool_latents(self, item: Fetched, i: int, vectors: dict) -> None:
         from latentsweep.codec import pooling, reference
 
         try:
-            tensors = reference.read(bytes(data))
+            tensors = reference.read(item.latents)
             missing = [name for name in vectors if name not in tensors]
             if missing:
                 raise reference.LatentFileError(
@@ -76,4 +60,4 @@ class EncodeActor:
                 vectors[name][i] = pooling.pool(tensor, [tuple(tensor.shape[2:])],
                                                 self.embedder.settings.pooling)[0].numpy()
         except reference.LatentFileError as error:
-            errors[i], messages[i] = "bad_latents", str(error)
+            item.error_type, item.message = "bad_latents", str(error)

@@ -1,33 +1,36 @@
-"""The ingest driver: list -> plan -> Ray Data (decode tasks -> encoder actor pool) -> shard writer.
+"""The ingest driver, a control plane: list -> plan -> hand shards to the worker pool -> count.
 
-The driver consumes the pipeline's small output rows (ids and pooled vectors) as they stream in and
-writes a shard as soon as all its rows have arrived, so memory holds only unfinished shards.
+The driver lists the source (an Arrow table), plans it against the previous plan (stable shards),
+stores the plan, and sends each pending shard's ``(shard, digest, part, row group)`` to a pool of
+:class:`~latentsweep.ingest.worker.ShardWorker` actors, which fetch, decode, encode and write their
+own shard files and markers. What comes back is counts: the driver's memory is O(shards) beyond the
+columnar listing, never a vector or a Python object per item.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pyarrow as pa
+import pyarrow.compute as pc
 
-from latentsweep import lock, storage
+from latentsweep import lock, schema, storage
 from latentsweep.cluster import cpus_and_gpus
 from latentsweep.codec.embed import EmbedSettings
-from latentsweep.ingest import plan as planning
-from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
-from latentsweep.ingest.sources import list_source
-from latentsweep.ingest.write import DONE_FOLDER, ShardWriter, done_markers
 from latentsweep.console import stage_log
 from latentsweep.errors import UsageError
+from latentsweep.ingest import manifest, plan as planning
+from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from latentsweep.ingest.sources import Listing, list_source
+from latentsweep.ingest.write import DONE_FOLDER, done_records
 
-DECODE_BATCH = 16
 DEVICES = ("auto", "cpu", "cuda")
+PLAN_VERSION = 2  # stable shards (manifest parts + shards.parquet); version 1 re-hashed every run
+MAX_BLOCKS = 20_000  # Ray Data blocks of the shard list: one shard each up to this many
 
 
 @dataclass
@@ -51,12 +54,16 @@ class IngestSummary:
     source: str
     out: str
     inputs: int = 0
+    new: int = 0
+    changed: int = 0
+    removed: int = 0
     embedded: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     skipped_unsupported: int = 0
     shards: int = 0
     shards_already_done: int = 0
     shards_processed: int = 0
+    items_encoded: int = 0  # fetched and encoded by this run (rows of unchanged items are kept)
     seconds: float = 0.0
     images_per_second: float = 0.0
     workers: int = 0
@@ -69,19 +76,23 @@ class IngestSummary:
 
 
 def pool_layout(resources: dict, embed: EmbedSettings, workers: int | None) -> dict:
-    """How many encoder actors, and what each reserves, from the cluster's resources.
+    """How many encoder actors, what each reserves, and how many fetch threads each runs.
 
-    GPU nodes: one actor per GPU (``num_gpus=1``). CPU only: one single-threaded actor per core
-    (they decode in the actor; on 2 cores two 1-thread actors run 1.24x faster than one 2-thread
-    actor, benchmarks/bench_ingest.py), whose reservations together leave a CPU free: a pool that
-    reserves every CPU starves Ray Data's own tasks and hangs.
+    GPU nodes: one actor per GPU (``num_gpus=1``) with a share of the CPUs for its fetch-and-decode
+    threads. CPU only: one single-threaded actor per core (on 2 cores two 1-thread actors run 1.24x
+    faster than one 2-thread actor, benchmarks/bench_ingest.py), whose reservations together leave a
+    CPU free: a pool that reserves every CPU starves Ray Data's own tasks and hangs.
     """
     cpus, gpus = cpus_and_gpus(resources)
     if gpus and embed.device != "cpu":
-        return {"size": workers or gpus, "num_gpus": 1, "num_cpus": 1, "threads": None, "device": "cuda"}
+        share = max(1, cpus // gpus - 1)
+        return {"size": workers or gpus, "num_gpus": 1, "num_cpus": share, "threads": None, "device": "cuda",
+                "fetch_threads": 2 * share}
     size = workers or cpus
     per_actor = min(1.0, max(0.25, (cpus - 1) / size))
-    return {"size": size, "num_gpus": 0, "num_cpus": per_actor, "threads": max(1, cpus // size), "device": "cpu"}
+    threads = max(1, cpus // size)
+    return {"size": size, "num_gpus": 0, "num_cpus": per_actor, "threads": threads, "device": "cpu",
+            "fetch_threads": 2 * threads}
 
 
 def check(job: IngestJob) -> None:
@@ -100,161 +111,177 @@ def check(job: IngestJob) -> None:
 
 def _plan_settings(job: IngestJob, weights_digest: str) -> dict:
     return {"codec": "jpegai-bop", "weights_digest": weights_digest, "feature_set": job.embed.feature_set,
-            "pooling": job.embed.pooling, "max_pixels": job.max_pixels, "min_side": job.min_side}
+            "pooling": job.embed.pooling, "half": job.embed.half, "max_pixels": job.max_pixels,
+            "min_side": job.min_side}
 
 
-def _check_previous(out: storage.Location, settings: dict, overwrite: bool) -> None:
+def _check_previous(out: storage.Location, settings: dict, shard_size: int, overwrite: bool) -> None:
+    """An output holds one layout: other settings or another shard size are refused (``--overwrite``
+    redoes everything), so every row of ``out`` lives in one embedding space."""
     previous = out.join("plan.json")
     if overwrite or not storage.exists(previous):
         return
-    old = json.loads(storage.read_bytes(previous)).get("settings", {})
+    recorded = json.loads(storage.read_bytes(previous))
+    if recorded.get("plan_version") != PLAN_VERSION:
+        raise UsageError(f"{out.uri} holds an ingest of an older latentsweep (plan version "
+                         f"{recorded.get('plan_version', 1)}): use --overwrite to redo it, or another --out")
+    old = recorded.get("settings", {})
     if old != settings:
         changed = sorted(k for k in settings if old.get(k) != settings[k])
         raise UsageError(f"{out.uri} holds an ingest made with other settings ({', '.join(changed)}): "
                          f"use --overwrite to redo it, or another --out")
+    if recorded.get("shard_size") != shard_size:
+        raise UsageError(f"{out.uri} is sharded {recorded.get('shard_size')} items a shard, not {shard_size}: "
+                         f"keep --shard-size {recorded.get('shard_size')} (shards are stable), or --overwrite "
+                         f"to re-shard and redo everything")
 
 
-def _clear(out: storage.Location) -> None:
-    for folder in (DONE_FOLDER, "embeddings", "errors"):
-        for info in list(storage.list_files(out.join(folder), missing_ok=True)):
-            storage.delete(info.uri)
+def _settings(job: IngestJob) -> dict:
+    from latentsweep.codec import weights
+
+    return _plan_settings(job, weights.digest(job.embed.weights))
 
 
-def _manifest_table(shards: list[planning.Shard]) -> pa.Table:
-    items = [item for shard in shards for item in shard.items]
-    return pa.table({
-        "id": pa.array([i.id for i in items], pa.int64()),
-        "shard": pa.array([i.shard for i in items], pa.int32()),
-        "uri": pa.array([i.uri for i in items], pa.string()),
-        "size": pa.array([i.size for i in items], pa.int64()),
-        "version": pa.array([i.version for i in items], pa.string()),
-        "label": pa.array([i.label for i in items], pa.string()),
-        "family": pa.array([i.family for i in items], pa.string())})
+def _list(job: IngestJob) -> Listing:
+    listing = list_source(job.source, job.labels_from_folders, job.families)
+    if not listing.table.num_rows:
+        raise UsageError(f"no images or .pt latents found in {job.source}")
+    return listing
+
+
+def dry_run(job: IngestJob) -> dict:
+    """What ``run`` would do, without writing anything: counts of the listing against the stored plan."""
+    check(job)
+    out = storage.Location.parse(job.out)
+    listing = _list(job)
+    settings = _settings(job)
+    _check_previous(out, settings, job.shard_size, job.overwrite)
+    previous, _ = (None, None) if job.overwrite else manifest.read_previous(out)
+    plan = planning.plan(listing.table, job.shard_size, settings, previous)
+    done = {} if job.overwrite else _done(out)
+    pending = plan.pending_mask(done).to_numpy(zero_copy_only=False)
+    shard_ids, sizes = plan.shards.column("shard").to_numpy(), plan.shards.column("items").to_numpy()
+    # a pending shard with earlier output keeps its unchanged items' rows: it encodes only the fresh ones
+    encode = np.where(np.isin(shard_ids, list(done)), plan.fresh_per_shard(), sizes)
+    return {**plan.counts, "skipped_unsupported": listing.skipped, "shards_total": plan.shards.num_rows,
+            "shards_to_process": int(pending.sum()), "items_to_process": int(sizes[pending].sum()),
+            "items_to_encode": int(encode[pending].sum()), "shards_dropped": len(plan.dropped)}
+
+
+def _done(out: storage.Location) -> dict[int, str]:
+    return {int(record["shard_id"]): record["digest"] for record in done_records(out)}
 
 
 def run(job: IngestJob, log=None) -> IngestSummary:
     """Run (or resume) an ingest and return its summary; also written to ``OUT/summary.json``."""
-    from latentsweep.codec import weights
-
     log = log or stage_log(job.quiet)
     started = time.monotonic()
-    out = storage.Location.parse(job.out)
     check(job)
+    out = storage.Location.parse(job.out)
     summary = IngestSummary(job.source, out.uri)
-    items, skipped = list_source(job.source, job.labels_from_folders, job.families)
-    summary.inputs, summary.skipped_unsupported = len(items), len(skipped)
-    if not items:
-        raise UsageError(f"no images or .pt latents found in {job.source}")
-    _, weights_digest, _ = weights.load(job.embed.weights)
-    settings = _plan_settings(job, weights_digest)
+    listing = _list(job)
+    summary.skipped_unsupported = listing.skipped
+    settings = _settings(job)
     with lock.hold(out, "ingest"):
-        todo = _plan_and_process(job, out, items, settings, summary, log)
-        _collect_totals(out, summary)
+        _plan_and_process(job, out, listing, settings, summary, log)
         summary.seconds = round(time.monotonic() - started, 2)
-        processed = sum(len(s.items) for s in todo)
-        summary.images_per_second = round(processed / summary.seconds, 2) if summary.seconds else 0.0
+        summary.images_per_second = round(summary.items_encoded / summary.seconds, 2) if summary.seconds else 0.0
         storage.write_bytes(out.join("summary.json"), json.dumps(asdict(summary), indent=2).encode())
     return summary
 
 
-def _plan_and_process(job: IngestJob, out: storage.Location, items: list, settings: dict,
-                      summary: IngestSummary, log) -> list[planning.Shard]:
-    """Plan against what ``out`` already holds and process the shards left; returns those."""
-    _check_previous(out, settings, job.overwrite)
+def _plan_and_process(job: IngestJob, out: storage.Location, listing: Listing, settings: dict,
+                      summary: IngestSummary, log) -> None:
+    """Plan against what ``out`` already holds, store the plan, and process the shards left."""
+    _check_previous(out, settings, job.shard_size, job.overwrite)
     if job.overwrite:
         _clear(out)
-    shards = planning.plan(items, job.shard_size, settings)
-    summary.shards = len(shards)
-    storage.write_table(out.join("manifest.parquet"), _manifest_table(shards))
+    previous_items, previous_shards = manifest.read_previous(out)
+    plan = planning.plan(listing.table, job.shard_size, settings, previous_items)
+    del previous_items
+    for name in ("inputs", "new", "changed", "removed"):
+        setattr(summary, name, plan.counts[name])
+    stored = manifest.write(out, plan, previous_shards)
     storage.write_bytes(out.join("plan.json"), json.dumps(
-        {"settings": settings, "shards": len(shards), "shard_size": job.shard_size,
-         "source": job.source}, indent=2).encode())
-    todo = planning.pending(shards, done_markers(out))
-    summary.shards_already_done = len(shards) - len(todo)
-    if todo:
-        log(f"ingest: {sum(len(s.items) for s in todo)} items in {len(todo)} of {len(shards)} shards "
-            f"to process ({summary.shards_already_done} already done)")
-        _process(job, out, todo, settings, summary, log)
-    else:
-        log(f"ingest: all {len(shards)} shards of {out.uri} are already done; nothing to do")
-    return todo
-
-
-def _collect_totals(out: storage.Location, summary: IngestSummary) -> None:
-    """Totals over every finished shard, this run's and earlier ones'."""
+        {"plan_version": PLAN_VERSION, "settings": settings, "shard_size": job.shard_size,
+         "shards": stored.num_rows, "source": job.source}, indent=2).encode())
+    for shard in plan.dropped:  # every item of these shards is gone: so are their rows
+        _delete_shard(out, shard)
+    records = {int(record["shard_id"]): record for record in done_records(out)}
+    pending = plan.pending_mask({shard: record["digest"] for shard, record in records.items()})
+    todo = stored.filter(pending)
+    finished = [records[shard] for shard in stored.filter(pc.invert(pending)).column("shard").to_pylist()]
+    summary.shards, summary.shards_already_done = stored.num_rows, len(finished)
     errors: Counter = Counter()
-    embedded = 0
-    for record in storage.read_json_folder(out.join(DONE_FOLDER)):
-        embedded += record["embedded"]
+    for record in finished:
+        summary.embedded += record["embedded"]
         errors.update(record["errors"])
-    summary.embedded, summary.errors = embedded, dict(sorted(errors.items()))
+    if todo.num_rows:
+        items = int(sum(todo.column("items").to_pylist()))
+        log(f"ingest: {items} items in {todo.num_rows} of {stored.num_rows} shards to process "
+            f"({len(finished)} already done; {plan.counts['new']} new, {plan.counts['changed']} changed, "
+            f"{plan.counts['removed']} removed items)")
+        _process(job, out, todo, items, settings, summary, errors, log)
+    else:
+        log(f"ingest: all {stored.num_rows} shards of {out.uri} are already done; nothing to do")
+    summary.errors = dict(sorted(errors.items()))
 
 
-def _process(job: IngestJob, out: storage.Location, todo: list[planning.Shard], settings: dict,
-             summary: IngestSummary, log) -> None:
+def _delete_shard(out: storage.Location, shard: int) -> None:
+    name = schema.shard_name(shard)
+    for location in (out.join(DONE_FOLDER, f"{name}.json"), out.join("embeddings", f"{name}.parquet"),
+                     out.join("errors", f"{name}.parquet")):
+        storage.delete(location)
+
+
+def _clear(out: storage.Location) -> None:
+    for folder in (DONE_FOLDER, "embeddings", "errors", manifest.MANIFEST_FOLDER):
+        for info in list(storage.list_files(out.join(folder), missing_ok=True)):
+            storage.delete(info.uri)
+    for name in (manifest.SHARDS_FILE, "manifest.parquet"):  # manifest.parquet: plan version 1
+        storage.delete(out.join(name))
+
+
+def _process(job: IngestJob, out: storage.Location, todo, items: int, settings: dict, summary: IngestSummary,
+             errors: Counter, log) -> None:
     import ray
     from tqdm import tqdm
 
     from latentsweep.cluster import connect, quiet_data_context
-    from latentsweep.codec.pooling import column_dims
-    from latentsweep.ingest.decode import read_and_decode
-    from latentsweep.ingest.encode import EncodeActor
+    from latentsweep.ingest.worker import ShardWorker
 
     resources = connect(job.address, quiet=job.quiet)
     layout = pool_layout(resources, job.embed, job.workers)
     summary.workers, summary.device = layout["size"], layout["device"]
     quiet_data_context()
-    items = [item for shard in todo for item in shard.items]
-    # Enough blocks that every encoder actor gets work, at most DECODE_BATCH rows each.
-    block_rows = max(1, min(DECODE_BATCH, math.ceil(len(items) / (4 * layout["size"]))))
-    blocks = [pa.table({"id": pa.array([i.id for i in chunk], pa.int64()),
-                        "shard": pa.array([i.shard for i in chunk], pa.int32()),
-                        "uri": pa.array([i.uri for i in chunk], pa.string())})
-              for chunk in (items[start:start + block_rows] for start in range(0, len(items), block_rows))]
+    units = todo.select(["shard", "digest", "part", "row_group"]).to_pylist()
+    sizes = dict(zip(todo.column("shard").to_pylist(), todo.column("items").to_pylist()))
+    dataset = ray.data.from_items(units, override_num_blocks=min(len(units), MAX_BLOCKS))
     embed = EmbedSettings(**{**asdict(job.embed), "device": layout["device"]})
-    decode_args = {"max_pixels": job.max_pixels, "min_side": job.min_side}
-    dataset = ray.data.from_arrow(blocks)
-    if layout["device"] == "cuda":
-        # GPU pools: CPU tasks decode so the GPU never waits on PNG/JPEG decoding.
-        dataset = dataset.map_batches(read_and_decode, fn_kwargs=decode_args, batch_size=block_rows,
-                                      batch_format="numpy", num_cpus=0.5)
-    dataset = (dataset
-               .map_batches(EncodeActor, fn_constructor_kwargs={
-                                "settings": embed, "torch_threads": layout["threads"],
-                                # CPU pools decode in the actor: shipping decoded pixels between
-                                # processes costs more than it frees on the same cores
-                                "decode": None if layout["device"] == "cuda" else decode_args},
-                            batch_size=job.embed.max_batch, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=layout["size"]),
-                            num_gpus=layout["num_gpus"], num_cpus=layout["num_cpus"]))
-    writer = ShardWriter(out, column_dims(job.embed.feature_set, job.embed.pooling),
-                         {key: settings[key] for key in ("codec", "weights_digest", "feature_set", "pooling")})
-    by_id = {shard.shard_id: shard for shard in todo}
-    pending_rows: dict[int, list[dict]] = defaultdict(list)
-    arrived: Counter = Counter()
-    bar = tqdm(total=len(items), unit="img", desc="ingest", disable=job.quiet, file=sys.stderr)
-    last_line = time.monotonic()
-    started = last_line
+    provenance = {key: settings[key] for key in ("codec", "weights_digest", "feature_set", "pooling")}
+    dataset = dataset.map_batches(
+        ShardWorker, fn_constructor_kwargs={
+            "out": out.uri, "settings": embed, "provenance": provenance,
+            "decode": {"max_pixels": job.max_pixels, "min_side": job.min_side},
+            "torch_threads": layout["threads"], "fetch_threads": layout["fetch_threads"]},
+        batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=layout["size"]),
+        num_gpus=layout["num_gpus"], num_cpus=layout["num_cpus"])
+    bar = tqdm(total=items, unit="img", desc="ingest", disable=job.quiet, file=sys.stderr)
+    started = last_line = time.monotonic()
     per_node: Counter = Counter()
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        per_node.update(batch.pop("node").tolist())
-        for shard_id in np.unique(batch["shard"]):
-            mask = batch["shard"] == shard_id
-            pending_rows[int(shard_id)].append({name: values[mask] for name, values in batch.items()})
-            arrived[int(shard_id)] += int(mask.sum())
-            shard = by_id[int(shard_id)]
-            if arrived[int(shard_id)] == len(shard.items):
-                parts = pending_rows.pop(int(shard_id))
-                rows = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-                writer.write(shard, rows)
-                summary.shards_processed += 1
-        bar.update(len(batch["id"]))
+        for shard, embedded, encoded, shard_errors, node in zip(
+                batch["shard"], batch["embedded"], batch["encoded"], batch["errors"], batch["node"]):
+            summary.shards_processed += 1
+            summary.embedded += int(embedded)
+            summary.items_encoded += int(encoded)
+            errors.update(json.loads(shard_errors))
+            per_node[node] += int(encoded)
+            bar.update(sizes[int(shard)])
         now = time.monotonic()
         if not job.quiet and now - last_line > 30:
-            log(f"ingest: {bar.n}/{len(items)} images, {bar.n / (now - started):.1f} images/s, "
-                f"{summary.shards_processed}/{len(todo)} shards written")
+            log(f"ingest: {bar.n}/{items} images, {bar.n / (now - started):.1f} images/s, "
+                f"{summary.shards_processed}/{todo.num_rows} shards written")
             last_line = now
     bar.close()
     summary.images_per_node = dict(sorted(per_node.items()))
-    if pending_rows:
-        raise RuntimeError(f"ingest pipeline ended with incomplete shards {sorted(pending_rows)}: rerun to resume")

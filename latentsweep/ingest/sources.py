@@ -1,4 +1,8 @@
-"""List an ingest source once: a folder or S3 prefix (recursive), or a manifest (Parquet/CSV)."""
+"""List an ingest source once: a folder or S3 prefix (recursive), or a manifest (Parquet/CSV).
+
+The listing is an Arrow table built in chunks, never a list of per-item Python objects: a 1M-item
+source costs its columns (about 100 bytes an item), not a kilobyte of objects an item.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,9 @@ import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from latentsweep import storage
 from latentsweep.errors import UsageError
@@ -15,13 +22,32 @@ LATENT_SUFFIXES = (".pt",)
 MANIFEST_SUFFIXES = (".parquet", ".csv")
 
 
-@dataclass(frozen=True)
-class SourceItem:
-    uri: str
-    size: int = -1
-    version: str = ""
-    label: str | None = None
-    family: str | None = None
+LISTING_CHUNK = 10_000  # entries turned into Arrow at a time: no per-item Python objects accumulate
+
+
+@dataclass
+class Listing:
+    """A listed source: one row per input (``uri``, ``size``, ``version``, ``label``, ``family``)
+    as an Arrow table, and the count of files skipped for their suffix (with a few examples)."""
+
+    table: pa.Table
+    skipped: int = 0
+    skipped_examples: tuple[str, ...] = ()
+
+    def items(self) -> list[dict]:
+        """The rows as dicts (small listings only: tests and experiments)."""
+        return self.table.to_pylist()
+
+
+LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("version", pa.string()),
+                            ("label", pa.string()), ("family", pa.string())])
+
+
+def listing_table(rows: list[tuple]) -> pa.Table:
+    """``(uri, size, version, label, family)`` tuples -> a listing table."""
+    columns = list(zip(*rows)) if rows else [[]] * 5
+    return pa.Table.from_arrays([pa.array(column, field.type) for column, field in zip(columns, LISTING_SCHEMA)],
+                                schema=LISTING_SCHEMA)
 
 
 def parse_families(spec: list[str] | str | None) -> dict[str, str]:
@@ -53,51 +79,74 @@ def is_manifest(source: str) -> bool:
 
 
 def list_source(source: str, labels_from_folders: bool = False,
-                families: dict[str, str] | None = None) -> tuple[list[SourceItem], list[str]]:
-    """(items to ingest, skipped URIs with unsupported suffixes). Items are sorted by URI."""
+                families: dict[str, str] | None = None) -> Listing:
+    """List ``source`` once: a manifest file, or a folder / S3 prefix (recursive; S3 prefixes are
+    listed in parallel, one request stream per top-level common prefix)."""
     families = families or {}
-    if is_manifest(source):
-        items = _read_manifest(source)
-        skipped: list[str] = []
-    else:
-        root = storage.Location.parse(source)
-        items, skipped = [], []
-        for info in storage.list_files(root):
-            if not info.uri.lower().endswith(IMAGE_SUFFIXES + LATENT_SUFFIXES):
-                skipped.append(info.uri)
-                continue
-            label = None
-            if labels_from_folders:
-                parts = PurePosixPath(root.relative(info.uri).replace(os.sep, "/")).parts
-                label = parts[0] if len(parts) > 1 else None
-            items.append(SourceItem(info.uri, info.size, info.version, label))
-    items = [item if item.family or item.label not in families else
-             SourceItem(item.uri, item.size, item.version, item.label, families[item.label])
-             for item in items]
-    return sorted(items, key=lambda item: item.uri), skipped
+    listing = _read_manifest(source) if is_manifest(source) else _list_tree(source, labels_from_folders)
+    if families:
+        table = listing.table
+        labels = table.column("label").combine_chunks().dictionary_encode()  # few distinct labels
+        mapped = pa.array([families.get(label) for label in labels.dictionary.to_pylist()], pa.string())
+        family = pc.coalesce(table.column("family"), mapped.take(labels.indices))
+        listing.table = table.set_column(table.schema.get_field_index("family"), "family", family)
+    return listing
 
 
-def _read_manifest(source: str) -> list[SourceItem]:
+def _list_tree(source: str, labels_from_folders: bool) -> Listing:
+    root = storage.Location.parse(source)
+    chunks, rows, skipped, examples = [], [], 0, []
+    for info in storage.list_tree(root):
+        if not info.uri.lower().endswith(IMAGE_SUFFIXES + LATENT_SUFFIXES):
+            skipped += 1
+            if len(examples) < 3:
+                examples.append(info.uri)
+            continue
+        label = None
+        if labels_from_folders:
+            parts = PurePosixPath(root.relative(info.uri).replace(os.sep, "/")).parts
+            label = parts[0] if len(parts) > 1 else None
+        rows.append((info.uri, info.size, info.version, label, None))
+        if len(rows) == LISTING_CHUNK:
+            chunks.append(listing_table(rows))
+            rows = []
+    chunks.append(listing_table(rows))
+    return Listing(pa.concat_tables(chunks), skipped, tuple(examples))
+
+
+def _read_manifest(source: str) -> Listing:
     import io
 
     import pyarrow.csv as pacsv
 
     location = storage.Location.parse(source)
     if source.lower().endswith(".csv"):
-        table = pacsv.read_csv(io.BytesIO(storage.read_bytes(location)))
+        table = pacsv.read_csv(io.BytesIO(storage.read_bytes(location)),
+                               convert_options=pacsv.ConvertOptions(column_types={
+                                   "uri": pa.string(), "label": pa.string(), "family": pa.string()}))
     else:
         table = storage.read_table(location)
     if "uri" not in table.column_names:
         raise UsageError(f"manifest {source} has no 'uri' column (columns: {', '.join(table.column_names)})")
     folder = posixpath.dirname(location.key) if location.is_s3 else os.path.dirname(location.key)
-    items = []
-    for row in table.to_pylist():
-        uri = str(row["uri"])
-        if "://" not in uri and not os.path.isabs(uri):  # relative to the manifest; may climb out of it
-            uri = (f"s3://{location.bucket}/{posixpath.normpath(posixpath.join(folder, uri)).lstrip('/')}"
-                   if location.is_s3 else os.path.normpath(os.path.join(folder, uri)))
-        items.append(SourceItem(uri, label=_text(row.get("label")), family=_text(row.get("family"))))
-    return items
+    chunks = []
+    for batch in table.to_batches(max_chunksize=LISTING_CHUNK):
+        names = batch.schema.names
+        text = {name: batch.column(name).cast(pa.string()).to_pylist() if name in names else [None] * batch.num_rows
+                for name in ("label", "family")}
+        rows = [(_absolute(str(uri), location, folder), -1, "", _text(label), _text(family))
+                for uri, label, family in zip(batch.column("uri").to_pylist(), text["label"], text["family"])]
+        chunks.append(listing_table(rows))
+    return Listing(pa.concat_tables(chunks) if chunks else listing_table([]))
+
+
+def _absolute(uri: str, manifest: storage.Location, folder: str) -> str:
+    """A manifest entry as a URI; relative entries are relative to the manifest (and may climb out)."""
+    if "://" in uri or os.path.isabs(uri):
+        return uri
+    if manifest.is_s3:
+        return f"s3://{manifest.bucket}/{posixpath.normpath(posixpath.join(folder, uri)).lstrip('/')}"
+    return os.path.normpath(os.path.join(folder, uri))
 
 
 def _text(value) -> str | None:

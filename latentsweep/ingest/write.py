@@ -1,7 +1,9 @@
 """Write one shard: ``embeddings/shard-N.parquet``, ``errors/shard-N.parquet``, then the done marker.
 
 Each file is written atomically; the marker comes last, so a crash leaves either a finished shard or
-one that the next run redoes (overwriting the same names: no duplicates).
+one that the next run redoes (overwriting the same names: no duplicates). Rows carry the input's
+version, so a shard rewritten after its items changed keeps the rows of the items that did not
+(:meth:`ShardWriter.reusable`): nothing is encoded twice.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import numpy as np
 import pyarrow as pa
 
 from latentsweep import schema, storage
-from latentsweep.ingest.plan import Shard
+from latentsweep.ingest.decode import Fetched
+from latentsweep.schema import shard_name
 
 DONE_FOLDER = "_done"
 REFERENCE_CODEC = ("jpegai-reference", "reference")  # codec, weights of rows read from .pt exports
+DECODE_ERRORS = ("not_image", "truncated", "too_large", "too_small", "unreadable")
 
 
 @dataclass
@@ -25,12 +29,16 @@ class ShardResult:
     shard_id: int
     embedded: int
     errors: dict[str, int]
+    encoded: int  # items fetched and encoded by this write (the others' rows were kept)
 
 
 def done_markers(out: storage.Location) -> dict[int, str]:
     """``{shard_id: digest}`` of the shards finished in ``out``."""
-    return {int(record["shard_id"]): record["digest"]
-            for record in storage.read_json_folder(out.join(DONE_FOLDER))}
+    return {int(record["shard_id"]): record["digest"] for record in done_records(out)}
+
+
+def done_records(out: storage.Location) -> list[dict]:
+    return storage.read_json_folder(out.join(DONE_FOLDER))
 
 
 class ShardWriter:
@@ -40,51 +48,80 @@ class ShardWriter:
         self.provenance = provenance  # codec, weights_digest, feature_set, pooling
         self.embedding_schema = schema.embedding_schema(columns)
 
-    def write(self, shard: Shard, rows: dict[str, np.ndarray]) -> ShardResult:
-        order = np.argsort(rows["id"], kind="stable")
-        rows = {name: values[order] for name, values in rows.items()}
-        failed = np.array([bool(e) for e in rows["error_type"]], dtype=bool)
-        ok = ~failed
-        storage.write_table(self.out.join("embeddings", f"{shard.name}.parquet"), self._embeddings(shard, rows, ok))
-        errors = pa.table({
-            "id": pa.array(rows["id"][failed], pa.int64()),
-            "uri": pa.array(list(rows["uri"][failed]), pa.string()),
-            "stage": pa.array(["decode" if e in ("not_image", "truncated", "too_large", "too_small",
-                                                 "unreadable") else "encode"
-                               for e in rows["error_type"][failed]], pa.string()),
-            "error_type": pa.array(list(rows["error_type"][failed]), pa.string()),
-            "message": pa.array(list(rows["message"][failed]), pa.string()),
+    def _files(self, shard_id: int) -> tuple[storage.Location, storage.Location]:
+        name = f"{shard_name(shard_id)}.parquet"
+        return self.out.join("embeddings", name), self.out.join("errors", name)
+
+    def reusable(self, shard_id: int, planned: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """The rows of the shard's previous files that still describe a planned item: same id and
+        version (and, for embeddings, label and family). Files of another schema version keep nothing."""
+        keys = {item_id: (version, label, family) for item_id, version, label, family in zip(
+            *(planned.column(name).to_pylist() for name in ("id", "version", "label", "family")))}
+        kept = []
+        for location, kind, fields in zip(self._files(shard_id), ("embeddings", "errors"),
+                                          (("version", "label", "family"), ("version",))):
+            table = self._previous(location, kind)
+            width = len(fields)
+            mask = [keys.get(row[0], (None,) * 3)[:width] == row[1:] for row in zip(
+                *(table.column(name).to_pylist() for name in ("id", *fields)))]
+            kept.append(table.filter(pa.array(mask, pa.bool_())))
+        embeddings, errors = kept
+        errors = errors.filter(pa.array(~np.isin(errors.column("id").to_numpy(), embeddings.column("id").to_numpy())))
+        return embeddings, errors
+
+    def _previous(self, location: storage.Location, kind: str) -> pa.Table:
+        empty = (self.embedding_schema if kind == "embeddings" else schema.ERROR_SCHEMA).empty_table()
+        if not storage.exists(location):
+            return empty
+        table = storage.read_table(location)
+        try:
+            schema.check(table.schema, kind, location.uri)
+        except schema.SchemaError:
+            return empty
+        return table if table.schema.equals(empty.schema, check_metadata=False) else empty
+
+    def write(self, shard_id: int, digest: str, planned: pa.Table, fetched: list[Fetched],
+              vectors: dict[str, np.ndarray], kept: tuple[pa.Table, pa.Table]) -> ShardResult:
+        """``fetched[i]`` and row i of ``vectors`` belong to the planned item with ``fetched[i].uri``."""
+        by_uri = {uri: row for row, uri in enumerate(planned.column("uri").to_pylist())}
+        rows = planned.take(pa.array([by_uri[item.uri] for item in fetched], pa.int64()))
+        failed = np.array([bool(item.error_type) for item in fetched], bool)
+        new_embeddings = self._embeddings(rows.filter(pa.array(~failed)), [f for f in fetched if not f.error_type],
+                                          {name: values[~failed] for name, values in vectors.items()})
+        bad = [item for item in fetched if item.error_type]
+        failed_rows = rows.filter(pa.array(failed))
+        new_errors = pa.table({
+            "id": failed_rows.column("id"), "uri": failed_rows.column("uri"), "version": failed_rows.column("version"),
+            "stage": pa.array(["decode" if item.error_type in DECODE_ERRORS else "encode" for item in bad], pa.string()),
+            "error_type": pa.array([item.error_type for item in bad], pa.string()),
+            "message": pa.array([item.message for item in bad], pa.string()),
         }, schema=schema.ERROR_SCHEMA)
-        storage.write_table(self.out.join("errors", f"{shard.name}.parquet"), errors)
-        counts = Counter(rows["error_type"][failed])
-        result = ShardResult(shard.shard_id, int(ok.sum()), dict(sorted(counts.items())))
-        marker = {"shard_id": shard.shard_id, "digest": shard.digest, "embedded": result.embedded,
-                  "errors": result.errors}
-        storage.write_bytes(self.out.join(DONE_FOLDER, f"{shard.name}.json"), json.dumps(marker).encode())
+        embeddings = pa.concat_tables([kept[0], new_embeddings]).sort_by("id")
+        errors = pa.concat_tables([kept[1], new_errors]).sort_by("id")
+        embeddings_file, errors_file = self._files(shard_id)
+        storage.write_table(embeddings_file, embeddings)
+        storage.write_table(errors_file, errors)
+        counts = Counter(errors.column("error_type").to_pylist())
+        result = ShardResult(shard_id, embeddings.num_rows, dict(sorted(counts.items())), len(fetched))
+        marker = {"shard_id": shard_id, "digest": digest, "embedded": result.embedded, "errors": result.errors,
+                  "encoded": result.encoded}
+        storage.write_bytes(self.out.join(DONE_FOLDER, f"{shard_name(shard_id)}.json"), json.dumps(marker).encode())
         return result
 
-    def _embeddings(self, shard: Shard, rows: dict[str, np.ndarray], ok: np.ndarray) -> pa.Table:
-        count = int(ok.sum())
-        # Labels come from the plan, not through the pipeline: Ray Data turns a batch column of
-        # nothing but None (an unlabelled night) into float NaN.
-        planned = {item.id: item for item in shard.items}
-        labelled = [planned[int(item_id)] for item_id in rows["id"][ok]]
-        latents = np.array([source == "latents" for source in rows["source"][ok]], dtype=bool)
-        codec = np.where(latents, REFERENCE_CODEC[0], self.provenance["codec"])
-        digest = np.where(latents, REFERENCE_CODEC[1], self.provenance["weights_digest"])
-        size = lambda name: pa.array([None if v < 0 else int(v) for v in rows[name][ok]], pa.int32())
-        text = lambda name: pa.array([None if v is None or v == "" else str(v) for v in rows[name][ok]],
-                                     pa.string())
+    def _embeddings(self, rows: pa.Table, fetched: list[Fetched], vectors: dict[str, np.ndarray]) -> pa.Table:
+        count = rows.num_rows
+        latents = [item.source == "latents" for item in fetched]
         arrays = [
-            pa.array(rows["id"][ok], pa.int64()), text("uri"), text("sha256"),
-            pa.array([item.label for item in labelled], pa.string()),
-            pa.array([item.family for item in labelled], pa.string()), size("width"), size("height"), text("source"),
-            pa.array(codec.tolist(), pa.string()), pa.array(digest.tolist(), pa.string()),
+            rows.column("id"), rows.column("uri"), pa.array([item.sha256 for item in fetched], pa.string()),
+            rows.column("version"), rows.column("label"), rows.column("family"),
+            pa.array([item.width for item in fetched], pa.int32()), pa.array([item.height for item in fetched], pa.int32()),
+            pa.array([item.source for item in fetched], pa.string()),
+            pa.array([REFERENCE_CODEC[0] if x else self.provenance["codec"] for x in latents], pa.string()),
+            pa.array([REFERENCE_CODEC[1] if x else self.provenance["weights_digest"] for x in latents], pa.string()),
             pa.array([self.provenance["feature_set"]] * count, pa.string()),
             pa.array([self.provenance["pooling"]] * count, pa.string()),
         ]
         for name, dim in self.columns.items():
-            values = np.ascontiguousarray(np.stack(list(rows[name][ok])) if count else
-                                          np.zeros((0, dim), np.float32), dtype=np.float32)
-            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim))
+            values = np.ascontiguousarray(vectors[name], dtype=np.float32).reshape(-1)
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(values), dim))
         return pa.Table.from_arrays(arrays, schema=self.embedding_schema)

@@ -35,7 +35,7 @@ def write_ingest_output(root: str, vectors: np.ndarray, labels: list[str], famil
         count = len(rows)
         columns = {
             "id": pa.array([ids[i] for i in rows], pa.int64()),
-            "uri": [f"img://{id_offset + i}" for i in rows], "sha256": [None] * count,
+            "uri": [f"img://{id_offset + i}" for i in rows], "sha256": [None] * count, "version": ["1"] * count,
             "label": [labels[i] for i in rows], "family": [families.get(labels[i]) for i in rows],
             "width": pa.array([64] * count, pa.int32()), "height": pa.array([64] * count, pa.int32()),
             "source": ["image"] * count, "codec": [codec] * count, "weights_digest": [weights] * count,

@@ -1,0 +1,82 @@
+"""The ingest plan on storage: ``DEST/manifest/part-NNNNN.parquet`` and ``DEST/shards.parquet``.
+
+Each part holds the items of :data:`SHARDS_PER_PART` consecutive shards, one Parquet row group per
+shard, so a worker reads exactly its shard's rows (one range read) and the driver hands it only
+``(shard, part, row group)``. ``shards.parquet`` lists the plan's shards (digest, item count, part,
+row group): the next run's baseline, and the shard list that ``index build`` reads instead of a glob.
+A run rewrites only the parts whose shards changed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from latentsweep import schema, storage
+from latentsweep.ingest.plan import Plan
+
+SHARDS_PER_PART = 1024
+MANIFEST_FOLDER = "manifest"
+SHARDS_FILE = schema.INGEST_SHARDS_FILE
+
+
+def part_name(part: int) -> str:
+    return f"part-{part:05d}.parquet"
+
+
+def read_previous(out: storage.Location) -> tuple[pa.Table | None, pa.Table | None]:
+    """(items, shards) of the plan stored in ``out``; (None, None) for a new output."""
+    if not storage.exists(out.join(SHARDS_FILE)):
+        return None, None
+    shards = storage.read_table(out.join(SHARDS_FILE))
+    schema.check(shards.schema, "manifest", out.join(SHARDS_FILE).uri)
+    items = storage.read_table(out.join(MANIFEST_FOLDER), columns=["id", "shard", "version", "label", "family"])
+    return items, shards
+
+
+def write(out: storage.Location, plan: Plan, previous_shards: pa.Table | None) -> pa.Table:
+    """Store ``plan``: the parts whose shards or digests changed, then ``shards.parquet`` (last, so a
+    crash in between leaves the old index of parts or a complete new one). Returns the shard table
+    with each shard's ``part`` and ``row_group``."""
+    shards = plan.shards
+    shard_ids = shards.column("shard").to_numpy()
+    parts = shard_ids // SHARDS_PER_PART
+    row_groups = np.zeros(len(shard_ids), np.int32)
+    previous = _digests_by_part(previous_shards)
+    current: dict[int, list] = {}
+    for row, (shard, part) in enumerate(zip(shard_ids.tolist(), parts.tolist())):
+        members = current.setdefault(part, [])
+        row_groups[row] = len(members)
+        members.append((shard, shards.column("digest")[row].as_py(), row))
+    for part, members in current.items():
+        if previous.get(part) == [(shard, digest) for shard, digest, _ in members]:
+            continue  # same shards, same items: the stored part is this part
+        buffer = pa.BufferOutputStream()
+        with pq.ParquetWriter(buffer, schema.MANIFEST_SCHEMA, compression="zstd") as writer:
+            for _, _, row in members:
+                writer.write_table(plan.shard_items(row), row_group_size=max(1, shards.column("items")[row].as_py()))
+        storage.write_bytes(out.join(MANIFEST_FOLDER, part_name(part)), buffer.getvalue().to_pybytes())
+    for part in set(previous) - set(current):
+        storage.delete(out.join(MANIFEST_FOLDER, part_name(part)))
+    stored = shards.drop_columns(["start"]).append_column("part", pa.array(parts, pa.int32())) \
+        .append_column("row_group", pa.array(row_groups, pa.int32()))
+    storage.write_table(out.join(SHARDS_FILE), stored, schema.tag("manifest"))
+    return stored
+
+
+def _digests_by_part(shards: pa.Table | None) -> dict[int, list[tuple[int, str]]]:
+    if shards is None:
+        return {}
+    by_part: dict[int, list[tuple[int, str]]] = {}
+    for shard, digest, part in zip(*(shards.column(name).to_pylist() for name in ("shard", "digest", "part"))):
+        by_part.setdefault(part, []).append((shard, digest))
+    return by_part
+
+
+def read_shard(out: storage.Location, part: int, row_group: int) -> pa.Table:
+    """The items of one shard: one row group of its manifest part."""
+    location = out.join(MANIFEST_FOLDER, part_name(part))
+    with storage.parquet_errors(location):
+        with storage.filesystem(location).open_input_file(location.fs_path) as handle:
+            return pq.ParquetFile(handle).read_row_group(row_group)
