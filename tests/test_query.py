@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -300,3 +301,66 @@ def test_interrupted_sweeps_resume_to_identical_results(reference, tmp_path):
         assert a.equals(b), name
     success = json.loads((partition / "_SUCCESS.json").read_text())
     assert success["summary"]["queries"] == 1200
+
+
+def test_a_rebuild_mid_sweep_leaves_the_sweep_on_its_version(tmp_path, ray_session):
+    """The index is rebuilt (other references) after the sweep's first part, and the sweep's query
+    actor is killed: the restarted actor loads the version the sweep began with (its pinned address),
+    so every part equals a sweep against a copy of the old index."""
+    import shutil
+    import threading
+
+    import psutil
+
+    vectors, assignment = clustered(300, len(LABELS), DIM, seed=7, spread=0.25)
+    write_ingest_output(str(tmp_path / "ref-a"), vectors, [LABELS[a] for a in assignment], FAMILIES, files=2)
+    other, other_assignment = clustered(300, len(LABELS), DIM, seed=8, spread=0.25)
+    write_ingest_output(str(tmp_path / "ref-b"), other, [LABELS[a] for a in other_assignment], FAMILIES, files=2,
+                        id_offset=90_000)
+    queries, query_assignment = clustered(180, len(LABELS), DIM, seed=9, spread=0.25)
+    write_ingest_output(str(tmp_path / "night"), queries, [LABELS[a] for a in query_assignment], FAMILIES,
+                        files=6, id_offset=70_000)
+    index = tmp_path / "index"
+    build(IndexJob([str(tmp_path / "ref-a")], str(index), shards=1, quiet=True))
+    shutil.copytree(index, tmp_path / "old-index")
+    run = lambda index_path, out: sweep(SweepJob([str(tmp_path / "night")], str(index_path), str(out),
+                                                 date="2026-11-23", quiet=True, workers=1))
+    run(tmp_path / "old-index", tmp_path / "clean")
+    done = tmp_path / "disturbed" / "date=2026-11-23" / "_done"
+    events: list[str] = []
+
+    def rebuild_then_kill_the_actor():
+        try:
+            rebuild_and_kill()
+        except Exception as error:  # reported by the assertion below
+            events.append(repr(error))
+
+    def rebuild_and_kill():
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not (done.exists() and any(done.iterdir())):
+            time.sleep(0.01)
+        build(IndexJob([str(tmp_path / "ref-b")], str(index), shards=1, quiet=True))
+        events.append(f"rebuilt after {len(list(done.iterdir()))} parts")
+        for process in psutil.Process().children(recursive=True):
+            try:
+                if "SweepWorker" in " ".join(process.cmdline()):
+                    process.kill()
+                    events.append("killed")
+            except psutil.NoSuchProcess:
+                pass
+
+    thread = threading.Thread(target=rebuild_then_kill_the_actor)
+    thread.start()
+    disturbed = run(index, tmp_path / "disturbed")
+    thread.join()
+    assert "killed" in events and int(events[0].split()[2]) < 6, events
+    assert disturbed.queries == 180 and disturbed.parts == 6
+    columns = ["id", "predicted_label", "neighbor_ids", "neighbor_scores"]
+    for part in sorted((tmp_path / "clean" / "date=2026-11-23").glob("part-*.parquet")):
+        same = pq.read_table(tmp_path / "disturbed" / "date=2026-11-23" / part.name, columns=columns)
+        assert same.equals(pq.read_table(part, columns=columns)), part.name
+    fresh = run(index, tmp_path / "fresh")  # a new sweep follows the rebuild: other neighbours
+    assert fresh.queries == 180
+    first = sorted((tmp_path / "fresh" / "date=2026-11-23").glob("part-*.parquet"))[0]
+    assert not pq.read_table(first, columns=["neighbor_ids"]).equals(
+        pq.read_table(tmp_path / "clean" / "date=2026-11-23" / first.name, columns=["neighbor_ids"]))

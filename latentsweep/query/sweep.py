@@ -174,11 +174,13 @@ def _sweep(job: SweepJob, location: storage.Location, log) -> SweepSummary:
     import ray
 
     from latentsweep.cluster import connect, cpus_and_gpus, quiet_data_context, thread_env
-    from latentsweep.index.manifest import load, sha256
+    from latentsweep.index.manifest import load, sha256, version_uri
 
     started = time.monotonic()
     summary = SweepSummary(location.uri)
     manifest = load(job.index)
+    # every actor loads this version, even if a rebuild switches INDEX/manifest.json mid-sweep
+    pinned = version_uri(job.index, manifest)
     index_digest = sha256(manifest.to_json().encode())
     settings = {"k": job.k, "weighted": job.weighted, "open_set_threshold": job.open_set_threshold}
     files = features.embedding_files(job.queries)
@@ -198,13 +200,13 @@ def _sweep(job: SweepJob, location: storage.Location, log) -> SweepSummary:
         quiet_data_context()
         from latentsweep.query.actor import start_parts
 
-        index_parts = start_parts(job.index, job.index_parts, num_gpus=1 if gpus else 0) if job.index_parts > 1 else None
+        index_parts = start_parts(pinned, job.index_parts, num_gpus=1 if gpus else 0) if job.index_parts > 1 else None
         log(f"sweep: {len(todo)} of {len(parts)} query files to attribute with {size} query actors"
             + (f" over {len(index_parts)} index parts" if index_parts else ""))
         dataset = ray.data.from_items([{"uri": u, "part": n, "digest": d} for u, n, d in todo],
                                       override_num_blocks=len(todo))
         dataset = dataset.map_batches(
-            SweepWorker, fn_constructor_kwargs={"index_uri": job.index, "settings": settings,
+            SweepWorker, fn_constructor_kwargs={"index_uri": pinned, "settings": settings,
                                                 "partition_uri": location.uri, "parts": index_parts},
             batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
             num_gpus=1 if gpus and not index_parts else 0,  # with parts, the part actors hold the GPUs
