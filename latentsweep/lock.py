@@ -24,7 +24,9 @@ from latentsweep.errors import JobFailed
 
 LOCK_FILE = "_lock"
 LEASE_FILE = "_lock.json"
-LEASE_SECONDS = 120.0
+# How long a lease lives without renewal; LATENTSWEEP_LEASE_SECONDS changes it (all writers of one
+# output must agree).
+LEASE_SECONDS = float(os.environ.get("LATENTSWEEP_LEASE_SECONDS") or 120)
 RENEW_SECONDS = LEASE_SECONDS / 4
 PRECONDITION_CODES = ("PreconditionFailed", "ConditionalRequestConflict")  # another writer got there first
 
@@ -49,10 +51,26 @@ def _busy(out: storage.Location, holder: dict, detail: str = "") -> OutputBusy:
 
 
 @contextlib.contextmanager
-def hold(out: storage.Location, stage: str) -> Iterator[None]:
-    """Hold ``out``'s lock for the ``with`` block, or raise :class:`OutputBusy`."""
-    with (_hold_lease(out, stage) if out.is_s3 else _hold_flock(out, stage)):
-        yield
+def hold(out: storage.Location, stage: str) -> Iterator["Held"]:
+    """Hold ``out``'s lock for the ``with`` block, or raise :class:`OutputBusy`. The job calls
+    :meth:`Held.check` as it goes: an S3 lease taken over by another run stops the writer."""
+    held = Held(out)
+    with (_hold_lease(out, stage, held) if out.is_s3 else _hold_flock(out, stage)):
+        yield held
+
+
+class LockLost(JobFailed):
+    """Another run took over this run's lease (it was not renewed in time): stop writing."""
+
+
+class Held:
+    def __init__(self, out: storage.Location):
+        self.out, self.lost = out, threading.Event()
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise LockLost(f"lost the lock on {self.out.uri} to another run (the lease was not renewed within "
+                           f"{LEASE_SECONDS:.0f} s and was taken over): stopped; finished work is kept")
 
 
 @contextlib.contextmanager
@@ -124,11 +142,11 @@ def _parse(text: str | bytes) -> dict:
 
 
 @contextlib.contextmanager
-def _hold_lease(out: storage.Location, stage: str) -> Iterator[None]:
+def _hold_lease(out: storage.Location, stage: str, held: Held) -> Iterator[None]:
     lease = _Lease(out.join(LEASE_FILE), _holder(stage))
     lease.acquire(out)
     stop = threading.Event()
-    heartbeat = threading.Thread(target=lease.renew_until, args=(stop,), daemon=True)
+    heartbeat = threading.Thread(target=lease.renew_until, args=(stop, held.lost), daemon=True)
     heartbeat.start()
     try:
         yield
@@ -172,12 +190,15 @@ class _Lease:
                 raise _busy(out, other, " (taken over by another run just now)") from None
             raise storage.explain(error, self.location, "lock") from None
 
-    def renew_until(self, stop: threading.Event) -> None:
+    def renew_until(self, stop: threading.Event, lost: threading.Event) -> None:
         while not stop.wait(RENEW_SECONDS):
             try:
                 self.etag = self._put(IfMatch=self.etag)
-            except Exception:  # storage down: the next beat retries; the job's own writes will fail
-                continue
+            except Exception as error:
+                if storage.error_code(error) in PRECONDITION_CODES:  # another run holds it now
+                    lost.set()
+                    return
+                continue  # storage down: the next beat retries; the job's own writes will fail
 
     def release(self) -> None:
         try:

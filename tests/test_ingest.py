@@ -464,3 +464,92 @@ def test_decode_and_pool_never_crash(seed, mode, width, height, fmt, cut):
     for column, values in alone.items():
         assert np.isfinite(values).all()
         np.testing.assert_allclose(values[0], together[column][1], atol=1e-5)
+
+
+def test_growing_and_shrinking_a_corpus_encodes_only_what_changed(tmp_path, ray_session):
+    """Stable shards through the real pipeline: +10% images (and one rewritten) encode just those,
+    the finished shards' files stay untouched; removed images leave the output and the index; a
+    whole shard removed is dropped with its files; another --shard-size is refused. --dry-run on the
+    command line predicts each step and writes nothing."""
+    import shutil
+
+    from latentsweep.index.build import IndexJob, build
+    from latentsweep.ingest.run import dry_run
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    photo_corpus(corpus, labels=("alpha", "beta"), per_label=10, size=(48, 48))
+    settings = dict(labels_from_folders=True, shard_size=4)
+    first = run(job(corpus, out, **settings))
+    assert first.embedded == first.items_encoded == 20 and first.shards == 5
+    stamps = lambda: {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    before = stamps()
+
+    extra = photo_corpus(tmp_path / "extra", labels=("alpha",), per_label=2, size=(56, 40))
+    for path in extra:
+        shutil.copy(path, corpus / "alpha" / f"new-{path.name}")
+    changed = corpus / "beta" / "003.png"
+    changed.write_bytes((corpus / "beta" / "004.png").read_bytes())  # new bytes, new mtime
+    cli = [sys.executable, "-m", "latentsweep", "ingest", str(corpus), "--out", str(out), "--labels-from-folders",
+           "--shard-size", "4", "--weights", "untrained", "--feature-set", "selected", "--device", "cpu", "--dry-run"]
+    predicted = run_command(cli)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    plan = json.loads(predicted.stdout.strip().splitlines()[-1])
+    assert stamps() == before, "--dry-run wrote something"
+    assert (plan["inputs"], plan["new"], plan["changed"], plan["removed"]) == (22, 2, 1, 0)
+    assert plan["shards_total"] == 6 and plan["shards_to_process"] == 2 and plan["items_to_encode"] == 3
+
+    grown = run(job(corpus, out, **settings))
+    assert grown.items_encoded == 3 and grown.embedded == 22 and grown.shards_already_done == 4
+    after = stamps()
+    rewritten = {path.name for path, stamp in after.items() if before.get(path) not in (None, stamp)
+                 and path.parts[0] in ("embeddings", "errors", "_done")}
+    manifest_rows = storage.read_table(str(out / "manifest")).to_pylist()
+    shard_of = {row["uri"]: row["shard"] for row in manifest_rows}
+    assert rewritten == {f"shard-{shard_of[str(changed)]:05d}{suffix}" for suffix in (".parquet", ".json")}
+    embeddings, _ = read_output(out)
+    assert embeddings.num_rows == 22 and len(set(embeddings.column("id").to_pylist())) == 22
+
+    dropped = sorted(uri for uri, shard in shard_of.items() if shard == 0)
+    removed = dropped + [next(uri for uri, shard in shard_of.items() if shard == 1)]
+    for uri in removed:
+        os.unlink(uri)
+    assert dry_run(job(corpus, out, **settings))["shards_dropped"] == 1
+    shrunk = run(job(corpus, out, **settings))
+    assert shrunk.removed == len(removed) == 5 and shrunk.items_encoded == 0 and shrunk.embedded == 17
+    assert not (out / "embeddings" / "shard-00000.parquet").exists() and not (out / "_done" / "shard-00000.json").exists()
+    embeddings, _ = read_output(out)
+    assert embeddings.num_rows == 17 and not set(removed) & set(embeddings.column("uri").to_pylist())
+    manifest = build(IndexJob([str(out)], str(tmp_path / "index"), features="2lat", shards=1, quiet=True))
+    assert manifest.vectors == 17
+    with pytest.raises(ValueError, match="is sharded 4 items a shard, not 8"):
+        run(job(corpus, out, labels_from_folders=True, shard_size=8))
+
+
+def test_a_lost_s3_lease_stops_the_writer(s3_env, tmp_path):
+    """Another run takes the lease over while an ingest runs (a lease of 2 s, so the takeover is
+    possible at once): the ingest stops with exit 3 saying it lost the lock; finished shards stay."""
+    from conftest import s3_variables
+
+    bucket = s3_env["bucket"]
+    for path in photo_corpus(tmp_path / "corpus", per_label=6, size=(64, 64)):
+        storage.write_bytes(f"s3://{bucket}/in/{path.parent.name}/{path.name}", path.read_bytes())
+    command = [sys.executable, "-m", "latentsweep", "ingest", f"s3://{bucket}/in", "--out", f"s3://{bucket}/out",
+               "--shard-size", "1", "--batch-size", "1", "--workers", "1", "--weights", "untrained",
+               "--feature-set", "2lat", "--device", "cpu", "--quiet"]
+    process = subprocess.Popen(command, env=local_env({**s3_variables(s3_env), "LATENTSWEEP_LEASE_SECONDS": "2"}),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    client = s3_env["client"]
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not list(storage.list_files(f"s3://{bucket}/out/_done")):
+        time.sleep(0.1)
+    client.put_object(Bucket=bucket, Key="out/_lock.json",
+                      Body=json.dumps({"stage": "ingest", "host": "elsewhere", "pid": 1}).encode())
+    try:
+        _, stderr = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 3, stderr[-3000:]
+    assert "lost the lock on s3://" in stderr and "taken over" in stderr
+    done = len(list(storage.list_files(f"s3://{bucket}/out/_done")))
+    assert 1 <= done < 18, "the writer must stop before the end"

@@ -259,15 +259,15 @@ def _log(job: IndexJob):
 def build(job: IndexJob) -> Manifest:
     """Build an index from scratch at ``job.out``."""
     files = check(job, existing=None)
-    with lock.hold(storage.Location.parse(job.out), "index build"):
-        return _run(job, files, existing=None)
+    with lock.hold(storage.Location.parse(job.out), "index build") as held:
+        return _run(job, files, None, held)
 
 
 def add(job: IndexJob) -> Manifest:
     """Append ``job.sources`` to the index at ``job.out`` as new shards (scaler and type unchanged)."""
     files = check(job, existing=load(job.out))
-    with lock.hold(storage.Location.parse(job.out), "index add"):
-        return _run(job, files, existing=load(job.out))
+    with lock.hold(storage.Location.parse(job.out), "index add") as held:
+        return _run(job, files, load(job.out), held)
 
 
 def _feature_spec(job: IndexJob, existing: Manifest | None) -> str:
@@ -328,7 +328,7 @@ def _discard(root: storage.Location, version: str) -> None:
         shutil.rmtree(folder.key, ignore_errors=True)
 
 
-def _run(job: IndexJob, files: list[str], existing: Manifest | None) -> Manifest:
+def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.Held) -> Manifest:
     import ray
 
     from latentsweep.cluster import connect
@@ -457,6 +457,7 @@ def _run(job: IndexJob, files: list[str], existing: Manifest | None) -> Manifest
         recall_queries=queries if recall else existing.recall_queries if existing else 0,
         recall_tried=recall["tried"] if recall else existing.recall_tried if existing else [],
         skipped_existing_ids=skipped_total)
+    held.check()  # never switch the manifest of an index another run has taken over
     save(root.uri, manifest)
     removed = clean(root.uri, [manifest] + ([previous] if previous else []))
     added = sum(r["entry"]["count"] for r in results)

@@ -182,8 +182,8 @@ def run(job: IngestJob, log=None) -> IngestSummary:
     listing = _list(job)
     summary.skipped_unsupported = listing.skipped
     settings = _settings(job)
-    with lock.hold(out, "ingest"):
-        _plan_and_process(job, out, listing, settings, summary, log)
+    with lock.hold(out, "ingest") as held:
+        _plan_and_process(job, out, listing, settings, summary, log, held)
         summary.seconds = round(time.monotonic() - started, 2)
         summary.images_per_second = round(summary.items_encoded / summary.seconds, 2) if summary.seconds else 0.0
         storage.write_bytes(out.join("summary.json"), json.dumps(asdict(summary), indent=2).encode())
@@ -191,7 +191,7 @@ def run(job: IngestJob, log=None) -> IngestSummary:
 
 
 def _plan_and_process(job: IngestJob, out: storage.Location, listing: Listing, settings: dict,
-                      summary: IngestSummary, log) -> None:
+                      summary: IngestSummary, log, held: lock.Held) -> None:
     """Plan against what ``out`` already holds, store the plan, and process the shards left."""
     _check_previous(out, settings, job.shard_size, job.overwrite)
     if job.overwrite:
@@ -221,7 +221,7 @@ def _plan_and_process(job: IngestJob, out: storage.Location, listing: Listing, s
         log(f"ingest: {items} items in {todo.num_rows} of {stored.num_rows} shards to process "
             f"({len(finished)} already done; {plan.counts['new']} new, {plan.counts['changed']} changed, "
             f"{plan.counts['removed']} removed items)")
-        _process(job, out, todo, items, settings, summary, errors, log)
+        _process(job, out, todo, items, settings, summary, errors, log, held)
     else:
         log(f"ingest: all {stored.num_rows} shards of {out.uri} are already done; nothing to do")
     summary.errors = dict(sorted(errors.items()))
@@ -243,7 +243,7 @@ def _clear(out: storage.Location) -> None:
 
 
 def _process(job: IngestJob, out: storage.Location, todo, items: int, settings: dict, summary: IngestSummary,
-             errors: Counter, log) -> None:
+             errors: Counter, log, held: lock.Held) -> None:
     import ray
     from tqdm import tqdm
 
@@ -270,6 +270,7 @@ def _process(job: IngestJob, out: storage.Location, todo, items: int, settings: 
     started = last_line = time.monotonic()
     per_node: Counter = Counter()
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        held.check()  # a run that lost its lease stops handing out shards
         for shard, embedded, encoded, shard_errors, node in zip(
                 batch["shard"], batch["embedded"], batch["encoded"], batch["errors"], batch["node"]):
             summary.shards_processed += 1

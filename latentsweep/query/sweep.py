@@ -166,11 +166,11 @@ def sweep(job: SweepJob, log=None) -> SweepSummary:
     """Attribute every query file of ``job`` into its date partition; one sweep per partition at a time."""
     check_queries(features.embedding_files(job.queries), check(job))
     location = partition(job)
-    with lock.hold(location, "sweep"):
-        return _sweep(job, location, log or stage_log(job.quiet))
+    with lock.hold(location, "sweep") as held:
+        return _sweep(job, location, log or stage_log(job.quiet), held)
 
 
-def _sweep(job: SweepJob, location: storage.Location, log) -> SweepSummary:
+def _sweep(job: SweepJob, location: storage.Location, log, held: lock.Held) -> SweepSummary:
     import ray
 
     from latentsweep.cluster import connect, cpus_and_gpus, quiet_data_context, thread_env
@@ -213,6 +213,7 @@ def _sweep(job: SweepJob, location: storage.Location, log) -> SweepSummary:
             num_cpus=1 if gpus else min(1.0, max(0.5, cpus / size)), runtime_env=thread_env(threads))
         threading.Thread(target=report.warm_up, daemon=True).start()
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            held.check()  # a run that lost its lease stops here
             log(f"sweep: attributed {int(batch['rows'].sum())} queries ({', '.join(batch['part'])})")
         for actor in index_parts or []:
             ray.kill(actor)
