@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -50,15 +49,27 @@ storage.write_bytes(out.join("plan.json"), json.dumps({"plan_version": PLAN_VERS
 """
 
 
-def peak_rss_mb(code: list[str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS in MB, stdout) of a child process."""
+# Runs a module or a snippet and reports the process's own peak RSS on stderr as its last line.
+MEASURED = """
+import resource, runpy, sys
+target, sys.argv = sys.argv[1], sys.argv[1:]
+try:
+    runpy.run_module(target, run_name="__main__") if not target.startswith("-c") else exec(target[2:])
+finally:
+    print(f"peak_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+"""
+
+
+def peak_rss_mb(target: str, *args: str) -> tuple[float, float, str]:
+    """(seconds, peak RSS in MB, stdout) of one child process running module ``target`` (or code
+    ``"-c..."``) with ``args``."""
     started = time.perf_counter()
-    child = subprocess.run(code, capture_output=True, text=True)
+    child = subprocess.run([sys.executable, "-c", MEASURED, target, *args], capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if child.returncode:
         sys.exit(child.stderr[-3000:])
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the largest child so far: run in order of size
-    return seconds, usage.ru_maxrss / 1024, child.stdout
+    peak_kb = int(child.stderr.strip().splitlines()[-1].removeprefix("peak_kb="))
+    return seconds, peak_kb / 1024, child.stdout
 
 
 def manifest_of(path: Path, count: int) -> None:
@@ -72,14 +83,13 @@ def manifest_of(path: Path, count: int) -> None:
 
 def dry_runs(entries: list[int], work: Path) -> list[dict]:
     rows = []
-    base_seconds, base_mb, _ = peak_rss_mb([sys.executable, "-c", BASELINE])
+    base_seconds, base_mb, _ = peak_rss_mb("-c" + BASELINE)
     for count in entries:
         old, grown, out = work / f"old-{count}.parquet", work / f"grown-{count}.parquet", work / f"out-{count}"
         manifest_of(old, int(count * 0.9))
         manifest_of(grown, count)
-        peak_rss_mb([sys.executable, "-c", STORE_PLAN, str(old), str(out)])
-        seconds, peak_mb, stdout = peak_rss_mb([sys.executable, "-m", "latentsweep", "ingest", str(grown), "--out",
-                                                str(out), "--dry-run"])
+        peak_rss_mb("-c" + STORE_PLAN, str(old), str(out))
+        seconds, peak_mb, stdout = peak_rss_mb("latentsweep", "ingest", str(grown), "--out", str(out), "--dry-run")
         plan = json.loads(stdout.strip().splitlines()[-1])
         assert plan["new"] == count - int(count * 0.9), plan
         rows.append({"step": f"ingest --dry-run, {count:,} entries (10% new)", "seconds": round(seconds, 2),
@@ -107,7 +117,10 @@ summary = run(IngestJob(sys.argv[1], sys.argv[2], EmbedSettings(feature_set="all
                         quiet=True, address=cluster.address, workers=2))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"embedded": summary.embedded, "seconds": summary.seconds, "nodes": len(summary.images_per_node),
-                  "driver_peak_mb": round(peak / 1024), "driver_growth_mb": round((peak - ready) / 1024)}))
+                  "driver_peak_mb": round(peak / 1024), "driver_growth_mb": round((peak - ready) / 1024)}), flush=True)
+import ray
+ray.shutdown()
+cluster.shutdown()
 """
 
 
@@ -123,9 +136,11 @@ def ingests(sizes: list[int], work: Path) -> list[dict]:
                 target.symlink_to(path)
         child = subprocess.run([sys.executable, "-c", DRIVER, str(folder), str(work / f"emb-{count}")],
                                capture_output=True, text=True)
-        if child.returncode:
-            sys.exit(child.stderr[-3000:])
-        result = json.loads(child.stdout.strip().splitlines()[-1])
+        lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
+        if not lines:  # (Ray's teardown may still exit non-zero after a finished run)
+            sys.exit(f"ingest of {count} images failed ({child.returncode}):\n" + "\n".join(
+                line for line in child.stderr.splitlines() if "Warning" not in line)[-4000:])
+        result = json.loads(lines[-1])
         rows.append({"step": f"ingest of {count:,} images, 2 local nodes", "seconds": result["seconds"],
                      "driver_peak_mb": result["driver_peak_mb"], "driver_growth_mb": result["driver_growth_mb"],
                      "nodes": result["nodes"], "embedded": result["embedded"]})

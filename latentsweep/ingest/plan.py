@@ -70,8 +70,7 @@ def plan(listing: pa.Table, shard_size: int, settings: dict, previous: pa.Table 
     """Plan ``listing`` (uri, size, version, label, family) against ``previous`` (the last manifest).
     Duplicate URIs collapse to one item (the first listed)."""
     ids = stable_ids(listing.column("uri"))
-    ids, first = np.unique(ids, return_index=True)  # sorted by id, one row per URI
-    listing = listing.take(pa.array(first))
+    ids, first = np.unique(ids, return_index=True)  # sorted by id, one row per URI (rows of ``listing``)
     shards = np.full(len(ids), -1, np.int32)
     fresh = np.ones(len(ids), bool)
     counts = {"inputs": len(ids), "unchanged": 0, "new": 0, "changed": 0, "removed": 0}
@@ -87,7 +86,7 @@ def plan(listing: pa.Table, shard_size: int, settings: dict, previous: pa.Table 
         changed = np.zeros(known.sum(), bool)
         for name in ("version", "label", "family"):
             before = _text(previous.column(name).take(rows))
-            now = _text(listing.column(name).filter(pa.array(known)))
+            now = _text(listing.column(name).take(pa.array(first[known])))
             changed |= pc.not_equal(before, now).to_numpy(zero_copy_only=False)
         fresh[known] = changed
         old_shards = previous.column("shard").to_numpy()
@@ -99,11 +98,10 @@ def plan(listing: pa.Table, shard_size: int, settings: dict, previous: pa.Table 
     counts["new"] = int(new.sum())
     shards[new] = next_shard + np.arange(counts["new"]) // max(1, shard_size)
     order = np.lexsort((ids, shards))
-    items = pa.Table.from_arrays([
-        pa.array(ids[order], pa.int64()), pa.array(shards[order], pa.int32()),
-        listing.column("uri").take(pa.array(order)), listing.column("size").take(pa.array(order)),
-        listing.column("version").take(pa.array(order)), listing.column("label").take(pa.array(order)),
-        listing.column("family").take(pa.array(order))], schema=MANIFEST_SCHEMA)
+    rows = pa.array(first[order])  # one copy of the listing, in plan order
+    items = pa.Table.from_arrays([pa.array(ids[order], pa.int64()), pa.array(shards[order], pa.int32())] +
+                                 [listing.column(name).take(rows) for name in ("uri", "size", "version", "label",
+                                                                              "family")], schema=MANIFEST_SCHEMA)
     return Plan(items, shard_table(items, settings), counts, dropped, fresh[order])
 
 

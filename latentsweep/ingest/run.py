@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from latentsweep import lock, schema, storage
@@ -143,6 +144,9 @@ def _settings(job: IngestJob) -> dict:
 
 
 def _list(job: IngestJob) -> Listing:
+    # The driver plans with the system allocator: Arrow's default (mimalloc) keeps freed pages, about
+    # twice the live listing at 1M items (benchmarks/bench_scale.py); workers keep the default.
+    pa.set_memory_pool(pa.system_memory_pool())
     listing = list_source(job.source, job.labels_from_folders, job.families)
     if not listing.table.num_rows:
         raise UsageError(f"no images or .pt latents found in {job.source}")

@@ -11,6 +11,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -129,15 +130,33 @@ def _read_manifest(source: str) -> Listing:
     if "uri" not in table.column_names:
         raise UsageError(f"manifest {source} has no 'uri' column (columns: {', '.join(table.column_names)})")
     folder = posixpath.dirname(location.key) if location.is_s3 else os.path.dirname(location.key)
-    chunks = []
-    for batch in table.to_batches(max_chunksize=LISTING_CHUNK):
-        names = batch.schema.names
-        text = {name: batch.column(name).cast(pa.string()).to_pylist() if name in names else [None] * batch.num_rows
-                for name in ("label", "family")}
-        rows = [(_absolute(str(uri), location, folder), -1, "", _text(label), _text(family))
-                for uri, label, family in zip(batch.column("uri").to_pylist(), text["label"], text["family"])]
-        chunks.append(listing_table(rows))
-    return Listing(pa.concat_tables(chunks) if chunks else listing_table([]))
+    count = table.num_rows
+    texts = {name: _nullable_text(table.column(name)) if name in table.column_names else pa.nulls(count, pa.string())
+             for name in ("label", "family")}
+    columns = [_absolute_uris(table.column("uri").cast(pa.string()), location, folder),
+               pa.array(np.full(count, -1, np.int64)), pc.fill_null(pa.nulls(count, pa.string()), ""),
+               texts["label"], texts["family"]]
+    return Listing(pa.Table.from_arrays(columns, schema=LISTING_SCHEMA))
+
+
+def _nullable_text(column) -> pa.ChunkedArray:
+    """A manifest column as strings, empty strings as NULL (no label)."""
+    text = column.cast(pa.string())
+    return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+
+
+def _absolute_uris(uris: pa.ChunkedArray, manifest: storage.Location, folder: str) -> pa.ChunkedArray:
+    """Manifest entries as URIs, column-wise: URIs and absolute paths stay; relative entries are
+    joined to the manifest's folder (and normalised in Python: they may climb out with "..")."""
+    relative = pc.invert(pc.or_(pc.match_substring(uris, "://"), pc.starts_with(uris, "/")))
+    if not pc.any(relative).as_py():
+        return uris
+    positions = np.flatnonzero(relative.to_numpy(zero_copy_only=False))
+    joined = pa.array([_absolute(uri, manifest, folder) for uri in uris.take(pa.array(positions)).to_pylist()],
+                      pa.string())
+    mask = np.zeros(len(uris), bool)
+    mask[positions] = True
+    return pc.replace_with_mask(uris.combine_chunks(), pa.array(mask), joined)
 
 
 def _absolute(uri: str, manifest: storage.Location, folder: str) -> str:
@@ -147,7 +166,3 @@ def _absolute(uri: str, manifest: storage.Location, folder: str) -> str:
     if manifest.is_s3:
         return f"s3://{manifest.bucket}/{posixpath.normpath(posixpath.join(folder, uri)).lstrip('/')}"
     return os.path.normpath(os.path.join(folder, uri))
-
-
-def _text(value) -> str | None:
-    return None if value is None or value == "" else str(value)
