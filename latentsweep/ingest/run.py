@@ -256,6 +256,7 @@ def _process(job: IngestJob, out: storage.Location, todo, items: int, settings: 
 
     resources = connect(job.address, quiet=job.quiet)
     layout = pool_layout(resources, job.embed, job.workers)
+    layout["size"] = min(layout["size"], todo.num_rows)  # an actor without a shard would only load the codec
     summary.workers, summary.device = layout["size"], layout["device"]
     quiet_data_context()
     units = todo.select(["shard", "digest", "part", "row_group"]).to_pylist()
