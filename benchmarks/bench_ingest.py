@@ -1,5 +1,5 @@
-"""Ingest throughput: the full Ray pipeline (list, plan, decode tasks, encoder actor pool, shard
-writes) against a bare loop (read + decode + encode + pool in one process), same images, same run.
+"""Ingest throughput: the full Ray pipeline (list, plan, shard workers that fetch and decode on
+prefetch threads, encode and write their shards) against a bare loop (read + decode + encode + pool in one process), same images, same run.
 Ray's start-up is excluded from both (it is paid once per job); ``--nodes 2`` runs the pipeline on a
 two-node local cluster as well."""
 

@@ -1,5 +1,6 @@
 """Stage 1: image corpus -> embedding Parquet.
 
-sources (list once) -> plan (ids, shards; pure) -> decode (CPU tasks) -> encode (actor pool)
+sources (list once) -> plan (ids, stable shards; pure) -> manifest (the plan on storage) -> worker
+(per shard: decode on prefetch threads, encode, write) -> run (the control plane)
 -> write (one Parquet file per shard, named by the shard id, then a done marker) -> run (the driver).
 """
