@@ -364,3 +364,227 @@ def test_a_rebuild_mid_sweep_leaves_the_sweep_on_its_version(tmp_path, ray_sessi
     first = sorted((tmp_path / "fresh" / "date=2026-11-23").glob("part-*.parquet"))[0]
     assert not pq.read_table(first, columns=["neighbor_ids"]).equals(
         pq.read_table(tmp_path / "clean" / "date=2026-11-23" / first.name, columns=["neighbor_ids"]))
+
+
+# ---- query memory model (issue 14, point 5): placement, memory requests, references, shards, evaluate --
+
+def test_gpu_placement_follows_faiss_gpu_limits():
+    """FAISS has no GPU HNSW; GPU k-selection (and nprobe) stops at 2048; GPU IVF-PQ takes <= 8 bits and
+    1..48 sub-quantizers of a fixed list; shards go round-robin over the GPUs (one resource per GPU)."""
+    from latentsweep.index.placement import GPU_MAX_K, place
+
+    assert GPU_MAX_K == 2048
+    assert place("Flat", 10, 0, 3).devices == (None, None, None)
+    flat = place("Flat", 10, 2, 5)
+    assert flat.devices == (0, 1, 0, 1, 0) and flat.gpus_used == (0, 1) and "one StandardGpuResources per GPU" in flat.reason
+    assert place("Flat", 10, 4, 2).gpus_used == (0, 1)
+    for spec in ("HNSW32", "HNSW64", "IVF1024_HNSW32,Flat"):
+        hnsw = place(spec, 10, 2, 4)
+        assert hnsw.devices == (None,) * 4 and "no GPU HNSW" in hnsw.reason, spec
+    assert place("Flat", 2048, 1, 2).devices == (0, 0)
+    deep = place("Flat", 2049, 1, 2)
+    assert deep.devices == (None, None) and "2048" in deep.reason and "on the CPU" in deep.reason
+    assert place("IVF1024,Flat", 10, 1, 1, "nprobe=64").devices == (0,)
+    assert place("IVF65536,Flat", 10, 1, 1, "nprobe=4096").devices == (None,)
+    for spec, on_gpu in [("IVF256,PQ32", True), ("IVF256,PQ48", True), ("IVF256,PQ64", False), ("IVF256,PQ7", False),
+                         ("IVF256,PQ16x10", False), ("IVF256,PQ16x4", True), ("PQ32", False), ("IVF256,SQ8", True),
+                         ("SQ8", False), ("LSH", False)]:
+        assert bool(place(spec, 10, 1, 1).gpus_used) is on_gpu, spec
+
+
+def test_query_actor_memory_arithmetic():
+    """memory= of a query actor: fixed + the index by type + per reference its id, label and shard codes
+    and, while loading, the unsorted ids and their order; the steady Flat cost is within 4d + 24."""
+    from latentsweep.index import factory, placement
+
+    d, n, mib = 256, 1_000_000, 2**20
+    assert [placement.code_bytes(v) for v in (127, 128, 32767, 32768)] == [1, 2, 2, 4]
+    assert [placement.code_bytes(v, signed=False) for v in (256, 257, 65536, 65537)] == [1, 2, 2, 4]
+    assert placement.QUERY_FIXED_BYTES == 256 * mib + 128 * mib + 128 * mib
+    assert placement.reference_bytes(7, 1) == 8 + 1 and placement.reference_bytes(7, 4) == 8 + 1 + 1
+    assert placement.reference_bytes(200, 300) == 8 + 2 + 2
+    assert (4 * d + factory.ID_BYTES) + placement.reference_bytes(7, 4) == 4 * d + 18 <= 4 * d + 24
+    fixed = placement.QUERY_FIXED_BYTES
+    flat = placement.engine_memory("Flat", d, n, labels=7, shards=4)
+    assert flat == fixed + n * (4 * d + 8) + n * (8 + 1 + 1 + 16) == 1_594_870_912  # 1.49 GiB
+    assert placement.engine_memory("HNSW32", d, n, 7, 4) == fixed + factory.hnsw_bytes(n, d) + n * 26
+    assert placement.engine_memory("IVF4096,PQ32", d, n, 7, 4) == fixed + factory.index_bytes("IVF4096,PQ32", n, d) + n * 26
+    assert placement.engine_memory("Flat", d, n, 7, 4, holds_metadata=False) == fixed + n * (4 * d + 8)  # a part
+    assert placement.engine_memory("Flat", d, n, 7, 4, holds_vectors=False) == fixed + n * 26           # a front
+    assert placement.engine_memory("Flat", d, n, 7, 4, on_gpu=True) == fixed + n * 8 + n * 26          # host side
+
+
+def test_index_parts_and_sweep_actors_request_their_memory(reference, monkeypatch):
+    import ray
+
+    from latentsweep.index.manifest import load
+    from latentsweep.query.actor import front_memory, part_memory, pool_plan
+
+    manifest = load(str(reference["index"]))
+    shard_ids = [entry.shard_id for entry in manifest.shards]
+    parts = start_parts(str(reference["index"]), 2)
+    assigned = ray.get([part.__ray_call__.remote(lambda self: ray.get_runtime_context().get_assigned_resources())
+                        for part in parts])
+    assert [a["memory"] for a in assigned] == [part_memory(manifest, shard_ids[0::2]),
+                                               part_memory(manifest, shard_ids[1::2])]
+    for part in parts:
+        ray.kill(part)
+    memory, size = pool_plan(manifest, 2, True, 0, 10)
+    assert memory == front_memory(manifest) and size == 2
+    lines = []
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"memory": 1.5 * memory})
+    assert pool_plan(manifest, 2, True, 0, 10, log=lines.append) == (memory, 1)  # what the cluster holds
+    assert "do not fit" in lines[0]
+
+
+def test_engine_holds_codes_not_uris_and_reads_uris_per_neighbour(reference, monkeypatch):
+    import os
+
+    from latentsweep.index import shards
+    from latentsweep.index.shards import MISSING
+
+    monkeypatch.setattr(shards, "LOOKUP_ROWS", 16)  # blocks of 16 ids: a lookup must read few of them
+    engine = QueryEngine(str(reference["index"]))
+    refs = engine.references
+    assert refs.ids.dtype == np.int64 and refs.label_codes.dtype == np.int8 and refs.shard_codes.dtype == np.uint8
+    assert np.all(np.diff(refs.ids) > 0) and refs.label_names == sorted(LABELS) and len(refs.ids) == 1200
+    assert refs.nbytes / len(refs.ids) <= 8 + 1 + 1 + 1  # + the block index: 8 bytes per 16 references here
+    for holder in (engine, engine.index, refs):  # no per-reference Python objects anywhere
+        for name, value in vars(holder).items():
+            assert not (isinstance(value, np.ndarray) and value.dtype == object and len(value) > 8), name
+            assert not (isinstance(value, (list, tuple, dict)) and len(value) > 64), name
+    label_of = dict(zip(reference["ids"].tolist(), reference["labels"]))
+    uri_of = {i: f"img://{n}" for n, i in enumerate(reference["ids"].tolist())}
+    _, ids, labels = engine.search(reference["vectors"][::100] + 0.05, 10)
+    assert labels.tolist() == [[label_of[i] for i in row] for row in ids.tolist()]
+    assert engine.uris(ids).tolist() == [[uri_of[i] for i in row] for row in ids.tolist()]
+    reads, pread = [], os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, size, offset: reads.append(size) or pread(fd, size, offset))
+    _, few, _ = engine.search(reference["vectors"][7:8] + 0.05, 5)
+    assert engine.uris(few).tolist() == [[uri_of[i] for i in few[0].tolist()]]
+    # per neighbour at most its block of ids, the block's URI offsets and its URI's bytes
+    assert len(reads) <= 3 * 5 and sum(reads) <= 5 * (16 * 8 + 17 * 8 + 16)
+    assert engine.uris(np.array([[MISSING, 12345]])).tolist() == [[None, None]]
+    assert engine.contains(np.array([reference["ids"][3], 12345])).tolist() == [True, False]
+
+
+def test_lookup_files_are_written_in_buckets_and_verified_on_reuse(reference, tmp_path, monkeypatch):
+    """The metadata of each shard becomes an id-sorted lookup file written in buckets (bounded memory);
+    a lookup file that no longer matches its recorded checksum is written again from the verified source."""
+    import pyarrow as pa
+
+    from latentsweep.index import shards
+    from latentsweep.index.manifest import load
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LATENTSWEEP_CACHE", str(cache))
+    monkeypatch.setattr(shards, "REWRITE_ROWS", 100)  # 400 rows a shard: 4 buckets each
+    table = QueryEngine(str(reference["index"]), use_gpu=False).references.table()
+    manifest = load(str(reference["index"]))
+    source = pa.concat_tables([pq.read_table(reference["index"] / entry.metadata_file, columns=["id", "label", "uri"])
+                               for entry in manifest.shards])
+    assert sorted(source.column("id").to_pylist()) == sorted(table.column("id").to_pylist())
+    assert dict(zip(source.column("id").to_pylist(), zip(source.column("label").to_pylist(), source.column("uri").to_pylist()))) \
+        == dict(zip(table.column("id").to_pylist(), zip(table.column("label").to_pylist(), table.column("uri").to_pylist())))
+    files = sorted(cache.glob("*.lookup"))
+    assert len(files) == 3 and not list(cache.glob(".rewrite-*"))
+    data = bytearray(files[0].read_bytes())
+    data[-1] ^= 1
+    files[0].write_bytes(bytes(data))
+    assert QueryEngine(str(reference["index"]), use_gpu=False).references.table().equals(table)
+
+
+def test_shards_are_verified_downloaded_in_threads_and_memory_mapped(reference, s3_env, tmp_path, monkeypatch):
+    import threading
+
+    import faiss
+
+    from latentsweep.errors import JobFailed
+    from latentsweep.index.manifest import load
+
+    bucket, cache = s3_env["bucket"], tmp_path / "cache"
+    for path in reference["index"].rglob("*"):
+        if path.is_file():
+            storage.write_bytes(f"s3://{bucket}/index/{path.relative_to(reference['index'])}", path.read_bytes())
+    monkeypatch.setenv("LATENTSWEEP_CACHE", str(cache))
+    calls, read_index = [], faiss.read_index
+    monkeypatch.setattr(faiss, "read_index", lambda path, flags=0: calls.append(
+        (path, flags, threading.current_thread().name)) or read_index(path, flags))
+    engine = QueryEngine(f"s3://{bucket}/index", use_gpu=False)
+    manifest = load(str(reference["index"]))
+    assert sorted(path for path, _, _ in calls) == sorted(str(cache / f"{e.index_sha256}.faiss") for e in manifest.shards)
+    assert all(flags == faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY for _, flags, _ in calls)
+    assert all(name != "MainThread" for _, _, name in calls)  # loaded by the pool's threads
+    local = QueryEngine(str(reference["index"]), use_gpu=False)
+    queries = reference["vectors"][::60] + 0.05
+    _, ids, labels = engine.search(queries, 10)
+    assert np.array_equal(ids, local.search(queries, 10)[1])
+    assert engine.uris(ids).tolist() == local.uris(ids).tolist()
+    victim = manifest.shards[1]
+    (cache / f"{victim.index_sha256}.faiss").write_bytes(b"not the shard")  # a cached copy that fails: fetched again
+    QueryEngine(f"s3://{bucket}/index", use_gpu=False)
+    assert shards_sha(cache / f"{victim.index_sha256}.faiss") == victim.index_sha256
+    (cache / f"{victim.index_sha256}.faiss").unlink()
+    corrupt = bytearray((reference["index"] / victim.index_file).read_bytes())
+    corrupt[-5] ^= 0xFF
+    storage.write_bytes(f"s3://{bucket}/index/{victim.index_file}", bytes(corrupt))
+    with pytest.raises(JobFailed, match="checksum mismatch for s3://.*shard-00001.faiss"):
+        QueryEngine(f"s3://{bucket}/index", use_gpu=False)
+    assert not list(cache.glob("*.tmp"))
+
+
+def shards_sha(path) -> str:
+    from latentsweep.index.shards import file_sha256
+
+    return file_sha256(str(path))
+
+
+def test_shards_move_to_gpus_by_placement_one_resource_per_device(reference, monkeypatch):
+    """The GPU path without a GPU: faiss's GPU calls are stand-ins that record what they were asked."""
+    import faiss
+
+    from latentsweep.errors import UsageError
+    from latentsweep.index import shards
+
+    made, moved = [], []
+
+    class Resources:
+        def __init__(self):
+            made.append(self)
+
+    monkeypatch.setattr(shards, "gpu_count", lambda: 2)
+    monkeypatch.setattr(faiss, "StandardGpuResources", Resources, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, device, index: moved.append((res, device)) or index,
+                        raising=False)
+    index = ShardedIndex.load(str(reference["index"]), k=10)
+    assert len(made) == 2 and [device for _, device in moved] == [0, 1, 0]
+    assert [res for res, _ in moved] == [made[0], made[1], made[0]]  # per device, not per shard
+    with pytest.raises(UsageError, match="above FAISS-GPU's limit of 2048"):
+        index.search(index.prepare(reference["vectors"][:2]), 3000)
+    made.clear()
+    moved.clear()
+    deep = ShardedIndex.load(str(reference["index"]), k=5000)  # evaluate's exhaustive ranking: on the CPU
+    assert made == [] and moved == [] and "k=5000" in deep.placement.reason
+    assert deep.search(deep.prepare(reference["vectors"][:2]), 1100)[1].shape == (2, 1100)
+
+
+def test_evaluate_samples_deterministically_and_searches_through_index_parts(reference, tmp_path):
+    from latentsweep.index.features import embedding_files
+    from latentsweep.query.evaluate import choose_queries, tables
+
+    one = evaluate(str(reference["index"]), str(tmp_path / "one"), sample=300)
+    protocol = one["protocol"]
+    assert one["overall"]["queries"] == protocol["queries"] == 300 and protocol["labelled_queries"] == 1200
+    assert protocol["query_selection"].startswith("deterministic sample of 300") and protocol["search"] == "one process"
+    assert protocol["map_ranking"] == "whole reference set" and "no GPU" in protocol["placement"]
+    assert evaluate(str(reference["index"]), str(tmp_path / "again"), sample=300)["overall"] == one["overall"]
+    write_ingest_output(str(tmp_path / "five"), reference["vectors"], reference["labels"], FAMILIES, files=5)
+    chosen, labelled = choose_queries(embedding_files([str(reference["root"])]), 300)
+    assert labelled == 1200 and len(chosen) == 300
+    assert np.array_equal(chosen, choose_queries(embedding_files([str(tmp_path / "five")]), 300)[0])  # any layout
+    spread = evaluate(str(reference["index"]), str(tmp_path / "parts"), sample=300, index_parts=2)
+    assert spread["overall"] == one["overall"] and spread["by_label"] == one["by_label"]
+    assert spread["protocol"]["search"].startswith("2 index parts")
+    assert tables(spread).startswith("Queries: deterministic sample of 300 labelled queries")
+    every = json.loads(json.dumps(evaluate(str(reference["index"]), str(tmp_path / "all"), sample=0)["protocol"]))
+    assert every["query_selection"] == "every labelled query" and every["queries"] == 1200

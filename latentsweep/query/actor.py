@@ -1,44 +1,39 @@
 """The query engine: loads an index once, answers batches of raw vectors with neighbours and labels.
 
 ``QueryEngine`` is a plain class so it runs in a Ray actor (``QueryActor``), inside Ray Data's actor
-pool (the sweep) or directly (evaluation, tests) with the same code.
+pool (the sweep) or directly (evaluation, tests) with the same code. Per reference it holds the index's
+vectors (memory-mapped where the type allows), a sorted int64 id, a label code and a shard code
+(``shards.References``): no URI, no Python object. URIs are read for the neighbours a batch returns.
+The memory it needs is :func:`latentsweep.index.placement.engine_memory` of the manifest; the sweep
+and the index parts request it from Ray (``memory=``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from latentsweep.index.shards import MISSING, ShardedIndex, merge
+from latentsweep.index import placement
+from latentsweep.index.shards import ShardedIndex, merge
 
 
 class QueryEngine:
     """``shard_ids``: serve only these shards (an index part). ``parts``: serve the whole index by
     fanning each search out to part actors and merging their results (for indices larger than one
-    worker's memory); this engine then holds only the scaler and the metadata."""
+    worker's memory); this engine then holds only the scaler and the references. ``metadata=False``:
+    no references (an index part: it searches, the front looks labels up). ``k``: the largest k it
+    will be asked for (GPU placement: above 2048 the shards stay on the CPU)."""
 
     def __init__(self, index_uri: str, use_gpu: bool = True, shard_ids: list[int] | None = None,
-                 parts: list | None = None):
+                 parts: list | None = None, metadata: bool = True, k: int | None = None):
         self.parts = parts
-        self.index = ShardedIndex.load(index_uri, shard_ids=shard_ids, use_gpu=use_gpu, load_vectors=not parts)
-        metadata = self.index.metadata
-        ids = metadata.column("id").to_numpy()
-        order = np.argsort(ids)
-        self._ids = ids[order]
-        self._labels = np.array(metadata.column("label").to_pylist(), dtype=object)[order]
-        self._uris = np.array(metadata.column("uri").to_pylist(), dtype=object)[order]
+        self.index = ShardedIndex.load(index_uri, shard_ids=shard_ids, use_gpu=use_gpu, load_vectors=not parts,
+                                       load_metadata=metadata, k=k)
+        self.references = self.index.references
         self.families = dict(self.index.manifest.families)
 
     @property
     def manifest(self):
         return self.index.manifest
-
-    def lookup(self, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Metadata values (labels or URIs) for neighbour ids; None for missing neighbours."""
-        flat = ids.reshape(-1)
-        positions = np.clip(np.searchsorted(self._ids, flat), 0, len(self._ids) - 1)
-        found = (self._ids[positions] == flat) & (flat != MISSING)
-        out = np.where(found, values[positions], None)
-        return out.reshape(ids.shape)
 
     def search(self, vectors: np.ndarray, k: int, exclude_ids: np.ndarray | None = None):
         """Raw pooled vectors -> (scores, ids, labels) of the top-k; ``exclude_ids[i]`` (a query's own
@@ -48,7 +43,7 @@ class QueryEngine:
         scores, ids = self.search_prepared(prepared, k + extra)
         if exclude_ids is not None:
             scores, ids = drop_self(scores, ids, exclude_ids, k)
-        return scores, ids, self.lookup(ids, self._labels)
+        return scores, ids, self.references.labels(ids)
 
     def search_prepared(self, prepared: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of already normalised vectors over this engine's shards, or over its parts."""
@@ -59,7 +54,12 @@ class QueryEngine:
         return merge(ray.get([part.search_prepared.remote(prepared, k) for part in self.parts]), k)
 
     def uris(self, ids: np.ndarray) -> np.ndarray:
-        return self.lookup(ids, self._uris)
+        """The neighbours' URIs (None for missing ones), read from the id-sorted metadata now."""
+        return self.references.uris(ids)
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """Whether each id is a reference of this index."""
+        return self.references.contains(ids)
 
 
 def drop_self(scores: np.ndarray, ids: np.ndarray, own: np.ndarray, k: int):
@@ -73,20 +73,80 @@ def drop_self(scores: np.ndarray, ids: np.ndarray, own: np.ndarray, k: int):
     return scores[keep].reshape(len(ids), -1)[:, :k], ids[keep].reshape(len(ids), -1)[:, :k]
 
 
-def query_actor(num_gpus: float = 0, num_cpus: float = 1):
+def query_actor(num_gpus: float = 0, num_cpus: float = 1, memory: int | None = None):
     """A Ray actor class serving ``QueryEngine``: ``actor.search.remote(vectors, k)``."""
     import ray
 
-    return ray.remote(num_gpus=num_gpus, num_cpus=num_cpus)(QueryEngine)
+    options = {"memory": memory} if memory else {}
+    return ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, **options)(QueryEngine)
 
 
-def start_parts(index_uri: str, count: int, num_gpus: float = 0, num_cpus: float = 0.1) -> list:
-    """``count`` actors, each holding every count-th shard of the index (part i: shards i, i+count, ...).
+def _largest_node_memory() -> int:
+    import ray
+
+    return int(max((node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")), default=0))
+
+
+def request(wanted: int, what: str, log=None) -> int:
+    """``wanted`` bytes, or the largest node's memory when no node offers that much (Ray would never
+    place the actor), saying so."""
+    largest = _largest_node_memory()
+    if largest and wanted > largest:
+        if log:
+            log(f"{what} needs about {wanted / 2**30:.2f} GiB by placement.engine_memory; the largest Ray node "
+                f"offers {largest / 2**30:.2f} GiB: requesting that (more --index-parts make parts smaller)")
+        return largest
+    return wanted
+
+
+def part_memory(manifest, shard_ids: list[int], on_gpu: bool = False) -> int:
+    """Bytes of an index part holding ``shard_ids`` (vectors only, no references)."""
+    vectors = sum(entry.count for entry in manifest.shards if entry.shard_id in shard_ids)
+    return placement.engine_memory(manifest.index_spec, manifest.dimension, vectors, len(manifest.labels),
+                                   len(shard_ids), holds_metadata=False, on_gpu=on_gpu)
+
+
+def front_memory(manifest, holds_vectors: bool = True, on_gpu: bool = False) -> int:
+    """Bytes of an engine serving the whole index (``holds_vectors=False``: a front over parts)."""
+    return placement.engine_memory(manifest.index_spec, manifest.dimension, manifest.vectors, len(manifest.labels),
+                                   len(manifest.shards), holds_vectors=holds_vectors, on_gpu=on_gpu)
+
+
+def pool_plan(manifest, size: int, holds_vectors: bool, gpus: int, k: int, parts: int = 1,
+              log=None) -> tuple[int, int]:
+    """(memory per sweep actor, pool size): the actor's :func:`front_memory` (capped to the largest node)
+    and at most as many actors as the cluster's memory holds beside the index parts (at least one)."""
+    import ray
+
+    on_gpu = bool(gpus) and bool(placement.place(manifest.index_spec, k, 1, 1, manifest.search_params).gpus_used)
+    memory = request(front_memory(manifest, holds_vectors, on_gpu), "a sweep actor", log)
+    shard_ids = [entry.shard_id for entry in manifest.shards]
+    reserved = sum(part_memory(manifest, shard_ids[i::parts], on_gpu) for i in range(min(parts, len(shard_ids)))) \
+        if not holds_vectors else 0
+    total = max(0, int(ray.cluster_resources().get("memory", 0)) - reserved)
+    fits = max(1, total // memory) if total else size
+    if fits < size and log:
+        log(f"sweep: {size} query actors of {memory / 2**30:.2f} GiB do not fit the cluster's "
+            f"{total / 2**30:.2f} GiB: starting {fits}")
+    return memory, min(size, fits)
+
+
+def start_parts(index_uri: str, count: int, num_gpus: float = 0, num_cpus: float = 0.1, k: int | None = None,
+                log=None) -> list:
+    """``count`` actors, each holding every count-th shard of the index (part i: shards i, i+count, ...),
+    each requesting the memory its shards need (:func:`part_memory`).
 
     Part actors reserve little CPU: they search only while a sweep worker waits on them, and a pool
     that reserved whole CPUs next to the sweep workers would starve them on small machines."""
     from latentsweep.index.manifest import load
 
-    shard_ids = [entry.shard_id for entry in load(index_uri).shards]
-    actor = query_actor(num_gpus, num_cpus)
-    return [actor.remote(index_uri, shard_ids=shard_ids[i::count]) for i in range(min(count, len(shard_ids)))]
+    manifest = load(index_uri)
+    shard_ids = [entry.shard_id for entry in manifest.shards]
+    on_gpu = bool(num_gpus) and bool(placement.place(manifest.index_spec, k or 1, 1, 1,
+                                                     manifest.search_params).gpus_used)
+    actors = []
+    for i in range(min(count, len(shard_ids))):
+        mine = shard_ids[i::count]
+        memory = request(part_memory(manifest, mine, on_gpu), f"index part {i}", log)
+        actors.append(query_actor(num_gpus, num_cpus, memory).remote(index_uri, shard_ids=mine, metadata=False, k=k))
+    return actors

@@ -196,11 +196,14 @@ def _sweep(job: SweepJob, location: storage.Location, log, held: lock.Held) -> S
         resources = connect(job.address, quiet=job.quiet)
         cpus, gpus = cpus_and_gpus(resources)
         size = min(job.workers or (gpus or max(1, cpus // 2)), len(todo))
-        threads = max(1, cpus // size)  # each actor searches with its share of the cores
         quiet_data_context()
-        from latentsweep.query.actor import start_parts
+        from latentsweep.query.actor import pool_plan, start_parts
 
-        index_parts = start_parts(pinned, job.index_parts, num_gpus=1 if gpus else 0) if job.index_parts > 1 else None
+        index_parts = (start_parts(pinned, job.index_parts, num_gpus=1 if gpus else 0, k=job.k, log=log)
+                       if job.index_parts > 1 else None)
+        # memory= per actor from the manifest (placement.engine_memory); no more actors than memory holds
+        memory, size = pool_plan(manifest, size, not index_parts, gpus, job.k, parts=job.index_parts, log=log)
+        threads = max(1, cpus // size)  # each actor searches with its share of the cores
         log(f"sweep: {len(todo)} of {len(parts)} query files to attribute with {size} query actors"
             + (f" over {len(index_parts)} index parts" if index_parts else ""))
         dataset = ray.data.from_items([{"uri": u, "part": n, "digest": d} for u, n, d in todo],
@@ -210,7 +213,7 @@ def _sweep(job: SweepJob, location: storage.Location, log, held: lock.Held) -> S
                                                 "partition_uri": location.uri, "parts": index_parts},
             batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
             num_gpus=1 if gpus and not index_parts else 0,  # with parts, the part actors hold the GPUs
-            num_cpus=1 if gpus else min(1.0, max(0.5, cpus / size)), runtime_env=thread_env(threads))
+            num_cpus=1 if gpus else min(1.0, max(0.5, cpus / size)), runtime_env=thread_env(threads), memory=memory)
         threading.Thread(target=report.warm_up, daemon=True).start()
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             held.check()  # a run that lost its lease stops here
