@@ -389,12 +389,20 @@ def evaluate(
     out: Annotated[str, typer.Option("--out", help="Folder or s3:// prefix for metrics.json, tables.md, confusion.csv.")],
     queries: Annotated[Optional[list[str]], typer.Option(
         "--queries", help="Labelled query embeddings (default: the index's own reference set, leave-one-out).")] = None,
+    sample: Annotated[Optional[int], typer.Option(
+        help="Evaluate this many labelled queries, a deterministic sample (0: all; default: all up to "
+             "100,000, else 10,000).")] = None,
+    index_parts: Annotated[int, typer.Option(
+        help="Search through this many Ray actors, each holding every n-th shard (indices larger than one "
+             "process).")] = 1,
+    address: AddressOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Run the paper's protocol: Top-1, Precision@10, mAP, Top-1 Type; by family and by label."""
     from latentsweep.query.evaluate import evaluate as run_evaluate, tables
 
-    result = run_evaluate(index, out, list(queries) if queries else None)
+    result = run_evaluate(index, out, list(queries) if queries else None, sample=sample, index_parts=index_parts,
+                          address=address)
     typer.echo(tables(result))
     typer.echo(f"evaluate: wrote metrics.json, tables.md, confusion.csv to {out}")
 

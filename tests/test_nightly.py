@@ -208,3 +208,13 @@ def test_pull_from_a_missing_bucket_says_so(s3_env, tmp_path):
     empty = cli("pull", f"s3://{s3_env['bucket']}/results/date=2026-11-23", str(tmp_path / "pulled"),
                 env=s3_variables(s3_env))
     assert "nothing at" in one_error_line(empty)
+
+
+def test_evaluate_samples_from_the_command_line(small_index, tmp_path):
+    result = cli("evaluate", "--index", str(small_index / "index"), "--out", str(tmp_path / "eval"), "--sample", "12")
+    assert result.returncode == 0, result.stderr[-2000:]
+    protocol = json.loads((tmp_path / "eval" / "metrics.json").read_text())["protocol"]
+    assert protocol["queries"] == 12 and protocol["labelled_queries"] == 60
+    assert "sample" in protocol["query_selection"]
+    assert "must be" in one_error_line(cli("evaluate", "--index", str(small_index / "index"), "--out",
+                                           str(tmp_path / "bad"), "--sample", "-1"))

@@ -79,7 +79,7 @@ class SweepWorker:
     def __init__(self, index_uri: str, settings: dict, partition_uri: str, parts: list | None = None):
         from latentsweep.query.actor import QueryEngine
 
-        self.engine = QueryEngine(index_uri, parts=parts)
+        self.engine = QueryEngine(index_uri, parts=parts, k=settings["k"])  # k decides GPU or CPU search
         self.settings = settings
         self.partition = storage.Location.parse(partition_uri)
         manifest = self.engine.manifest
