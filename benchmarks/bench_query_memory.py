@@ -87,7 +87,7 @@ def make_index(root: Path, vectors: int, dim: int, shards: int) -> None:
     from latentsweep.index import factory
     from latentsweep.index.manifest import Manifest, ShardEntry, save, sha256
     from latentsweep.index.scaler import Scaler
-    from latentsweep.index.shards import file_sha256
+    from latentsweep.index.cache import file_sha256
 
     names = list(GENERATORS)
     rng = np.random.default_rng(0)

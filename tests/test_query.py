@@ -440,10 +440,10 @@ def test_index_parts_and_sweep_actors_request_their_memory(reference, monkeypatc
 def test_engine_holds_codes_not_uris_and_reads_uris_per_neighbour(reference, monkeypatch):
     import os
 
-    from latentsweep.index import shards
-    from latentsweep.index.shards import MISSING
+    from latentsweep.index import lookup
+    from latentsweep.index.lookup import MISSING
 
-    monkeypatch.setattr(shards, "LOOKUP_ROWS", 16)  # blocks of 16 ids: a lookup must read few of them
+    monkeypatch.setattr(lookup, "LOOKUP_ROWS", 16)  # blocks of 16 ids: a lookup must read few of them
     engine = QueryEngine(str(reference["index"]))
     refs = engine.references
     assert refs.ids.dtype == np.int64 and refs.label_codes.dtype == np.int8 and refs.shard_codes.dtype == np.uint8
@@ -473,12 +473,12 @@ def test_lookup_files_are_written_in_buckets_and_verified_on_reuse(reference, tm
     a lookup file that no longer matches its recorded checksum is written again from the verified source."""
     import pyarrow as pa
 
-    from latentsweep.index import shards
+    from latentsweep.index import lookup
     from latentsweep.index.manifest import load
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("LATENTSWEEP_CACHE", str(cache))
-    monkeypatch.setattr(shards, "REWRITE_ROWS", 100)  # 400 rows a shard: 4 buckets each
+    monkeypatch.setattr(lookup, "REWRITE_ROWS", 100)  # 400 rows a shard: 4 buckets each
     table = QueryEngine(str(reference["index"]), use_gpu=False).references.table()
     manifest = load(str(reference["index"]))
     source = pa.concat_tables([pq.read_table(reference["index"] / entry.metadata_file, columns=["id", "label", "uri"])
@@ -534,7 +534,7 @@ def test_shards_are_verified_downloaded_in_threads_and_memory_mapped(reference, 
 
 
 def shards_sha(path) -> str:
-    from latentsweep.index.shards import file_sha256
+    from latentsweep.index.cache import file_sha256
 
     return file_sha256(str(path))
 

@@ -33,7 +33,8 @@ from latentsweep.index import factory, features
 from latentsweep.index.manifest import (MANIFEST_NAME, Manifest, ShardEntry, clean, load, locate, save, sha256,
                                         version_number)
 from latentsweep.index.scaler import Scaler
-from latentsweep.index.shards import MISSING, merge
+from latentsweep.index.lookup import MISSING
+from latentsweep.index.shards import merge
 
 DEFAULT_BUDGET = 4 * 2**30
 TRAIN_SAMPLE = 100_000

@@ -30,7 +30,7 @@ GPU_IVF_CODES = ("Flat", "SQ8", "SQ4", "SQfp16")
 QUERY_PROCESS_BYTES = 256 * 2**20   # the Ray worker with numpy, pyarrow, faiss and Ray Data imported (~180 MB
 #                                     measured) and its core-worker threads
 QUERY_BATCH_BYTES = 128 * 2**20     # a query file in flight, its normalised copy and the search results
-METADATA_REWRITE_BYTES = 128 * 2**20  # id-sorted rewrites of shard metadata, two at a time (shards.REWRITE_ROWS rows)
+METADATA_REWRITE_BYTES = 128 * 2**20  # id-sorted rewrites of shard metadata, two at a time (lookup.REWRITE_ROWS rows)
 QUERY_FIXED_BYTES = QUERY_PROCESS_BYTES + QUERY_BATCH_BYTES + METADATA_REWRITE_BYTES
 ID_BYTES = 8                        # the engine's sorted int64 ids (FAISS keeps its own: in factory.index_bytes)
 SORT_BYTES = 16                     # per reference while loading: the unsorted ids and their order (int64 each)
