@@ -62,12 +62,17 @@ def test_vote_properties(labels, raw_scores):
 # ---- metrics ----------------------------------------------------------------------------------
 
 def ranking_ap(relevance: np.ndarray) -> float:
-    """AP by :func:`metrics.per_query` of a full ranking whose hits are ``relevance``."""
+    """Full-ranking AP (``ap_full``) by :func:`metrics.per_query` of a ranking whose hits are ``relevance``."""
     ranking = ["a" if hit else "b" for hit in relevance]
-    return metrics.per_query("a", ranking, int(relevance.sum()), {}, k=10)["ap"]
+    return metrics.per_query("a", ranking, int(relevance.sum()), {}, k=10)["ap_full"]
 
 
-def test_average_precision_matches_sklearn():
+def ranked(hit_ranks: list[int], length: int) -> list[str]:
+    """A ranking of ``length`` labels, "a" (the query's) at the 1-based ``hit_ranks``, "b" elsewhere."""
+    return ["a" if rank in hit_ranks else "b" for rank in range(1, length + 1)]
+
+
+def test_full_ranking_average_precision_matches_sklearn():
     rng = np.random.default_rng(0)
     rankings, totals, expected = [], [], []
     for _ in range(50):
@@ -80,19 +85,79 @@ def test_average_precision_matches_sklearn():
         rankings.append(["a" if hit else "b" for hit in relevance])
         totals.append(int(relevance.sum()))
     batch = metrics.per_queries(["a"] * len(rankings), rankings, totals, {}, k=10)  # the sweep's path
-    np.testing.assert_allclose([row["ap"] for row in batch], expected, atol=1e-12)
+    np.testing.assert_allclose([row["ap_full"] for row in batch], expected, atol=1e-12)
+    summary = metrics.summarise(["a"] * len(batch), batch, {})
+    assert summary["overall"]["map_full"] == pytest.approx(np.mean(expected))
+    assert summary["overall"]["map"] == summary["overall"]["map_full"]  # the deprecated alias
 
 
 def test_hand_computed_query():
-    # ranking: hit, miss, hit; 3 relevant in total -> AP = (1/1 + 2/3) / 3
+    # ranking: hit, miss, hit; 3 relevant in total -> full AP = (1/1 + 2/3) / 3; AP@10 = (1/1 + 2/3) / 2
     row = metrics.per_query("a", ["a", "b", "a"], 3, {"a": "gan", "b": "gan"}, k=10)
-    assert row["ap"] == pytest.approx((1 + 2 / 3) / 3)
+    assert row["ap_full"] == pytest.approx((1 + 2 / 3) / 3)
+    assert row["ap_at_10"] == pytest.approx((1 + 2 / 3) / 2)
     assert row["top1"] == 1 and row["precision_at_10"] == pytest.approx(0.2) and row["type_top1"] == 1
     miss = metrics.per_query("a", ["b", "a"], 1, {"a": "gan", "b": "dm"}, k=10)
-    assert miss["top1"] == 0 and miss["type_top1"] == 0 and miss["ap"] == pytest.approx(0.5)
+    assert miss["top1"] == 0 and miss["type_top1"] == 0 and miss["ap_full"] == pytest.approx(0.5)
+    assert miss["ap_at_10"] == pytest.approx(0.5)
     summary = metrics.summarise(["a", "a"], [row, miss], {"a": "gan", "b": "dm"})
     assert summary["overall"]["top1"] == 0.5 and summary["by_family"]["gan"]["queries"] == 2
+    assert summary["overall"]["map_at_10"] == pytest.approx(((1 + 2 / 3) / 2 + 0.5) / 2)
+    assert summary["overall"]["map_full"] == pytest.approx(((1 + 2 / 3) / 3 + 0.5) / 2)
     assert summary["confusion"] == {"a": {"a": 1, "b": 1}}
+
+
+def test_hand_computed_map_at_10_with_hits_at_ranks_1_3_and_10():
+    # 5 relevant references, 20 ranked; hits at ranks 1, 3, 10 and (beyond the cut) 15
+    row = metrics.per_query("a", ranked([1, 3, 10, 15], 20), 5, {}, k=10)
+    precisions = [1 / 1, 2 / 3, 3 / 10]  # precision at each hit rank in the top 10
+    assert row["precision_at_10"] == pytest.approx(3 / 10)
+    assert row["ap_at_10"] == pytest.approx(sum(precisions) / 3)  # by the 3 hits found in the top 10
+    assert row["ap_full"] == pytest.approx((sum(precisions) + 4 / 15) / 5)  # by all 5 relevant
+
+
+def test_map_at_10_is_zero_without_a_hit_in_the_top_10():
+    row = metrics.per_query("a", ranked([], 10), 4, {}, k=10)
+    assert row["ap_at_10"] == 0 and row["precision_at_10"] == 0 and row["top1"] == 0 and row["ap_full"] == 0
+
+
+def test_map_at_10_truncates_a_hit_at_rank_11():
+    row = metrics.per_query("a", ranked([11], 30), 1, {}, k=10)
+    assert row["ap_at_10"] == 0 and row["precision_at_10"] == 0
+    assert row["ap_full"] == pytest.approx(1 / 11)  # the full ranking still finds it
+
+
+def test_map_at_10_can_exceed_precision_at_10():
+    # one hit, at rank 1, of 5 relevant: P@10 = 0.1, AP@10 = 1 (the paper's tables: mAP > P@10 > ...)
+    rows = metrics.per_queries(["a", "a"], [ranked([1], 12), ranked([1, 2], 12)], [5, 5], {}, k=10)
+    assert [row["precision_at_10"] for row in rows] == pytest.approx([0.1, 0.2])
+    assert [row["ap_at_10"] for row in rows] == pytest.approx([1.0, 1.0])
+    overall = metrics.summarise(["a", "a"], rows, {})["overall"]
+    assert overall["map_at_10"] == pytest.approx(1.0) and overall["precision_at_10"] == pytest.approx(0.15)
+    assert overall["map_full"] == pytest.approx((1 / 5 + 2 / 5) / 2)  # never above k/R by construction
+
+
+def test_metric_keys_are_named_by_their_k():
+    row = metrics.per_query("a", ranked([2, 5], 8), 3, {}, k=5)
+    assert row["precision_at_5"] == pytest.approx(2 / 5) and row["ap_at_5"] == pytest.approx((1 / 2 + 2 / 5) / 2)
+    assert "precision_at_10" not in row and "ap_at_10" not in row
+    overall = metrics.summarise(["a"], [row], {})["overall"]
+    assert metrics.map_name(overall) == "map_at_5" and metrics.precision_name(overall) == "precision_at_5"
+    assert metrics.headline(overall) == "top1=0.000 p@5=0.400 map@5=0.450 type_top1=0.000 map_full=0.300"
+
+
+def test_tables_show_the_papers_metrics_then_vote_and_full_map_each_named():
+    from latentsweep.query.evaluate import tables
+
+    families = {"a": "gan", "b": "dm", "c": "dm"}  # "c" is never ranked: no hit, its nearest "b" of its family
+    rows = metrics.per_queries(["a", "c"], [ranked([1], 12), ranked([], 12)], [2, 1], families,
+                               k=10, predicted=["a", "a"])
+    text = tables(metrics.summarise(["a", "c"], rows, families))
+    header = next(line for line in text.splitlines() if line.startswith("| set |"))
+    assert header == ("| set | Top-1 Acc. (nearest neighbour) | Prec.@10 | mAP@10 | Top-1 Type Acc. | "
+                      "Vote Acc. (predicted_label) | mAP full (/ all relevant) | queries |")
+    assert "| all | 0.500 | 0.050 | 0.500 | 1.000 | 0.500 | 0.250 | 2 |" in text
+    assert "- mAP@10: AP over the top 10" in text and "- mAP full (/ all relevant): AP over" in text
 
 
 def test_drop_self_removes_only_the_own_id():
@@ -129,14 +194,15 @@ def test_leave_one_out_discards_exactly_the_self_match(reference):
 def test_evaluate_on_the_reference_set(reference, tmp_path):
     result = evaluate(str(reference["index"]), str(tmp_path / "eval"))
     assert result["overall"]["queries"] == 1200
-    assert result["overall"]["top1"] > 0.9 and result["overall"]["map"] > 0.8
+    assert result["overall"]["top1"] > 0.9 and result["overall"]["map_full"] > 0.8
+    assert result["overall"]["map_at_10"] >= result["overall"]["precision_at_10"] > 0.8
     assert set(result["by_family"]) == {"gan", "dm"} and set(result["by_label"]) == set(LABELS)
     assert result["protocol"]["map_ranking"] == "whole reference set"
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["overall"] == result["overall"]
     assert "| sana |" in (tmp_path / "eval" / "tables.md").read_text()
     assert (tmp_path / "eval" / "confusion.csv").read_text().startswith("true\\predicted,")
-    # mAP over the whole ranking equals scikit-learn's AP averaged over queries
+    # the full-ranking mAP (map_full) equals scikit-learn's AP averaged over queries
     engine = QueryEngine(str(reference["index"]))
     labels = np.array(reference["labels"])
     aps = []

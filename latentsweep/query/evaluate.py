@@ -1,9 +1,12 @@
 """The paper's protocol on a labelled set: every labelled image queries the index, the self-match
-(the query's own id, nothing else) is discarded, and Top-1, Precision@10, mAP and Top-1 Type are
-reported overall, by family (Table 2's shape) and by label (Table 3's shape), with a confusion matrix.
+(the query's own id, nothing else) is discarded, and Top-1, Precision@10, mAP@10 (the paper's: AP over
+the top 10, divided by the hits found there) and Top-1 Type are reported overall, by family (Table 2's
+shape) and by label (Table 3's shape), with the full-ranking mAP beside them and a confusion matrix
+(definitions: :mod:`latentsweep.query.metrics`).
 
-AP ranks the whole reference set when it is small enough to score exhaustively (exact indices up to
-:data:`EXHAUSTIVE_LIMIT` vectors: a k above FAISS-GPU's 2048, so that engine searches on the CPU);
+The full-ranking mAP (``map_full``) ranks the whole reference set when it is small enough to score
+exhaustively (exact indices up to :data:`EXHAUSTIVE_LIMIT` vectors: a k above FAISS-GPU's 2048, so
+that engine searches on the CPU);
 otherwise the ranking is truncated at :data:`TRUNCATED_DEPTH` and ``metrics.json`` says so.
 
 Indices larger than one process: ``sample`` evaluates a deterministic sample of the labelled queries
@@ -144,13 +147,26 @@ def _search(engine: QueryEngine, manifest, files: list[str], chosen: np.ndarray 
     return labels, rows, chunk
 
 
+def metric_columns(overall: dict) -> list[tuple[str, str]]:
+    """(key, header) of the metrics present: the paper's four in its order (Top-1, P@k, mAP@k, Top-1
+    Type), then the vote accuracy (sweeps) and the full-ranking mAP, each under its own name."""
+    precision, average = metrics.precision_name(overall), metrics.map_name(overall)
+    voted = "vote_accuracy" in overall  # a sweep's metrics: Top-1 is the nearest neighbour, not the vote
+    columns = [("top1", "Top-1 Acc. (nearest neighbour)" if voted else "Top-1 Acc."),
+               (precision, f"Prec.@{metrics.at_k(precision)}" if precision else ""),
+               (average, f"mAP@{metrics.at_k(average)}" if average else ""),
+               ("type_top1", "Top-1 Type Acc."),
+               ("vote_accuracy", "Vote Acc. (predicted_label)"),
+               ("map_full", "mAP full (/ all relevant)")]
+    return [(key, header) for key, header in columns if key and key in overall]
+
+
 def tables(result: dict) -> str:
-    """Markdown tables in the shape of the paper's Tables 2 (by family) and 3 (by label)."""
-    precision = metrics.precision_name(result["overall"])  # precision_at_<k>: the k of the run
-    voted = "vote_accuracy" in result["overall"]  # a sweep's metrics: the k-NN vote's accuracy first
-    names = (["vote_accuracy"] if voted else []) + ["top1", precision, "map", "type_top1"]
-    header = ((["Vote Acc.", "Top-1 Acc. (nearest neighbour)"] if voted else ["Top-1 Acc."])
-              + [f"Prec.@{precision.removeprefix('precision_at_')}", "mAP", "Top-1 Type Acc."])
+    """Markdown tables in the shape of the paper's Tables 2 (by family) and 3 (by label): the paper's
+    Top-1, Prec.@k (k of the run), mAP@k (AP over the top k, by the hits found there) and Top-1 Type,
+    then the vote accuracy (sweeps) and the full-ranking mAP (AP divided by all relevant references)."""
+    columns = metric_columns(result["overall"])
+    names, header = [key for key, _ in columns], [title for _, title in columns]
 
     def table(title: str, key: str, section: dict) -> str:
         lines = [f"### {title}", "", f"| {key} | " + " | ".join(header) + " | queries |",
@@ -164,8 +180,30 @@ def tables(result: dict) -> str:
     note = (f"Queries: {protocol['query_selection']} of {protocol['labelled_queries']}; index searched in "
             f"{protocol['search']}.\n\n" if protocol.get("query_selection", "").startswith("deterministic sample")
             or protocol.get("search", "one process") != "one process" else "")
+    legend = _legend(columns, protocol.get("map_ranking") or (
+        f"the top {result['map_truncated_at']}" if result.get("map_truncated_at") else None))
     return note + "\n\n".join([table("Overall", "set", overall), table("By family (Table 2)", "Type", result["by_family"]),
-                        table("By label (Table 3)", "Model", result["by_label"])]) + "\n"
+                        table("By label (Table 3)", "Model", result["by_label"])]) + "\n\n" + legend + "\n"
+
+
+def _legend(columns: list[tuple[str, str]], ranking: str | None) -> str:
+    """One line per column naming what it measures."""
+    meaning = {"top1": "the nearest neighbour's label is the query's",
+               "type_top1": "the nearest neighbour's family is the query's",
+               "vote_accuracy": "the k-NN vote (predicted_label, what users act on) is the query's label",
+               "map_full": "AP over the ranking" + (f" ({ranking})" if ranking else "")
+               + " divided by all relevant references (scikit-learn's average precision on a whole ranking)"}
+    lines = []
+    for key, header in columns:
+        if key.startswith("precision_at_"):
+            text = f"share of the top {metrics.at_k(key)} neighbours with the query's label"
+        elif key.startswith("map_at_"):
+            text = (f"AP over the top {metrics.at_k(key)}: precision at each hit's rank, summed, divided by the "
+                    f"hits found in the top {metrics.at_k(key)} (0 when none); the paper's mAP")
+        else:
+            text = meaning[key]
+        lines.append(f"- {header}: {text}.")
+    return "\n".join(lines)
 
 
 def write(out: str, result: dict) -> None:

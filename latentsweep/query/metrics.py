@@ -1,11 +1,22 @@
-"""The paper's retrieval metrics: Top-1, Precision@k, mAP, Top-1 Type; tables by label and family.
-Sweeps add the vote accuracy: how often the k-NN vote (``predicted_label``, what users act on) is
-the query's label; Top-1 is the nearest neighbour's label alone. The precision key carries its k
-(``precision_at_10`` with the paper's k=10, ``precision_at_5`` with ``-k 5``).
+"""The paper's retrieval metrics, each named by what it is; tables by label and family.
 
-Each query comes with its ranked neighbours' labels (self-match already removed) and the number of
-relevant references (same label, the query itself excluded), so AP is exact when the ranking covers
-the whole reference set and is marked truncated otherwise.
+Per query, given its ranked neighbours' labels (best first, self-match already removed), the number
+R of relevant references (same label, the query itself excluded) and the cut-off k (the paper's 10):
+
+- ``top1``: 1 if the nearest neighbour has the query's label (the paper's Top-1 Accuracy).
+- ``precision_at_<k>``: hits in the top k / k (the paper's Precision@10 when k is 10).
+- ``map_at_<k>`` (per query ``ap_at_<k>``): the paper's mAP@10 normalisation, AP over the top k only:
+  the sum, over the hits at ranks r <= k, of precision@r, divided by the number of hits found in the
+  top k (0 when there is none). It can exceed Precision@k (one hit at rank 1: AP@10 = 1, P@10 = 0.1),
+  as the paper's tables do.
+- ``map_full`` (per query ``ap_full``): AP over the whole ranking given, divided by R (all relevant
+  references): scikit-learn's ``average_precision_score`` when the ranking covers the whole
+  reference set; otherwise truncated (a sweep ranks k neighbours: ``map_truncated_at``; at most k/R).
+- ``type_top1``: 1 if the nearest neighbour's family is the query's (the paper's Top-1 Type).
+- ``vote_accuracy`` (sweeps): the k-NN vote (``predicted_label``, what users act on) is the label.
+
+Summaries also carry ``map``, a deprecated alias of ``map_full`` in ``overall`` only, for readers not
+yet renamed (``latentsweep.experiment``); new readers use ``map_at_<k>`` or ``map_full``.
 """
 
 from __future__ import annotations
@@ -19,6 +30,11 @@ def precision_key(k: int) -> str:
     return f"precision_at_{k}"
 
 
+def ap_key(k: int) -> str:
+    """The per-query key of AP over the top k (``ap_at_10``); summaries average it as ``map_at_<k>``."""
+    return f"ap_at_{k}"
+
+
 def per_query(query_label: str, neighbour_labels: list[str | None], total_relevant: int,
               families: dict[str, str], k: int = 10, predicted: str | None = None) -> dict:
     """Metrics of one query given its ranking (best first) and, for a sweep, its voted label."""
@@ -29,14 +45,16 @@ def per_query(query_label: str, neighbour_labels: list[str | None], total_releva
 def per_queries(query_labels: list[str], rankings, total_relevant: list[int],
                 families: dict[str, str], k: int = 10, predicted: list[str] | None = None) -> list[dict]:
     """Metrics of many queries at once (array operations: a night's sweep has 100k of them); every
-    ranking (a row of ``rankings``: lists or a 2-d object array) has the same length. AP = the sum, over the hits, of the precision at the hit's rank,
-    divided by the number of relevant references.
+    ranking (a row of ``rankings``: lists or a 2-d object array) has the same length. ``ap_at_<k>``:
+    the sum, over the hits in the top k, of the precision at the hit's rank, divided by the number of
+    those hits (0 without one); ``ap_full``: the same sum over the whole ranking divided by
+    ``total_relevant`` (0 when that is 0).
 
     ``predicted``: the queries' voted labels (a sweep's ``predicted_label``); each row then has
     ``vote_accuracy`` and the confusion is keyed on the vote. Without it (the paper's leave-one-out
     protocol) the confusion is keyed on the nearest neighbour's label. Row keys: ``top1``,
-    ``precision_at_<k>``, ``ap``, ``type_top1`` (and ``vote_accuracy``); ``nearest`` (the nearest
-    neighbour's label) and ``predicted`` (what the confusion counts)."""
+    ``precision_at_<k>``, ``ap_at_<k>``, ``ap_full``, ``type_top1`` (and ``vote_accuracy``);
+    ``nearest`` (the nearest neighbour's label) and ``predicted`` (what the confusion counts)."""
     labels = np.asarray(query_labels, dtype=object)
     ranked = np.empty((len(rankings), len(rankings[0]) if len(rankings) else 0), dtype=object)
     ranked[:] = rankings
@@ -44,8 +62,12 @@ def per_queries(query_labels: list[str], rankings, total_relevant: list[int],
     hits = np.cumsum(matches, axis=1)
     ranks = np.arange(1, matches.shape[1] + 1)
     relevant = np.asarray(total_relevant, dtype=np.float64)
-    ap = np.divide((matches * hits / ranks).sum(axis=1), relevant, out=np.zeros(len(labels)), where=relevant > 0)
-    precision = matches[:, :k].sum(axis=1) / k
+    precision_at_hits = matches * hits / ranks  # precision@r at every hit rank r, 0 elsewhere
+    ap_full = np.divide(precision_at_hits.sum(axis=1), relevant, out=np.zeros(len(labels)), where=relevant > 0)
+    hits_in_top = matches[:, :k].sum(axis=1).astype(np.float64)
+    ap_top = np.divide(precision_at_hits[:, :k].sum(axis=1), hits_in_top, out=np.zeros(len(labels)),
+                       where=hits_in_top > 0)
+    precision = hits_in_top / k
     tops = ranked[:, 0] if ranked.shape[1] else np.full(len(labels), None, dtype=object)
     votes = list(predicted) if predicted is not None else None
     rows = []
@@ -54,7 +76,8 @@ def per_queries(query_labels: list[str], rankings, total_relevant: list[int],
         row = {"top1": float(matches[index, 0]) if matches.shape[1] else 0.0}
         if votes is not None:
             row["vote_accuracy"] = float(votes[index] == label)
-        row.update({precision_key(k): float(precision[index]), "ap": float(ap[index]),
+        row.update({precision_key(k): float(precision[index]), ap_key(k): float(ap_top[index]),
+                    "ap_full": float(ap_full[index]),
                     "type_top1": float(family is not None and family == families.get(label)),
                     "nearest": top, "predicted": votes[index] if votes is not None else top})
         rows.append(row)
@@ -67,12 +90,12 @@ LABELS_OF_ROWS = ("nearest", "predicted")
 def summarise(labels: list[str], rows: list[dict], families: dict[str, str]) -> dict:
     """Overall, per-family and per-label means; confusion of true label against ``predicted``
     (the vote in a sweep, the top-1 neighbour's label in the paper's protocol)."""
-    names = [name for name in (rows[0] if rows else ("top1", precision_key(10), "ap", "type_top1"))
+    names = [name for name in (rows[0] if rows else ("top1", precision_key(10), ap_key(10), "ap_full", "type_top1"))
              if name not in LABELS_OF_ROWS]
 
     def mean(selected: list[dict]) -> dict:
-        result = {name: float(np.mean([r[name] for r in selected])) if selected else 0.0 for name in names}
-        result["map"] = result.pop("ap")
+        result = {("m" + name if name.startswith("ap_") else name):  # ap_at_<k> -> map_at_<k>, ap_full -> map_full
+                  float(np.mean([r[name] for r in selected])) if selected else 0.0 for name in names}
         result["queries"] = len(selected)
         return result
 
@@ -83,7 +106,9 @@ def summarise(labels: list[str], rows: list[dict], families: dict[str, str]) -> 
         by_family[families.get(label, "unassigned")].append(row)
         confusion[label][row["predicted"] or "none"] += 1
     voted = bool(rows) and "vote_accuracy" in rows[0]
-    return {"overall": mean(rows),
+    overall = mean(rows)
+    overall["map"] = overall["map_full"]  # deprecated alias (module docstring)
+    return {"overall": overall,
             "confusion_of": "predicted_label (k-NN vote)" if voted else "top-1 neighbour's label",
             "by_family": {family: mean(selected) for family, selected in sorted(by_family.items())},
             "by_label": {label: mean(selected) for label, selected in sorted(by_label.items())},
@@ -95,15 +120,28 @@ def precision_name(values: dict) -> str | None:
     return next((name for name in values if name.startswith("precision_at_")), None)
 
 
+def map_name(values: dict) -> str | None:
+    """The ``map_at_<k>`` key of a metrics dict (None without one)."""
+    return next((name for name in values if name.startswith("map_at_")), None)
+
+
+def at_k(name: str) -> str:
+    """The k of a ``precision_at_<k>`` or ``map_at_<k>`` key, as text."""
+    return name.rsplit("_at_", 1)[1]
+
+
 def headline(overall: dict) -> str:
     """One line of the overall metrics, each name carrying what it measures: ``vote_acc`` (the
-    k-NN vote), ``top1`` (the nearest neighbour), ``p@<k>``, ``map``, ``type_top1``."""
+    k-NN vote), ``top1`` (the nearest neighbour), ``p@<k>``, ``map@<k>`` (AP over the top k, by the
+    hits found there), ``type_top1``, ``map_full`` (AP divided by all relevant references)."""
     parts = []
     if "vote_accuracy" in overall:
         parts.append(f"vote_acc={overall['vote_accuracy']:.3f}")
     parts.append(f"top1={overall['top1']:.3f}")
-    precision = precision_name(overall)
+    precision, average = precision_name(overall), map_name(overall)
     if precision:
-        parts.append(f"p@{precision.removeprefix('precision_at_')}={overall[precision]:.3f}")
-    parts += [f"{name}={overall[name]:.3f}" for name in ("map", "type_top1") if name in overall]
+        parts.append(f"p@{at_k(precision)}={overall[precision]:.3f}")
+    if average:
+        parts.append(f"map@{at_k(average)}={overall[average]:.3f}")
+    parts += [f"{name}={overall[name]:.3f}" for name in ("type_top1", "map_full") if name in overall]
     return " ".join(parts)

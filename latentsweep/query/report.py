@@ -19,7 +19,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from latentsweep import storage
-from latentsweep.query.metrics import precision_name
+from latentsweep.query.metrics import at_k, map_name, precision_name
 
 THUMBNAIL = 72
 STRIPS_LEAST_CONFIDENT = 6  # neighbour strips: this many least confident queries ...
@@ -140,11 +140,14 @@ def _provenance(provenance: dict, summary: dict) -> str:
 
 
 def _metric_columns(values: dict) -> list[tuple[str, str]]:
-    """(key, header) of the metrics present, the vote first."""
-    precision = precision_name(values)
-    columns = [("vote_accuracy", "Vote accuracy"), ("top1", "Top-1 (nearest neighbour)"),
-               (precision, f"Prec.@{precision.removeprefix('precision_at_')}" if precision else ""),
-               ("map", "mAP"), ("type_top1", "Top-1 Type (nearest neighbour)")]
+    """(key, header) of the metrics present: the paper's Top-1, Prec.@k, mAP@k and Top-1 Type, then
+    the vote accuracy and the mAP divided by all relevant references, each under its own name."""
+    precision, average = precision_name(values), map_name(values)
+    columns = [("top1", "Top-1 (nearest neighbour)"),
+               (precision, f"Prec.@{at_k(precision)}" if precision else ""),
+               (average, f"mAP@{at_k(average)}" if average else ""),
+               ("type_top1", "Top-1 Type (nearest neighbour)"), ("vote_accuracy", "Vote accuracy"),
+               ("map_full", "mAP full (/ all relevant)")]
     return [(key, header) for key, header in columns if key and key in values]
 
 
@@ -164,9 +167,13 @@ def _metrics(metrics: dict, summary: dict) -> list[str]:
     cards = [(overall.get("vote_accuracy"), "vote accuracy", "predicted_label (the k-NN vote) = label"),
              (overall["top1"], "Top-1 (nearest neighbour)", "the nearest reference's label = label")]
     if precision:
-        cards.append((overall[precision], f"Prec.@{precision.removeprefix('precision_at_')}",
+        cards.append((overall[precision], f"Prec.@{at_k(precision)}",
                       "share of the k neighbours with the query's label"))
-    cards.append((overall["map"], "mAP", f"AP over the top {k} neighbours"))
+    average = map_name(overall)
+    if average:
+        cards.append((overall[average], f"mAP@{at_k(average)}",
+                      f"AP over the top {at_k(average)}, divided by the hits found there (the paper's)"))
+    cards.append((overall.get("map_full"), "mAP full", f"AP over the top {k} neighbours, divided by all relevant"))
     headline = "".join(f'<div class="card"><b>{value:.3f}</b><br>{name}<br><small>{note}</small></div>'
                        for value, name, note in cards if value is not None)
     per_label = {label: values.get("vote_accuracy", values["top1"]) for label, values in metrics["by_label"].items()}
