@@ -553,3 +553,28 @@ def test_a_lost_s3_lease_stops_the_writer(s3_env, tmp_path):
     assert "lost the lock on s3://" in stderr and "taken over" in stderr
     done = len(list(storage.list_files(f"s3://{bucket}/out/_done")))
     assert 1 <= done < 18, "the writer must stop before the end"
+
+
+def test_done_markers_are_read_from_their_index_unless_changed(tmp_path, ray_session, monkeypatch):
+    """A finished run records its markers in _done.parquet; the next run reads only markers that are
+    new or changed since (one GET a shard no more), and still sees a marker rewritten behind its back."""
+    from latentsweep.ingest import write
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    photo_corpus(corpus, labels=("alpha",), per_label=6, size=(40, 40))
+    first = run(job(corpus, out, shard_size=2))
+    index = storage.read_table(str(out / "_done.parquet"))
+    assert sorted(index.column("name").to_pylist()) == [f"shard-{i:05d}.json" for i in range(3)]
+    reads: list[str] = []
+    real_read = storage.read_bytes
+    monkeypatch.setattr(storage, "read_bytes", lambda uri: reads.append(str(uri)) or real_read(uri))
+    assert len(write.done_records(storage.Location.parse(str(out)))) == 3 and not [r for r in reads if "_done/" in r]
+    marker = out / "_done" / "shard-00001.json"
+    record = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**record, "digest": "stale"}))  # another version of one marker
+    records = write.done_records(storage.Location.parse(str(out)))
+    assert [r for r in reads if "_done/" in r] == [str(marker)]
+    assert {r["shard_id"]: r["digest"] for r in records}[1] == "stale"
+    monkeypatch.setattr(storage, "read_bytes", real_read)
+    again = run(job(corpus, out, shard_size=2))  # the stale shard is redone, the others skipped
+    assert again.shards_already_done == 2 and again.shards_processed == 1 and again.embedded == first.embedded

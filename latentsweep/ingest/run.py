@@ -27,7 +27,7 @@ from latentsweep.errors import UsageError
 from latentsweep.ingest import manifest, plan as planning
 from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from latentsweep.ingest.sources import Listing, list_source
-from latentsweep.ingest.write import DONE_FOLDER, done_records
+from latentsweep.ingest.write import DONE_FOLDER, DONE_INDEX, done_records, write_done_index
 
 DEVICES = ("auto", "cpu", "cuda")
 PLAN_VERSION = 2  # stable shards (manifest parts + shards.parquet); version 1 re-hashed every run
@@ -188,6 +188,7 @@ def run(job: IngestJob, log=None) -> IngestSummary:
     settings = _settings(job)
     with lock.hold(out, "ingest") as held:
         _plan_and_process(job, out, listing, settings, summary, log, held)
+        write_done_index(out)
         summary.seconds = round(time.monotonic() - started, 2)
         summary.images_per_second = round(summary.items_encoded / summary.seconds, 2) if summary.seconds else 0.0
         storage.write_bytes(out.join("summary.json"), json.dumps(asdict(summary), indent=2).encode())
@@ -242,7 +243,7 @@ def _clear(out: storage.Location) -> None:
     for folder in (DONE_FOLDER, "embeddings", "errors", manifest.MANIFEST_FOLDER):
         for info in list(storage.list_files(out.join(folder), missing_ok=True)):
             storage.delete(info.uri)
-    for name in (manifest.SHARDS_FILE, "manifest.parquet"):  # manifest.parquet: plan version 1
+    for name in (manifest.SHARDS_FILE, DONE_INDEX, "manifest.parquet"):  # manifest.parquet: plan version 1
         storage.delete(out.join(name))
 
 
