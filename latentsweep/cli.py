@@ -348,7 +348,7 @@ def sweep(
         from latentsweep.query.metrics import headline
 
         typer.echo(f"sweep metrics ({summary.labelled} labelled queries, vote_acc = predicted_label, top1 = nearest "
-                   f"neighbour, AP truncated at k={k}): {headline(summary.metrics['overall'])}")
+                   f"neighbour, map_full truncated at k={k}): {headline(summary.metrics['overall'])}")
 
 
 def embeddings_for(job, weights: Optional[str]) -> list[str]:
@@ -398,7 +398,8 @@ def evaluate(
     address: AddressOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Run the paper's protocol: Top-1, Precision@10, mAP, Top-1 Type; by family and by label."""
+    """Run the paper's protocol: Top-1, Precision@10, mAP@10, Top-1 Type (and mAP over the full ranking); by
+    family and by label."""
     from latentsweep.query.evaluate import evaluate as run_evaluate, tables
 
     result = run_evaluate(index, out, list(queries) if queries else None, sample=sample, index_parts=index_parts,

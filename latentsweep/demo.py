@@ -44,7 +44,7 @@ def run(out: Path, per_generator: int = 24, queries_per_generator: int = 8, log=
                             date=SWEEP_DATE))
     log(f"demo: sweep attributed {result.queries} held-out queries ({result.parts_already_done}/{result.parts} "
         f"parts already done) -> {result.out}")
-    log("\nHeld-out queries against the reference index (k=10 vote, AP truncated at 10):")
+    log("\nHeld-out queries against the reference index (k=10 vote; mAP full truncated at 10):")
     log(tables(result.metrics))
     reference = evaluate(str(index), str(out / "evaluation"))
     log("Leave-one-out on the reference set (the paper's protocol):")

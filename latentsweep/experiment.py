@@ -119,7 +119,8 @@ def semantic_table(root: Path, settings: ExperimentSettings, log) -> list[dict]:
 
 def _headline(metrics: dict) -> dict:
     overall = metrics["overall"]
-    return {key: round(overall[key], 4) for key in ("top1", "precision_at_10", "map", "type_top1", "queries")}
+    return {key: round(overall[key], 4) for key in ("top1", "precision_at_10", "map_at_10", "map_full", "type_top1",
+                                                    "queries")}
 
 
 def zoo_tables(root: Path, settings: ExperimentSettings, log) -> dict:
@@ -209,7 +210,7 @@ def markdown(results: dict) -> str:
         return "| " + " | ".join(f"{values[k]:.3f}" if isinstance(values[k], float) else str(values[k])
                                  for k in keys) + " |"
 
-    metric_keys = ("top1", "precision_at_10", "map")
+    metric_keys = ("top1", "precision_at_10", "map_at_10", "map_full")
     lines = ["# Results: the seed paper's experiments on this project's codec", "",
              "Made by `make experiment` (`latentsweep experiment --out experiment --docs docs/results.md`) "
              f"in {results['seconds']:.0f} s on this machine's CPU. Every number below went through the "
@@ -221,21 +222,21 @@ def markdown(results: dict) -> str:
              f"Codec weights: `{weights['name']}` (sha256 `{weights['sha256'][:16]}...`), {weights['summary']}.",
              f"Corpus parameters: {json.dumps(settings)}.", "",
              "## Table 1: semantic retrieval (leave-one-out)", "",
-             "| classes | features | Top-1 Acc. | Prec.@10 | mAP |", "|---|---|---|---|---|"]
+             "| classes | features | Top-1 Acc. | Prec.@10 | mAP@10 | mAP full |", "|---|---|---|---|---|---|"]
     lines += [row(r, ("classes", "features") + metric_keys) for r in results["table1"]]
     lines += ["", "## The zoo: every configuration", "",
               "`reference` = leave-one-out on the reference set (the paper's protocol); `queries` = held-out "
               "images with new content against the reference index; `queries-jpeg*` = the same held-out "
               "images re-compressed as JPEG. Chance Top-1 is 1/7 = 0.143.", "",
-              "| pooling | features | query set | Top-1 Acc. | Prec.@10 | mAP | Top-1 Type Acc. |",
-              "|---|---|---|---|---|---|---|"]
+              "| pooling | features | query set | Top-1 Acc. | Prec.@10 | mAP@10 | mAP full | Top-1 Type Acc. |",
+              "|---|---|---|---|---|---|---|---|"]
     lines += [row(r, ("pooling", "features", "query_set") + metric_keys + ("type_top1",)) for r in results["zoo_rows"]]
     pixel = results["pixel_baseline"]
     lines += ["", "## Pixel-domain baseline (Figure 1a)", "",
               "Held-out queries; the pixel path decodes the latents (synthesis transforms), converts YUV to "
               "RGB and describes the decoded pixels (channel means and log energies of a fixed high-pass "
               "bank); same scaler, cosine Flat index and protocol as the latent path.", "",
-              "| path | Top-1 Acc. | Prec.@10 | mAP | seconds per image |", "|---|---|---|---|---|",
+              "| path | Top-1 Acc. | Prec.@10 | mAP@10 | mAP full | seconds per image |", "|---|---|---|---|---|---|",
               f"| latent ({settings['main_features']}, gap) | "
               + " | ".join(f"{_row_of(results, 'queries')[k]:.3f}" for k in metric_keys)
               + f" | {pixel['latent_seconds_per_image']:.4f} |",

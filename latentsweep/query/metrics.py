@@ -15,8 +15,6 @@ R of relevant references (same label, the query itself excluded) and the cut-off
 - ``type_top1``: 1 if the nearest neighbour's family is the query's (the paper's Top-1 Type).
 - ``vote_accuracy`` (sweeps): the k-NN vote (``predicted_label``, what users act on) is the label.
 
-Summaries also carry ``map``, a deprecated alias of ``map_full`` in ``overall`` only, for readers not
-yet renamed (``latentsweep.experiment``); new readers use ``map_at_<k>`` or ``map_full``.
 """
 
 from __future__ import annotations
@@ -107,7 +105,6 @@ def summarise(labels: list[str], rows: list[dict], families: dict[str, str]) -> 
         confusion[label][row["predicted"] or "none"] += 1
     voted = bool(rows) and "vote_accuracy" in rows[0]
     overall = mean(rows)
-    overall["map"] = overall["map_full"]  # deprecated alias (module docstring)
     return {"overall": overall,
             "confusion_of": "predicted_label (k-NN vote)" if voted else "top-1 neighbour's label",
             "by_family": {family: mean(selected) for family, selected in sorted(by_family.items())},
