@@ -3,7 +3,7 @@
 ``QueryEngine`` is a plain class so it runs in a Ray actor (``QueryActor``), inside Ray Data's actor
 pool (the sweep) or directly (evaluation, tests) with the same code. Per reference it holds the index's
 vectors (memory-mapped where the type allows), a sorted int64 id, a label code and a shard code
-(``shards.References``): no URI, no Python object. URIs are read for the neighbours a batch returns.
+(``lookup.References``): no URI, no Python object. URIs are read for the neighbours a batch returns.
 The memory it needs is :func:`latentsweep.index.placement.engine_memory` of the manifest; the sweep
 and the index parts request it from Ray (``memory=``).
 """
