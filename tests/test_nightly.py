@@ -9,7 +9,6 @@ import re
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
