@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from latentsweep import lock, schema, storage
+from latentsweep import lock, storage
 from latentsweep.cluster import cpus_and_gpus
 from latentsweep.codec.embed import EmbedSettings
 from latentsweep.console import stage_log
@@ -27,7 +27,7 @@ from latentsweep.errors import UsageError
 from latentsweep.ingest import manifest, plan as planning
 from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from latentsweep.ingest.sources import Listing, list_source
-from latentsweep.ingest.write import DONE_FOLDER, DONE_INDEX, done_records, write_done_index
+from latentsweep.ingest.write import DONE_FOLDER, DONE_INDEX, done_records, shard_files, write_done_index
 
 DEVICES = ("auto", "cpu", "cuda")
 PLAN_VERSION = 2  # stable shards (manifest parts + shards.parquet); version 1 re-hashed every run
@@ -158,11 +158,8 @@ def dry_run(job: IngestJob) -> dict:
     check(job)
     out = storage.Location.parse(job.out)
     listing = _list(job)
-    settings = _settings(job)
-    _check_previous(out, settings, job.shard_size, job.overwrite)
-    previous, _ = (None, None) if job.overwrite else manifest.read_previous(out)
-    plan = planning.plan(listing.table, job.shard_size, settings, previous)
-    done = {} if job.overwrite else _done(out)
+    plan, _ = _plan(job, out, listing, _settings(job))
+    done = {} if job.overwrite else _digests(done_records(out))
     pending = plan.pending_mask(done).to_numpy(zero_copy_only=False)
     shard_ids, sizes = plan.shards.column("shard").to_numpy(), plan.shards.column("items").to_numpy()
     # a pending shard with earlier output keeps its unchanged items' rows: it encodes only the fresh ones
@@ -172,8 +169,16 @@ def dry_run(job: IngestJob) -> dict:
             "items_to_encode": int(encode[pending].sum()), "shards_dropped": len(plan.dropped)}
 
 
-def _done(out: storage.Location) -> dict[int, str]:
-    return {int(record["shard_id"]): record["digest"] for record in done_records(out)}
+def _plan(job: IngestJob, out: storage.Location, listing: Listing, settings: dict):
+    """(plan, previous shard table) of ``listing`` against what ``out`` holds (nothing with
+    ``--overwrite``); refuses an output of other settings or another shard size."""
+    _check_previous(out, settings, job.shard_size, job.overwrite)
+    previous_items, previous_shards = (None, None) if job.overwrite else manifest.read_previous(out)
+    return planning.plan(listing.table, job.shard_size, settings, previous_items), previous_shards
+
+
+def _digests(records) -> dict[int, str]:
+    return {int(record["shard_id"]): record["digest"] for record in records}
 
 
 def run(job: IngestJob, log=None) -> IngestSummary:
@@ -198,12 +203,9 @@ def run(job: IngestJob, log=None) -> IngestSummary:
 def _plan_and_process(job: IngestJob, out: storage.Location, listing: Listing, settings: dict,
                       summary: IngestSummary, log, held: lock.Held) -> None:
     """Plan against what ``out`` already holds, store the plan, and process the shards left."""
-    _check_previous(out, settings, job.shard_size, job.overwrite)
+    plan, previous_shards = _plan(job, out, listing, settings)
     if job.overwrite:
         _clear(out)
-    previous_items, previous_shards = manifest.read_previous(out)
-    plan = planning.plan(listing.table, job.shard_size, settings, previous_items)
-    del previous_items
     for name in ("inputs", "new", "changed", "removed"):
         setattr(summary, name, plan.counts[name])
     stored = manifest.write(out, plan, previous_shards)
@@ -211,9 +213,10 @@ def _plan_and_process(job: IngestJob, out: storage.Location, listing: Listing, s
         {"plan_version": PLAN_VERSION, "settings": settings, "shard_size": job.shard_size,
          "shards": stored.num_rows, "source": job.source}, indent=2).encode())
     for shard in plan.dropped:  # every item of these shards is gone: so are their rows
-        _delete_shard(out, shard)
+        for location in shard_files(out, shard):
+            storage.delete(location)
     records = {int(record["shard_id"]): record for record in done_records(out)}
-    pending = plan.pending_mask({shard: record["digest"] for shard, record in records.items()})
+    pending = plan.pending_mask(_digests(records.values()))
     todo = stored.filter(pending)
     finished = [records[shard] for shard in stored.filter(pc.invert(pending)).column("shard").to_pylist()]
     summary.shards, summary.shards_already_done = stored.num_rows, len(finished)
@@ -230,13 +233,6 @@ def _plan_and_process(job: IngestJob, out: storage.Location, listing: Listing, s
     else:
         log(f"ingest: all {stored.num_rows} shards of {out.uri} are already done; nothing to do")
     summary.errors = dict(sorted(errors.items()))
-
-
-def _delete_shard(out: storage.Location, shard: int) -> None:
-    name = schema.shard_name(shard)
-    for location in (out.join(DONE_FOLDER, f"{name}.json"), out.join("embeddings", f"{name}.parquet"),
-                     out.join("errors", f"{name}.parquet")):
-        storage.delete(location)
 
 
 def _clear(out: storage.Location) -> None:

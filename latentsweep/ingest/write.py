@@ -32,6 +32,13 @@ class ShardResult:
     encoded: int  # items fetched and encoded by this write (the others' rows were kept)
 
 
+def shard_files(out: storage.Location, shard_id: int) -> tuple[storage.Location, ...]:
+    """A shard's embeddings file, errors file and done marker: its id decides all three names."""
+    name = shard_name(shard_id)
+    return (out.join("embeddings", f"{name}.parquet"), out.join("errors", f"{name}.parquet"),
+            out.join(DONE_FOLDER, f"{name}.json"))
+
+
 DONE_INDEX = "_done.parquet"  # the markers as of the last run's end: name, version, record
 
 
@@ -82,9 +89,6 @@ class ShardWriter:
         self.provenance = provenance  # codec, weights_digest, feature_set, pooling
         self.embedding_schema = schema.embedding_schema(columns)
 
-    def _files(self, shard_id: int) -> tuple[storage.Location, storage.Location]:
-        name = f"{shard_name(shard_id)}.parquet"
-        return self.out.join("embeddings", name), self.out.join("errors", name)
 
     def reusable(self, shard_id: int, planned: pa.Table) -> tuple[pa.Table, pa.Table]:
         """The rows of the shard's previous files that still describe a planned item: same id and
@@ -92,7 +96,7 @@ class ShardWriter:
         keys = {item_id: (version, label, family) for item_id, version, label, family in zip(
             *(planned.column(name).to_pylist() for name in ("id", "version", "label", "family")))}
         kept = []
-        for location, kind, fields in zip(self._files(shard_id), ("embeddings", "errors"),
+        for location, kind, fields in zip(shard_files(self.out, shard_id), ("embeddings", "errors"),
                                           (("version", "label", "family"), ("version",))):
             table = self._previous(location, kind)
             width = len(fields)
@@ -132,14 +136,14 @@ class ShardWriter:
         }, schema=schema.ERROR_SCHEMA)
         embeddings = pa.concat_tables([kept[0], new_embeddings]).sort_by("id")
         errors = pa.concat_tables([kept[1], new_errors]).sort_by("id")
-        embeddings_file, errors_file = self._files(shard_id)
+        embeddings_file, errors_file, marker_file = shard_files(self.out, shard_id)
         storage.write_table(embeddings_file, embeddings)
         storage.write_table(errors_file, errors)
         counts = Counter(errors.column("error_type").to_pylist())
         result = ShardResult(shard_id, embeddings.num_rows, dict(sorted(counts.items())), len(fetched))
         marker = {"shard_id": shard_id, "digest": digest, "embedded": result.embedded, "errors": result.errors,
                   "encoded": result.encoded}
-        storage.write_bytes(self.out.join(DONE_FOLDER, f"{shard_name(shard_id)}.json"), json.dumps(marker).encode())
+        storage.write_bytes(marker_file, json.dumps(marker).encode())
         return result
 
     def _embeddings(self, rows: pa.Table, fetched: list[Fetched], vectors: dict[str, np.ndarray]) -> pa.Table:
