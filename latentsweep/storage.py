@@ -252,10 +252,7 @@ def list_files(root: str | Location, page_size: int = 1000, missing_ok: bool = F
             pages = paginator.paginate(Bucket=location.bucket, Prefix=prefix,
                                        PaginationConfig={"PageSize": page_size})
             for page in pages:
-                for item in page.get("Contents", []):
-                    if not item["Key"].endswith("/"):
-                        yield FileInfo(f"s3://{location.bucket}/{item['Key']}", item["Size"],
-                                       item["ETag"].strip('"'))
+                yield from _page_files(location.bucket, page)
         except Exception as error:  # botocore raises several unrelated types
             raise explain(error, location, "list") from None
         return
@@ -272,6 +269,12 @@ def list_files(root: str | Location, page_size: int = 1000, missing_ok: bool = F
     for path in paths:
         stat = os.stat(path)
         yield FileInfo(path, stat.st_size, str(stat.st_mtime_ns))
+
+
+def _page_files(bucket: str, page: dict) -> list[FileInfo]:
+    """The files of one ``list_objects_v2`` page (folder placeholder keys ending in "/" left out)."""
+    return [FileInfo(f"s3://{bucket}/{item['Key']}", item["Size"], item["ETag"].strip('"'))
+            for item in page.get("Contents", []) if not item["Key"].endswith("/")]
 
 
 LISTING_THREADS = 16
@@ -292,8 +295,7 @@ def list_tree(root: str | Location, threads: int = LISTING_THREADS) -> Iterator[
     try:
         for page in s3_client().get_paginator("list_objects_v2").paginate(
                 Bucket=location.bucket, Prefix=prefix, Delimiter="/"):
-            top += [FileInfo(f"s3://{location.bucket}/{item['Key']}", item["Size"], item["ETag"].strip('"'))
-                    for item in page.get("Contents", []) if not item["Key"].endswith("/")]
+            top += _page_files(location.bucket, page)
             folders += [entry["Prefix"] for entry in page.get("CommonPrefixes", [])]
     except Exception as error:
         raise explain(error, location, "list") from None

@@ -90,12 +90,7 @@ def read(uri: str, features: str) -> tuple[Batch, list[str]]:
     table = storage.read_table(uri)
     schema.check(table.schema, "embeddings", uri)
     columns = resolve_columns(schema.tensor_columns(table.schema), features)
-    parts = [np.asarray(table.column(name).combine_chunks().flatten(), dtype=np.float32)
-             .reshape(table.num_rows, -1) for name in columns]
-    vectors = np.concatenate(parts, axis=1) if parts else np.zeros((table.num_rows, 0), np.float32)
-    provenance = set(zip(*(table.column(name).to_pylist() for name in PROVENANCE)))
-    return Batch(table.column("id").to_numpy(), np.ascontiguousarray(vectors),
-                 table.select(list(METADATA_COLUMNS)), provenance), columns
+    return _batch(table, columns, list(METADATA_COLUMNS)), columns
 
 
 def read_columns(uri: str, columns: list[str], with_uri: bool = False) -> Batch:
@@ -104,17 +99,20 @@ def read_columns(uri: str, columns: list[str], with_uri: bool = False) -> Batch:
     order; Parquet reads those column chunks and skips the others (``sha256``, sizes, unused tensors).
     The schema is checked from the footer first (a missing column is a usage error naming it); the
     batch's metadata holds id, uri (when read), label and family."""
-    file_schema = storage.read_schema(uri)
-    schema.check(file_schema, "embeddings", uri)
-    resolve_columns(schema.tensor_columns(file_schema), ",".join(columns))
+    columns_of(uri, ",".join(columns))
     small = ["id", *(["uri"] if with_uri else []), "label", "family"]
-    table = storage.read_table(uri, columns=small + list(PROVENANCE) + list(columns))
+    return _batch(storage.read_table(uri, columns=small + list(PROVENANCE) + list(columns)), columns, small)
+
+
+def _batch(table: pa.Table, columns: list[str], metadata: list[str]) -> Batch:
+    """The feature ``columns`` of ``table`` concatenated in order, with its ids, ``metadata`` columns
+    and provenance."""
     parts = [np.asarray(table.column(name).combine_chunks().flatten(), dtype=np.float32)
              .reshape(table.num_rows, -1) for name in columns]
     vectors = np.concatenate(parts, axis=1) if parts else np.zeros((table.num_rows, 0), np.float32)
     provenance = set(zip(*(table.column(name).to_pylist() for name in PROVENANCE)))
     return Batch(table.column("id").to_numpy().astype(np.int64, copy=False), np.ascontiguousarray(vectors),
-                 table.select(small), provenance)
+                 table.select(metadata), provenance)
 
 
 def check_provenance(provenance: set[tuple[str, str, str]], where: str) -> tuple[str, str, str]:
