@@ -340,8 +340,8 @@ def sweep(
                    workers=workers, index_parts=index_parts, overwrite=overwrite, quiet=quiet, address=address)
     if date:
         job.date = date
-    check(job)  # before the night's images are ingested
-    job.queries = embeddings_for(job, weights)
+    manifest = check(job)  # before the night's images are ingested
+    job.queries = embeddings_for(job, weights, manifest)
     summary = run_sweep(job)
     report_summary("sweep", summary)
     if summary.metrics and summary.labelled:  # only labelled queries are scored; none: no metrics line
@@ -351,14 +351,13 @@ def sweep(
                    f"neighbour, map_full truncated at k={k}): {headline(summary.metrics['overall'])}")
 
 
-def embeddings_for(job, weights: Optional[str]) -> list[str]:
+def embeddings_for(job, weights: Optional[str], manifest) -> list[str]:
     """The sweep's queries as embeddings: ingest outputs as they are; images are ingested first into
     OUT/_embeddings/date=D with the codec, weights, features and pooling the index was built from."""
     from latentsweep.codec import weights as codec_weights
     from latentsweep.codec.embed import EmbedSettings
     from latentsweep.errors import UsageError
     from latentsweep.index import features
-    from latentsweep.index.manifest import load
     from latentsweep.ingest.run import IngestJob, run as run_ingest
     from latentsweep.schema import FEATURE_SETS
     from latentsweep.storage import Location
@@ -368,7 +367,6 @@ def embeddings_for(job, weights: Optional[str]) -> list[str]:
         return job.queries
     except UsageError:
         pass
-    manifest = load(job.index)
     digest = codec_weights.digest(weights)
     if digest != manifest.weights_digest:
         raise UsageError(f"the index was built with codec weights {manifest.weights_digest[:12]}..., these are "

@@ -45,10 +45,11 @@ def write(out: storage.Location, plan: Plan, previous_shards: pa.Table | None) -
     row_groups = np.zeros(len(shard_ids), np.int32)
     previous = _digests_by_part(previous_shards)
     current: dict[int, list] = {}
-    for row, (shard, part) in enumerate(zip(shard_ids.tolist(), parts.tolist())):
+    for row, (shard, part, digest) in enumerate(zip(shard_ids.tolist(), parts.tolist(),
+                                                    shards.column("digest").to_pylist())):
         members = current.setdefault(part, [])
         row_groups[row] = len(members)
-        members.append((shard, shards.column("digest")[row].as_py(), row))
+        members.append((shard, digest, row))
     for part, members in current.items():
         if previous.get(part) == [(shard, digest) for shard, digest, _ in members]:
             continue  # same shards, same items: the stored part is this part

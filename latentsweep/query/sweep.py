@@ -164,21 +164,21 @@ def _done(location: storage.Location) -> dict[str, dict]:
 
 def sweep(job: SweepJob, log=None) -> SweepSummary:
     """Attribute every query file of ``job`` into its date partition; one sweep per partition at a time."""
-    check_queries(features.embedding_files(job.queries), check(job))
+    manifest = check(job)
+    check_queries(features.embedding_files(job.queries), manifest)
     location = partition(job)
     with lock.hold(location, "sweep") as held:
-        return _sweep(job, location, log or stage_log(job.quiet), held)
+        return _sweep(job, location, manifest, log or stage_log(job.quiet), held)
 
 
-def _sweep(job: SweepJob, location: storage.Location, log, held: lock.Held) -> SweepSummary:
+def _sweep(job: SweepJob, location: storage.Location, manifest, log, held: lock.Held) -> SweepSummary:
     import ray
 
     from latentsweep.cluster import connect, cpus_and_gpus, quiet_data_context, thread_env
-    from latentsweep.index.manifest import load, sha256, version_uri
+    from latentsweep.index.manifest import sha256, version_uri
 
     started = time.monotonic()
     summary = SweepSummary(location.uri)
-    manifest = load(job.index)
     # every actor loads this version, even if a rebuild switches INDEX/manifest.json mid-sweep
     pinned = version_uri(job.index, manifest)
     index_digest = sha256(manifest.to_json().encode())
