@@ -58,20 +58,19 @@ def main() -> None:
     """Console entry point: a user's mistake or a failed job is one line on stderr and an exit code
     (2 usage, 3 could not run), never a traceback unless ``--debug``; errors raised inside Ray tasks
     are unwrapped to their message."""
-    import click
-
     from latentsweep.errors import UsageError
     from latentsweep.storage import redact
 
+    parsing = _click_exceptions()
     try:
         code = app(standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as error:
+    except tuple(module.NoArgsIsHelpError for module in parsing) as error:
         error.show()
         code = EXIT_USAGE
-    except click.exceptions.ClickException as error:  # bad flags, values, --config files
+    except tuple(module.ClickException for module in parsing) as error:  # bad flags, values, --config files
         typer.secho(f"error: {redact(error.format_message())}", fg="red", err=True)
         code = EXIT_USAGE
-    except click.exceptions.Abort:
+    except (typer.Abort, *(module.Abort for module in parsing if hasattr(module, "Abort"))):
         code = EXIT_INTERRUPTED
     except Exception as error:
         known = _known_cause(error)
@@ -87,7 +86,21 @@ def main() -> None:
     sys.exit(code or EXIT_OK)
 
 
+def _click_exceptions() -> list:
+    """The exception modules command-line parsing raises from: click's, and the copy of click that
+    typer vendors since 0.29 (``typer._click``, whose classes are not click's)."""
+    import click
+
+    modules = [click.exceptions]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:
+        return modules
+    return modules + [vendored]
+
+
 def _known_cause(error: BaseException | None):
+
     """The project's error behind ``error``: itself, or what a Ray task raised (Ray wraps it, its
     message then carrying a remote traceback)."""
     from latentsweep.errors import LatentsweepError
@@ -136,6 +149,9 @@ COLUMNS_HELP = ("Columns (tensor_branch): " + ", ".join(ALL_COLUMNS) +
 FeatureSetOption = Annotated[str, typer.Option(
     "--feature-set", help="Pooled tensors to store: 2lat (y_hat luma+chroma, 256 dims), selected "
                           "(+ residual, residual_quant), all (every exported tensor). " + COLUMNS_HELP)]
+DescriptorsOption = Annotated[bool, typer.Option(
+    help="Also store the pixel descriptors fingerprint (839 dims) and residual_spectrum (32, the classical "
+         "baseline), computed from the decoded images in the same pass (--no-descriptors: latents only).")]
 PoolingOption = Annotated[str, typer.Option(
     "--pooling", help="gap (the paper's global average) or gap+std (adds per-channel std).")]
 WeightsOption = Annotated[Optional[str], typer.Option(
@@ -156,6 +172,7 @@ def ingest(
     device: DeviceOption = "auto",
     half: Annotated[bool, typer.Option(help="fp16 inference on GPU.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per encoder call.")] = 8,
+    descriptors: DescriptorsOption = True,
     shard_size: Annotated[int, typer.Option(help="Images per output shard (the unit of resume).")] = 256,
     workers: Annotated[Optional[int], typer.Option(help="Encoder actors (default: one per GPU, or from the CPUs).")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = 64_000_000,
@@ -178,7 +195,7 @@ def ingest(
     from latentsweep.ingest.run import IngestJob, dry_run as plan_only, run
     from latentsweep.ingest.sources import parse_families
 
-    job = IngestJob(source, out, EmbedSettings(weights, feature_set, pooling, device, half, batch_size),
+    job = IngestJob(source, out, EmbedSettings(weights, feature_set, pooling, device, half, batch_size, descriptors),
                     shard_size, labels_from_folders, parse_families(families), max_pixels, min_side,
                     workers, overwrite, quiet, address)
     if dry_run:
@@ -271,8 +288,9 @@ def index_build(
     embeddings: IndexSourcesArgument,
     out: IndexOutOption,
     features: Annotated[str, typer.Option(
-        help="2lat (default, the paper's), selected, all, or a comma list of pooled-tensor columns. "
-             + COLUMNS_HELP)] = "2lat",
+        help="2lat (default, the paper's), selected, all (every pooled tensor), fingerprint (the pixel "
+             "descriptor that attributes by formation traces, docs/results.md), residual_spectrum (the "
+             "classical baseline), or a comma list of columns, e.g. fingerprint,y_chroma. " + COLUMNS_HELP)] = "2lat",
     index_type: Annotated[str, typer.Option(
         "--index-type", help="FAISS factory string: Flat (exact), IVF1024,Flat, IVF1024,PQ32, HNSW32, ...")] = "Flat",
     auto: Annotated[bool, typer.Option(help="Choose the index type from the vector count and --memory-budget.")] = False,
@@ -359,7 +377,8 @@ def embeddings_for(job, weights: Optional[str], manifest) -> list[str]:
     from latentsweep.errors import UsageError
     from latentsweep.index import features
     from latentsweep.ingest.run import IngestJob, run as run_ingest
-    from latentsweep.schema import FEATURE_SETS
+    from latentsweep.schema import DESCRIPTORS, FEATURE_SETS
+
     from latentsweep.storage import Location
 
     try:
@@ -371,7 +390,8 @@ def embeddings_for(job, weights: Optional[str], manifest) -> list[str]:
     if digest != manifest.weights_digest:
         raise UsageError(f"the index was built with codec weights {manifest.weights_digest[:12]}..., these are "
                          f"{digest[:12]}...: pass the index's checkpoint with --weights")
-    feature_set = next(name for name in ("2lat", "selected", "all") if set(manifest.columns) <= set(FEATURE_SETS[name]))
+    tensors = set(manifest.columns) - set(DESCRIPTORS)
+    feature_set = next(name for name in ("2lat", "selected", "all") if tensors <= set(FEATURE_SETS[name]))
     embedded = Location.parse(job.out).join("_embeddings", f"date={job.date}")
     outputs = [embedded.join(f"source-{number}").uri for number in range(len(job.queries))]
     for source, output in zip(job.queries, outputs):

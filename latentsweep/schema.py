@@ -68,6 +68,13 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "all": ALL_COLUMNS,
 }
 
+# Pixel-domain descriptors stored beside the pooled tensors (latentsweep.descriptors): column ->
+# (dimension, version). The version travels in the column's field metadata; an index reads one version.
+DESCRIPTORS: dict[str, tuple[int, str]] = {
+    "fingerprint": (839, "1"),
+    "residual_spectrum": (32, "1"),
+}
+
 # Identity and provenance columns of an embedding row; one float32 column per pooled tensor follows.
 EMBEDDING_FIELDS = [
     pa.field("id", pa.int64(), nullable=False),
@@ -118,9 +125,18 @@ MANIFEST_SCHEMA = pa.schema([
 
 
 def embedding_schema(tensor_dims: dict[str, int]) -> pa.Schema:
-    """Embeddings schema for the pooled tensors ``{column: dimension}`` in their fixed order."""
-    tensors = [pa.field(name, pa.list_(pa.float32(), dim)) for name, dim in tensor_dims.items()]
-    return pa.schema(EMBEDDING_FIELDS + tensors, metadata=tag("embeddings"))
+    """Embeddings schema for the vector columns ``{column: dimension}`` in their fixed order: pooled
+    tensors, then descriptors (nullable: rows from ``.pt`` latents have no pixels to describe), each
+    descriptor field tagged with its version."""
+    fields = [pa.field(name, pa.list_(pa.float32(), dim), nullable=name in DESCRIPTORS,
+                       metadata={"version": DESCRIPTORS[name][1]} if name in DESCRIPTORS else None)
+              for name, dim in tensor_dims.items()]
+    return pa.schema(EMBEDDING_FIELDS + fields, metadata=tag("embeddings"))
+
+
+def descriptor_version(field: pa.Field) -> str | None:
+    """The version a descriptor column was made with (None for pooled tensors and older files)."""
+    return (field.metadata or {}).get(b"version", b"").decode() or None
 
 
 def tensor_columns(schema: pa.Schema) -> dict[str, int]:

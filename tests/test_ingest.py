@@ -195,7 +195,8 @@ def test_local_folder_to_parquet(reference_run):
     assert families == {"alpha": "gan", "beta": "gan", "gamma": "dm"}
     assert schema.tensor_columns(embeddings.schema) == {
         "y_hat_luma": 160, "y_hat_chroma": 96, "residual_luma": 160, "residual_chroma": 96,
-        "residual_quant_luma": 160, "residual_quant_chroma": 96}
+        "residual_quant_luma": 160, "residual_quant_chroma": 96, "fingerprint": 839, "residual_spectrum": 32}
+    assert embeddings.column("fingerprint").null_count == 0
     assert set(embeddings.column("weights_digest").to_pylist()) == {"untrained-seed0"}
     assert embeddings.column("id").to_pylist() == [schema.stable_id(u) for u in embeddings.column("uri").to_pylist()]
     assert sorted(os.listdir(out / "embeddings")) == [f"shard-{i:05d}.parquet" for i in shards]
@@ -268,6 +269,7 @@ def test_reference_latents_input(tmp_path, ray_session):
     for row in embeddings.to_pylist():
         assert row["codec"] == "jpegai-reference" and row["weights_digest"] == "reference"
         assert row["label"] == "sg2" and row["source"] == "latents"
+        assert row["fingerprint"] is None and row["residual_spectrum"] is None  # no pixels to describe
         combined = np.concatenate([row["y_hat_luma"], row["y_hat_chroma"]])
         np.testing.assert_allclose(combined, expected[row["uri"]].numpy(), atol=1e-6)
     messages = dict(zip([Path(u).name for u in errors.column("uri").to_pylist()],

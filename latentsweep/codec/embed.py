@@ -35,6 +35,7 @@ class EmbedSettings:
     device: str = "auto"
     half: bool = False
     max_batch: int = 8
+    descriptors: bool = True  # also describe the decoded pixels (latentsweep.descriptors), same pass
 
 
 class Embedder:

@@ -52,7 +52,8 @@ def _list(location: storage.Location):
 def resolve_columns(tensor_columns: dict[str, int], features: str) -> list[str]:
     """A feature set name (2lat, selected, all) or a comma list of columns -> columns present."""
     if features in FEATURE_SETS:
-        wanted = list(FEATURE_SETS[features]) if features != "all" else list(tensor_columns)
+        wanted = list(FEATURE_SETS[features]) if features != "all" else [
+            name for name in tensor_columns if name not in schema.DESCRIPTORS]
     else:
         wanted = [name.strip() for name in features.split(",") if name.strip()]
     missing = [name for name in wanted if name not in tensor_columns]
@@ -65,10 +66,21 @@ def resolve_columns(tensor_columns: dict[str, int], features: str) -> list[str]:
 def columns_of(uri: str, features: str) -> dict[str, int]:
     """``{column: dim}`` that ``features`` selects in one embeddings file, from its schema alone: a
     check that costs one footer read, made before any Ray task starts."""
-    file_schema = storage.read_schema(uri)
+    return _chosen(storage.read_schema(uri), uri, features)
+
+
+def _chosen(file_schema: pa.Schema, uri: str, features: str) -> dict[str, int]:
+    """``{column: dim}`` of ``features`` in a file of ``file_schema``, descriptor versions checked."""
     schema.check(file_schema, "embeddings", uri)
     present = schema.tensor_columns(file_schema)
-    return {name: present[name] for name in resolve_columns(present, features)}
+    chosen = resolve_columns(present, features)
+    for name in chosen:
+        if name in schema.DESCRIPTORS:
+            made, current = schema.descriptor_version(file_schema.field(name)), schema.DESCRIPTORS[name][1]
+            if made != current:
+                raise UsageError(f"{uri} holds {name} version {made}; this latentsweep makes and indexes version "
+                                 f"{current}: ingest again (--overwrite) to index {name}")
+    return {name: present[name] for name in chosen}
 
 
 def provenance_of(uri: str) -> set[tuple[str, str, str]]:
@@ -88,9 +100,8 @@ class Batch:
 def read(uri: str, features: str) -> tuple[Batch, list[str]]:
     """One embeddings file -> vectors of the chosen columns concatenated in order."""
     table = storage.read_table(uri)
-    schema.check(table.schema, "embeddings", uri)
-    columns = resolve_columns(schema.tensor_columns(table.schema), features)
-    return _batch(table, columns, list(METADATA_COLUMNS)), columns
+    columns = list(_chosen(table.schema, uri, features))
+    return _batch(table, columns, list(METADATA_COLUMNS), uri), columns
 
 
 def read_columns(uri: str, columns: list[str], with_uri: bool = False) -> Batch:
@@ -101,12 +112,17 @@ def read_columns(uri: str, columns: list[str], with_uri: bool = False) -> Batch:
     batch's metadata holds id, uri (when read), label and family."""
     columns_of(uri, ",".join(columns))
     small = ["id", *(["uri"] if with_uri else []), "label", "family"]
-    return _batch(storage.read_table(uri, columns=small + list(PROVENANCE) + list(columns)), columns, small)
+    return _batch(storage.read_table(uri, columns=small + list(PROVENANCE) + list(columns)), columns, small, uri)
 
 
-def _batch(table: pa.Table, columns: list[str], metadata: list[str]) -> Batch:
-    """The feature ``columns`` of ``table`` concatenated in order, with its ids, ``metadata`` columns
-    and provenance."""
+def _batch(table: pa.Table, columns: list[str], metadata: list[str], uri: str) -> Batch:
+    """The feature ``columns`` of ``table`` (read from ``uri``) concatenated in order, with its ids,
+    ``metadata`` columns and provenance. Null vectors (descriptors of rows that had no pixels) are
+    refused: an index holds every row of its sources."""
+    for name in columns:
+        if table.column(name).null_count:
+            raise UsageError(f"{table.column(name).null_count} rows of {uri} have no {name}: they were ingested "
+                             f"from .pt latents, which carry no pixels; index latent features for them")
     parts = [np.asarray(table.column(name).combine_chunks().flatten(), dtype=np.float32)
              .reshape(table.num_rows, -1) for name in columns]
     vectors = np.concatenate(parts, axis=1) if parts else np.zeros((table.num_rows, 0), np.float32)

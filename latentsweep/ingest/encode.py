@@ -1,11 +1,13 @@
-"""Fetched inputs -> pooled vectors: images through the codec, exported latents (``.pt``) pooled
-directly. Loads the codec once; a bad image never sinks its batch (the batch is retried one by one)."""
+"""Fetched inputs -> vectors: images through the codec and the pixel descriptors, exported latents
+(``.pt``) pooled directly (they have no pixels: their descriptor rows stay empty and are written as
+null). Loads the codec once; a bad image never sinks its batch (the batch is retried one by one)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from latentsweep.codec.embed import EmbedSettings
+from latentsweep.descriptors import columns as descriptor_columns, describe
 from latentsweep.ingest.decode import Fetched
 
 
@@ -18,7 +20,8 @@ class Encoder:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.embedder = Embedder(settings)
-        self.columns = self.embedder.columns
+        self.descriptors = descriptor_columns() if settings.descriptors else {}
+        self.columns = {**self.embedder.columns, **self.descriptors}
 
     def encode(self, items: list[Fetched]) -> dict[str, np.ndarray]:
         """``{column: float32 (n, dim)}`` for ``items``; items that fail here get their
@@ -30,6 +33,8 @@ class Encoder:
                 pooled = self.embedder.embed([items[i].image for i in images])
                 for name, values in pooled.items():
                     vectors[name][images] = values
+                for i in images:
+                    self._describe(items[i], i, vectors)
             except Exception:  # one bad image must not sink its batch: retry one by one
                 for i in images:
                     self._embed_one(items[i], i, vectors)
@@ -38,10 +43,16 @@ class Encoder:
                 self._pool_latents(item, i, vectors)
         return vectors
 
+    def _describe(self, item: Fetched, i: int, vectors: dict) -> None:
+        if self.descriptors:
+            for name, values in describe(item.image, self.embedder.device).items():
+                vectors[name][i] = values
+
     def _embed_one(self, item: Fetched, i: int, vectors: dict) -> None:
         try:
             for name, values in self.embedder.embed([item.image]).items():
                 vectors[name][i] = values[0]
+            self._describe(item, i, vectors)
         except Exception as error:
             item.error_type, item.message = "encode_failed", f"{type(error).__name__}: {error}"
 
@@ -50,12 +61,12 @@ class Encoder:
 
         try:
             tensors = reference.read(item.latents)
-            missing = [name for name in vectors if name not in tensors]
+            missing = [name for name in self.embedder.columns if name not in tensors]
             if missing:
                 raise reference.LatentFileError(
                     f"the file lacks {', '.join(missing)} needed by feature set "
                     f"{self.embedder.settings.feature_set!r}")
-            for name in vectors:
+            for name in self.embedder.columns:
                 tensor = tensors[name]
                 vectors[name][i] = pooling.pool(tensor, [tuple(tensor.shape[2:])],
                                                 self.embedder.settings.pooling)[0].numpy()

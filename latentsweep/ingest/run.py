@@ -28,6 +28,7 @@ from latentsweep.ingest import manifest, plan as planning
 from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from latentsweep.ingest.sources import Listing, list_source
 from latentsweep.ingest.write import DONE_FOLDER, DONE_INDEX, done_records, shard_files, write_done_index
+from latentsweep.schema import DESCRIPTORS
 
 DEVICES = ("auto", "cpu", "cuda")
 PLAN_VERSION = 2  # stable shards (manifest parts + shards.parquet); version 1 re-hashed every run
@@ -113,7 +114,8 @@ def check(job: IngestJob) -> None:
 def _plan_settings(job: IngestJob, weights_digest: str) -> dict:
     return {"codec": "jpegai-bop", "weights_digest": weights_digest, "feature_set": job.embed.feature_set,
             "pooling": job.embed.pooling, "half": job.embed.half, "max_pixels": job.max_pixels,
-            "min_side": job.min_side}
+            "min_side": job.min_side,
+            "descriptors": {name: version for name, (_, version) in DESCRIPTORS.items()} if job.embed.descriptors else {}}
 
 
 def _check_previous(out: storage.Location, settings: dict, shard_size: int, overwrite: bool) -> None:

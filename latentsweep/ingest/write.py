@@ -159,7 +159,9 @@ class ShardWriter:
             pa.array([self.provenance["feature_set"]] * count, pa.string()),
             pa.array([self.provenance["pooling"]] * count, pa.string()),
         ]
+        no_pixels = pa.array(latents, pa.bool_())
         for name, dim in self.columns.items():
             values = np.ascontiguousarray(vectors[name], dtype=np.float32).reshape(-1)
-            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(values), dim))
+            arrays.append(pa.FixedSizeListArray.from_arrays(
+                pa.array(values), dim, mask=no_pixels if name in schema.DESCRIPTORS else None))
         return pa.Table.from_arrays(arrays, schema=self.embedding_schema)
