@@ -164,6 +164,10 @@ def test_mistakes_are_one_line_with_exit_code_2_and_claim_nothing(small_index, t
         "'Flatt' cannot be built": cli("index", "build", str(root / "ref"), "--out", str(tmp_path / "i2"),
                                        "--index-type", "Flatt", "-q"),
         "no such file or folder": cli("ingest", str(tmp_path / "no-such-folder"), "--out", str(tmp_path / "e1"), *FAST),
+        # parsing mistakes: typer 0.29 vendors click, whose errors once escaped as tracebacks
+        "No such option: --bogus": cli("ingest", str(root / "ref"), "--out", str(tmp_path / "e2"), "--bogus"),
+        "No such option: -q": cli("evaluate", "--index", str(root / "index"), "--out", str(tmp_path / "e3"), "-q"),
+        "Missing argument 'source'": cli("ingest"),
     }
     for expected, result in cases.items():
         assert expected in one_error_line(result), (expected, result.stderr)
