@@ -54,16 +54,16 @@ def listing(count: int, version: str = "v1", start: int = 0, changed: dict | Non
 def test_plan_is_deterministic_and_covers_every_item():
     first = planning.plan(listing(100), 16, {"codec": "x"})
     again = planning.plan(listing(100).take(pa.array(range(99, -1, -1))), 16, {"codec": "x"})
-    assert first.items.equals(again.items) and first.shards.equals(again.shards)
+    assert first.items().equals(again.items()) and first.shards.equals(again.shards)
     assert first.shards.num_rows == 7 and first.shards.column("items").to_pylist() == [16] * 6 + [4]
-    ids = first.items.column("id").to_pylist()
+    ids = first.items().column("id").to_pylist()
     assert sorted(ids) == sorted(schema.stable_id(f"/data/{i}.png") for i in range(100)) and len(set(ids)) == 100
     assert first.counts == {"inputs": 100, "unchanged": 0, "new": 100, "changed": 0, "removed": 0}
 
 
 def test_plan_digest_changes_with_content_and_settings():
     base = planning.plan(listing(20), 8, {"codec": "x"})
-    changed = planning.plan(listing(20, changed={3: "v2"}), 8, {"codec": "x"}, previous=base.items)
+    changed = planning.plan(listing(20, changed={3: "v2"}), 8, {"codec": "x"}, previous=[base.items()])
     differing = [b for a, b in zip(base.shards.column("digest").to_pylist(), changed.shards.column("digest").to_pylist())
                  if a != b]
     assert len(differing) == 1 and changed.counts["changed"] == 1 and changed.fresh.sum() == 1
@@ -77,10 +77,10 @@ def test_plan_digest_changes_with_content_and_settings():
 def test_growth_keeps_every_items_shard_and_fills_new_shards():
     """Adding 10% never moves an item: the old shards keep their digests, the new items fill new shards."""
     first = planning.plan(listing(100), 16, {})
-    grown = planning.plan(listing(110), 16, {}, previous=first.items)
+    grown = planning.plan(listing(110), 16, {}, previous=[first.items()])
     assert grown.counts == {"inputs": 110, "unchanged": 100, "new": 10, "changed": 0, "removed": 0}
-    old = dict(zip(first.items.column("id").to_pylist(), first.items.column("shard").to_pylist()))
-    now = dict(zip(grown.items.column("id").to_pylist(), grown.items.column("shard").to_pylist()))
+    old = dict(zip(first.items().column("id").to_pylist(), first.items().column("shard").to_pylist()))
+    now = dict(zip(grown.items().column("id").to_pylist(), grown.items().column("shard").to_pylist()))
     assert all(now[item_id] == shard for item_id, shard in old.items())
     assert {now[item_id] for item_id in set(now) - set(old)} == {7}  # one new shard after shards 0..6
     done = dict(zip(first.shards.column("shard").to_pylist(), first.shards.column("digest").to_pylist()))
@@ -90,11 +90,11 @@ def test_growth_keeps_every_items_shard_and_fills_new_shards():
 
 def test_removed_items_leave_their_shards_and_empty_shards_are_dropped():
     first = planning.plan(listing(40), 8, {})
-    shard_of = dict(zip(first.items.column("uri").to_pylist(), first.items.column("shard").to_pylist()))
+    shard_of = dict(zip(first.items().column("uri").to_pylist(), first.items().column("shard").to_pylist()))
     gone_shard = shard_of["/data/0.png"]
     kept = [uri for uri, shard in shard_of.items() if shard != gone_shard and uri != "/data/39.png"]
     remaining = listing_table([(uri, 10, "v1", None, None) for uri in kept])
-    shrunk = planning.plan(remaining, 8, {}, previous=first.items)
+    shrunk = planning.plan(remaining, 8, {}, previous=[first.items()])
     assert shrunk.counts["removed"] == 9 and shrunk.counts["new"] == 0 and shrunk.dropped == [gone_shard]
     assert gone_shard not in shrunk.shards.column("shard").to_pylist()
     done = dict(zip(first.shards.column("shard").to_pylist(), first.shards.column("digest").to_pylist()))
@@ -104,7 +104,7 @@ def test_removed_items_leave_their_shards_and_empty_shards_are_dropped():
 
 def test_duplicate_uris_collapse_to_one_row():
     rows = listing_table([("/a.png", 1, "v", None, None), ("/a.png", 1, "v", None, None), ("/b.png", 1, "v", None, None)])
-    assert planning.plan(rows, 10, {}).items.num_rows == 2
+    assert planning.plan(rows, 10, {}).items().num_rows == 2
 
 
 def test_families_parse_from_flags_and_file(tmp_path):

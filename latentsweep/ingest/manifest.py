@@ -9,6 +9,8 @@ A run rewrites only the parts whose shards changed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,14 +27,16 @@ def part_name(part: int) -> str:
     return f"part-{part:05d}.parquet"
 
 
-def read_previous(out: storage.Location) -> tuple[pa.Table | None, pa.Table | None]:
-    """(items, shards) of the plan stored in ``out``; (None, None) for a new output."""
+def read_previous(out: storage.Location) -> tuple[Iterator[pa.Table], pa.Table | None]:
+    """The plan stored in ``out``: its items (id, shard, version, label, family) one manifest part at a
+    time, so the driver never holds the whole previous plan, and its shard table; nothing for a new
+    output."""
     if not storage.exists(out.join(SHARDS_FILE)):
-        return None, None
+        return iter(()), None
     shards = storage.read_table(out.join(SHARDS_FILE))
     schema.check(shards.schema, "manifest", out.join(SHARDS_FILE).uri)
-    items = storage.read_table(out.join(MANIFEST_FOLDER), columns=["id", "shard", "version", "label", "family"])
-    return items, shards
+    parts = np.unique(shards.column("part").to_numpy()).tolist()
+    return (_read_part(out, part, columns=["id", "shard", "version", "label", "family"]) for part in parts), shards
 
 
 def write(out: storage.Location, plan: Plan, previous_shards: pa.Table | None) -> pa.Table:
@@ -77,7 +81,15 @@ def _digests_by_part(shards: pa.Table | None) -> dict[int, list[tuple[int, str]]
 
 def read_shard(out: storage.Location, part: int, row_group: int) -> pa.Table:
     """The items of one shard: one row group of its manifest part."""
+    return _read_part(out, part, row_groups=[row_group])
+
+
+def _read_part(out: storage.Location, part: int, row_groups: list[int] | None = None,
+               columns: list[str] | None = None) -> pa.Table:
+    """Row groups (all by default) of one manifest part, read from the file itself (no dataset
+    discovery, which costs several times the part's memory)."""
     location = out.join(MANIFEST_FOLDER, part_name(part))
     with storage.parquet_errors(location):
         with storage.filesystem(location).open_input_file(location.fs_path) as handle:
-            return pq.ParquetFile(handle).read_row_group(row_group)
+            parquet = pq.ParquetFile(handle)
+            return parquet.read_row_groups(row_groups or range(parquet.num_row_groups), columns=columns)

@@ -175,7 +175,7 @@ def _plan(job: IngestJob, out: storage.Location, listing: Listing, settings: dic
     """(plan, previous shard table) of ``listing`` against what ``out`` holds (nothing with
     ``--overwrite``); refuses an output of other settings or another shard size."""
     _check_previous(out, settings, job.shard_size, job.overwrite)
-    previous_items, previous_shards = (None, None) if job.overwrite else manifest.read_previous(out)
+    previous_items, previous_shards = (iter(()), None) if job.overwrite else manifest.read_previous(out)
     return planning.plan(listing.table, job.shard_size, settings, previous_items), previous_shards
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -24,6 +25,7 @@ MANIFEST_SUFFIXES = (".parquet", ".csv")
 
 
 LISTING_CHUNK = 10_000  # entries turned into Arrow at a time: no per-item Python objects accumulate
+MANIFEST_BATCH = 65_536  # manifest rows parsed and converted at a time
 
 
 @dataclass
@@ -83,15 +85,19 @@ def list_source(source: str, labels_from_folders: bool = False,
                 families: dict[str, str] | None = None) -> Listing:
     """List ``source`` once: a manifest file, or a folder / S3 prefix (recursive; S3 prefixes are
     listed in parallel, one request stream per top-level common prefix)."""
-    families = families or {}
     listing = _read_manifest(source) if is_manifest(source) else _list_tree(source, labels_from_folders)
-    if families:
-        table = listing.table
-        labels = table.column("label").combine_chunks().dictionary_encode()  # few distinct labels
-        mapped = pa.array([families.get(label) for label in labels.dictionary.to_pylist()], pa.string())
-        family = pc.coalesce(table.column("family"), mapped.take(labels.indices))
-        listing.table = table.set_column(table.schema.get_field_index("family"), "family", family)
+    if families:  # a batch at a time: only the family column is new
+        listing.table = pa.Table.from_batches([_with_families(batch, families) for batch in listing.table.to_batches()],
+                                              LISTING_SCHEMA)
     return listing
+
+
+def _with_families(batch: pa.RecordBatch, families: dict[str, str]) -> pa.RecordBatch:
+    """``batch`` with the family of each label that has none (mapped once per distinct label)."""
+    labels = batch.column("label").dictionary_encode()
+    mapped = pa.array([families.get(label) for label in labels.dictionary.to_pylist()], pa.string())
+    family = pc.coalesce(batch.column("family"), mapped.take(labels.indices))
+    return batch.set_column(batch.schema.get_field_index("family"), "family", family)
 
 
 def _list_tree(source: str, labels_from_folders: bool) -> Listing:
@@ -116,36 +122,56 @@ def _list_tree(source: str, labels_from_folders: bool) -> Listing:
 
 
 def _read_manifest(source: str) -> Listing:
-    import io
+    """A manifest as a listing, a batch at a time: the driver never holds the parsed file beside it."""
+    location = storage.Location.parse(source)
+    folder = posixpath.dirname(location.key) if location.is_s3 else os.path.dirname(location.key)
+    batches = _csv_batches(location) if source.lower().endswith(".csv") else _parquet_batches(location)
+    return Listing(pa.Table.from_batches([_manifest_rows(batch, location, folder) for batch in batches],
+                                         LISTING_SCHEMA))
 
+
+def _csv_batches(location: storage.Location) -> Iterator[pa.RecordBatch]:
     import pyarrow.csv as pacsv
 
-    location = storage.Location.parse(source)
-    if source.lower().endswith(".csv"):
-        table = pacsv.read_csv(io.BytesIO(storage.read_bytes(location)),
-                               convert_options=pacsv.ConvertOptions(column_types={
-                                   "uri": pa.string(), "label": pa.string(), "family": pa.string()}))
-    else:
-        table = storage.read_table(location)
-    if "uri" not in table.column_names:
-        raise UsageError(f"manifest {source} has no 'uri' column (columns: {', '.join(table.column_names)})")
-    folder = posixpath.dirname(location.key) if location.is_s3 else os.path.dirname(location.key)
-    count = table.num_rows
-    texts = {name: _nullable_text(table.column(name)) if name in table.column_names else pa.nulls(count, pa.string())
+    reader = pacsv.open_csv(pa.BufferReader(storage.read_bytes(location)), convert_options=pacsv.ConvertOptions(
+        column_types={"uri": pa.string(), "label": pa.string(), "family": pa.string()}))
+    _require_uri(reader.schema.names, location)
+    yield from reader
+
+
+def _parquet_batches(location: storage.Location) -> Iterator[pa.RecordBatch]:
+    import pyarrow.parquet as pq
+
+    names = storage.read_schema(location).names
+    _require_uri(names, location)
+    columns = [name for name in ("uri", "label", "family") if name in names]
+    with storage.parquet_errors(location), storage.filesystem(location).open_input_file(location.fs_path) as handle:
+        yield from pq.ParquetFile(handle).iter_batches(MANIFEST_BATCH, columns=columns, use_threads=False)
+
+
+def _require_uri(columns: list[str], location: storage.Location) -> None:
+    if "uri" not in columns:
+        raise UsageError(f"manifest {location.uri} has no 'uri' column (columns: {', '.join(columns)})")
+
+
+def _manifest_rows(batch: pa.RecordBatch, location: storage.Location, folder: str) -> pa.RecordBatch:
+    """A batch of manifest entries as listing rows (no size, an empty version)."""
+    count = batch.num_rows
+    texts = {name: _nullable_text(batch.column(name)) if name in batch.schema.names else pa.nulls(count, pa.string())
              for name in ("label", "family")}
-    columns = [_absolute_uris(table.column("uri").cast(pa.string()), location, folder),
+    columns = [_absolute_uris(batch.column("uri").cast(pa.string()), location, folder),
                pa.array(np.full(count, -1, np.int64)), pc.fill_null(pa.nulls(count, pa.string()), ""),
                texts["label"], texts["family"]]
-    return Listing(pa.Table.from_arrays(columns, schema=LISTING_SCHEMA))
+    return pa.RecordBatch.from_arrays(columns, schema=LISTING_SCHEMA)
 
 
-def _nullable_text(column) -> pa.ChunkedArray:
+def _nullable_text(column: pa.Array) -> pa.Array:
     """A manifest column as strings, empty strings as NULL (no label)."""
     text = column.cast(pa.string())
     return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
 
 
-def _absolute_uris(uris: pa.ChunkedArray, manifest: storage.Location, folder: str) -> pa.ChunkedArray:
+def _absolute_uris(uris: pa.Array, manifest: storage.Location, folder: str) -> pa.Array:
     """Manifest entries as URIs, column-wise: URIs and absolute paths stay; relative entries are
     joined to the manifest's folder (and normalised in Python: they may climb out with "..")."""
     relative = pc.invert(pc.or_(pc.match_substring(uris, "://"), pc.starts_with(uris, "/")))
@@ -156,7 +182,7 @@ def _absolute_uris(uris: pa.ChunkedArray, manifest: storage.Location, folder: st
                       pa.string())
     mask = np.zeros(len(uris), bool)
     mask[positions] = True
-    return pc.replace_with_mask(uris.combine_chunks(), pa.array(mask), joined)
+    return pc.replace_with_mask(uris, pa.array(mask), joined)
 
 
 def _absolute(uri: str, manifest: storage.Location, folder: str) -> str:
