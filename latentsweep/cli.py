@@ -300,6 +300,9 @@ def index_build(
     min_recall: Annotated[float, typer.Option(
         help="recall@10 (against exact search, on held-out vectors) an approximate index must reach: "
              "larger efSearch/nprobe are tried first; --auto refuses a type that stays below.")] = 0.9,
+    open_set_target: Annotated[float, typer.Option(
+        help="Calibrate the open-set threshold (stored in the manifest, used by sweeps) so that this share "
+             "of the index's own references, each searched against the others, would be called unknown.")] = 0.05,
     address: AddressOption = None,
     quiet: QuietOption = False,
     config: ConfigOption = None,
@@ -308,7 +311,9 @@ def index_build(
     from latentsweep.index.build import IndexJob, build
 
     manifest = build(IndexJob(list(embeddings), out, features, index_type, auto, int(memory_budget * 2**30),
-                              shards, train_sample, quiet, address, min_recall=min_recall))
+                              shards, train_sample, quiet, address, min_recall=min_recall,
+                              open_set_target=open_set_target))
+
     typer.echo(f"index: {manifest.vectors} vectors, {manifest.dimension} dims, {len(manifest.shards)} shards, "
                f"type {manifest.index_spec}, labels {len(manifest.labels)} -> {out}")
 

@@ -13,7 +13,8 @@ from latentsweep import storage
 from latentsweep.errors import JobFailed, UsageError
 from latentsweep.index import factory
 from latentsweep.index.build import (FILE_BYTES_PER_DIM, METADATA_ROW_BYTES, WORKER_BYTES, IndexJob, add, allocate,
-                                     build, check, recall_at_k, shard_memory)
+                                     build, check, open_set_threshold, recall_at_k, shard_memory)
+from latentsweep.index.lookup import MISSING
 from latentsweep.index.scaler import Scaler
 from latentsweep.index.shards import ShardedIndex, merge
 
@@ -132,19 +133,21 @@ def test_ids_survive_save_load_and_add(reference_set, flat_index, tmp_path, ray_
 
 @pytest.mark.parametrize("spec,bound", [("HNSW32", 0.9), ("IVF16,Flat", 0.9), ("IVF16,PQ16x4", 0.4)])
 def test_approximate_recall_on_clustered_data(reference_set, flat_index, tmp_path, spec, bound):
-    """The build measures recall@10 against exact search on held-out vectors (a fifth of 3,000, at most
-    1,000) at each search params of the ladder and records it; the test's own measurement agrees."""
+    """The build measures recall@10 against exact search on sampled vectors (at most 1,000; a fifth of
+    3,000 for types that train, which never train on them) at each search params of the ladder and
+    records it; the test's own measurement agrees."""
     root, vectors, _, _ = reference_set
     out = tmp_path / spec.replace(",", "_")
     lines = []
     manifest = build(IndexJob([str(root)], str(out), index_spec=spec, shards=3, quiet=True, train_sample=3000,
                               log=lines.append))
     assert manifest.index_spec == spec
-    assert manifest.recall_queries == 600 and manifest.recall_at_10 >= bound
+    sampled = 600 if factory.needs_training(spec) else 1000
+    assert manifest.recall_queries == manifest.open_set_queries == sampled and manifest.recall_at_10 >= bound
     assert [t["search_params"] for t in manifest.recall_tried] == factory.search_ladder(spec)
     assert manifest.search_params in [t["search_params"] for t in manifest.recall_tried]
     print(f"{spec}: recorded {manifest.recall_tried}")
-    assert any(f"recall@10 {manifest.recall_at_10:.3f} against exact search on 600 held-out" in line
+    assert any(f"recall@10 {manifest.recall_at_10:.3f} against exact search on {sampled} held-out" in line
                for line in lines)
     exact = ShardedIndex.load(str(flat_index[0]))
     approximate = ShardedIndex.load(str(out))
@@ -264,6 +267,32 @@ def test_task_memory_arithmetic_and_sample_shares():
 def test_check_refuses_a_recall_floor_outside_zero_one(reference_set):
     with pytest.raises(UsageError, match="--min-recall"):
         check(IndexJob([str(reference_set[0])], "unused", min_recall=1.5), existing=None)
+
+
+def test_open_set_threshold_leaves_each_reference_out_and_takes_the_target_quantile():
+    own = np.arange(20)
+    best_other = np.linspace(0.1, 0.9, 20)[::-1]          # the references' nearest other, known by design
+    ids = np.stack([own, (own + 1) % 20, np.full(20, MISSING)], axis=1)    # each finds itself first
+    scores = np.stack([np.ones(20), best_other, np.full(20, -np.inf)], axis=1)
+    assert open_set_threshold(scores, ids, own, 0.05) == pytest.approx(np.sort(best_other)[1])
+    assert open_set_threshold(scores, ids, own, 0.0) == pytest.approx(0.1)  # nothing falls below
+    alone = np.stack([own, np.full(20, MISSING), np.full(20, MISSING)], axis=1)
+    assert open_set_threshold(scores, alone, own, 0.05) is None             # no other reference to score
+    with pytest.raises(UsageError, match="--open-set-target"):
+        check(IndexJob(["unused"], "unused", open_set_target=1.0), existing=None)
+
+
+def test_build_calibrates_the_open_set_threshold_on_its_references(reference_set, flat_index):
+    """About the target share of all references (5%; 1,000 of 3,000 sampled) score below the stored
+    threshold against their nearest other reference, searched exactly."""
+    _, vectors, _, _ = reference_set
+    out, manifest = flat_index
+    assert manifest.open_set_target == 0.05 and manifest.open_set_queries == 1000
+    prepared = ShardedIndex.load(str(out)).prepare(vectors)
+    similarity = prepared @ prepared.T
+    np.fill_diagonal(similarity, -np.inf)
+    below = float((similarity.max(axis=1) < manifest.open_set_threshold).mean())
+    assert 0.02 <= below <= 0.09, below
 
 
 def _corrupt_column(path, column: str) -> None:

@@ -11,7 +11,10 @@
    gets files i, i+N, ...), z-score and L2-normalise with the shared scaler, add vectors with their
    global ids, search the recall queries exactly and with the index, and write
    ``v-NNNNNN/shards/shard-NNNNN.faiss`` and ``v-NNNNNN/metadata/shard-NNNNN.parquet``.
-5. ANN types get recall@10 against exact search (the search params that reach ``--min-recall``).
+5. ANN types get recall@10 against exact search (the search params that reach ``--min-recall``), and
+   every type an open-set threshold: the same sampled references, searched exactly with themselves
+   left out, give the similarities a known generator's image has to its nearest other reference; the
+   ``--open-set-target`` quantile of those is the threshold sweeps use (:func:`open_set_threshold`).
 6. ``manifest.save`` switches ``INDEX/manifest.json`` to the new version last, so a half-built
    version is never listed and a reader of the previous version keeps it; versions older than the
    previous one are removed. ``add`` writes a new version too: its new shards, the old ones listed.
@@ -38,7 +41,8 @@ from latentsweep.index.shards import merge
 
 DEFAULT_BUDGET = 4 * 2**30
 TRAIN_SAMPLE = 100_000
-RECALL_QUERIES = 1_000      # held-out vectors recall@10 is measured on (at most a fifth of the vectors)
+RECALL_QUERIES = 1_000      # sampled vectors recall@10 and the open-set threshold are measured on
+DEFAULT_OPEN_SET_TARGET = 0.05  # share of known-generator references a calibrated threshold calls unknown
 RECALL_K = 10
 DEFAULT_MIN_RECALL = 0.9
 SCAN_WINDOW = 256           # scan results the driver holds at once while merging them
@@ -65,6 +69,7 @@ class IndexJob:
     address: str | None = None
     log: object = field(default=None, repr=False)
     min_recall: float = DEFAULT_MIN_RECALL  # recall@10 an ANN type must reach (--auto refuses below it)
+    open_set_target: float = DEFAULT_OPEN_SET_TARGET  # false-unknown rate the calibrated threshold aims at
 
 
 def shard_memory(spec: str, dimension: int, vectors: int, largest_file: int, queries: int = 0) -> int:
@@ -113,6 +118,19 @@ def recall_at_k(truth: np.ndarray, found: np.ndarray, own: np.ndarray, k: int) -
         if expected:
             shares.append(len(set(expected) & set(got)) / len(expected))
     return float(np.mean(shares)) if shares else 1.0
+
+
+def open_set_threshold(scores: np.ndarray, ids: np.ndarray, own: np.ndarray, target: float) -> float | None:
+    """The similarity under which a sweep calls a query ``unknown``, calibrated leave-one-out on the
+    index's own references: ``scores``/``ids`` are sampled references' exact neighbours (best first,
+    each reference among them), ``own`` their ids. Each reference's best similarity to another one is
+    what a known generator's image scores; the threshold is the largest value under which at most
+    ``target`` of them fall. None without a sample (nothing to calibrate on)."""
+    others = np.where((ids != own[:, None]) & (ids != MISSING), scores, -np.inf).max(axis=1, initial=-np.inf)
+    best = np.sort(others[np.isfinite(others)])
+    if not len(best):
+        return None
+    return float(best[int(np.floor(target * len(best)))])
 
 
 def _read(uri: str, columns: list[str], skip_ids: np.ndarray | None, with_uri: bool = False):
@@ -284,6 +302,8 @@ def check(job: IndexJob, existing: Manifest | None) -> list[str]:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(job, name)}")
     if not 0.0 <= job.min_recall <= 1.0:
         raise UsageError(f"--min-recall is a recall@10 in [0, 1], got {job.min_recall}")
+    if not 0.0 <= job.open_set_target < 1.0:
+        raise UsageError(f"--open-set-target is a share of known references in [0, 1), got {job.open_set_target}")
     if existing and locate(job.out)[0] != storage.Location.parse(job.out).uri:
         raise UsageError(f"{job.out} is one version of an index, kept for its readers: add to the index "
                          f"folder above it")
@@ -348,7 +368,7 @@ def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.
     # --auto choosing a trained type) is read again for its larger share only.
     train_target = (max(job.train_sample, factory.min_train_points(spec))
                     if spec and factory.needs_training(spec) else 0)
-    query_target = RECALL_QUERIES if not existing and not (spec and factory.is_exact(spec)) else 0
+    query_target = RECALL_QUERIES if not existing else 0
     per_file = (-(-train_target // len(files)), -(-query_target // len(files)))
 
     skip_ids = None
@@ -399,7 +419,8 @@ def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.
     else:
         params = factory.default_search_params(spec)
     measure = not existing and not factory.is_exact(spec)
-    queries = min(RECALL_QUERIES, total // 5) if measure else 0
+    # the sample: recall queries (held out of training) and the open-set calibration, on every new build
+    queries = 0 if existing else min(RECALL_QUERIES, total // 5 if factory.needs_training(spec) else total)
     query_takes = allocate(rows, queries)
     train_takes = (allocate([r - q for r, q in zip(rows, query_takes)],
                             max(job.train_sample, factory.min_train_points(spec)))
@@ -428,7 +449,7 @@ def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.
     filled = [i for i in range(len(files)) if rows[i]]
     count = max(1, min(job.shards, len(filled)))
     first = (max(s.shard_id for s in existing.shards) + 1) if existing and existing.shards else 0
-    ladder = factory.search_ladder(spec) if queries else []
+    ladder = factory.search_ladder(spec) if measure and queries else []
     shard_task = ray.remote(_build_shard)
     tasks = []
     for g in range(count):
@@ -440,13 +461,15 @@ def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.
             ladder, root.uri, version))
     try:
         results = ray.get(tasks)
-        recall = (_recall(spec, ladder, [r["recall"] for r in results], ray.get(query_ids), job, log)
-                  if queries else None)
+        sampled = ray.get(query_ids) if queries else None
+        recall = _recall(spec, ladder, [r["recall"] for r in results], sampled, job, log) if ladder else None
     except BaseException:
         _discard(root, version)
         raise
     if recall:
         params = recall["search_params"]
+    threshold = existing.open_set_threshold if existing else _calibrate(
+        [r["recall"] for r in results], sampled, job.open_set_target, log) if queries else None
     manifest = Manifest(
         dimension=dimension, features=existing.features if existing else job.features, columns=columns,
         pooling=pooling, codec=codec, weights_digest=weights_digest, scaler=scaler.to_dict(),
@@ -457,7 +480,9 @@ def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.
         recall_at_10=recall["recall_at_10"] if recall else existing.recall_at_10 if existing else None,
         recall_queries=queries if recall else existing.recall_queries if existing else 0,
         recall_tried=recall["tried"] if recall else existing.recall_tried if existing else [],
-        skipped_existing_ids=skipped_total)
+        skipped_existing_ids=skipped_total, open_set_threshold=threshold,
+        open_set_target=existing.open_set_target if existing else job.open_set_target,
+        open_set_queries=existing.open_set_queries if existing else queries)
     held.check()  # never switch the manifest of an index another run has taken over
     save(root.uri, manifest)
     removed = clean(root.uri, [manifest] + ([previous] if previous else []))
@@ -484,6 +509,16 @@ def _check_training(spec: str, train: int, total: int, queries: int, log) -> Non
     else:
         log(f"index: training {spec} on {train} sampled vectors ({train // centroids} per centroid, at least "
             f"39 recommended){held}")
+
+
+def _calibrate(parts: list[dict], query_ids: np.ndarray, target: float, log) -> float | None:
+    """The open-set threshold from the shards' exact neighbours of the sample, merged."""
+    scores, ids = merge([part["exact"] for part in parts], RECALL_K + 1)
+    threshold = open_set_threshold(scores, ids, query_ids, target)
+    if threshold is not None:
+        log(f"index: open-set threshold {threshold:.4f}: {target:.0%} of {len(query_ids)} sampled references "
+            f"fall below it against the others (sweeps call such queries unknown; --open-set-threshold overrides)")
+    return threshold
 
 
 def _recall(spec: str, ladder: list[str], parts: list[dict], query_ids: np.ndarray, job: IndexJob, log) -> dict:

@@ -59,6 +59,9 @@ class Manifest:
     recall_queries: int = 0                                   # held-out vectors the recall was measured on
     recall_tried: list[dict] = field(default_factory=list)    # [{"search_params", "recall_at_10"}], cheapest first
     skipped_existing_ids: int = 0                             # ids the last ``index add`` found already indexed
+    open_set_threshold: float | None = None                   # sweeps' default: calibrated leave-one-out at build
+    open_set_target: float | None = None                      # the false-unknown rate it was calibrated for
+    open_set_queries: int = 0                                 # sampled references it was calibrated on
 
     def files(self) -> set[str]:
         """Every file this manifest lists, relative to the index root, with its version's manifest copy."""
