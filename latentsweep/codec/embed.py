@@ -78,6 +78,13 @@ class Embedder:
             tensors = self.model.export(batch)
         return tensors, [image.shape[:2] for image in images]
 
+    @torch.inference_mode()
+    def round_trip(self, image: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) -> the codec's reconstruction of it (analysis, quantisation, synthesis), uint8."""
+        tensors, [(height, width)] = self.exported([image])
+        decoded = colour.yuv_to_rgb(self.model.reconstruct(tensors)).clamp(0, 1)[0, :, :height, :width]
+        return decoded.mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+
     def _embed_bucket(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
         tensors, sizes = self.exported(images)
         result = {}

@@ -1,0 +1,59 @@
+"""Post-processing conditions of the robustness tables: real encoders, the right sizes, reproducible
+noise, and a codec round trip as good as the weights card says."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from latentsweep import photos
+from latentsweep.codec import weights
+from latentsweep.codec.embed import Embedder, EmbedSettings
+from latentsweep.ingest.decode import decode_image
+from latentsweep.zoo import robustness
+
+IMAGE = photos.load("coffee")[80:208, 200:328]  # 128 x 128, a held-out photo
+
+
+def error(condition: str) -> float:
+    data, _ = robustness.apply(condition, IMAGE, seed=1)
+    return float(np.abs(decode_image(data).astype(int) - IMAGE).mean())
+
+
+def test_every_condition_gives_a_file_ingest_decodes_at_the_expected_size():
+    sizes = {"resize0.5": (64, 64), "resize1.5": (192, 192), "crop50": (64, 64)}
+    suffixes = {"jpeg": ".jpg", "webp": ".webp"}
+    for condition in robustness.CONDITIONS:
+        if condition == "codec":
+            continue
+        data, suffix = robustness.apply(condition, IMAGE, seed=1)
+        assert suffix == suffixes.get(condition[:4], ".png")
+        assert decode_image(data).shape[:2] == sizes.get(condition, (128, 128)), condition
+    assert error("jpeg95") < error("jpeg75") < error("jpeg50")
+    assert np.array_equal(decode_image(robustness.apply("crop50", IMAGE)[0]), IMAGE[32:96, 32:96])
+
+
+def test_noise_is_reproducible_and_has_the_stated_strength():
+    first, second = (decode_image(robustness.apply("noise2", IMAGE, seed=5)[0]) for _ in range(2))
+    assert np.array_equal(first, second)
+    assert not np.array_equal(first, decode_image(robustness.apply("noise2", IMAGE, seed=6)[0]))
+    assert 1.8 < float((first.astype(float) - IMAGE).std()) < 2.2
+
+
+def test_codec_round_trip_reaches_the_psnr_of_the_weights_card():
+    """Mean PSNR of the round trip over the held-out photos is the card's (measured at training)."""
+    with pytest.raises(ValueError, match="round_trip"):
+        robustness.apply("codec", IMAGE)
+    embedder = Embedder(EmbedSettings(device="cpu"))
+    card = json.loads(weights.sidecar(weights.DEFAULT_WEIGHTS).read_text())["meta"]
+    psnrs = []
+    for name in card["held_out_photos"]:
+        image = photos.load(name)
+        decoded = decode_image(robustness.apply("codec", image, round_trip=embedder.round_trip)[0])
+        assert decoded.shape == image.shape
+        psnrs.append(10 * np.log10(255.0 ** 2 / np.mean((decoded.astype(float) - image) ** 2)))
+    assert abs(np.mean(psnrs) - card["held_out_trained"]["psnr_db"]) < 0.1, psnrs
+    with pytest.raises(ValueError, match="unknown condition"):
+        robustness.apply("sharpen", IMAGE)
