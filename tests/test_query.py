@@ -21,7 +21,7 @@ from latentsweep.query.actor import QueryEngine, drop_self, query_actor, start_p
 from latentsweep.query.evaluate import evaluate
 from latentsweep.query.pull import pull
 from latentsweep.query.sweep import SweepJob, sweep
-from latentsweep.query.vote import vote
+from latentsweep.query.vote import vote, votes
 
 DIM = sum(DIMS.values())
 LABELS = ["sg2", "sg3", "sana", "sd"]
@@ -57,6 +57,24 @@ def test_vote_properties(labels, raw_scores):
     counts = {label: labels.count(label) for label in labels}
     assert counts[result.label] == max(counts.values())
     assert 0 < result.share <= 1 and result.top_score == scores[0]
+
+
+@given(st.integers(0, 9), st.sampled_from([False, True]), st.sampled_from([None, 0.3]), st.integers(0, 2**32 - 1))
+@settings(max_examples=100, deadline=None)
+def test_batch_votes_equal_one_query_at_a_time(k, weighted, threshold, seed):
+    """The sweep's vote over a whole part (arrays) decides every query as the one-query vote does: label,
+    ties (summed similarity, then first met), share to the bit, missing neighbours, NaN and -inf scores."""
+    rng = np.random.default_rng(seed)
+    names = ["a", "b", "c"]
+    codes = rng.integers(-1, 3, size=(40, k))
+    scores = -np.sort(-rng.choice([0.9, 0.5, 0.5, 0.25, 0.1, -0.3], size=(40, k)), axis=1).astype(np.float32)
+    scores[rng.random((40, k)) < 0.05] = np.nan
+    scores[rng.random((40, k)) < 0.05] = -np.inf
+    batch = votes(codes, scores, weighted, threshold)
+    for row in range(40):
+        one = vote([names[c] if c >= 0 else None for c in codes[row]], scores[row], {}, weighted, threshold)
+        assert (names[batch.codes[row]] if batch.codes[row] >= 0 else "unknown") == one.label
+        assert (batch.share[row], batch.top_score[row], batch.unknown[row]) == (one.share, one.top_score, one.unknown)
 
 
 # ---- metrics ----------------------------------------------------------------------------------
@@ -330,11 +348,13 @@ def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, 
 def test_interrupted_sweeps_resume_to_identical_results(reference, tmp_path):
     """Ctrl-C (SIGINT to the process group) once the first part lands, then SIGKILL of the resumed
     sweep after its first part (both before `_SUCCESS.json`): the third run skips exactly the
-    finished parts and ends with the same parts, rows and values as a clean run."""
+    finished parts and ends with the same parts, rows and values as a clean run. Query actors of a
+    killed driver may finish the calls in their hands (each part written whole, then its marker)
+    before they notice and exit, so the finished parts are counted once the count settles."""
     import signal
     import sys
 
-    from processes import files_in, interrupt_when, run_command
+    from processes import files_in, interrupt_when, run_command, settled
 
     vectors, assignment = clustered(1200, len(LABELS), DIM, seed=9, spread=0.25)
     write_ingest_output(str(tmp_path / "night"), vectors, [LABELS[a] for a in assignment], FAMILIES,
@@ -348,9 +368,9 @@ def test_interrupted_sweeps_resume_to_identical_results(reference, tmp_path):
     markers = lambda: files_in(partition / "_done")
     code, stderr = interrupt_when(command(tmp_path / "interrupted"), lambda: markers() >= 1, signal.SIGINT)
     assert code == 130 and "rerun the same command to resume" in stderr, stderr[-2000:]
-    after_sigint = markers()
+    after_sigint = settled(markers)
     interrupt_when(command(tmp_path / "interrupted"), lambda: markers() > after_sigint, signal.SIGKILL)
-    after_sigkill = markers()
+    after_sigkill = settled(markers)
     assert not (partition / "_SUCCESS.json").exists(), "the kills must land before the sweep finishes"
     assert 1 <= after_sigint < after_sigkill < 24
     resumed = run_command(command(tmp_path / "interrupted"))
@@ -597,6 +617,45 @@ def test_shards_are_verified_downloaded_in_threads_and_memory_mapped(reference, 
     with pytest.raises(JobFailed, match="checksum mismatch for s3://.*shard-00001.faiss"):
         QueryEngine(f"s3://{bucket}/index", use_gpu=False)
     assert not list(cache.glob("*.tmp"))
+
+
+def test_a_sweep_over_a_corrupt_index_fails_with_the_loaders_error(reference, nightly_queries, tmp_path):
+    """Query actors load the index in their first call, so a shard that fails its checksum stops the
+    sweep with that error itself (Ray keeps only the text of errors raised in an actor's constructor)."""
+    import shutil
+
+    from latentsweep.errors import JobFailed
+    from latentsweep.index.manifest import load
+
+    queries, _ = nightly_queries
+    shutil.copytree(reference["index"], tmp_path / "index")
+    victim = tmp_path / "index" / load(str(reference["index"])).shards[0].index_file
+    victim.write_bytes(victim.read_bytes()[:-1] + bytes([victim.read_bytes()[-1] ^ 1]))
+    with pytest.raises(JobFailed, match="checksum mismatch for .*shard-00000.faiss"):
+        sweep(SweepJob([str(queries)], str(tmp_path / "index"), str(tmp_path / "results"), date="2026-11-23",
+                       quiet=True))
+    assert not list((tmp_path / "results" / "date=2026-11-23").glob("part-*.parquet"))
+
+
+def test_query_actors_search_with_the_threads_they_are_given():
+    """Ray sets OMP_NUM_THREADS=1 in fractional-CPU actors and OpenBLAS reads it once; set_threads
+    changes FAISS's OpenMP and every mapped OpenBLAS that FAISS searches with, without a runtime env."""
+    import ctypes
+
+    import faiss
+
+    from latentsweep.query.actor import _mapped_libraries, set_threads
+
+    before = faiss.omp_get_max_threads()
+    blas = [ctypes.CDLL(path) for path in _mapped_libraries("openblas")]
+    blas = [library for library in blas if hasattr(library, "openblas_get_num_threads")]
+    try:
+        set_threads(1)
+        assert faiss.omp_get_max_threads() == 1 and all(lib.openblas_get_num_threads() == 1 for lib in blas)
+        set_threads(2)
+        assert faiss.omp_get_max_threads() == 2 and all(lib.openblas_get_num_threads() == 2 for lib in blas)
+    finally:
+        set_threads(before)
 
 
 def shards_sha(path) -> str:

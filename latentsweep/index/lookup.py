@@ -5,10 +5,11 @@ of its shard; never a URI. URIs are read for the neighbours a search returns, fr
 shard written once into the node's cache (:mod:`latentsweep.index.cache`) from the shard's metadata
 Parquet (read column-projected: id, label, uri; sorted by id in buckets of :data:`REWRITE_ROWS` rows,
 so bounded memory): ids ascending, label codes, URI offsets and URI bytes, read with positional
-reads. A lookup reads the 4 KiB block of ids holding each wanted id and that URI's bytes, nothing
-else: Parquet row groups were measured to be too coarse (ids are hashes, so 10,000 neighbours of a
-batch touch every row group of a 1M-reference shard and decode every URI). The lookup file's own
-checksum is kept beside it and checked on every reuse.
+reads. A lookup reads the 4 KiB block of ids holding each wanted id, its URI offsets and the URI
+bytes from the block's first wanted URI to its last, nothing else: Parquet row groups were measured
+to be too coarse (ids are hashes, so 10,000 neighbours of a batch touch every row group of a
+1M-reference shard and decode every URI). The lookup file's own checksum is kept beside it and
+checked on every reuse.
 """
 
 from __future__ import annotations
@@ -198,9 +199,9 @@ def lookup_file(root: str, entry: ShardEntry, cache: str) -> str:
 
 
 class ShardLookup:
-    """URIs of one shard's references by id, read with positional reads from its lookup file: per
-    wanted id, the block of :data:`LOOKUP_ROWS` ids and URI offsets that holds it (read once per block)
-    and the URI's own bytes. Holds the first id of each block (8 bytes per LOOKUP_ROWS references)."""
+    """URIs of one shard's references by id, read with positional reads from its lookup file: per block
+    of :data:`LOOKUP_ROWS` ids holding wanted ids, its ids, its URI offsets and the span of URI bytes
+    that covers the wanted ones. Holds the first id of each block (8 bytes per LOOKUP_ROWS references)."""
 
     def __init__(self, path: str, header: dict, first_ids: np.ndarray):
         self.path, self.header, self.first_ids = path, header, first_ids
@@ -221,23 +222,31 @@ class ShardLookup:
         if self._fd is not None:
             os.close(self._fd)
 
-    def uris(self, wanted: np.ndarray) -> list:
-        """URIs of ``wanted`` (sorted, unique ids), None for an id this shard lacks."""
-        sections, rows = self.header["sections"], self.header["rows"]
-        out = [None] * len(wanted)
-        blocks = np.searchsorted(self.first_ids, wanted, side="right") - 1
-        for block in np.unique(blocks[blocks >= 0]):
-            first, last = int(block) * LOOKUP_ROWS, min(rows, (int(block) + 1) * LOOKUP_ROWS)
-            ids = np.frombuffer(self._read(sections["ids"][0] + 8 * first, 8 * (last - first)), np.int64)
-            offsets = np.frombuffer(self._read(sections["uri_offsets"][0] + 8 * first, 8 * (last - first + 1)),
-                                    np.int64)
-            mine = np.flatnonzero(blocks == block)
-            local = np.clip(np.searchsorted(ids, wanted[mine]), 0, len(ids) - 1)
-            for row, position in zip(mine, local):
-                if ids[position] == wanted[row]:
-                    start, stop = int(offsets[position]), int(offsets[position + 1])
-                    out[row] = self._read(sections["uri_bytes"][0] + start, stop - start).decode()
-        return out
+    def spans(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The URIs of ``wanted`` (sorted, unique ids) as ``(found, data, starts, stops)``: the UTF-8
+        URI of ``wanted[found][i]`` is ``data[starts[i]:stops[i]]``. Three positional reads per block
+        of ids holding wanted ids (sorted, so each block's are one run): its ids, its URI offsets, and
+        the bytes from its first wanted URI to its last."""
+        sections = self.header["sections"]
+        ids_at, offsets_at, bytes_at = (sections[name][0] for name in ("ids", "uri_offsets", "uri_bytes"))
+        blocks = np.unique(np.searchsorted(self.first_ids, wanted, side="right") - 1)
+        first = blocks[blocks >= 0] * LOOKUP_ROWS
+        size = np.minimum(self.header["rows"], first + LOOKUP_ROWS) - first
+        ids = np.frombuffer(b"".join(self._read(ids_at + 8 * int(row), 8 * int(count))
+                                     for row, count in zip(first, size)), np.int64)
+        offsets = np.frombuffer(b"".join(self._read(offsets_at + 8 * int(row), 8 * int(count) + 8)
+                                         for row, count in zip(first, size)), np.int64)
+        hit = np.clip(np.searchsorted(ids, wanted), 0, max(len(ids) - 1, 0))
+        found = ids[hit] == wanted if len(ids) else np.zeros(len(wanted), bool)
+        hit = hit[found]
+        block = np.repeat(np.arange(len(first)), size)[hit]  # a block's offsets hold one entry more than its ids
+        starts, stops = offsets[hit + block], offsets[hit + block + 1]
+        _, run = np.unique(block, return_index=True)  # where each block's hits begin (they ascend)
+        ends = np.append(run[1:], len(hit))
+        low, high = starts[run], stops[ends - 1]
+        data = b"".join(self._read(bytes_at + int(a), int(b - a)) for a, b in zip(low, high))
+        shift = np.repeat(np.cumsum(high - low) - (high - low) - low, ends - run)
+        return found, np.frombuffer(data, np.uint8), starts + shift, stops + shift
 
     def table(self):
         """Every row (id, label, uri) as an Arrow table, read now."""
@@ -281,27 +290,61 @@ class References:
     def contains(self, ids: np.ndarray) -> np.ndarray:
         return self.positions(ids)[1].reshape(np.shape(ids))
 
-    def labels(self, ids: np.ndarray) -> np.ndarray:
-        """Label names (object array shaped like ``ids``), None for missing neighbours and NULL labels."""
+    def codes(self, ids: np.ndarray) -> np.ndarray:
+        """Label codes (into ``label_names``) shaped like ``ids``, -1 for missing neighbours and NULL labels."""
         positions, found = self.positions(ids)
         codes = np.where(found, self.label_codes[positions] if len(self.ids) else -1, -1)
-        return self._names[codes].reshape(np.shape(ids))
+        return codes.reshape(np.shape(ids))
+
+    def labels(self, ids: np.ndarray) -> np.ndarray:
+        """Label names (object array shaped like ``ids``), None for missing neighbours and NULL labels."""
+        return self.names_of(self.codes(ids))
+
+    def names_of(self, codes: np.ndarray) -> np.ndarray:
+        """Label names of :meth:`codes` (object array), None for -1."""
+        return self._names[codes]
+
+    def uri_array(self, ids: np.ndarray):
+        """URIs of ``ids`` (flattened) as an Arrow string array, null for missing ids: their bytes
+        gathered with numpy from :meth:`_uri_spans`, no Python string per neighbour (a part's 10,000
+        neighbours cost milliseconds)."""
+        import pyarrow as pa
+
+        valid, data, starts, stops = self._uri_spans(ids)
+        offsets = np.zeros(len(valid) + 1, np.int64)
+        offsets[1:][valid] = stops - starts
+        np.cumsum(offsets, out=offsets)
+        if offsets[-1] >= 2**31:
+            raise JobFailed(f"the URIs of {len(valid)} neighbours exceed 2 GiB: search fewer queries at once")
+        values = data[np.repeat(starts - offsets[:-1][valid], stops - starts) + np.arange(offsets[-1])]
+        return pa.StringArray.from_buffers(len(valid), pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(values),
+                                           pa.py_buffer(np.packbits(valid, bitorder="little")),
+                                           null_count=int(len(valid) - np.count_nonzero(valid)))
+
+    def _uri_spans(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(valid, data, starts, stops)``: which of ``ids`` (flattened) have a URI, and for those the
+        bounds of its bytes in ``data``. Each distinct id is read once, from its shard's lookup file."""
+        positions, found = self.positions(ids)
+        wanted, inverse = np.unique(positions[found], return_inverse=True)  # positions ascend with ids
+        shards = self.shard_codes[wanted] if self.shard_codes is not None else np.zeros(len(wanted), int)
+        present = np.zeros(len(wanted), bool)
+        starts, stops = np.zeros(len(wanted), np.int64), np.zeros(len(wanted), np.int64)
+        chunks, base = [], 0
+        for shard in np.unique(shards):
+            mine = np.flatnonzero(shards == shard)
+            hit, data, first, last = self.lookups[int(shard)].spans(self.ids[wanted[mine]])
+            present[mine[hit]] = True
+            starts[mine[hit]], stops[mine[hit]] = first + base, last + base
+            chunks.append(data)
+            base += len(data)
+        valid = found.copy()
+        valid[found] = present[inverse]
+        inverse = inverse[present[inverse]]
+        return valid, np.concatenate(chunks or [np.zeros(0, np.uint8)]), starts[inverse], stops[inverse]
 
     def uris(self, ids: np.ndarray) -> np.ndarray:
-        """URIs of ``ids`` (object array shaped like them), read for these ids only."""
-        positions, found = self.positions(ids)
-        flat = np.asarray(ids, dtype=np.int64).reshape(-1)
-        out = np.full(len(flat), None, dtype=object)
-        wanted, inverse = np.unique(flat[found], return_inverse=True)
-        if len(wanted):
-            unique_positions = np.searchsorted(self.ids, wanted)
-            shards = self.shard_codes[unique_positions] if self.shard_codes is not None else np.zeros(len(wanted), int)
-            values = np.full(len(wanted), None, dtype=object)
-            for shard in np.unique(shards):
-                mine = np.flatnonzero(shards == shard)
-                values[mine] = self.lookups[int(shard)].uris(wanted[mine])
-            out[np.flatnonzero(found)] = values[inverse]
-        return out.reshape(np.shape(ids))
+        """URIs of ``ids`` (object array shaped like them, None for missing ids), read for these ids only."""
+        return self.uri_array(ids).to_numpy(zero_copy_only=False).reshape(np.shape(ids))
 
     def table(self):
         """Every reference's id, label and uri as one Arrow table, read now from the lookup files (for

@@ -15,6 +15,8 @@ import numpy as np
 from latentsweep.index import placement
 from latentsweep.index.shards import ShardedIndex, merge
 
+PART_CPUS = 0.1  # CPUs an index part reserves: it searches only while a query actor waits on it
+
 
 class QueryEngine:
     """``shard_ids``: serve only these shards (an index part). ``parts``: serve the whole index by
@@ -38,12 +40,17 @@ class QueryEngine:
     def search(self, vectors: np.ndarray, k: int, exclude_ids: np.ndarray | None = None):
         """Raw pooled vectors -> (scores, ids, labels) of the top-k; ``exclude_ids[i]`` (a query's own
         id, for leave-one-out) is dropped from row i once, and only that id."""
+        scores, ids = self.search_ids(vectors, k, exclude_ids)
+        return scores, ids, self.references.labels(ids)
+
+    def search_ids(self, vectors: np.ndarray, k: int, exclude_ids: np.ndarray | None = None):
+        """:meth:`search` without the labels: (scores, ids) of the top-k."""
         prepared = self.index.prepare(np.asarray(vectors, dtype=np.float32))
         extra = 1 if exclude_ids is not None else 0
         scores, ids = self.search_prepared(prepared, k + extra)
         if exclude_ids is not None:
             scores, ids = drop_self(scores, ids, exclude_ids, k)
-        return scores, ids, self.references.labels(ids)
+        return scores, ids
 
     def search_prepared(self, prepared: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of already normalised vectors over this engine's shards, or over its parts."""
@@ -71,6 +78,34 @@ def drop_self(scores: np.ndarray, ids: np.ndarray, own: np.ndarray, k: int):
     keep[rows, first[rows]] = False
     keep[~is_self.any(axis=1), -1] = False  # no self-match: drop the extra last column instead
     return scores[keep].reshape(len(ids), -1)[:, :k], ids[keep].reshape(len(ids), -1)[:, :k]
+
+
+def set_threads(threads: int) -> None:
+    """Search with ``threads`` cores in this process. Ray sets ``OMP_NUM_THREADS`` to an actor's CPU
+    reservation (1 when fractional) and the OpenBLAS that FAISS loads sizes its pool from it once, at
+    load time; ``openblas_set_num_threads`` (of each OpenBLAS this process has mapped) and FAISS's
+    OpenMP setting change both at any time. A ``runtime_env`` setting the variables would do it too,
+    at the price of a fresh worker process per actor (about 1.2 s more to start)."""
+    import ctypes
+
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    for path in _mapped_libraries("openblas"):
+        setter = getattr(ctypes.CDLL(path), "openblas_set_num_threads", None)
+        if setter is not None:  # numpy's own OpenBLAS names its functions otherwise and is left alone
+            setter(threads)
+
+
+def _mapped_libraries(name: str) -> set[str]:
+    """Paths of the shared libraries mapped into this process whose file name contains ``name``
+    (Linux; none elsewhere)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(maxsplit=5)[-1].strip() for line in maps if ".so" in line}
+    except OSError:
+        return set()
+    return {path for path in paths if name in path.rsplit("/", 1)[-1]}
 
 
 def query_actor(num_gpus: float = 0, num_cpus: float = 1, memory: int | None = None):
@@ -131,8 +166,8 @@ def pool_plan(manifest, size: int, holds_vectors: bool, gpus: int, k: int, parts
     return memory, min(size, fits)
 
 
-def start_parts(index_uri: str, count: int, num_gpus: float = 0, num_cpus: float = 0.1, k: int | None = None,
-                log=None) -> list:
+def start_parts(index_uri: str, count: int, num_gpus: float = 0, num_cpus: float = PART_CPUS,
+                k: int | None = None, log=None) -> list:
     """``count`` actors, each holding every count-th shard of the index (part i: shards i, i+count, ...),
     each requesting the memory its shards need (:func:`part_memory`).
 

@@ -8,6 +8,7 @@ ends with ``_SUCCESS.json`` listing every part with its size and SHA-256, which 
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import json
@@ -22,10 +23,11 @@ from latentsweep import lock, schema, storage
 from latentsweep.console import stage_log
 from latentsweep.errors import UsageError
 from latentsweep.index import features
-from latentsweep.query import metrics, report
-from latentsweep.query.vote import vote
+from latentsweep.query import metrics, report, vote
 
 DONE_FOLDER = "_done"
+QUEUED = 2          # calls waiting on each query actor at once
+ACTOR_RESTARTS = 3  # a query actor whose process dies is restarted and its calls retried this often
 SUCCESS = "_SUCCESS.json"
 REPORT = "report.html"
 
@@ -74,51 +76,70 @@ def part_name(query_uri: str) -> str:
 
 
 class SweepWorker:
-    """Ray Data callable class: loads the index once; each row is a query file to attribute."""
+    """A query actor of the sweep: attributes query files, one result part each.
 
-    def __init__(self, index_uri: str, settings: dict, partition_uri: str, parts: list | None = None):
-        from latentsweep.query.actor import QueryEngine
+    The index is loaded by the first call, not by the constructor: an error raised while loading (a
+    corrupt shard) then reaches the driver as itself, where Ray keeps only the message of an error
+    raised in an actor's constructor; and an actor restarted after its process died loads the same
+    pinned version when its retried call arrives."""
 
-        self.engine = QueryEngine(index_uri, parts=parts, k=settings["k"])  # k decides GPU or CPU search
-        self.settings = settings
+    def __init__(self, index_uri: str, settings: dict, partition_uri: str, parts: list | None = None,
+                 threads: int = 1):
+        self.index_uri, self.settings, self.parts, self.threads = index_uri, settings, parts, threads
         self.partition = storage.Location.parse(partition_uri)
+        self.engine = None
+
+    def _load(self) -> None:
+        from latentsweep.query.actor import QueryEngine, set_threads
+
+        set_threads(self.threads)
+        self.engine = QueryEngine(self.index_uri, parts=self.parts, k=self.settings["k"])  # k: GPU or CPU
         manifest = self.engine.manifest
         self.expected = (manifest.codec, manifest.weights_digest, manifest.pooling)
-        self.columns = ",".join(manifest.columns)
+        names = self.engine.references.label_names
+        self.predicted = np.array(names + [vote.UNKNOWN], dtype=object)  # by code; -1: unknown
+        self.families = np.array([self.engine.families.get(name) for name in names] + [None], dtype=object)
 
-    def __call__(self, batch: dict) -> dict:
-        rows, unknown = [], []
-        for uri, name, digest in zip(batch["uri"], batch["part"], batch["digest"]):
-            count, missing = self.attribute(uri, name, digest)
-            rows.append(count)
-            unknown.append(missing)
-        return {"part": batch["part"], "rows": np.array(rows), "unknown": np.array(unknown)}
-
-    def attribute(self, uri: str, name: str, digest: str) -> tuple[int, int]:
-        batch, _ = features.read(uri, self.columns)
+    def attribute(self, uri: str, name: str, digest: str) -> int:
+        """Attribute one query file: its result part, then its done marker; returns its rows."""
+        if self.engine is None:
+            self._load()
+        batch = features.read_columns(uri, list(self.engine.manifest.columns), with_uri=True)
         require_index_space(batch.provenance, self.expected, uri)
-        k = self.settings["k"]
-        scores, ids, labels = self.engine.search(batch.vectors, k)
-        votes = [vote(list(labels[i]), scores[i], self.engine.families, self.settings["weighted"],
-                      self.settings["open_set_threshold"]) for i in range(len(ids))]
+        table = self.results(batch)
+        storage.write_table(self.partition.join(f"{name}.parquet"), table)
+        unknown = int(np.count_nonzero(table.column("unknown").to_numpy()))
+        marker = {"part": name, "digest": digest, "rows": table.num_rows, "unknown": unknown}
+        storage.write_bytes(self.partition.join(DONE_FOLDER, f"{name}.json"), json.dumps(marker).encode())
+        return table.num_rows
+
+    def results(self, batch: features.Batch) -> pa.Table:
+        """The result rows of a batch of queries, built from arrays (no Python object per query or
+        neighbour): the vote, the neighbours' ids, labels, scores and URIs."""
+        scores, ids = self.engine.search_ids(batch.vectors, self.settings["k"])
+        references = self.engine.references
+        codes = references.codes(ids)
+        votes = vote.votes(codes, scores, self.settings["weighted"], self.settings["open_set_threshold"])
         meta = batch.metadata
-        table = pa.table({
+        return pa.table({
             "id": meta.column("id"), "uri": meta.column("uri"),
-            "predicted_label": [v.label for v in votes], "predicted_family": [v.family for v in votes],
-            "vote_share": pa.array([v.share for v in votes], pa.float32()),
-            "top_score": pa.array([v.top_score for v in votes], pa.float32()),
-            "unknown": [v.unknown for v in votes],
-            "neighbor_ids": pa.array(ids.tolist(), pa.list_(pa.int64())),
-            "neighbor_labels": pa.array(labels.tolist(), pa.list_(pa.string())),
-            "neighbor_scores": pa.array(scores.tolist(), pa.list_(pa.float32())),
-            "neighbor_uris": pa.array(self.engine.uris(ids).tolist(), pa.list_(pa.string())),
+            "predicted_label": pa.array(self.predicted[votes.codes], pa.string()),
+            "predicted_family": pa.array(self.families[votes.codes], pa.string()),
+            "vote_share": pa.array(votes.share.astype(np.float32)),
+            "top_score": pa.array(votes.top_score.astype(np.float32)),
+            "unknown": pa.array(votes.unknown),
+            "neighbor_ids": _lists(pa.array(ids.reshape(-1)), ids.shape),
+            "neighbor_labels": _lists(pa.array(references.names_of(codes).reshape(-1), pa.string()), ids.shape),
+            "neighbor_scores": _lists(pa.array(scores.reshape(-1).astype(np.float32)), ids.shape),
+            "neighbor_uris": _lists(references.uri_array(ids), ids.shape),
             "label": meta.column("label"), "family": meta.column("family"),
         }, schema=schema.RESULT_SCHEMA)
-        storage.write_table(self.partition.join(f"{name}.parquet"), table)
-        marker = {"part": name, "digest": digest, "rows": table.num_rows,
-                  "unknown": int(sum(v.unknown for v in votes))}
-        storage.write_bytes(self.partition.join(DONE_FOLDER, f"{name}.json"), json.dumps(marker).encode())
-        return table.num_rows, marker["unknown"]
+
+
+def _lists(values: pa.Array, shape: tuple[int, int]) -> pa.ListArray:
+    """``values`` (row-major, ``shape[0]`` rows of ``shape[1]``) as one list per row."""
+    rows, k = shape
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, rows * k + 1, k, dtype=np.int32)), values)
 
 
 def require_index_space(provenance: set, expected: tuple[str, str, str], uri: str) -> None:
@@ -165,65 +186,121 @@ def _done(location: storage.Location) -> dict[str, dict]:
 def sweep(job: SweepJob, log=None) -> SweepSummary:
     """Attribute every query file of ``job`` into its date partition; one sweep per partition at a time."""
     manifest = check(job)
-    check_queries(features.embedding_files(job.queries), manifest)
+    files = features.embedding_files(job.queries)
+    check_queries(files, manifest)
     location = partition(job)
     with lock.hold(location, "sweep") as held:
-        return _sweep(job, location, manifest, log or stage_log(job.quiet), held)
+        return _sweep(job, files, location, manifest, log or stage_log(job.quiet), held)
 
 
-def _sweep(job: SweepJob, location: storage.Location, manifest, log, held: lock.Held) -> SweepSummary:
-    import ray
-
-    from latentsweep.cluster import connect, cpus_and_gpus, quiet_data_context, thread_env
-    from latentsweep.index.manifest import sha256, version_uri
-
+def _sweep(job: SweepJob, files: list[str], location: storage.Location, manifest, log,
+           held: lock.Held) -> SweepSummary:
     started = time.monotonic()
     summary = SweepSummary(location.uri)
-    # every actor loads this version, even if a rebuild switches INDEX/manifest.json mid-sweep
-    pinned = version_uri(job.index, manifest)
+    parts, todo = _plan(job, files, location, manifest)
+    summary.parts, summary.parts_already_done = len(parts), len(parts) - len(todo)
+    if todo:
+        _attribute(job, todo, len(parts), location, manifest, log, held)
+    else:
+        log(f"sweep: all {len(parts)} query files of {location.uri} are already attributed; nothing to do")
+    _finish(location, parts, manifest, job, summary, started)  # fills the timing fields too
+    return summary
+
+
+def _plan(job: SweepJob, files: list[str], location: storage.Location, manifest) -> tuple[list, list]:
+    """Every query file as (uri, part name, digest), and those without a done marker of that digest
+    (the digest covers the file's version, the index and the settings). The versions are asked for in
+    parallel: one request each on S3."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from latentsweep.index.manifest import sha256
+
     index_digest = sha256(manifest.to_json().encode())
-    settings = {"k": job.k, "weighted": job.weighted, "open_set_threshold": job.open_set_threshold}
-    files = features.embedding_files(job.queries)
-    parts = [(uri, part_name(uri), _digest(uri, storage.info(uri).version, index_digest, settings)) for uri in files]
+    with ThreadPoolExecutor(storage.LISTING_THREADS) as pool:
+        versions = list(pool.map(lambda uri: storage.info(uri).version, files))
+    parts = [(uri, part_name(uri), _digest(uri, version, index_digest, _settings(job)))
+             for uri, version in zip(files, versions)]
     if job.overwrite:
         for info in list(storage.list_files(location, missing_ok=True)):
             if not lock.is_lock_file(info.uri):
                 storage.delete(info.uri)
     done = _done(location)
-    todo = [p for p in parts if done.get(p[1], {}).get("digest") != p[2]]
-    summary.parts, summary.parts_already_done = len(parts), len(parts) - len(todo)
-    if todo:
-        resources = connect(job.address, quiet=job.quiet)
-        cpus, gpus = cpus_and_gpus(resources)
-        size = min(job.workers or (gpus or max(1, cpus // 2)), len(todo))
-        quiet_data_context()
-        from latentsweep.query.actor import pool_plan, start_parts
+    return parts, [p for p in parts if done.get(p[1], {}).get("digest") != p[2]]
 
-        index_parts = (start_parts(pinned, job.index_parts, num_gpus=1 if gpus else 0, k=job.k, log=log)
-                       if job.index_parts > 1 else None)
+
+def _settings(job: SweepJob) -> dict:
+    return {"k": job.k, "weighted": job.weighted, "open_set_threshold": job.open_set_threshold}
+
+
+def _attribute(job: SweepJob, todo: list, total: int, location: storage.Location, manifest, log,
+               held: lock.Held) -> None:
+    """Start the query actors (and index parts), keep every actor busy until each part of ``todo`` is
+    written, then end them. Plain actors, not a Ray Data pipeline: no executor to start, no dataset
+    blocks through the object store, no runtime env (a fresh worker process) per actor."""
+    import ray
+
+    from latentsweep.cluster import connect, cpus_and_gpus
+    from latentsweep.index.manifest import version_uri
+    from latentsweep.query.actor import pool_plan, start_parts
+
+    cpus, gpus = cpus_and_gpus(connect(job.address, quiet=job.quiet))
+    pinned = version_uri(job.index, manifest)  # every actor loads this version, even if INDEX is rebuilt meanwhile
+    index_parts = (start_parts(pinned, job.index_parts, num_gpus=1 if gpus else 0, k=job.k, log=log)
+                   if job.index_parts > 1 else [])
+    actors: list = []
+    try:
         # memory= per actor from the manifest (placement.engine_memory); no more actors than memory holds
-        memory, size = pool_plan(manifest, size, not index_parts, gpus, job.k, parts=job.index_parts, log=log)
-        threads = max(1, cpus // size)  # each actor searches with its share of the cores
-        log(f"sweep: {len(todo)} of {len(parts)} query files to attribute with {size} query actors"
+        memory, size = pool_plan(manifest, min(job.workers or gpus or cpus, len(todo)), not index_parts, gpus,
+                                 job.k, parts=job.index_parts, log=log)
+        log(f"sweep: {len(todo)} of {total} query files to attribute with {size} query actors"
             + (f" over {len(index_parts)} index parts" if index_parts else ""))
-        dataset = ray.data.from_items([{"uri": u, "part": n, "digest": d} for u, n, d in todo],
-                                      override_num_blocks=len(todo))
-        dataset = dataset.map_batches(
-            SweepWorker, fn_constructor_kwargs={"index_uri": pinned, "settings": settings,
-                                                "partition_uri": location.uri, "parts": index_parts},
-            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
+        worker = ray.remote(SweepWorker).options(
+            num_cpus=_actor_cpus(cpus, size, gpus, len(index_parts)), memory=memory,
             num_gpus=1 if gpus and not index_parts else 0,  # with parts, the part actors hold the GPUs
-            num_cpus=1 if gpus else min(1.0, max(0.5, cpus / size)), runtime_env=thread_env(threads), memory=memory)
-        threading.Thread(target=report.warm_up, daemon=True).start()
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+        threads = max(1, cpus // size)  # each actor searches with its share of the cores
+        actors = [worker.remote(pinned, _settings(job), location.uri, index_parts or None, threads)
+                  for _ in range(size)]
+        threading.Thread(target=report.warm_up, daemon=True).start()  # the report's imports, while actors load
+        for rows, name in _dispatch(actors, todo):
             held.check()  # a run that lost its lease stops here
-            log(f"sweep: attributed {int(batch['rows'].sum())} queries ({', '.join(batch['part'])})")
-        for actor in index_parts or []:
+            log(f"sweep: attributed {rows} queries ({name})")
+    finally:
+        for actor in actors + index_parts:
             ray.kill(actor)
-    else:
-        log(f"sweep: all {len(parts)} query files of {location.uri} are already attributed; nothing to do")
-    _finish(location, parts, manifest, job, summary, started)  # fills the timing fields too
-    return summary
+
+
+def _actor_cpus(cpus: int, size: int, gpus: int, parts: int) -> float:
+    """CPUs a query actor reserves: one on GPU nodes; on CPU nodes its share of what the index parts
+    leave, at most one (an actor alone searches with more threads than it reserves)."""
+    from latentsweep.query.actor import PART_CPUS
+
+    return 1 if gpus else max(PART_CPUS, min(1.0, (cpus - PART_CPUS * parts) / size))
+
+
+def _dispatch(actors: list, todo: list):
+    """Yields (rows, part name) as parts are written. Each actor holds up to :data:`QUEUED` calls, so
+    its next part is already there when it finishes one (no idle round trip to the driver); a part
+    goes to the actor that just finished one."""
+    import ray
+
+    waiting, running = collections.deque(todo), {}
+
+    def submit(actor) -> None:
+        uri, name, digest = waiting.popleft()
+        running[actor.attribute.remote(uri, name, digest)] = (actor, name)
+
+    for _ in range(QUEUED):
+        for actor in actors:
+            if waiting:
+                submit(actor)
+    while running:
+        [ref], _ = ray.wait(list(running))
+        actor, name = running.pop(ref)
+        rows = ray.get(ref)
+        if waiting:
+            submit(actor)
+        yield rows, name
 
 
 def _finish(location: storage.Location, parts: list, manifest, job: SweepJob, summary: SweepSummary,
