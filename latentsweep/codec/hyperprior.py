@@ -98,27 +98,42 @@ class LatentPredictor(nn.Module):
         residual_quant = round_ste((y - mu) * gain)
         return residual_quant, residual_quant / gain
 
+    def dequantise(self, residual_quant: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's side of :meth:`quantise`: the same ``residual_quant / gain``."""
+        gain = self.log_gain.exp().view(1, -1, 1, 1)
+        return residual_quant, residual_quant / gain
+
     def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.hyper_encoder(y)
         z_hat = round_ste(z.clamp(-Z_LIMIT, Z_LIMIT))
+        return {"y": y, "z": z, **self._from_z_hat(z_hat, lambda mu, rows, cols: self.quantise(y[:, :, rows, cols], mu))}
+
+    def decode(self, z_hat: torch.Tensor, residual_quant: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Entropy-decoded ``z_hat`` and ``residual_quant`` -> every tensor but ``y`` and ``z``, by the
+        same operations as :meth:`forward` (the bitstream path: no analysis transform)."""
+        return self._from_z_hat(z_hat, lambda mu, rows, cols: self.dequantise(residual_quant[:, :, rows, cols]))
+
+    def _from_z_hat(self, z_hat: torch.Tensor, quantised) -> dict[str, torch.Tensor]:
+        """``quantised(mu, rows, cols)`` gives (residual_quant, residual) of the positions ``rows, cols``."""
         psi = self.hyper_decoder(z_hat)
         scale = self.scale_decoder(psi).exp()
         if self.context_model is None:
             mu = F.pixel_shuffle(psi, 2)
-            residual_quant, residual = self.quantise(y, mu)
+            residual_quant, residual = quantised(mu, slice(None), slice(None))
         else:
-            mu, residual_quant, residual = self._predict_phases(y, psi)
-        return {"y": y, "z": z, "z_hat": z_hat, "psi": psi, "mu": mu, "scale": scale,
+            mu, residual_quant, residual = self._predict_phases(psi, quantised)
+        return {"z_hat": z_hat, "psi": psi, "mu": mu, "scale": scale,
                 "residual_quant": residual_quant, "residual": residual, "y_hat": residual + mu}
 
-    def _predict_phases(self, y: torch.Tensor, psi: torch.Tensor):
-        channels = y.shape[1]
-        mu, residual_quant, residual = (torch.zeros_like(y) for _ in range(3))
+    def _predict_phases(self, psi: torch.Tensor, quantised):
+        channels = psi.shape[1] // len(PHASES)
+        shape = (psi.shape[0], channels, 2 * psi.shape[2], 2 * psi.shape[3])
+        mu, residual_quant, residual = (psi.new_zeros(shape) for _ in range(3))
         decoded_sum = torch.zeros_like(psi[:, :channels])
         for k, (row, col) in enumerate(PHASES):
             psi_k = psi[:, k * channels:(k + 1) * channels]
             mu_k = self.context_model(psi_k, decoded_sum / max(k, 1), k)
-            quant_k, residual_k = self.quantise(y[:, :, row::2, col::2], mu_k)
+            quant_k, residual_k = quantised(mu_k, slice(row, None, 2), slice(col, None, 2))
             mu[:, :, row::2, col::2] = mu_k
             residual_quant[:, :, row::2, col::2] = quant_k
             residual[:, :, row::2, col::2] = residual_k

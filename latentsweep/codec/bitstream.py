@@ -1,0 +1,159 @@
+"""Real bitstreams of the codec: image -> ``.jai`` bytes -> latents (no synthesis) or pixels.
+
+:class:`BitstreamCodec` holds a loaded codec and its deterministic entropy models
+(``codec/coding.py``), and does three things:
+
+- :meth:`~BitstreamCodec.compress`: the analysis transforms and the hyperprior, exactly as ingest runs
+  them (:class:`~latentsweep.codec.embed.Embedder`), then ``z_hat`` and ``residual_quant`` of both
+  branches range-coded into the container (``codec/container.py``).
+- :meth:`~BitstreamCodec.latents`: the paper's "decoding-free" path. Entropy decoding, the
+  hyper-decoder and the latent prediction give ``z_hat``, ``psi``, ``mu``, ``scale``,
+  ``residual_quant``, ``residual`` and ``y_hat``; neither the analysis nor the synthesis transform
+  runs, and ``y`` and ``z`` do not exist (they are never coded).
+- :meth:`~BitstreamCodec.decompress`: :meth:`latents`, then the synthesis transforms -> RGB uint8.
+
+The scale level of each residual is computed from ``z_hat`` by float64 copies of the hyper- and scale
+decoders (``coding.level_of``), so encoder and decoder agree on every machine; the exported float32
+tensors come from the model's own modules and are unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+
+import numpy as np
+import torch
+
+from latentsweep.codec import coding, colour, container
+from latentsweep.codec.container import Bitstream, BitstreamError, Stream, describe_id, digest_id, symbols_crc
+from latentsweep.codec.model import CODEC_NAME, TENSOR_STRIDES
+
+BRANCHES = ("luma", "chroma")
+STREAMS = (("z", "luma"), ("z", "chroma"), ("r", "luma"), ("r", "chroma"))  # the container's order
+DECODED_TENSORS = ("z_hat", "psi", "mu", "scale", "residual_quant", "residual", "y_hat")
+
+
+class BitstreamCodec:
+    def __init__(self, embedder):
+        """``embedder``: a loaded :class:`~latentsweep.codec.embed.Embedder` (model, device, digest)."""
+        self.embedder = embedder
+        self.model = embedder.model
+        self.device = embedder.device
+        self.weights_digest = embedder.weights_digest
+        self.models = coding.EntropyModels.build({
+            branch: getattr(self.model, f"{branch}_z_density").log_scale.detach().double().cpu().numpy()
+            for branch in BRANCHES})
+        self.entropy_id = bytes.fromhex(self.models.digest)[:8]
+        self._levels = {}
+        for branch in BRANCHES:
+            predictor = getattr(self.model, f"{branch}_predictor")
+            modules = torch.nn.Sequential(copy.deepcopy(predictor.hyper_decoder),
+                                          copy.deepcopy(predictor.scale_decoder))
+            self._levels[branch] = modules.to(self.device, torch.float64,
+                                              memory_format=torch.contiguous_format).eval()
+
+    # -- encoder ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def compress(self, image: np.ndarray, source_version: str | None = None) -> tuple[bytes, dict]:
+        """uint8 RGB (H, W, 3) -> (file bytes, the model's tensors of this image, for checks).
+        ``source_version``: the input's ETag or mtime, recorded (as an 8-byte id) for resume."""
+        tensors, _ = self.embedder.exported([image])
+        height, width = image.shape[:2]
+        streams = []
+        for branch in BRANCHES:
+            z_hat = _integers(tensors[f"z_hat_{branch}"][0])
+            streams.append(Stream(symbols_crc(z_hat), coding.encode_z(self.models, branch, z_hat).tobytes()))
+        for branch in BRANCHES:
+            residual = _integers(tensors[f"residual_quant_{branch}"][0])
+            levels = self.levels(branch, tensors[f"z_hat_{branch}"])
+            streams.append(Stream(symbols_crc(residual), coding.encode_residual(self.models, residual, levels).tobytes()))
+        data = container.pack(Bitstream(height, width, CODEC_NAME, digest_id(self.weights_digest), self.entropy_id,
+                                        source_id=container.source_id(source_version), streams=streams))
+        return data, tensors
+
+    def levels(self, branch: str, z_hat: torch.Tensor) -> np.ndarray:
+        """Scale level of every residual position (C, h, w), from ``z_hat`` (1, C, h/4, w/4) in float64."""
+        log_scale = self._levels[branch](z_hat.to(self.device, torch.float64).contiguous())
+        return coding.level_of(log_scale[0].cpu().numpy())
+
+    # -- decoder ---------------------------------------------------------------------------------
+
+    def check(self, bitstream: Bitstream) -> None:
+        """Refuse a file this codec cannot decode, saying why."""
+        if bitstream.codec != CODEC_NAME:
+            raise BitstreamError(f"coded by codec {bitstream.codec!r}; this latentsweep decodes {CODEC_NAME!r}")
+        if bitstream.adapters_id:
+            raise BitstreamError(f"coded with adapters {describe_id(bitstream.adapters_id)}; this latentsweep has none")
+        if bitstream.weights_id != digest_id(self.weights_digest):
+            raise BitstreamError(f"coded with codec weights {describe_id(bitstream.weights_id)}, not the loaded "
+                                 f"{self.weights_digest[:32]}: pass --weights with the checkpoint it was coded with")
+        if bitstream.entropy_id != self.entropy_id:
+            raise BitstreamError(f"coded with entropy tables {bitstream.entropy_id.hex()}; this decoder builds "
+                                 f"{self.entropy_id.hex()} (another latentsweep version or platform)")
+        if len(bitstream.streams) != len(STREAMS):
+            raise BitstreamError(f"corrupt bitstream: {len(bitstream.streams)} streams, expected {len(STREAMS)} "
+                                 f"({', '.join(container.STREAM_NAMES)})")
+
+    @torch.inference_mode()
+    def latents(self, data: bytes | Bitstream, max_pixels: int | None = None) -> tuple[dict[str, torch.Tensor], Bitstream]:
+        """File bytes -> ``{"z_hat_luma": (1, C, h, w), ...}`` at the padded size, and the parsed file."""
+        bitstream = data if isinstance(data, Bitstream) else container.unpack(data, max_pixels)
+        self.check(bitstream)
+        height, width = colour.padded_size(bitstream.height, bitstream.width)
+        out: dict[str, torch.Tensor] = {}
+        for branch in BRANCHES:
+            channels = getattr(self.model, f"{branch}_z_density").log_scale.numel()
+            z_shape = (channels, height // TENSOR_STRIDES["z_hat"], width // TENSOR_STRIDES["z_hat"])
+            stream = bitstream.streams[STREAMS.index(("z", branch))]
+            z_hat = coding.decode_z(self.models, branch, _words(stream), z_shape)
+            _verify(stream, z_hat, f"z_hat {branch}")
+            z_hat = torch.from_numpy(z_hat).float()[None].to(self.device)
+            levels = self.levels(branch, z_hat)
+            stream = bitstream.streams[STREAMS.index(("r", branch))]
+            residual_quant = coding.decode_residual(self.models, _words(stream), levels)
+            _verify(stream, residual_quant, f"residual_quant {branch}")
+            residual_quant = torch.from_numpy(residual_quant).float()[None].to(self.device)
+            predictor = getattr(self.model, f"{branch}_predictor")
+            layout = torch.channels_last  # as the Embedder runs the model
+            decoded = predictor.decode(z_hat.contiguous(memory_format=layout),
+                                       residual_quant.contiguous(memory_format=layout))
+            out.update({f"{name}_{branch}": decoded[name] for name in DECODED_TENSORS})
+        return out, bitstream
+
+    @torch.inference_mode()
+    def decompress(self, data: bytes | Bitstream, max_pixels: int | None = None) -> np.ndarray:
+        """File bytes -> uint8 RGB (H, W, 3): the synthesis transforms on the decoded ``y_hat``."""
+        tensors, bitstream = self.latents(data, max_pixels)
+        return reconstruction(self.model, tensors, bitstream.height, bitstream.width)
+
+
+@torch.inference_mode()
+def reconstruction(model, tensors: dict[str, torch.Tensor], height: int, width: int) -> np.ndarray:
+    """The model's own reconstruction of exported (or decoded) latents, as uint8 RGB of the valid area."""
+    rgb = colour.yuv_to_rgb(model.reconstruct(tensors))[0, :, :height, :width]
+    return (rgb.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def bits_per_pixel(data: bytes, height: int, width: int) -> float:
+    return 8 * len(data) / (height * width)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _integers(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.float().cpu().numpy().astype(np.int64)
+
+
+def _words(stream: Stream) -> np.ndarray:
+    return np.frombuffer(stream.payload, "<u4").astype(np.uint32)
+
+
+def _verify(stream: Stream, symbols: np.ndarray, name: str) -> None:
+    if symbols_crc(symbols) != stream.crc:
+        raise BitstreamError(f"corrupt bitstream: the {name} stream decodes to symbols that fail "
+                             "their checksum (the file was altered, or this decoder's distributions differ "
+                             "from the encoder's)")
