@@ -206,6 +206,59 @@ def ingest(
     raise typer.Exit(EXIT_ITEMS_FAILED if summary.failed else EXIT_OK)
 
 
+def _codec_job(mode: str, source: str, out: str, weights, device, workers, max_pixels, min_side, overwrite,
+               address, quiet) -> None:
+    from latentsweep.compress import CodecJob, run
+
+    summary = run(CodecJob(mode, source, out, weights, device, workers, max_pixels, min_side, overwrite, quiet,
+                           address))
+    report_summary(mode, summary)
+    raise typer.Exit(EXIT_ITEMS_FAILED if summary.failed else EXIT_OK)
+
+
+@command()
+def compress(
+    source: Annotated[str, typer.Argument(help="Images: a folder, s3://bucket/prefix, or a manifest (.parquet/.csv with uri).")],
+    out: Annotated[str, typer.Option("--out", help="Folder or s3:// prefix for DIR/<relative path>/<stem>.jai.")],
+    weights: WeightsOption = None,
+    device: DeviceOption = "auto",
+    workers: Annotated[Optional[int], typer.Option(help="Codec actors (default: one per GPU, or from the CPUs).")] = None,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = 64_000_000,
+    min_side: Annotated[int, typer.Option(help="Refuse images whose shorter side is below this.")] = 16,
+    overwrite: Annotated[bool, typer.Option(help="Redo every file instead of keeping valid outputs.")] = False,
+    address: AddressOption = None,
+    quiet: QuietOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Code every image into a JPEG AI bitstream (.jai), keeping its relative path and stem.
+
+    DIR is itself an ingest SOURCE (ingest decodes the entropy streams and the hyperprior only).
+    Reruns keep outputs of the same input version. Exit code 1 when some inputs failed.
+    """
+    _codec_job("compress", source, out, weights, device, workers, max_pixels, min_side, overwrite, address, quiet)
+
+
+@command()
+def decompress(
+    source: Annotated[str, typer.Argument(help="Bitstreams (.jai): a folder, s3://bucket/prefix, or a manifest.")],
+    out: Annotated[str, typer.Option("--out", help="Folder or s3:// prefix for DIR/<relative path>/<stem>.png.")],
+    weights: WeightsOption = None,
+    device: DeviceOption = "auto",
+    workers: Annotated[Optional[int], typer.Option(help="Codec actors (default: one per GPU, or from the CPUs).")] = None,
+    max_pixels: Annotated[int, typer.Option(help="Refuse bitstreams of images above this many pixels.")] = 64_000_000,
+    min_side: Annotated[int, typer.Option(help="Unused by decompress (kept for --config files shared with compress).")] = 16,
+    overwrite: Annotated[bool, typer.Option(help="Redo every file instead of keeping valid outputs.")] = False,
+    address: AddressOption = None,
+    quiet: QuietOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Decode JPEG AI bitstreams (.jai) to PNG with the synthesis transforms, keeping relative paths and stems.
+
+    Truncated, corrupt or foreign files are refused one by one (exit code 1), never decoded to garbage.
+    """
+    _codec_job("decompress", source, out, weights, device, workers, max_pixels, min_side, overwrite, address, quiet)
+
+
 def report_summary(stage: str, summary) -> None:
     from dataclasses import asdict
 

@@ -79,8 +79,9 @@ def _to_rgb(image) -> np.ndarray:
 
 @dataclass
 class Fetched:
-    """One input after reading: an RGB image, or the bytes of exported latents (``.pt``), or the
-    reason it failed (``error_type``)."""
+    """One input after reading: an RGB image, or the bytes of exported latents (``.pt``, source
+    ``latents``) or of a checked bitstream (``.jai``, source ``bitstream``), or the reason it failed
+    (``error_type``)."""
 
     uri: str
     image: np.ndarray | None = None
@@ -100,6 +101,7 @@ def fetch(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAUL
     import hashlib
 
     from latentsweep import storage
+    from latentsweep.codec.container import BitstreamError
 
     item = Fetched(uri)
     try:
@@ -107,10 +109,20 @@ def fetch(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAUL
         item.sha256 = hashlib.sha256(data).hexdigest()
         if uri.lower().endswith(".pt"):
             item.source, item.latents = "latents", data
+        elif uri.lower().endswith(".jai"):  # a bitstream: checked here, entropy-decoded by the encoder
+            from latentsweep.codec import container
+
+            header = container.unpack(data, max_pixels)
+            if min(header.height, header.width) < min_side:
+                raise DecodeError("too_small", f"{header.width}x{header.height} is below the minimum side of "
+                                               f"{min_side} pixels")
+            item.source, item.latents, item.height, item.width = "bitstream", data, header.height, header.width
         else:
             item.image = decode_image(data, max_pixels, min_side)
             item.height, item.width = item.image.shape[:2]
     except DecodeError as error:
+        item.error_type, item.message = error.error_type, str(error)
+    except BitstreamError as error:  # a truncated, corrupt or foreign .jai: truncated, bad_bitstream, too_large
         item.error_type, item.message = error.error_type, str(error)
     except storage.StorageError as error:
         if error.systemic:

@@ -1,6 +1,6 @@
 """Fetched inputs -> vectors: images through the codec and the pixel descriptors, exported latents
-(``.pt``) pooled directly (they have no pixels: their descriptor rows stay empty and are written as
-null). Loads the codec once; a bad image never sinks its batch (the batch is retried one by one)."""
+(``.pt``) pooled directly, bitstreams (``.jai``) entropy-decoded and through the hyperprior only (neither
+has pixels: their descriptor rows stay empty and are written as null). Loads the codec once; a bad image never sinks its batch (the batch is retried one by one)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class Encoder:
         self.embedder = Embedder(settings)
         self.descriptors = descriptor_columns() if settings.descriptors else {}
         self.columns = {**self.embedder.columns, **self.descriptors}
+        self.bitstreams = None  # the entropy decoder (codec.bitstream), made at the first .jai input
 
     def encode(self, items: list[Fetched]) -> dict[str, np.ndarray]:
         """``{column: float32 (n, dim)}`` for ``items``; items that fail here get their
@@ -41,6 +42,8 @@ class Encoder:
         for i, item in enumerate(items):
             if not item.error_type and item.source == "latents":
                 self._pool_latents(item, i, vectors)
+            if not item.error_type and item.source == "bitstream":
+                self._pool_bitstream(item, i, vectors)
         return vectors
 
     def _describe(self, item: Fetched, i: int, vectors: dict) -> None:
@@ -72,3 +75,30 @@ class Encoder:
                                                 self.embedder.settings.pooling)[0].numpy()
         except reference.LatentFileError as error:
             item.error_type, item.message = "bad_latents", str(error)
+
+    def _pool_bitstream(self, item: Fetched, i: int, vectors: dict) -> None:
+        """A ``.jai`` bitstream: entropy decoding, the hyper-decoder and the latent prediction only
+        (no analysis, no synthesis); pooled over the image's valid area as an image's latents are."""
+        from latentsweep.codec import pooling
+        from latentsweep.codec.bitstream import DECODED_TENSORS, BitstreamCodec
+        from latentsweep.codec.container import BitstreamError
+        from latentsweep.codec.model import TENSOR_STRIDES
+
+        missing = [name for name in self.embedder.columns if name.rsplit("_", 1)[0] not in DECODED_TENSORS]
+        if missing:
+            item.error_type = "bad_bitstream"
+            item.message = (f"feature set {self.embedder.settings.feature_set!r} needs {', '.join(missing)}, which a "
+                            "bitstream does not carry (only the analysis transform makes y and z; the file holds "
+                            "z_hat and residual_quant): ingest bitstreams with --feature-set selected or 2lat, or "
+                            "ingest the original images")
+            return
+        try:
+            if self.bitstreams is None:
+                self.bitstreams = BitstreamCodec(self.embedder)
+            tensors, header = self.bitstreams.latents(item.latents)
+            for name in self.embedder.columns:
+                stride = TENSOR_STRIDES[name.rsplit("_", 1)[0]]
+                valid = [pooling.valid_latent_size(header.height, header.width, stride)]
+                vectors[name][i] = pooling.pool(tensors[name], valid, self.embedder.settings.pooling)[0].cpu().numpy()
+        except BitstreamError as error:
+            item.error_type, item.message = error.error_type, str(error)

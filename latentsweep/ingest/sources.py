@@ -21,6 +21,7 @@ from latentsweep.errors import UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 LATENT_SUFFIXES = (".pt",)
+BITSTREAM_SUFFIXES = (".jai",)  # latentsweep compress output (codec/container.py)
 MANIFEST_SUFFIXES = (".parquet", ".csv")
 
 
@@ -104,7 +105,7 @@ def _list_tree(source: str, labels_from_folders: bool) -> Listing:
     root = storage.Location.parse(source)
     chunks, rows, skipped, examples = [], [], 0, []
     for info in storage.list_tree(root):
-        if not info.uri.lower().endswith(IMAGE_SUFFIXES + LATENT_SUFFIXES):
+        if not info.uri.lower().endswith(IMAGE_SUFFIXES + LATENT_SUFFIXES + BITSTREAM_SUFFIXES):
             skipped += 1
             if len(examples) < 3:
                 examples.append(info.uri)

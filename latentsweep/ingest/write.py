@@ -159,7 +159,8 @@ class ShardWriter:
             pa.array([self.provenance["feature_set"]] * count, pa.string()),
             pa.array([self.provenance["pooling"]] * count, pa.string()),
         ]
-        no_pixels = pa.array(latents, pa.bool_())
+        # .pt latents and .jai bitstreams carry no pixels: their pixel descriptors are NULL
+        no_pixels = pa.array([item.source != "image" for item in fetched], pa.bool_())
         for name, dim in self.columns.items():
             values = np.ascontiguousarray(vectors[name], dtype=np.float32).reshape(-1)
             arrays.append(pa.FixedSizeListArray.from_arrays(
