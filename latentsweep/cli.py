@@ -293,15 +293,29 @@ def experiment(
     habit: Annotated[float, typer.Option(help="Strength of the zoo generators' colour habits (0: spectral traces only).")] = 1.0,
     jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of the re-compressed query variant.")] = 90,
     main_features: Annotated[str, typer.Option(help="Feature set of the full Tables 2 and 3.")] = "y_chroma",
+    software_size: Annotated[int, typer.Option(help="Image side of the real-software corpus (a multiple of 24).")] = 192,
+    software_per_class: Annotated[int, typer.Option(help="Real-software references per class.")] = 60,
+    software_queries_per_class: Annotated[int, typer.Option(help="Held-out real-software queries per class.")] = 20,
+    quick: Annotated[bool, typer.Option(
+        help="Tiny sizes for a first look (overrides the sizes above); use its own --out.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """The seed paper's experiments end to end (Table 1, Tables 2 and 3, pixel baseline) -> results.md."""
+    """The seed paper's experiments end to end (Table 1, Tables 2 and 3, pixel baseline) and attribution
+    where content is controlled (zoo with shared content, real-software corpus) -> results.md."""
+    import dataclasses
     import shutil
 
     from latentsweep import experiment as runner
+    from latentsweep.errors import UsageError
 
+    if software_size <= 0 or software_size % 24:
+        raise UsageError("--software-size must be a positive multiple of 24")
     settings = runner.ExperimentSettings(size, per_class, per_generator, queries_per_generator, habit,
-                                         jpeg_quality, main_features)
+                                         jpeg_quality, main_features, software_size, software_per_class,
+                                         software_queries_per_class)
+    if quick:
+        settings = dataclasses.replace(runner.ExperimentSettings.quick(), habit=habit, jpeg_quality=jpeg_quality,
+                                       main_features=main_features)
     runner.run(out, settings, log=typer.echo)
     if docs:
         docs.parent.mkdir(parents=True, exist_ok=True)
@@ -311,20 +325,59 @@ def experiment(
 
 @command("make-corpus")
 def make_corpus(
-    out: Annotated[Path, typer.Argument(help="Folder for root/<generator>/*.png and manifest.csv.")],
-    per_generator: Annotated[int, typer.Option(help="Images per generator.")] = 24,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
+    out: Annotated[Path, typer.Argument(help="Folder for root/<class>/*.png and manifest.csv.")],
+    kind: Annotated[str, typer.Option(
+        help="zoo: the SYNTHETIC generator zoo; software: real photos resized by real libraries "
+             "(Pillow, torch, scikit-image, scipy), one class per resampling chain.")] = "zoo",
+    per_generator: Annotated[int, typer.Option(help="Images per generator (per class with --kind software).")] = 24,
+    size: Annotated[Optional[int], typer.Option(
+        help="Image side in pixels (default 128 for zoo, 192 for software; software: a multiple of 24).")] = None,
     seed: Annotated[int, typer.Option(help="Content seed (another seed = new content, e.g. for queries).")] = 0,
-    jpeg_quality: Annotated[Optional[int], typer.Option(help="Re-compress every image as JPEG at this quality.")] = None,
-    resize: Annotated[Optional[float], typer.Option(help="Rescale every image by this factor.")] = None,
-    habit: Annotated[float, typer.Option(help="Strength of the generators' colour habits (0: spectral traces only).")] = 1.0,
+    jpeg_quality: Annotated[Optional[int], typer.Option(help="zoo: re-compress every image as JPEG at this quality.")] = None,
+    resize: Annotated[Optional[float], typer.Option(help="zoo: rescale every image by this factor.")] = None,
+    habit: Annotated[float, typer.Option(help="zoo: strength of the generators' colour habits (0: spectral traces only).")] = 1.0,
+    shared_content: Annotated[bool, typer.Option(
+        help="zoo: image i of every generator renders the same content (use with --habit 0).")] = False,
+    split: Annotated[str, typer.Option(
+        help="software: tuning (Pillow, torch; training photos) or held-out (scikit-image, scipy; "
+             "held-out photos; never tune on it).")] = "tuning",
+    jpeg_range: Annotated[Optional[str], typer.Option(
+        help="software: save every image as JPEG at a quality drawn per image in LOW-HIGH, e.g. 80-95.")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Write the SYNTHETIC generator zoo: 7 fixed random generators (4 GAN-like, 3 diffusion-like)."""
-    from latentsweep.zoo.corpus import CorpusSettings, make_corpus as write
+    """Write an attribution corpus: the SYNTHETIC generator zoo (7 fixed random generators, 4 GAN-like, 3
+    diffusion-like) or, with --kind software, real photos whose classes are real libraries' resizers."""
+    from latentsweep.errors import UsageError
 
-    count = write(out, CorpusSettings(per_generator, size, seed, jpeg_quality, resize, habit))
-    typer.echo(f"make-corpus: {count} synthetic images in {out} (manifest: {out / 'manifest.csv'})")
+    if kind == "zoo":
+        if split != "tuning" or jpeg_range:
+            raise UsageError("--split and --jpeg-range are for --kind software")
+        from latentsweep.zoo.corpus import CorpusSettings, make_corpus as write
+
+        count = write(out, CorpusSettings(per_generator, size or 128, seed, jpeg_quality, resize, habit,
+                                          shared_content=shared_content))
+        typer.echo(f"make-corpus: {count} synthetic images in {out} (manifest: {out / 'manifest.csv'})")
+        return
+    if kind != "software":
+        raise UsageError("--kind must be zoo or software")
+    if jpeg_quality is not None or resize is not None or shared_content or habit != 1.0:
+        raise UsageError("--jpeg-quality, --resize, --habit and --shared-content are for --kind zoo "
+                         "(software: --jpeg-range)")
+    from latentsweep.zoo.software import SoftwareSettings, make_software_corpus
+
+    quality = None
+    if jpeg_range:
+        try:
+            low, high = (int(part) for part in jpeg_range.split("-"))
+        except ValueError:
+            raise UsageError("--jpeg-range must be LOW-HIGH, e.g. 80-95") from None
+        quality = (low, high)
+    try:
+        count = make_software_corpus(out, SoftwareSettings(split, per_generator, size or 192, seed, quality))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    typer.echo(f"make-corpus: {count} real-software images ({split} split) in {out} "
+               f"(manifest: {out / 'manifest.csv'})")
 
 
 index_app = typer.Typer(help="Build and extend sharded FAISS indices from embedding Parquet.",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from latentsweep.zoo.content import content as corpus_content
 from latentsweep.zoo.corpus import CorpusSettings, make_corpus
 from latentsweep.zoo.generators import ZOO
 
@@ -85,6 +87,161 @@ def test_gan_upsamplings_leave_their_own_spectral_trace():
     assert min(nyquist["tconv"], nyquist["pixelshuffle"]) > 2 * nyquist["bilinear"]
 
 
+def test_shared_content_renders_the_same_content_for_every_generator(tmp_path, monkeypatch):
+    """With ``shared_content`` image i of every generator is made from content i (the content
+    function's output, recorded, is identical across generators), and the images show it: once each
+    generator's fingerprint is removed by a low-pass (8x8 block means), images of one index correlate
+    far more than images of different indices or of the same index without sharing."""
+    from latentsweep.zoo import corpus
+
+    assert [corpus.content_index(3, number, True) for number in range(len(ZOO))] == [3] * len(ZOO)
+    assert len({corpus.content_index(3, number, False) for number in range(len(ZOO))}) == len(ZOO)
+    given = []
+    monkeypatch.setattr(corpus, "content", lambda *args: given.append(corpus_content(*args)) or given[-1])
+    generators = ("gan-nearest", "gan-tconv", "dm-linear")
+    for shared in (True, False):
+        given.clear()
+        make_corpus(tmp_path / str(shared), CorpusSettings(per_generator=4, size=64, habit=0.0,
+                                                           shared_content=shared, generators=generators))
+        by_index = [given[i * len(generators):(i + 1) * len(generators)] for i in range(4)]
+        assert all(np.array_equal(first, other) == shared for first, *rest in by_index for other in rest)
+    assert "same content" in (tmp_path / "True" / "README.txt").read_text()
+
+    def low(shared, generator, index):
+        image = np.asarray(Image.open(tmp_path / str(shared) / generator / f"{index:05d}.png"), float)
+        return image.reshape(8, 8, 8, 8, 3).mean(axis=(1, 3)).ravel()
+
+    def mean_correlation(pairs):
+        return np.mean([np.corrcoef(low(*a), low(*b))[0, 1] for a, b in pairs])
+
+    pairs = [(generators[0], other) for other in generators[1:]]
+    same = mean_correlation([((True, a, i), (True, b, i)) for a, b in pairs for i in range(4)])
+    other = mean_correlation([((True, a, i), (True, b, (i + 1) % 4)) for a, b in pairs for i in range(4)])
+    unshared = mean_correlation([((False, a, i), (False, b, i)) for a, b in pairs for i in range(4)])
+    assert same > 0.85 and same > max(other, unshared) + 0.3, (same, other, unshared)
+
+
+def _jpeg_tables() -> dict[int, dict]:
+    """Pillow's quantisation tables for every quality (to recognise the quality a file was saved at)."""
+    import io
+
+    tables = {}
+    for quality in range(1, 101):
+        buffer = io.BytesIO()
+        Image.new("RGB", (16, 16)).save(buffer, "JPEG", quality=quality)
+        tables[quality] = Image.open(buffer).quantization
+    return tables
+
+
+def test_software_corpus_is_deterministic_and_labelled(tmp_path):
+    from latentsweep.zoo.software import HELD_OUT, TUNING, SoftwareSettings, make_software_corpus
+
+    settings = SoftwareSettings(split="tuning", per_class=2, size=48)
+    assert make_software_corpus(tmp_path / "a", settings) == 2 * len(TUNING)
+    make_software_corpus(tmp_path / "b", settings)
+    assert digests(tmp_path / "a") == digests(tmp_path / "b")
+    lines = (tmp_path / "a" / "manifest.csv").read_text().splitlines()
+    assert lines[0] == "uri,label,family" and len(lines) == 1 + 2 * len(TUNING)
+    for line in lines[1:]:
+        uri, label, family = line.split(",")
+        assert uri.startswith(label + "/") and uri.endswith(".png")
+        assert Image.open(tmp_path / "a" / uri).size == (48, 48)
+    assert {line.split(",")[1]: line.split(",")[2] for line in lines[1:]} == {c.name: c.library for c in TUNING}
+    assert "TUNING" in (tmp_path / "a" / "README.txt").read_text()
+    assert len(set(digests(tmp_path / "a").values())) == 2 * len(TUNING)  # every image its own
+    make_software_corpus(tmp_path / "c", SoftwareSettings(split="tuning", per_class=2, size=48, seed=1))
+    assert set(digests(tmp_path / "c").values()).isdisjoint(digests(tmp_path / "a").values())
+
+    jpeg = SoftwareSettings(split="held-out", per_class=3, size=48, jpeg=(80, 95))
+    assert make_software_corpus(tmp_path / "j", jpeg) == 3 * len(HELD_OUT)
+    make_software_corpus(tmp_path / "k", jpeg)
+    files = sorted((tmp_path / "j").rglob("*.jpg"))
+    assert len(files) == 3 * len(HELD_OUT) and not list((tmp_path / "j").rglob("*.png"))
+    assert [f.read_bytes() for f in files] == [f.read_bytes() for f in sorted((tmp_path / "k").rglob("*.jpg"))]
+    tables = _jpeg_tables()
+    qualities = [next(q for q, table in tables.items() if table == Image.open(f).quantization) for f in files]
+    assert all(80 <= q <= 95 for q in qualities) and len(set(qualities)) > 3, qualities  # drawn per image
+    readme = (tmp_path / "j" / "README.txt").read_text()
+    assert "HELD-OUT" in readme and "80-95" in readme
+
+
+def test_software_splits_are_disjoint():
+    """Held-out software, kernels' calls and photos never appear in the tuning split, and the content
+    of each split is drawn only from its own photos."""
+    from latentsweep import photos
+    from latentsweep.zoo.software import HELD_OUT, SPLITS, TUNING, content
+
+    assert len(TUNING) == len(HELD_OUT) == 8
+    assert {c.name for c in TUNING}.isdisjoint(c.name for c in HELD_OUT)
+    assert {c.library for c in TUNING} == {"pillow", "torch"} and {c.library for c in HELD_OUT} == {"skimage", "scipy"}
+    assert {s.op for c in TUNING for s in c.steps}.isdisjoint(s.op for c in HELD_OUT for s in c.steps)
+    assert {c.factor for c in HELD_OUT} - {c.factor for c in TUNING}  # factors the tuning split never has
+    assert set(SPLITS["held-out"].photos) == set(photos.HELD_OUT)
+    assert set(SPLITS["tuning"].photos) == set(photos.names("train"))
+    assert set(SPLITS["tuning"].photos).isdisjoint(SPLITS["held-out"].photos)
+    for split in SPLITS:
+        loaded: dict = {}
+        for index in range(40):
+            content(split, index % 8, index, 24, 0, loaded)
+        assert set(loaded) <= set(SPLITS[split].photos) and len(loaded) >= 2, (split, sorted(loaded))
+    with pytest.raises(ValueError, match="multiple of 24"):
+        from latentsweep.zoo.software import SoftwareSettings, make_software_corpus
+
+        make_software_corpus("/nonexistent", SoftwareSettings(size=100))
+
+
+def test_software_content_is_a_pixel_exact_crop_and_classes_differ():
+    """The content step only crops, flips and rotates (every pixel of the crop is a pixel of the photo);
+    the chains are the libraries' own (Pillow's NEAREST x2 repeats pixels, scipy's corner-aligned zoom
+    keeps the corners); every class of a split renders the same crop differently."""
+    from latentsweep.zoo.software import SPLITS, content, render
+
+    loaded: dict = {}
+    crop = content("tuning", 0, 5, 48, 0, loaded)
+    (photo,) = loaded.values()
+    found = False
+    for turned in (np.rot90(crop, k) for k in range(4)):
+        for candidate in (turned, turned[:, ::-1]):
+            for top, left in np.argwhere((photo == candidate[0, 0]).all(axis=2)):
+                window = photo[top:top + 48, left:left + 48]
+                found |= window.shape == candidate.shape and np.array_equal(window, candidate)
+    assert found
+    for split in SPLITS:
+        classes = SPLITS[split].classes
+        rendered = {c.name: render(c, crop[:c.crop_side(48), :c.crop_side(48)]).astype(int) for c in classes}
+        assert {image.shape for image in rendered.values()} == {(48, 48, 3)}
+        names = sorted(rendered)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                assert np.abs(rendered[a] - rendered[b]).mean() > 0.1, (a, b)
+    by_name = {c.name: c for split in SPLITS.values() for c in split.classes}
+    small = crop[:24, :24]
+    assert np.array_equal(render(by_name["pillow-nearest-x2"], small), small.repeat(2, 0).repeat(2, 1))
+    zoomed = render(by_name["scipy-zoom-o1-x2"], small)
+    assert np.array_equal(zoomed[[0, 0, -1, -1], [0, -1, 0, -1]], small[[0, 0, -1, -1], [0, -1, 0, -1]])
+
+
+def test_make_corpus_command_software(tmp_path):
+    from typer.testing import CliRunner
+
+    from latentsweep.cli import app
+    from latentsweep.errors import UsageError
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["make-corpus", str(tmp_path / "s"), "--kind", "software", "--split", "held-out",
+                                 "--per-generator", "1", "--size", "48", "--jpeg-range", "80-95"])
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "s" / "manifest.csv").read_text().splitlines()) == 9
+    assert len(list((tmp_path / "s").rglob("*.jpg"))) == 8
+    for bad in (["--size", "50"], ["--split", "test"], ["--jpeg-range", "95"], ["--habit", "0"]):
+        result = runner.invoke(app, ["make-corpus", str(tmp_path / "bad"), "--kind", "software", *bad])
+        assert isinstance(result.exception, UsageError), (bad, result.exception)  # exit code 2 from main()
+    assert not (tmp_path / "bad" / "manifest.csv").exists()
+    result = runner.invoke(app, ["make-corpus", str(tmp_path / "z"), "--per-generator", "1", "--size", "32",
+                                 "--habit", "0", "--shared-content"])
+    assert result.exit_code == 0 and "same content" in (tmp_path / "z" / "README.txt").read_text()
+
+
 def test_semantic_corpus_is_deterministic_and_labelled(tmp_path):
     from latentsweep.zoo.semantic import CLASSES, make_semantic_corpus
 
@@ -116,7 +273,9 @@ def test_paper_experiment_end_to_end_beats_chance(tmp_path, ray_session):
 
     from latentsweep import experiment
 
-    settings = experiment.ExperimentSettings(size=128, per_class=6, per_generator=12, queries_per_generator=6)
+    settings = experiment.ExperimentSettings(size=128, per_class=6, per_generator=12, queries_per_generator=6,
+                                             software_size=48, software_per_class=4, software_queries_per_class=2,
+                                             controlled=("zoo-shared", "software-held-out-jpeg"))
     results = experiment.run(tmp_path, settings, log=lambda message: None)
     assert len(results["table1"]) == 9
     semantic = {(r["classes"], r["features"]): r["top1"] for r in results["table1"]}
@@ -128,5 +287,17 @@ def test_paper_experiment_end_to_end_beats_chance(tmp_path, ray_session):
     text = (tmp_path / "results.md").read_text()
     assert "SYNTHETIC" in text and "Table 1" in text and "By family (Table 2)" in text
     assert json.loads((tmp_path / "results.json").read_text())["settings"]["size"] == 128
+    controlled = {(r["corpus"], r["features"], r["query_set"]): r for r in results["controlled"]}
+    assert {key[0] for key in controlled} == set(settings.controlled)
+    assert {key[1] for key in controlled} == set(experiment.CONTROLLED_FEATURES)
+    assert len(controlled) == len(settings.controlled) * len(experiment.CONTROLLED_FEATURES) * 2
+    assert all(0 <= r["vote_accuracy"] <= 1 for r in controlled.values())
+    assert controlled[("software-held-out-jpeg", "2lat", "queries")]["classes"] == 8
+    assert controlled[("zoo-shared", "y_chroma", "queries")]["top1"] > 2 / 7  # chance is 1/7
+    one = experiment.vote_accuracy(tmp_path / "controlled" / "index" / "zoo-shared" / "y_chroma",
+                                   [str(tmp_path / "controlled" / "embeddings" / "zoo-shared" / "reference")], k=1)
+    assert round(one["vote_accuracy"], 4) == controlled[("zoo-shared", "y_chroma", "reference")]["top1"]  # a 1-NN vote
+    assert "Attribution where content is controlled" in text and "software-held-out-jpeg" in text
     rerun = experiment.run(tmp_path, settings, log=lambda message: None)  # resumes: same numbers
     assert rerun["table1"] == results["table1"] and rerun["zoo_rows"] == results["zoo_rows"]
+    assert rerun["controlled"] == results["controlled"]

@@ -20,6 +20,9 @@ class CorpusSettings:
     jpeg_quality: int | None = None  # re-compress every image (robustness variants)
     resize: float | None = None      # rescale every image by this factor after generation
     habit: float = 1.0               # strength of the generators' colour habits (0: spectral traces only)
+    # image i of every generator renders the same content i (with habit=0 only formation traces
+    # differ); otherwise each image has its own content instance
+    shared_content: bool = False
     generators: tuple[str, ...] = tuple(spec.name for spec in ZOO)
 
 
@@ -38,6 +41,11 @@ def post_process(image: np.ndarray, settings: CorpusSettings) -> tuple[bytes, st
     return buffer.getvalue(), ".png"
 
 
+def content_index(index: int, number: int, shared: bool) -> int:
+    """Which content image ``index`` of the corpus's generator ``number`` renders."""
+    return index if shared else index * len(ZOO) + number
+
+
 def make_corpus(root: str | Path, settings: CorpusSettings = CorpusSettings()) -> int:
     """Deterministic for a given ``settings``; returns the number of images written."""
     root = Path(root)
@@ -47,14 +55,16 @@ def make_corpus(root: str | Path, settings: CorpusSettings = CorpusSettings()) -
     lines = ["uri,label,family"]
     for index in range(settings.per_generator):
         for number, generator in enumerate(generators):
-            # same kinds of content for every generator, but each image its own content instance
-            base = content(index * len(ZOO) + number, settings.size, settings.seed, cache)
+            # same kinds of content for every generator; each image its own content instance unless shared
+            base = content(content_index(index, number, settings.shared_content), settings.size, settings.seed, cache)
             data, suffix = post_process(generator.render(base, noise_seed=settings.seed * 100_003 + index), settings)
             path = root / generator.spec.name / f"{index:05d}{suffix}"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
             lines.append(f"{generator.spec.name}/{path.name},{generator.spec.name},{generator.spec.family}")
     (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    shared = (" Image i of every generator renders the same content (shared content)." if settings.shared_content
+              else "")
     (root / "README.txt").write_text("SYNTHETIC corpus made by `latentsweep make-corpus`: fixed random "
-                                     "generator networks, not real generative models.\n")
+                                     f"generator networks, not real generative models.{shared}\n")
     return settings.per_generator * len(generators)
