@@ -451,7 +451,8 @@ def sweep(
     k: Annotated[int, typer.Option("-k", "--k", help="Neighbours per query (and votes).")] = 10,
     weighted: Annotated[bool, typer.Option(help="Neighbours vote with their similarity instead of 1.")] = False,
     open_set_threshold: Annotated[Optional[float], typer.Option(
-        help="Label a query 'unknown' when its best cosine similarity is below this.")] = None,
+        help="Label a query 'unknown' when its best cosine similarity is below this (default: the threshold "
+             "the index calibrated at build, see index build --open-set-target; -1 labels every query).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Query actors (default: one per GPU, or from the CPUs).")] = None,
     index_parts: Annotated[int, typer.Option(
         help="Spread the index shards over this many actors (for indices larger than one worker's memory); "

@@ -31,6 +31,7 @@ MODES = {"compress": container.SUFFIX, "decompress": ".png"}
 PNG_SOURCE_KEY = "latentsweep.source"   # PNG text chunks of a decompressed image: the bitstream's
 PNG_WEIGHTS_KEY = "latentsweep.weights"  # version id and the weights that decoded it (for resume)
 CHUNK = 8  # items a worker call
+MAX_ERROR_LINES = 100  # failed inputs named on stderr; the summary counts them all
 EXTERNAL = "_external"
 
 
@@ -163,15 +164,18 @@ def run(job: CodecJob, log=None) -> CodecSummary:
             results += _process(job, items, summary, log, held)
     errors: Counter = Counter()
     for result in results:
-        if result["status"] == "error":
+        if result["status"] == "error":  # no error table here: failed inputs are named, even with -q
             errors[result["error_type"]] += 1
-            log(f"{job.mode}: {result['uri']}: {result['error_type']}: {result['message']}")
+            if sum(errors.values()) <= MAX_ERROR_LINES:
+                print(f"{job.mode}: {result['uri']}: {result['error_type']}: {result['message']}", file=sys.stderr)
         else:
             summary.written += result["status"] == "written"
             summary.already_done += result["status"] == "done"
             summary.bitstream_bytes += result["bitstream_bytes"]
             summary.pixels += result["pixels"]
     summary.errors = dict(sorted(errors.items()))
+    if summary.failed > MAX_ERROR_LINES:
+        print(f"{job.mode}: ... and {summary.failed - MAX_ERROR_LINES} more failed inputs", file=sys.stderr)
     summary.bits_per_pixel = round(8 * summary.bitstream_bytes / summary.pixels, 4) if summary.pixels else 0.0
     summary.seconds = round(time.monotonic() - started, 2)
     summary.images_per_second = round(summary.written / summary.seconds, 2) if summary.seconds else 0.0

@@ -153,7 +153,7 @@ def require_index_space(provenance: set, expected: tuple[str, str, str], uri: st
 
 def check(job: SweepJob):
     """Refuse bad settings and a missing index before anything is ingested, claimed or started;
-    returns the index manifest."""
+    returns the index manifest. A job without --open-set-threshold takes the index's calibrated one."""
     from latentsweep.index.manifest import load
 
     partition(job)
@@ -163,7 +163,10 @@ def check(job: SweepJob):
         raise UsageError("--index-parts and --workers must be at least 1")
     if job.open_set_threshold is not None and not -1.0 <= job.open_set_threshold <= 1.0:
         raise UsageError(f"--open-set-threshold is a cosine similarity in [-1, 1], got {job.open_set_threshold}")
-    return load(job.index)
+    manifest = load(job.index)
+    if job.open_set_threshold is None:  # the threshold the index calibrated at build (None before)
+        job.open_set_threshold = manifest.open_set_threshold
+    return manifest
 
 
 def check_queries(files: list[str], manifest) -> None:

@@ -1,0 +1,303 @@
+"""Bitstreams (issue 16): the .jai container, rate against the model's estimate, exact latents and
+pixels after decoding, refusal of damaged files (fuzzed), compress/decompress jobs on real Ray, and
+bitstreams as an ingest source whose vectors equal those of the original images."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings as hypothesis_settings, strategies as st
+from PIL import Image
+
+from processes import local_env
+from latentsweep import photos, storage
+from latentsweep.codec import container
+from latentsweep.codec.bitstream import BitstreamCodec, bits_per_pixel, reconstruction
+from latentsweep.codec.container import BitstreamError
+from latentsweep.codec.embed import EmbedSettings, Embedder
+from latentsweep.compress import CodecJob, output_name, run as run_codec
+from latentsweep.ingest.decode import Fetched
+from latentsweep.ingest.run import IngestJob, run as run_ingest
+
+SELECTED = EmbedSettings(feature_set="selected", device="cpu")
+FUZZ = hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def codec():
+    torch.set_num_threads(2)
+    return BitstreamCodec(Embedder(EmbedSettings(device="cpu", descriptors=False)))
+
+
+@pytest.fixture(scope="module")
+def small(codec):
+    """A 72x80 crop of a held-out photo and its bitstream."""
+    image = np.ascontiguousarray(photos.load("rocket")[100:172, 200:280])
+    return image, codec.compress(image, "v1")[0]
+
+
+# ---- the container ----------------------------------------------------------------------------
+
+def test_container_round_trip_and_layout(small):
+    bitstream = container.unpack(small[1])
+    assert (bitstream.height, bitstream.width, bitstream.codec) == (72, 80, "jpegai-bop")
+    assert bitstream.source_id == container.source_id("v1") and bitstream.adapters_id == b""
+    assert len(bitstream.streams) == 4 and container.pack(bitstream) == small[1]
+    assert small[1][:8] == b"\x8aLSJAI\r\n" and small[1][8] == container.FORMAT_VERSION
+    assert struct.unpack("<I", small[1][-4:])[0] == zlib.crc32(small[1][:-4])
+
+
+def test_foreign_versions_and_damaged_files_are_refused_with_a_reason(codec, small):
+    data = small[1]
+    with pytest.raises(BitstreamError, match="no .jai magic"):
+        codec.latents(b"\x89PNG\r\n\x1a\n" + data[8:])
+    newer = bytearray(data)
+    newer[8] = 2
+    with pytest.raises(BitstreamError, match="format version 2"):
+        codec.latents(bytes(newer))
+    with pytest.raises(BitstreamError, match="truncated") as caught:
+        codec.latents(data[:40])
+    assert caught.value.error_type == "truncated"
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    with pytest.raises(BitstreamError, match="CRC-32"):
+        codec.latents(bytes(flipped))
+    with pytest.raises(BitstreamError, match="max-pixels") as caught:
+        codec.latents(data, max_pixels=1000)
+    assert caught.value.error_type == "too_large"
+    # a well-formed file made with other weights, or with adapters: refused, saying what to pass
+    other = container.unpack(data)
+    other.weights_id = bytes(16)
+    with pytest.raises(BitstreamError, match="--weights"):
+        codec.latents(container.pack(other))
+    other = container.unpack(data)
+    other.adapters_id = b"\x01" * 16
+    with pytest.raises(BitstreamError, match="adapters"):
+        codec.latents(container.pack(other))
+
+
+@FUZZ
+@given(cut=st.integers(min_value=0, max_value=10_000))
+def test_fuzz_truncation(codec, small, cut):
+    data = small[1]
+    with pytest.raises(BitstreamError):
+        codec.latents(data[:cut % len(data)])
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), min_size=1, max_size=4),
+       insert=st.booleans())
+def test_fuzz_corruption(codec, small, edits, insert):
+    data = bytearray(small[1])
+    for position, value in edits:
+        if insert:
+            data.insert(position % len(data), value)
+        else:
+            data[position % len(data)] ^= value
+    assume(bytes(data) != small[1])  # two flips of one byte can cancel
+    with pytest.raises(BitstreamError):
+        codec.latents(bytes(data))
+
+
+@hypothesis_settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stream=st.integers(0, 3), words=st.lists(st.integers(0, 2**32 - 1), max_size=64))
+def test_fuzz_garbage_streams_with_valid_crc(codec, small, stream, words):
+    """A file whose container is intact (right lengths, right CRC) but whose coded words are garbage:
+    the range decoder or the symbols' checksum refuses it, never returns wrong latents."""
+    bitstream = container.unpack(small[1])
+    bitstream.streams[stream].payload = np.array(words, "<u4").tobytes()
+    with pytest.raises(BitstreamError):
+        codec.latents(container.pack(bitstream))
+
+
+@FUZZ
+@given(data=st.binary(max_size=300))
+def test_fuzz_foreign_bytes(codec, data):
+    with pytest.raises(BitstreamError):
+        codec.latents(container.MAGIC[:len(data) % 9] + data)
+
+
+# ---- rate and exactness on the held-out photos ------------------------------------------------
+
+def test_held_out_rate_exact_latents_and_pixels(codec):
+    """Measured bpp (the whole file) within 3% of the model's estimate on every held-out photo; the
+    decoded latents equal the model's own to the bit; decompressed pixels equal its reconstruction."""
+    model = codec.model
+    for name in photos.HELD_OUT:
+        image = photos.load(name)
+        height, width = image.shape[:2]
+        data, tensors = codec.compress(image, "v1")
+        with torch.inference_mode():
+            estimated = model.bits(tensors).item() / (height * width)
+        measured = bits_per_pixel(data, height, width)
+        assert abs(measured / estimated - 1) < 0.03, (name, measured, estimated)
+        decoded, _ = codec.latents(data)
+        assert set(decoded) == {f"{t}_{b}" for t in ("z_hat", "psi", "mu", "scale", "residual_quant", "residual",
+                                                     "y_hat") for b in ("luma", "chroma")}
+        for key, value in decoded.items():
+            assert torch.equal(value, tensors[key]), (name, key)
+        if name == "clock":  # the synthesis on the smallest photo (seconds on 2 cores)
+            assert np.array_equal(codec.decompress(data), reconstruction(model, tensors, height, width))
+
+
+DECODE_ELSEWHERE = """
+import sys, numpy as np, torch
+torch.set_num_threads(1)
+from latentsweep.codec.bitstream import BitstreamCodec
+from latentsweep.codec.embed import EmbedSettings, Embedder
+codec = BitstreamCodec(Embedder(EmbedSettings(device="cpu", descriptors=False)))
+tensors, _ = codec.latents(open(sys.argv[1], "rb").read())
+np.save(sys.argv[2], tensors["y_hat_luma"].numpy())
+"""
+
+
+def test_another_process_decodes_the_same_latents(codec, small, tmp_path):
+    """Distributions come from integers only: a fresh process with another thread count decodes the
+    file (its symbol checksums pass) to the latents of this one."""
+    (tmp_path / "a.jai").write_bytes(small[1])
+    subprocess.run([sys.executable, "-c", DECODE_ELSEWHERE, str(tmp_path / "a.jai"), str(tmp_path / "y.npy")],
+                   check=True, env=local_env(), timeout=120)
+    here, _ = codec.latents(small[1])
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), here["y_hat_luma"].numpy(), atol=1e-6)
+
+
+# ---- names ------------------------------------------------------------------------------------
+
+def test_output_names_keep_relative_path_and_stem():
+    root = storage.Location.parse("/data/src")
+    assert output_name(root, "/data/src/a/b/x.y.png", ".jai") == "a/b/x.y.jai"
+    assert output_name(root, "/data/src/top.webp", ".jai") == "top.jai"
+    assert output_name(root, "/elsewhere/p.png", ".jai") == "_external/elsewhere/p.jai"
+    bucket = storage.Location.parse("s3://b/corpus")
+    assert output_name(bucket, "s3://b/corpus/sd/1.png", ".jai") == "sd/1.jai"
+    assert output_name(bucket, "s3://other/k/1.png", ".jai") == "_external/other/k/1.jai"
+
+
+# ---- the jobs and ingest, on Ray ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bitstream-corpus") / "src"
+    (root / "sd" / "night").mkdir(parents=True)
+    (root / "gan").mkdir()
+    Image.fromarray(photos.load("coffee")[:96, :128]).save(root / "sd" / "night" / "a.png")
+    Image.fromarray(photos.load("rocket")[:80, :72]).save(root / "sd" / "b.jpg", quality=92)
+    Image.fromarray(photos.load("astronaut")[:64, :112]).save(root / "gan" / "c.webp", lossless=True)
+    Image.fromarray(photos.load("chelsea")[:70, :90]).save(root / "gan" / "c.png")  # c.webp's stem: a clash
+    (root / "gan" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    return root
+
+
+def test_compress_resume_decompress_and_ingest_bitstreams(corpus, tmp_path, ray_session, codec):
+    bits, pngs = tmp_path / "bits", tmp_path / "png"
+    summary = run_codec(CodecJob("compress", str(corpus), str(bits), device="cpu", quiet=True))
+    assert summary.inputs == 5 and summary.written == 3
+    assert summary.errors == {"name_clash": 1, "not_image": 1}
+    files = sorted(str(p.relative_to(bits)) for p in bits.rglob("*") if p.is_file())
+    assert files == ["gan/c.jai", "sd/b.jai", "sd/night/a.jai"]  # relative path and stem kept
+    before = {name: (bits / name).stat().st_mtime_ns for name in files}
+
+    # resume: a rerun keeps every valid output; a changed input and a damaged output are redone
+    Image.fromarray(photos.load("coffee")[:96, :128][::-1].copy()).save(corpus / "sd" / "night" / "a.png")
+    (bits / "sd" / "b.jai").write_bytes((bits / "sd" / "b.jai").read_bytes()[:-9])
+    again = run_codec(CodecJob("compress", str(corpus), str(bits), device="cpu", quiet=True))
+    assert (again.written, again.already_done) == (2, 1)
+    assert (bits / "gan" / "c.jai").stat().st_mtime_ns == before["gan/c.jai"]
+    assert (bits / "sd" / "night" / "a.jai").stat().st_mtime_ns != before["sd/night/a.jai"]
+    assert not list(bits.rglob(".tmp-*")) and not (bits / "_lock").exists()
+
+    # the files written by a Ray actor decode here to this process's own latents of the originals
+    for name, original in (("sd/night/a.jai", corpus / "sd" / "night" / "a.png"), ("gan/c.jai", None)):
+        decoded, header = codec.latents((bits / name).read_bytes())
+        if original is not None:
+            image = np.asarray(Image.open(original).convert("RGB"))
+            own, _ = codec.embedder.exported([image])
+            assert (header.height, header.width) == image.shape[:2]
+            for key in ("z_hat_luma", "residual_quant_chroma"):
+                assert torch.equal(decoded[key], own[key])
+
+    # decompress: PNGs under the same relative names, the model's reconstruction of the latents (made
+    # in an actor with one thread: float sums in another order may move a pixel by one level)
+    decompressed = run_codec(CodecJob("decompress", str(bits), str(pngs), device="cpu", quiet=True))
+    assert decompressed.written == 3 and not decompressed.errors
+    out = np.asarray(Image.open(pngs / "sd" / "night" / "a.png")).astype(int)
+    tensors, header = codec.latents((bits / "sd" / "night" / "a.jai").read_bytes())
+    expected = reconstruction(codec.model, tensors, header.height, header.width).astype(int)
+    assert out.shape == expected.shape and np.abs(out - expected).max() <= 1
+    assert (out != expected).mean() < 0.01
+    again = run_codec(CodecJob("decompress", str(bits), str(pngs), device="cpu", quiet=True))
+    assert (again.written, again.already_done) == (0, 3)
+
+    # ingest: the bitstreams as a source, against the original images
+    (bits / "sd" / "junk.jai").write_bytes(b"not a bitstream")
+    run_ingest(IngestJob(str(bits), str(tmp_path / "emb-bits"), SELECTED, shard_size=8, quiet=True))
+    run_ingest(IngestJob(str(corpus), str(tmp_path / "emb-img"), SELECTED, shard_size=8, quiet=True))
+    rows_bits, errors_bits = _rows(tmp_path / "emb-bits", bits)
+    rows_img, _ = _rows(tmp_path / "emb-img", corpus)
+    assert sorted(rows_bits) == ["gan/c", "sd/b", "sd/night/a"]
+    assert errors_bits == {"sd/junk": "bad_bitstream"}
+    for key, row in rows_bits.items():
+        image_row = rows_img["gan/c.png" if key == "gan/c" else key]  # listed first, c.png won the name c.jai
+        assert row["source"] == "bitstream" and row["fingerprint"] is None and row["residual_spectrum"] is None
+        assert image_row["source"] == "image" and image_row["fingerprint"] is not None
+        assert (row["width"], row["height"]) == (image_row["width"], image_row["height"])
+        assert (row["codec"], row["weights_digest"]) == (image_row["codec"], image_row["weights_digest"])
+        for column in ("y_hat_luma", "y_hat_chroma", "residual_luma", "residual_chroma",
+                       "residual_quant_luma", "residual_quant_chroma"):
+            np.testing.assert_allclose(row[column], image_row[column], atol=1e-5, err_msg=f"{key} {column}")
+
+
+def _rows(out: Path, root: Path) -> tuple[dict, dict]:
+    """Embedding rows by relative path without suffix (a suffix kept where two stems clash), errors."""
+    location = storage.Location.parse(str(out))
+    embeddings = storage.read_table(location.join("embeddings")).to_pylist()
+    errors = storage.read_table(location.join("errors")).to_pylist()
+    stems = [os.path.splitext(os.path.relpath(row["uri"], root))[0] for row in embeddings]
+    rows = {}
+    for stem, row in zip(stems, embeddings):
+        key = os.path.relpath(row["uri"], root) if stems.count(stem) > 1 else stem
+        rows[key] = row
+    return rows, {os.path.splitext(os.path.relpath(e["uri"], root))[0]: e["error_type"] for e in errors}
+
+
+def test_feature_set_all_is_refused_for_bitstreams_saying_why(small):
+    from latentsweep.ingest.encode import Encoder
+
+    encoder = Encoder(EmbedSettings(feature_set="all", device="cpu", descriptors=False))
+    item = Fetched("x.jai", latents=small[1], source="bitstream", width=80, height=72)
+    encoder.encode([item])
+    assert item.error_type == "bad_bitstream"
+    assert "y_luma, z_luma, y_chroma, z_chroma" in item.message and "--feature-set selected" in item.message
+
+
+def test_compress_command_line_and_s3(s3_env, ray_session):
+    """compress s3:// -> s3:// through the command (in this process, on the tests' Ray): exit code 1
+    with a line naming the bad input, the bitstream under its relative name, nothing else written."""
+    import io
+
+    from typer.testing import CliRunner
+
+    from latentsweep.cli import app
+
+    client, bucket = s3_env["client"], s3_env["bucket"]
+    buffer = io.BytesIO()
+    Image.fromarray(photos.load("chelsea")[:64, :80]).save(buffer, format="PNG")
+    client.put_object(Bucket=bucket, Key="src/cat/one.png", Body=buffer.getvalue())
+    client.put_object(Bucket=bucket, Key="src/cat/bad.png", Body=b"not an image")
+    result = CliRunner().invoke(app, ["compress", "-q", f"s3://{bucket}/src", "--out", f"s3://{bucket}/bits",
+                                      "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert "cat/bad.png: not_image" in result.stderr and "written=1" in result.stdout
+    data = client.get_object(Bucket=bucket, Key="bits/cat/one.jai")["Body"].read()
+    assert container.unpack(data).width == 80
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=bucket, Prefix="bits/").get("Contents", [])]
+    assert keys == ["bits/cat/one.jai"]
