@@ -73,6 +73,7 @@ class BitstreamCodec:
                                         source_id=container.source_id(source_version), streams=streams))
         return data, tensors
 
+    @torch.inference_mode()
     def levels(self, branch: str, z_hat: torch.Tensor) -> np.ndarray:
         """Scale level of every residual position (C, h, w), from ``z_hat`` (1, C, h/4, w/4) in float64."""
         log_scale = self._levels[branch](z_hat.to(self.device, torch.float64).contiguous())

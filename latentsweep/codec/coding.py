@@ -133,6 +133,14 @@ def decode_z(models: EntropyModels, branch: str, words: np.ndarray, shape: tuple
 
 # -- residual_quant: Gaussians at fixed levels, grouped by level -----------------------------------
 
+def _groups(levels: np.ndarray):
+    """(level, positions in C order) of every level present: one stable sort, not a scan per level."""
+    order = np.argsort(levels, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(levels, minlength=SCALE_LEVELS))])
+    for level in np.flatnonzero(bounds[1:] > bounds[:-1]):
+        yield int(level), order[bounds[level]:bounds[level + 1]]
+
+
 def encode_residual(models: EntropyModels, values: np.ndarray, levels: np.ndarray) -> np.ndarray:
     """``values`` int (any shape) with one level each -> compressed words. Symbols go level by level
     (in C order within a level), then the escaped magnitudes in the same order."""
@@ -143,11 +151,11 @@ def encode_residual(models: EntropyModels, values: np.ndarray, levels: np.ndarra
         raise ValueError(f"a quantised residual exceeds {MAX_MAGNITUDE}: the latents are out of range")
     encoder = constriction.stream.queue.RangeEncoder()
     escaped = []
-    for level in np.unique(levels):
-        chosen = values[levels == level]
-        reach = models.reach(int(level))
+    for level, where in _groups(levels):
+        chosen = values[where]
+        reach = models.reach(level)
         symbols = np.clip(chosen, -reach - 1, reach + 1) + reach + 1
-        encoder.encode(symbols.astype(np.int32), _categorical(models.residual[int(level)]))
+        encoder.encode(symbols.astype(np.int32), _categorical(models.residual[level]))
         escaped.append(np.abs(chosen[np.abs(chosen) > reach]) - reach - 1)
     magnitudes = np.concatenate(escaped) if escaped else np.zeros(0, np.int64)
     if magnitudes.size:  # bit lengths, then the bits below each leading 1
@@ -167,10 +175,9 @@ def decode_residual(models: EntropyModels, words: np.ndarray, levels: np.ndarray
     out = np.zeros(flat.size, np.int64)
     decoder = _decoder(words)
     escaped, signs, reaches = [], [], []
-    for level in np.unique(flat):
-        where = np.flatnonzero(flat == level)
-        reach = models.reach(int(level))
-        symbols = _decode(decoder, _categorical(models.residual[int(level)]), where.size).astype(np.int64)
+    for level, where in _groups(flat):
+        reach = models.reach(level)
+        symbols = _decode(decoder, _categorical(models.residual[level]), where.size)
         out[where] = symbols - reach - 1
         outside = (symbols == 0) | (symbols == 2 * reach + 2)
         escaped.append(where[outside])
