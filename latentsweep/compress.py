@@ -256,6 +256,9 @@ class CodecWorker:
         except OSError as error:  # vanished files, permissions
             return {**result, "status": "error", "error_type": "unreadable",
                     "message": storage.redact(f"{type(error).__name__}: {error}")}
+        except Exception as error:  # one odd input must not stop the job
+            return {**result, "status": "error", "error_type": "encode_failed" if self.mode == "compress" else "decode_failed",
+                    "message": storage.redact(f"{type(error).__name__}: {error}")}
 
     def _existing(self, uri: str, target: str, version: str) -> dict | None:
         """The counts of a valid output of this input version made with these weights, else None."""

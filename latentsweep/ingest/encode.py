@@ -102,3 +102,5 @@ class Encoder:
                 vectors[name][i] = pooling.pool(tensors[name], valid, self.embedder.settings.pooling)[0].cpu().numpy()
         except BitstreamError as error:
             item.error_type, item.message = error.error_type, str(error)
+        except Exception as error:  # one odd file must not sink its shard
+            item.error_type, item.message = "encode_failed", f"{type(error).__name__}: {error}"
