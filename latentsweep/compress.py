@@ -20,7 +20,7 @@ import posixpath
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from latentsweep import lock, storage
 from latentsweep.codec import container
@@ -257,7 +257,8 @@ class CodecWorker:
             return {**result, "status": "error", "error_type": "unreadable",
                     "message": storage.redact(f"{type(error).__name__}: {error}")}
         except Exception as error:  # one odd input must not stop the job
-            return {**result, "status": "error", "error_type": "encode_failed" if self.mode == "compress" else "decode_failed",
+            failed = "encode_failed" if self.mode == "compress" else "decode_failed"
+            return {**result, "status": "error", "error_type": failed,
                     "message": storage.redact(f"{type(error).__name__}: {error}")}
 
     def _existing(self, uri: str, target: str, version: str) -> dict | None:

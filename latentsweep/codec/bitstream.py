@@ -20,7 +20,6 @@ tensors come from the model's own modules and are unchanged.
 from __future__ import annotations
 
 import copy
-import hashlib
 
 import numpy as np
 import torch
@@ -68,7 +67,8 @@ class BitstreamCodec:
         for branch in BRANCHES:
             residual = _integers(tensors[f"residual_quant_{branch}"][0])
             levels = self.levels(branch, tensors[f"z_hat_{branch}"])
-            streams.append(Stream(symbols_crc(residual), coding.encode_residual(self.models, residual, levels).tobytes()))
+            words = coding.encode_residual(self.models, residual, levels)
+            streams.append(Stream(symbols_crc(residual), words.tobytes()))
         data = container.pack(Bitstream(height, width, CODEC_NAME, digest_id(self.weights_digest), self.entropy_id,
                                         source_id=container.source_id(source_version), streams=streams))
         return data, tensors
@@ -98,7 +98,8 @@ class BitstreamCodec:
                                  f"({', '.join(container.STREAM_NAMES)})")
 
     @torch.inference_mode()
-    def latents(self, data: bytes | Bitstream, max_pixels: int | None = None) -> tuple[dict[str, torch.Tensor], Bitstream]:
+    def latents(self, data: bytes | Bitstream,
+                max_pixels: int | None = None) -> tuple[dict[str, torch.Tensor], Bitstream]:
         """File bytes -> ``{"z_hat_luma": (1, C, h, w), ...}`` at the padded size, and the parsed file."""
         bitstream = data if isinstance(data, Bitstream) else container.unpack(data, max_pixels)
         self.check(bitstream)
@@ -139,10 +140,6 @@ def reconstruction(model, tensors: dict[str, torch.Tensor], height: int, width: 
 
 def bits_per_pixel(data: bytes, height: int, width: int) -> float:
     return 8 * len(data) / (height * width)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _integers(tensor: torch.Tensor) -> np.ndarray:
