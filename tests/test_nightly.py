@@ -67,7 +67,7 @@ def test_unlabelled_night_on_s3_keeps_labels_null_and_scores_nothing(s3_env, tmp
     for table in (night, results):
         assert table.column("label").null_count == table.num_rows
         assert table.column("family").null_count == table.num_rows
-    assert set(results.column("predicted_label").to_pylist()) <= {"alpha", "beta", "gamma"}
+    assert set(results.column("predicted_label").to_pylist()) <= {"alpha", "beta", "gamma", "unknown"}
     assert not (emb / "_lock").exists(), "a finished run keeps no lock file"
     for path in [emb / "plan.json", emb / "summary.json", *emb.glob("embeddings/*.parquet")]:
         # readable by the team as the umask says (mkstemp alone makes 0600)
@@ -76,6 +76,11 @@ def test_unlabelled_night_on_s3_keeps_labels_null_and_scores_nothing(s3_env, tmp
     assert reference.column("label").null_count == 0 and reference.column("family").null_count == reference.num_rows
     success = json.loads(storage.read_bytes(f"{root}/results/date=2026-11-23/_SUCCESS.json"))
     assert success["summary"]["labelled"] == 0 and not success["summary"]["metrics"]
+    # no --open-set-threshold: the sweep used the one the index calibrated on its references
+    calibrated = json.loads(storage.read_bytes(f"{root}/index/manifest.json"))["open_set_threshold"]
+    assert calibrated is not None and success["provenance"]["open_set_threshold"] == calibrated
+    scored = pa.concat_tables([storage.read_table(uri, columns=["top_score", "unknown"]) for uri in parts])
+    assert scored.column("unknown").to_pylist() == [s < calibrated for s in scored.column("top_score").to_pylist()]
     page = storage.read_bytes(f"{root}/results/date=2026-11-23/report.html").decode()
     assert not re.search(r"\bnan\b", re.sub(r"data:[^\"']+", "", page), re.IGNORECASE)
 
