@@ -85,7 +85,7 @@ EMBEDDING_FIELDS = [
     pa.field("family", pa.string()),
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
-    pa.field("source", pa.string()),          # "image" or "latents" (an exported .pt)
+    pa.field("source", pa.string()),          # "image", "latents" (an exported .pt) or "bitstream" (.jai)
     pa.field("codec", pa.string()),           # e.g. "jpegai-bop"
     pa.field("weights_digest", pa.string()),  # sha256 of the codec weights, "reference" for .pt input
     pa.field("feature_set", pa.string()),     # which tensors were pooled: 2lat | selected | all

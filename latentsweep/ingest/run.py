@@ -151,7 +151,7 @@ def _list(job: IngestJob) -> Listing:
     pa.set_memory_pool(pa.system_memory_pool())
     listing = list_source(job.source, job.labels_from_folders, job.families)
     if not listing.table.num_rows:
-        raise UsageError(f"no images or .pt latents found in {job.source}")
+        raise UsageError(f"no images, .pt latents or .jai bitstreams found in {job.source}")
     return listing
 
 
