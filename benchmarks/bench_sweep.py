@@ -3,8 +3,10 @@ the result parts, markers, report and _SUCCESS.json) against a bare FAISS IndexF
 same prepared queries over the same references with the same k, same run. Ray is started before
 either is timed; the sweep's actors, index loading and imports are timed, as users pay them nightly.
 
-``--repeat N`` measures the pair N times (bare, then a sweep into a fresh partition) and prints every
-run: other work on a shared machine moves single runs by tens of percent."""
+The sweep's row says when its first and last parts were written: start-up before the first, the
+partition's metrics, report and ``_SUCCESS.json`` after the last. ``--repeat N`` measures the pair
+N times (bare, then a sweep into a fresh partition) and prints every run: other work on a shared
+machine moves single runs by tens of percent."""
 
 from __future__ import annotations
 
@@ -71,10 +73,10 @@ def main() -> None:
             time.perf_counter() - started))
         seconds = time.perf_counter() - started
         rows += [{"run": run, "setup": "bare faiss IndexFlatIP", "queries": args.queries, "seconds": round(bare, 2),
-                  "queries_s": round(args.queries / bare), "first_part_s": "", "ratio_vs_bare": 1.0},
+                  "queries_s": round(args.queries / bare), "first_part_s": "", "last_part_s": "", "ratio_vs_bare": 1.0},
                  {"run": run, "setup": f"sweep, {args.shards} shards, {args.files} files (end to end)",
                   "queries": summary.queries, "seconds": round(seconds, 2),
-                  "queries_s": round(summary.queries / seconds), "first_part_s": round(written[0], 2),
+                  "queries_s": round(summary.queries / seconds), "first_part_s": round(written[0], 2), "last_part_s": round(written[-1], 2),
                   "ratio_vs_bare": round(bare / seconds, 3)}]
     ratios = [row["ratio_vs_bare"] for row in rows[1::2]]
     report(f"sweep: query actors vs bare FAISS, {args.references} references, k={args.k}; ratio median "
