@@ -31,19 +31,18 @@ BASELINE = ("import latentsweep.ingest.run, latentsweep.ingest.manifest, pyarrow
             "from latentsweep.codec import weights; weights.digest()")
 
 STORE_PLAN = """
-import sys
-import pyarrow as pa
+import json, sys, tempfile
 from latentsweep import storage
 from latentsweep.ingest import manifest, plan as planning
-from latentsweep.ingest.run import PLAN_VERSION, IngestJob, _plan_settings, _settings
+from latentsweep.ingest.run import PLAN_VERSION, IngestJob, _settings
 from latentsweep.ingest.sources import list_source
-import json
 source, out = sys.argv[1], storage.Location.parse(sys.argv[2])
 job = IngestJob(source, out.uri)
-listing = list_source(source)
 settings = _settings(job)
-plan = planning.plan(listing.table, job.shard_size, settings)
-manifest.write(out, plan, None)
+with tempfile.TemporaryDirectory() as scratch:
+    plan = planning.plan(planning.spill_listing(list_source(source).batches, scratch), job.shard_size, settings, (),
+                         scratch)
+    manifest.write(out, plan, None)
 storage.write_bytes(out.join("plan.json"), json.dumps({"plan_version": PLAN_VERSION, "settings": settings,
                     "shard_size": job.shard_size, "shards": plan.shards.num_rows, "source": source}).encode())
 """

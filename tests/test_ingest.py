@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import signal
@@ -51,36 +52,72 @@ def listing(count: int, version: str = "v1", start: int = 0, changed: dict | Non
                           for i in range(start, start + count)])
 
 
-def test_plan_is_deterministic_and_covers_every_item():
-    first = planning.plan(listing(100), 16, {"codec": "x"})
-    again = planning.plan(listing(100).take(pa.array(range(99, -1, -1))), 16, {"codec": "x"})
-    assert first.items().equals(again.items()) and first.shards.equals(again.shards)
+@pytest.fixture
+def plan_of(tmp_path):
+    """``plan_of(rows, shard_size, settings, previous=None)``: the plan of a listing table (streamed in
+    batches of 7 rows) against the items of a previous plan, each in a scratch folder of its own."""
+    folders = iter(range(1_000))
+
+    def make(rows: pa.Table, shard_size: int, settings: dict, previous: planning.Plan | None = None):
+        folder = tmp_path / f"plan-{next(folders)}"
+        folder.mkdir()
+        listed = planning.spill_listing(rows.to_batches(max_chunksize=7), str(folder))
+        return planning.plan(listed, shard_size, settings, [items_of(previous)] if previous else (), str(folder))
+
+    return make
+
+
+def items_of(plan: planning.Plan) -> pa.Table:
+    """Every manifest row of ``plan``, part after part."""
+    parts = np.unique(plan.shards.column("shard").to_numpy() // planning.SHARDS_PER_PART).tolist()
+    return pa.concat_tables([schema.MANIFEST_SCHEMA.empty_table()] +
+                            [chunk for part in parts for chunk in plan.part_items(part)])
+
+
+def shard_of(plan: planning.Plan, key: str = "id") -> dict:
+    items = items_of(plan)
+    return dict(zip(items.column(key).to_pylist(), items.column("shard").to_pylist()))
+
+
+def digests_of(items: pa.Table, settings: dict) -> dict[int, str]:
+    """Each shard's digest computed the plain way: its items in id order, one line each."""
+    hashers: dict[int, object] = {}
+    for row in sorted(items.to_pylist(), key=lambda row: (row["shard"], row["id"])):
+        hasher = hashers.setdefault(row["shard"], hashlib.sha256(json.dumps(settings, sort_keys=True).encode()))
+        hasher.update("{id}\t{uri}\t{version}\t{label}\t{family}\n".format(**row).encode())
+    return {shard: hasher.hexdigest() for shard, hasher in hashers.items()}
+
+
+def test_plan_is_deterministic_and_covers_every_item(plan_of):
+    first = plan_of(listing(100), 16, {"codec": "x"})
+    again = plan_of(listing(100).take(pa.array(range(99, -1, -1))), 16, {"codec": "x"})
+    assert items_of(first).equals(items_of(again)) and first.shards.equals(again.shards)
     assert first.shards.num_rows == 7 and first.shards.column("items").to_pylist() == [16] * 6 + [4]
-    ids = first.items().column("id").to_pylist()
+    ids = items_of(first).column("id").to_pylist()
     assert sorted(ids) == sorted(schema.stable_id(f"/data/{i}.png") for i in range(100)) and len(set(ids)) == 100
     assert first.counts == {"inputs": 100, "unchanged": 0, "new": 100, "changed": 0, "removed": 0}
 
 
-def test_plan_digest_changes_with_content_and_settings():
-    base = planning.plan(listing(20), 8, {"codec": "x"})
-    changed = planning.plan(listing(20, changed={3: "v2"}), 8, {"codec": "x"}, previous=[base.items()])
+def test_plan_digest_changes_with_content_and_settings(plan_of):
+    base = plan_of(listing(20), 8, {"codec": "x"})
+    changed = plan_of(listing(20, changed={3: "v2"}), 8, {"codec": "x"}, previous=base)
     differing = [b for a, b in zip(base.shards.column("digest").to_pylist(), changed.shards.column("digest").to_pylist())
                  if a != b]
-    assert len(differing) == 1 and changed.counts["changed"] == 1 and changed.fresh.sum() == 1
-    other = planning.plan(listing(20), 8, {"codec": "y"})
+    assert len(differing) == 1 and changed.counts["changed"] == 1
+    assert sum(changed.shards.column("fresh").to_pylist()) == 1
+    other = plan_of(listing(20), 8, {"codec": "y"})
     assert not set(base.shards.column("digest").to_pylist()) & set(other.shards.column("digest").to_pylist())
     done = dict(zip(base.shards.column("shard").to_pylist(), base.shards.column("digest").to_pylist()))
     assert base.pending(done).num_rows == 0
     assert changed.pending(done).column("digest").to_pylist() == differing
 
 
-def test_growth_keeps_every_items_shard_and_fills_new_shards():
+def test_growth_keeps_every_items_shard_and_fills_new_shards(plan_of):
     """Adding 10% never moves an item: the old shards keep their digests, the new items fill new shards."""
-    first = planning.plan(listing(100), 16, {})
-    grown = planning.plan(listing(110), 16, {}, previous=[first.items()])
+    first = plan_of(listing(100), 16, {})
+    grown = plan_of(listing(110), 16, {}, previous=first)
     assert grown.counts == {"inputs": 110, "unchanged": 100, "new": 10, "changed": 0, "removed": 0}
-    old = dict(zip(first.items().column("id").to_pylist(), first.items().column("shard").to_pylist()))
-    now = dict(zip(grown.items().column("id").to_pylist(), grown.items().column("shard").to_pylist()))
+    old, now = shard_of(first), shard_of(grown)
     assert all(now[item_id] == shard for item_id, shard in old.items())
     assert {now[item_id] for item_id in set(now) - set(old)} == {7}  # one new shard after shards 0..6
     done = dict(zip(first.shards.column("shard").to_pylist(), first.shards.column("digest").to_pylist()))
@@ -88,23 +125,59 @@ def test_growth_keeps_every_items_shard_and_fills_new_shards():
     assert pending.column("shard").to_pylist() == [7] and pending.column("items").to_pylist() == [10]
 
 
-def test_removed_items_leave_their_shards_and_empty_shards_are_dropped():
-    first = planning.plan(listing(40), 8, {})
-    shard_of = dict(zip(first.items().column("uri").to_pylist(), first.items().column("shard").to_pylist()))
-    gone_shard = shard_of["/data/0.png"]
-    kept = [uri for uri, shard in shard_of.items() if shard != gone_shard and uri != "/data/39.png"]
+def test_removed_items_leave_their_shards_and_empty_shards_are_dropped(plan_of):
+    first = plan_of(listing(40), 8, {})
+    shards = shard_of(first, "uri")
+    gone_shard = shards["/data/0.png"]
+    kept = [uri for uri, shard in shards.items() if shard != gone_shard and uri != "/data/39.png"]
     remaining = listing_table([(uri, 10, "v1", None, None) for uri in kept])
-    shrunk = planning.plan(remaining, 8, {}, previous=[first.items()])
+    shrunk = plan_of(remaining, 8, {}, previous=first)
     assert shrunk.counts["removed"] == 9 and shrunk.counts["new"] == 0 and shrunk.dropped == [gone_shard]
     assert gone_shard not in shrunk.shards.column("shard").to_pylist()
     done = dict(zip(first.shards.column("shard").to_pylist(), first.shards.column("digest").to_pylist()))
-    assert shrunk.pending(done).column("shard").to_pylist() == [shard_of["/data/39.png"]]
-    assert shrunk.fresh.sum() == 0  # the rewritten shard encodes nothing: its items are unchanged
+    assert shrunk.pending(done).column("shard").to_pylist() == [shards["/data/39.png"]]
+    assert sum(shrunk.shards.column("fresh").to_pylist()) == 0  # the rewritten shard encodes nothing
 
 
-def test_duplicate_uris_collapse_to_one_row():
-    rows = listing_table([("/a.png", 1, "v", None, None), ("/a.png", 1, "v", None, None), ("/b.png", 1, "v", None, None)])
-    assert planning.plan(rows, 10, {}).items().num_rows == 2
+def test_duplicate_uris_collapse_to_the_first_listed(plan_of):
+    rows = listing_table([("/a.png", 1, "first", None, None)] + [(f"/{i}.png", 1, "v", None, None) for i in range(20)] +
+                         [("/a.png", 1, "second", None, None)])
+    items = items_of(plan_of(rows, 10, {}))
+    assert items.num_rows == 21 and dict(zip(items.column("uri").to_pylist(), items.column("version").to_pylist()))[
+        "/a.png"] == "first"
+
+
+def test_partitioned_planning_is_the_same_plan_at_any_granularity(plan_of, monkeypatch):
+    """Id ranges, spill groups, manifest parts and digest chunks are how a plan is computed, not what it
+    is: with 4 ranges, parts of 3 shards and digests 2 shards at a time, a corpus plans as with the
+    defaults; grown, shrunk and changed at once, it keeps every known item's shard, fills new shards
+    in id order, drops the emptied ones, and each digest is the plain digest of its shard's items."""
+    settings = {"codec": "x"}
+    rows = listing_table([(f"/data/{i}.png", 10, "v1", f"l{i % 3}" if i % 5 else None, None) for i in range(200)])
+    default = plan_of(rows, 8, settings)
+    default_items = items_of(default)
+    for name, value in {"PARTITION_BITS": 2, "PARTITIONS": 4, "SPILL_ROWS": 16, "SHARDS_PER_PART": 3,
+                        "DIGEST_SHARDS": 2}.items():
+        monkeypatch.setattr(planning, name, value)
+    small = plan_of(rows, 8, settings)
+    assert small.shards.equals(default.shards) and items_of(small).equals(default_items)
+    assert dict(zip(small.shards.column("shard").to_pylist(), small.shards.column("digest").to_pylist())) == \
+        digests_of(items_of(small), settings)
+
+    old = shard_of(small, "uri")
+    gone = {uri for uri, shard in old.items() if shard in (2, 5)} | {"/data/0.png", "/data/1.png"}
+    now_rows = [(f"/data/{i}.png", 10, "v2" if i == 50 else "v1", f"l{i % 3}" if i % 5 else None, None)
+                for i in range(260) if f"/data/{i}.png" not in gone]
+    grown = plan_of(listing_table(now_rows), 8, settings, previous=small)
+    now = shard_of(grown, "uri")
+    assert all(now[uri] == shard for uri, shard in old.items() if uri not in gone)
+    new = sorted((schema.stable_id(uri), uri) for uri in set(now) - set(old))
+    assert [now[uri] for _, uri in new] == [25 + index // 8 for index in range(60)]  # after shards 0..24, in id order
+    assert grown.counts == {"inputs": 260 - len(gone), "unchanged": 199 - len(gone), "new": 60, "changed": 1,
+                            "removed": len(gone)}
+    assert grown.dropped == [2, 5] and sum(grown.shards.column("fresh").to_pylist()) == 61
+    assert dict(zip(grown.shards.column("shard").to_pylist(), grown.shards.column("digest").to_pylist())) == \
+        digests_of(items_of(grown), settings)
 
 
 def test_families_parse_from_flags_and_file(tmp_path):

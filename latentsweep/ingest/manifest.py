@@ -9,16 +9,15 @@ A run rewrites only the parts whose shards changed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latentsweep import schema, storage
-from latentsweep.ingest.plan import Plan
+from latentsweep.ingest.plan import SHARDS_PER_PART, Plan, runs
 
-SHARDS_PER_PART = 1024
 MANIFEST_FOLDER = "manifest"
 SHARDS_FILE = schema.INGEST_SHARDS_FILE
 
@@ -33,41 +32,40 @@ def read_previous(out: storage.Location) -> tuple[Iterator[pa.Table], pa.Table |
     output."""
     if not storage.exists(out.join(SHARDS_FILE)):
         return iter(()), None
-    shards = storage.read_table(out.join(SHARDS_FILE))
+    shards = _read(out.join(SHARDS_FILE))
     schema.check(shards.schema, "manifest", out.join(SHARDS_FILE).uri)
     parts = np.unique(shards.column("part").to_numpy()).tolist()
-    return (_read_part(out, part, columns=["id", "shard", "version", "label", "family"]) for part in parts), shards
+    columns = ["id", "shard", "version", "label", "family"]
+    return (_read(out.join(MANIFEST_FOLDER, part_name(part)), columns=columns) for part in parts), shards
 
 
 def write(out: storage.Location, plan: Plan, previous_shards: pa.Table | None) -> pa.Table:
     """Store ``plan``: the parts whose shards or digests changed, then ``shards.parquet`` (last, so a
     crash in between leaves the old index of parts or a complete new one). Returns the shard table
     with each shard's ``part`` and ``row_group``."""
-    shards = plan.shards
-    shard_ids = shards.column("shard").to_numpy()
-    parts = shard_ids // SHARDS_PER_PART
-    row_groups = np.zeros(len(shard_ids), np.int32)
-    previous = _digests_by_part(previous_shards)
-    current: dict[int, list] = {}
-    for row, (shard, part, digest) in enumerate(zip(shard_ids.tolist(), parts.tolist(),
-                                                    shards.column("digest").to_pylist())):
-        members = current.setdefault(part, [])
-        row_groups[row] = len(members)
-        members.append((shard, digest, row))
+    parts = plan.shards.column("shard").to_numpy() // SHARDS_PER_PART
+    starts, ends = runs(parts)
+    row_groups = np.arange(len(parts)) - np.repeat(starts, ends - starts)
+    stored = plan.shards.drop_columns(["fresh"]).append_column("part", pa.array(parts, pa.int32())) \
+        .append_column("row_group", pa.array(row_groups, pa.int32()))
+    previous, current = _digests_by_part(previous_shards), _digests_by_part(stored)
     for part, members in current.items():
-        if previous.get(part) == [(shard, digest) for shard, digest, _ in members]:
-            continue  # same shards, same items: the stored part is this part
-        buffer = pa.BufferOutputStream()
-        with pq.ParquetWriter(buffer, schema.MANIFEST_SCHEMA, compression="zstd") as writer:
-            for _, _, row in members:
-                writer.write_table(plan.shard_items(row), row_group_size=max(1, shards.column("items")[row].as_py()))
-        storage.write_bytes(out.join(MANIFEST_FOLDER, part_name(part)), buffer.getvalue().to_pybytes())
+        if previous.get(part) != members:  # else same shards, same items: the stored part is this part
+            _write_part(out, part, plan.part_items(part))
     for part in set(previous) - set(current):
         storage.delete(out.join(MANIFEST_FOLDER, part_name(part)))
-    stored = shards.drop_columns(["start"]).append_column("part", pa.array(parts, pa.int32())) \
-        .append_column("row_group", pa.array(row_groups, pa.int32()))
     storage.write_table(out.join(SHARDS_FILE), stored, schema.tag("manifest"))
     return stored
+
+
+def _write_part(out: storage.Location, part: int, chunks: Iterable[pa.Table]) -> None:
+    """One manifest part: a row group per shard of ``chunks`` (manifest rows sorted by shard and id)."""
+    buffer = pa.BufferOutputStream()
+    with pq.ParquetWriter(buffer, schema.MANIFEST_SCHEMA, compression="zstd") as writer:
+        for items in chunks:
+            for start, end in zip(*(bounds.tolist() for bounds in runs(items.column("shard").to_numpy()))):
+                writer.write_table(items.slice(start, end - start), row_group_size=end - start)
+    storage.write_bytes(out.join(MANIFEST_FOLDER, part_name(part)), buffer.getvalue().to_pybytes())
 
 
 def _digests_by_part(shards: pa.Table | None) -> dict[int, list[tuple[int, str]]]:
@@ -81,14 +79,13 @@ def _digests_by_part(shards: pa.Table | None) -> dict[int, list[tuple[int, str]]
 
 def read_shard(out: storage.Location, part: int, row_group: int) -> pa.Table:
     """The items of one shard: one row group of its manifest part."""
-    return _read_part(out, part, row_groups=[row_group])
+    return _read(out.join(MANIFEST_FOLDER, part_name(part)), row_groups=[row_group])
 
 
-def _read_part(out: storage.Location, part: int, row_groups: list[int] | None = None,
-               columns: list[str] | None = None) -> pa.Table:
-    """Row groups (all by default) of one manifest part, read from the file itself (no dataset
-    discovery, which costs several times the part's memory)."""
-    location = out.join(MANIFEST_FOLDER, part_name(part))
+def _read(location: storage.Location, row_groups: list[int] | None = None,
+          columns: list[str] | None = None) -> pa.Table:
+    """Row groups (all by default) of one Parquet file of the plan, read from the file itself (no
+    dataset discovery, which costs several times the file's memory)."""
     with storage.parquet_errors(location):
         with storage.filesystem(location).open_input_file(location.fs_path) as handle:
             parquet = pq.ParquetFile(handle)

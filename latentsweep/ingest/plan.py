@@ -1,21 +1,26 @@
-"""Plan an ingest: stable ids, stable shards, and what is left to do. Pure functions over Arrow.
+"""Plan an ingest: stable ids, stable shards, and what is left to do, one id range at a time.
 
-An item's shard never changes once planned. A run reads the previous plan (the manifest) a part at a
-time and keeps every known item in its shard; new items fill new shards, ``shard_size`` at a time in
-id order. Items that are gone leave their shard (the worker rewrites it without them, encoding
-nothing); a shard left empty is dropped. So growing a corpus costs what was added, not a re-encode.
+An item's shard never changes once planned. A run reads the previous plan (the manifest) and keeps
+every known item in its shard; new items fill new shards, ``shard_size`` at a time in id order.
+Items that are gone leave their shard (the worker rewrites it without them, encoding nothing); a
+shard left empty is dropped. So growing a corpus costs what was added, not a re-encode.
 
 A shard's digest covers its items' ids, URIs, versions, labels and families and the embedding
-settings: a shard is skipped when its done marker carries the same digest. Everything here is
-columnar: the plan is a few numpy arrays over the listing (about 25 bytes an item), and an item's
-text is gathered from the listing only per shard, never copied whole in plan order.
+settings: a shard is skipped when its done marker carries the same digest.
+
+The driver never holds the corpus. The listing is spilled as it streams in, split into
+:data:`PARTITIONS` ranges of the (uniform) id, into Arrow files in a scratch folder; so is the
+previous plan. Each range is planned against its slice of the previous plan, and its rows are
+spilled again by manifest part, where the digests are computed. What stays in memory is one range
+or one part and a few numbers per shard.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,33 +30,72 @@ import pyarrow.compute as pc
 from latentsweep.schema import MANIFEST_SCHEMA, stable_id
 
 HASH_CHUNK = 50_000
+PARTITION_BITS = 8
+PARTITIONS = 1 << PARTITION_BITS  # id ranges planned one at a time: 4k items each at 1M, 390k at 100M
+SPILL_ROWS = 65_536  # listing rows split by id range at a time (so each range's file gets few, large pieces)
+SHARDS_PER_PART = 1024  # shards of one manifest part (one Parquet file, a row group per shard)
 DIGEST_SHARDS = 64  # shards whose rows become Python strings together while their digests are computed
-TEXT_COLUMNS = ("uri", "size", "version", "label", "family")
 CHANGE_COLUMNS = ("version", "label", "family")  # what makes a known item fresh
+SHARD_SCHEMA = pa.schema([("shard", pa.int32()), ("digest", pa.string()), ("items", pa.int32()), ("fresh", pa.int32())])
+
+
+class Spill:
+    """Tables appended to numbered buckets (Arrow IPC files, LZ4) in a scratch folder and read back a
+    bucket at a time: what lets the driver hold one id range or one manifest part, not the corpus."""
+
+    def __init__(self, folder: str, name: str):
+        self.folder, self.name = folder, name
+        self.rows = 0
+        self._writers: dict[int, tuple[pa.ipc.RecordBatchStreamWriter, pa.OSFile]] = {}
+
+    def _path(self, bucket: int) -> str:
+        return os.path.join(self.folder, f"{self.name}-{bucket:06d}.arrow")
+
+    def add(self, table: pa.Table | pa.RecordBatch, buckets: np.ndarray) -> None:
+        """Append each row of ``table`` to its bucket (rows keep their order within a bucket)."""
+        order = np.argsort(buckets, kind="stable")
+        ordered, table = buckets[order], table.take(pa.array(order))
+        for low, high in zip(*(bounds.tolist() for bounds in runs(ordered))):
+            self._writer(int(ordered[low]), table.schema).write(table.slice(low, high - low))
+        self.rows += len(buckets)
+
+    def _writer(self, bucket: int, schema: pa.Schema) -> pa.ipc.RecordBatchStreamWriter:
+        if bucket not in self._writers:
+            sink = pa.OSFile(self._path(bucket), "wb")
+            options = pa.ipc.IpcWriteOptions(compression="lz4")
+            self._writers[bucket] = (pa.ipc.new_stream(sink, schema, options=options), sink)
+        return self._writers[bucket][0]
+
+    def buckets(self) -> list[int]:
+        """The buckets holding rows, in order (what was written is closed and readable)."""
+        for writer, sink in self._writers.values():
+            if not sink.closed:
+                writer.close()
+                sink.close()
+        return sorted(self._writers)
+
+    def read(self, bucket: int) -> pa.Table | None:
+        """The rows of ``bucket`` in the order they were added; None when it has none."""
+        if bucket not in self._writers:
+            return None
+        with pa.OSFile(self._path(bucket)) as source:
+            return pa.ipc.open_stream(source).read_all()
 
 
 @dataclass
 class Plan:
-    """Per item, in plan order (shard, id): its id, shard, row of ``listing`` and whether it is new or
-    changed since the previous plan; ``shards`` has one row per shard (shard, digest, items, start)."""
+    """What a run does: ``shards`` has one row per shard (shard, digest, items, and ``fresh``: its
+    items new or changed since the previous plan), sorted by shard; the items are spilled by part."""
 
-    listing: pa.Table
-    ids: np.ndarray
-    shard: np.ndarray
-    rows: np.ndarray
-    fresh: np.ndarray
+    shards: pa.Table
     counts: dict        # inputs, unchanged, new, changed, removed
     dropped: list[int]  # shards of the previous plan that hold no item now
-    shards: pa.Table
+    planned: Spill
 
-    def items(self, start: int = 0, stop: int | None = None) -> pa.Table:
-        """Plan rows ``start:stop`` as manifest rows, gathered from the listing."""
-        return manifest_rows(self.listing, self.ids[start:stop], self.shard[start:stop], self.rows[start:stop])
-
-    def fresh_per_shard(self) -> np.ndarray:
-        """New or changed items in each row of ``shards`` (what a shard with earlier output encodes)."""
-        starts = self.shards.column("start").to_numpy()
-        return np.add.reduceat(self.fresh.astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64)
+    def part_items(self, part: int) -> Iterator[pa.Table]:
+        """The manifest rows of one part (its shards' items, sorted by shard and id), a few shards at a time."""
+        for chunk in _sorted_chunks(self.planned.read(part)):
+            yield chunk.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
 
     def pending_mask(self, done: dict[int, str]) -> pa.BooleanArray:
         """Which rows of ``shards`` have no done marker with their digest."""
@@ -61,11 +105,6 @@ class Plan:
     def pending(self, done: dict[int, str]) -> pa.Table:
         """The rows of ``shards`` whose done marker is missing or carries another digest."""
         return self.shards.filter(self.pending_mask(done))
-
-    def shard_items(self, row: int) -> pa.Table:
-        """The items of the shard in row ``row`` of ``shards``."""
-        start = self.shards.column("start")[row].as_py()
-        return self.items(start, start + self.shards.column("items")[row].as_py())
 
 
 def stable_ids(uris: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -77,9 +116,107 @@ def stable_ids(uris: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return out
 
 
-def take(table: pa.Table, rows: np.ndarray) -> pa.Table:
+def _partition(ids: np.ndarray) -> np.ndarray:
+    """The id range of each id (its top bits, so that ranges follow id order)."""
+    return (ids >> (64 - PARTITION_BITS)) + PARTITIONS // 2
+
+
+def spill_listing(batches: Iterable[pa.RecordBatch], folder: str) -> Spill:
+    """Listing batches (uri, size, version, label, family) spilled by id range, each row with its id."""
+    listed = Spill(folder, "listed")
+    for rows in _regrouped(batches, SPILL_ROWS):
+        ids = stable_ids(rows.column("uri"))
+        listed.add(rows.append_column("id", pa.array(ids, pa.int64())), _partition(ids))
+    return listed
+
+
+def _regrouped(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """``batches`` as tables of at least ``rows`` rows (the last one may have fewer)."""
+    pending: list[pa.RecordBatch] = []
+    for batch in batches:
+        pending.append(batch)
+        if sum(part.num_rows for part in pending) >= rows:
+            yield pa.Table.from_batches(pending).combine_chunks()
+            pending = []
+    if pending:
+        yield pa.Table.from_batches(pending).combine_chunks()
+
+
+def plan(listed: Spill, shard_size: int, settings: dict, previous: Iterable[pa.Table], folder: str) -> Plan:
+    """Plan the spilled listing against ``previous``, the last plan's manifest (id, shard, version,
+    label, family) a part at a time. Duplicate URIs collapse to one item (the first listed)."""
+    ranges = set(listed.buckets())  # closes the listing's files before the next spill opens its own
+    before, old_shards = Spill(folder, "previous"), set()
+    for part in previous:
+        before.add(part.select(["id", "shard", *CHANGE_COLUMNS]), _partition(part.column("id").to_numpy()))
+        old_shards.update(np.unique(part.column("shard").to_numpy()).tolist())
+    ranges |= set(before.buckets())
+    planned, kept_shards = Spill(folder, "planned"), set()
+    counts = {"inputs": 0, "unchanged": 0, "new": 0, "changed": 0, "removed": 0}
+    next_shard = max(old_shards, default=-1) + 1
+    for bucket in sorted(ranges):  # in id order, so that new shards fill in id order
+        rows, old = listed.read(bucket), before.read(bucket)
+        if rows is None:  # every item of the range is gone
+            counts["removed"] += old.num_rows
+            continue
+        rows, kept = _plan_range(rows, old, counts, next_shard, shard_size)
+        planned.add(rows, rows.column("shard").to_numpy() // SHARDS_PER_PART)
+        kept_shards |= kept
+    shards = pa.concat_tables([SHARD_SCHEMA.empty_table()] + [_shard_rows(_sorted_chunks(planned.read(part)), settings)
+                                                             for part in planned.buckets()])
+    return Plan(shards, counts, sorted(old_shards - kept_shards), planned)
+
+
+def _plan_range(listed: pa.Table, old: pa.Table | None, counts: dict, next_shard: int,
+                shard_size: int) -> tuple[pa.Table, set[int]]:
+    """Plan one id range: its listed rows (with ids) against the previous plan's rows of the range.
+    Known items keep their shard and are fresh only if changed; new ones take the next places in
+    the new shards (``counts["new"]``, the new items of the ranges before, says which). Returns the
+    planned rows (the manifest's columns and ``fresh``) and the old shards still holding an item."""
+    ids, first = np.unique(listed.column("id").to_numpy(), return_index=True)
+    rows = listed.take(pa.array(first))  # one per URI, the first listed, sorted by id
+    shards, fresh, kept = np.full(len(ids), -1, np.int32), np.ones(len(ids), bool), set()
+    if old is not None:
+        old_ids, old_shards = old.column("id").to_numpy(), old.column("shard").to_numpy()
+        positions = np.searchsorted(ids, old_ids)
+        known = positions < len(ids)
+        known[known] = ids[positions[known]] == old_ids[known]
+        matched = positions[known]
+        shards[matched] = old_shards[known]
+        now, before = rows.take(pa.array(matched)), old.filter(pa.array(known))
+        fresh[matched] = np.any([pc.not_equal(_text(before.column(name)), _text(now.column(name)))
+                                 .to_numpy(zero_copy_only=False) for name in CHANGE_COLUMNS], axis=0)
+        changed = int(fresh[matched].sum())
+        counts.update(unchanged=counts["unchanged"] + len(matched) - changed, changed=counts["changed"] + changed,
+                      removed=counts["removed"] + int((~known).sum()))
+        kept = set(np.unique(old_shards[known]).tolist())
+    new = int((shards < 0).sum())
+    shards[shards < 0] = next_shard + (counts["new"] + np.arange(new)) // max(1, shard_size)
+    counts["new"] += new
+    counts["inputs"] += len(ids)
+    planned = {"id": pa.array(ids, pa.int64()), "shard": pa.array(shards, pa.int32())}
+    planned.update({name: rows.column(name) for name in MANIFEST_SCHEMA.names[2:]})
+    return pa.table({**planned, "fresh": pa.array(fresh)}), kept
+
+
+def _text(column) -> pa.Array:
+    """A string column with nulls as a sentinel, so that equality treats two nulls as equal."""
+    return pc.fill_null(column, "\0")
+
+
+def _sorted_chunks(rows: pa.Table) -> Iterator[pa.Table]:
+    """``rows`` (planned rows of a part, in the many small batches they were spilled in) sorted by
+    shard and id, :data:`DIGEST_SHARDS` shards at a time: never a sorted copy of the whole part."""
+    shards = rows.column("shard").to_numpy()
+    order = np.lexsort((rows.column("id").to_numpy(), shards))
+    starts, ends = runs(shards[order])
+    for first in range(0, len(starts), DIGEST_SHARDS):
+        yield _take(rows, order[starts[first]:ends[min(first + DIGEST_SHARDS, len(starts)) - 1]])
+
+
+def _take(table: pa.Table, rows: np.ndarray) -> pa.Table:
     """``table.take(rows)`` one record batch at a time: Arrow's take on a chunked string column first
-    concatenates the whole column (a copy of it and ~40 ms per call at 1M rows)."""
+    concatenates the whole column."""
     batches = table.to_batches()
     bounds = np.cumsum([0] + [batch.num_rows for batch in batches])
     order = np.argsort(rows, kind="stable")
@@ -93,82 +230,28 @@ def take(table: pa.Table, rows: np.ndarray) -> pa.Table:
     return gathered.take(pa.array(inverse))
 
 
-def _text(column) -> pa.Array:
-    """A string column with nulls as a sentinel, so that equality treats two nulls as equal."""
-    return pc.fill_null(column, "\0")
+def runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the runs of equal values in ``values`` (the shards of rows sorted by shard)."""
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]]) if len(values) else np.zeros(0, np.int64)
+    return starts, np.r_[starts[1:], len(values)].astype(np.int64)
 
 
-def plan(listing: pa.Table, shard_size: int, settings: dict, previous: Iterable[pa.Table] = ()) -> Plan:
-    """Plan ``listing`` (uri, size, version, label, family) against ``previous``, the last plan's
-    manifest (id, shard, version, label, family) one part at a time. Duplicate URIs collapse to one
-    item (the first listed)."""
-    ids, rows = np.unique(stable_ids(listing.column("uri")), return_index=True)  # sorted by id
-    shards = np.full(len(ids), -1, np.int32)
-    fresh = np.ones(len(ids), bool)
-    old_shards: set[int] = set()
-    kept_shards: set[int] = set()
-    removed = 0
-    for part in previous:
-        held, kept, gone = _carry_over(part, listing, ids, rows, shards, fresh)
-        old_shards |= held
-        kept_shards |= kept
-        removed += gone
-    known = shards >= 0
-    changed = int(fresh[known].sum())
-    counts = {"inputs": len(ids), "unchanged": int(known.sum()) - changed, "new": int((~known).sum()),
-              "changed": changed, "removed": removed}
-    shards[~known] = max(old_shards, default=-1) + 1 + np.arange(counts["new"]) // max(1, shard_size)
-    order = np.argsort(shards, kind="stable")  # (shard, id) order: ``ids`` are sorted
-    ids, shards, rows, fresh = ids[order], shards[order], rows[order], fresh[order]
-    del order  # 8 bytes an item, not needed while the digests are computed
-    return Plan(listing, ids, shards, rows, fresh, counts, sorted(old_shards - kept_shards),
-                shard_table(listing, ids, shards, rows, settings))
-
-
-def _carry_over(part: pa.Table, listing: pa.Table, ids: np.ndarray, rows: np.ndarray, shards: np.ndarray,
-                fresh: np.ndarray) -> tuple[set[int], set[int], int]:
-    """Match one part of the previous manifest against the listing (``ids`` sorted, ``rows`` their
-    rows of ``listing``): items still listed keep their shard and are fresh only if changed. Returns
-    the part's shards, those still holding an item, and how many of its items are gone."""
-    old_ids, old_shards = part.column("id").to_numpy(), part.column("shard").to_numpy()
-    positions = np.searchsorted(ids, old_ids)
-    known = positions < len(ids)
-    known[known] = ids[positions[known]] == old_ids[known]
-    matched = positions[known]
-    shards[matched] = old_shards[known]
-    now = take(listing.select(list(CHANGE_COLUMNS)), rows[matched])
-    changed = np.zeros(len(matched), bool)
-    for name in CHANGE_COLUMNS:
-        before = _text(part.column(name).filter(pa.array(known)))
-        changed |= pc.not_equal(before, _text(now.column(name))).to_numpy(zero_copy_only=False)
-    fresh[matched] = changed
-    return set(np.unique(old_shards).tolist()), set(np.unique(old_shards[known]).tolist()), int((~known).sum())
-
-
-def manifest_rows(listing: pa.Table, ids: np.ndarray, shards: np.ndarray, rows: np.ndarray) -> pa.Table:
-    """Manifest rows (MANIFEST_SCHEMA) of the items ``ids`` in ``shards``, their text taken from ``rows``
-    of ``listing``."""
-    text = take(listing, rows)
-    return pa.Table.from_arrays([pa.array(ids, pa.int64()), pa.array(shards, pa.int32())] +
-                                [text.column(name) for name in TEXT_COLUMNS], schema=MANIFEST_SCHEMA)
-
-
-def shard_table(listing: pa.Table, ids: np.ndarray, shards: np.ndarray, rows: np.ndarray,
-                settings: dict) -> pa.Table:
-    """One row per shard of the plan (``ids``, ``shards``, ``rows`` in plan order): its digest, item
-    count and first row. The rows of :data:`DIGEST_SHARDS` shards are Python strings at a time."""
-    starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]]) if len(shards) else np.zeros(0, np.int64)
-    ends = np.r_[starts[1:], len(shards)].astype(np.int64)
+def _shard_rows(chunks: Iterable[pa.Table], settings: dict) -> pa.Table:
+    """One row per shard of ``chunks`` (planned rows sorted by shard and id, whole shards in each):
+    its digest, item count and fresh items."""
     settings_text = json.dumps(settings, sort_keys=True).encode()
-    digests = []
-    for first in range(0, len(starts), DIGEST_SHARDS):
-        low, high = starts[first], ends[min(first + DIGEST_SHARDS, len(starts)) - 1]
-        chunk = manifest_rows(listing, ids[low:high], shards[low:high], rows[low:high])
+    shard_ids, digests, sizes, fresh = [], [], [], []
+    for chunk in chunks:
+        shards = chunk.column("shard").to_numpy()
+        starts, ends = runs(shards)
         columns = [chunk.column(name).to_pylist() for name in ("id", "uri", "version", "label", "family")]
-        for start, end in zip(starts[first:first + DIGEST_SHARDS] - low, ends[first:first + DIGEST_SHARDS] - low):
+        for start, end in zip(starts.tolist(), ends.tolist()):
             hasher = hashlib.sha256(settings_text)
             for row in zip(*(column[start:end] for column in columns)):
                 hasher.update("{}\t{}\t{}\t{}\t{}\n".format(*row).encode())
             digests.append(hasher.hexdigest())
-    return pa.table({"shard": pa.array(shards[starts], pa.int32()), "digest": pa.array(digests, pa.string()),
-                     "items": pa.array(ends - starts, pa.int32()), "start": pa.array(starts, pa.int64())})
+        shard_ids.append(shards[starts])
+        sizes.append(ends - starts)
+        fresh.append(np.add.reduceat(chunk.column("fresh").to_numpy(zero_copy_only=False).astype(np.int32), starts))
+    return pa.table([pa.array(np.concatenate(shard_ids)), pa.array(digests, pa.string()),
+                     pa.array(np.concatenate(sizes), pa.int32()), pa.array(np.concatenate(fresh))], schema=SHARD_SCHEMA)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -145,38 +146,46 @@ def _settings(job: IngestJob) -> dict:
     return _plan_settings(job, weights.digest(job.embed.weights))
 
 
-def _list(job: IngestJob) -> Listing:
-    # The driver plans with the system allocator: Arrow's default (mimalloc) keeps freed pages, about
-    # twice the live listing at 1M items (benchmarks/bench_scale.py); workers keep the default.
+def _scratch() -> tempfile.TemporaryDirectory:
+    """The local folder the plan spills to while it is made (about 75 bytes an item, LZ4)."""
+    return tempfile.TemporaryDirectory(prefix="latentsweep-plan-")
+
+
+def _list(job: IngestJob, scratch: str) -> tuple[Listing, planning.Spill]:
+    """The listing (its skipped files) and its rows spilled by id range into ``scratch``."""
+    # The driver plans with the system allocator: Arrow's default (mimalloc) keeps freed pages, ~35 MB
+    # more at the peak of a 1M-entry plan (benchmarks/bench_scale.py); workers keep the default.
     pa.set_memory_pool(pa.system_memory_pool())
     listing = list_source(job.source, job.labels_from_folders, job.families)
-    if not listing.table.num_rows:
+    listed = planning.spill_listing(listing.batches, scratch)
+    if not listed.rows:
         raise UsageError(f"no images, .pt latents or .jai bitstreams found in {job.source}")
-    return listing
+    return listing, listed
 
 
 def dry_run(job: IngestJob) -> dict:
     """What ``run`` would do, without writing anything: counts of the listing against the stored plan."""
     check(job)
     out = storage.Location.parse(job.out)
-    listing = _list(job)
-    plan, _ = _plan(job, out, listing, _settings(job))
+    with _scratch() as scratch:
+        listing, listed = _list(job, scratch)
+        plan, _ = _plan(job, out, listed, _settings(job), scratch)
     done = {} if job.overwrite else _digests(done_records(out))
     pending = plan.pending_mask(done).to_numpy(zero_copy_only=False)
     shard_ids, sizes = plan.shards.column("shard").to_numpy(), plan.shards.column("items").to_numpy()
     # a pending shard with earlier output keeps its unchanged items' rows: it encodes only the fresh ones
-    encode = np.where(np.isin(shard_ids, list(done)), plan.fresh_per_shard(), sizes)
+    encode = np.where(np.isin(shard_ids, list(done)), plan.shards.column("fresh").to_numpy(), sizes)
     return {**plan.counts, "skipped_unsupported": listing.skipped, "shards_total": plan.shards.num_rows,
             "shards_to_process": int(pending.sum()), "items_to_process": int(sizes[pending].sum()),
             "items_to_encode": int(encode[pending].sum()), "shards_dropped": len(plan.dropped)}
 
 
-def _plan(job: IngestJob, out: storage.Location, listing: Listing, settings: dict):
-    """(plan, previous shard table) of ``listing`` against what ``out`` holds (nothing with
+def _plan(job: IngestJob, out: storage.Location, listed: planning.Spill, settings: dict, scratch: str):
+    """(plan, previous shard table) of the spilled listing against what ``out`` holds (nothing with
     ``--overwrite``); refuses an output of other settings or another shard size."""
     _check_previous(out, settings, job.shard_size, job.overwrite)
-    previous_items, previous_shards = (iter(()), None) if job.overwrite else manifest.read_previous(out)
-    return planning.plan(listing.table, job.shard_size, settings, previous_items), previous_shards
+    previous_items, previous_shards = ((), None) if job.overwrite else manifest.read_previous(out)
+    return planning.plan(listed, job.shard_size, settings, previous_items, scratch), previous_shards
 
 
 def _digests(records) -> dict[int, str]:
@@ -190,22 +199,23 @@ def run(job: IngestJob, log=None) -> IngestSummary:
     check(job)
     out = storage.Location.parse(job.out)
     summary = IngestSummary(job.source, out.uri)
-    listing = _list(job)
-    summary.skipped_unsupported = listing.skipped
-    settings = _settings(job)
-    with lock.hold(out, "ingest") as held:
-        _plan_and_process(job, out, listing, settings, summary, log, held)
-        write_done_index(out)
-        summary.seconds = round(time.monotonic() - started, 2)
-        summary.images_per_second = round(summary.items_encoded / summary.seconds, 2) if summary.seconds else 0.0
-        storage.write_bytes(out.join("summary.json"), json.dumps(asdict(summary), indent=2).encode())
+    with _scratch() as scratch:
+        listing, listed = _list(job, scratch)
+        summary.skipped_unsupported = listing.skipped
+        settings = _settings(job)
+        with lock.hold(out, "ingest") as held:
+            _plan_and_process(job, out, listed, settings, summary, log, held, scratch)
+            write_done_index(out)
+            summary.seconds = round(time.monotonic() - started, 2)
+            summary.images_per_second = round(summary.items_encoded / summary.seconds, 2) if summary.seconds else 0.0
+            storage.write_bytes(out.join("summary.json"), json.dumps(asdict(summary), indent=2).encode())
     return summary
 
 
-def _plan_and_process(job: IngestJob, out: storage.Location, listing: Listing, settings: dict,
-                      summary: IngestSummary, log, held: lock.Held) -> None:
+def _plan_and_process(job: IngestJob, out: storage.Location, listed: planning.Spill, settings: dict,
+                      summary: IngestSummary, log, held: lock.Held, scratch: str) -> None:
     """Plan against what ``out`` already holds, store the plan, and process the shards left."""
-    plan, previous_shards = _plan(job, out, listing, settings)
+    plan, previous_shards = _plan(job, out, listed, settings, scratch)
     if job.overwrite:
         _clear(out)
     for name in ("inputs", "new", "changed", "removed"):

@@ -1,7 +1,7 @@
 """List an ingest source once: a folder or S3 prefix (recursive), or a manifest (Parquet/CSV).
 
-The listing is an Arrow table built in chunks, never a list of per-item Python objects: a 1M-item
-source costs its columns (about 100 bytes an item), not a kilobyte of objects an item.
+The listing streams: Arrow record batches of a few thousand entries, never a list of per-item
+Python objects nor the whole source in memory (the planner spills the batches by id range).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -26,21 +26,23 @@ MANIFEST_SUFFIXES = (".parquet", ".csv")
 
 
 LISTING_CHUNK = 10_000  # entries turned into Arrow at a time: no per-item Python objects accumulate
-MANIFEST_BATCH = 65_536  # manifest rows parsed and converted at a time
+MANIFEST_BATCH = 8_192  # manifest rows parsed at a time (the Parquet reader peaks at ~45 MB for 64k, ~20 MB for 8k)
+READ_BUFFER = 4 << 20  # a Parquet manifest is read in ranges this size (else a column chunk at once)
 
 
 @dataclass
 class Listing:
-    """A listed source: one row per input (``uri``, ``size``, ``version``, ``label``, ``family``)
-    as an Arrow table, and the count of files skipped for their suffix (with a few examples)."""
+    """A listed source, streamed: ``batches`` yields one row per input (``uri``, ``size``,
+    ``version``, ``label``, ``family``) a record batch at a time, and once they are consumed
+    ``skipped`` counts the files skipped for their suffix (with a few examples)."""
 
-    table: pa.Table
+    batches: Iterator[pa.RecordBatch]
     skipped: int = 0
-    skipped_examples: tuple[str, ...] = ()
+    skipped_examples: list[str] = field(default_factory=list)
 
     def items(self) -> list[dict]:
         """The rows as dicts (small listings only: tests and experiments)."""
-        return self.table.to_pylist()
+        return pa.Table.from_batches(list(self.batches), LISTING_SCHEMA).to_pylist()
 
 
 LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("version", pa.string()),
@@ -87,9 +89,8 @@ def list_source(source: str, labels_from_folders: bool = False,
     """List ``source`` once: a manifest file, or a folder / S3 prefix (recursive; S3 prefixes are
     listed in parallel, one request stream per top-level common prefix)."""
     listing = _read_manifest(source) if is_manifest(source) else _list_tree(source, labels_from_folders)
-    if families:  # a batch at a time: only the family column is new
-        listing.table = pa.Table.from_batches([_with_families(batch, families) for batch in listing.table.to_batches()],
-                                              LISTING_SCHEMA)
+    if families:
+        listing.batches = (_with_families(batch, families) for batch in listing.batches)
     return listing
 
 
@@ -102,13 +103,19 @@ def _with_families(batch: pa.RecordBatch, families: dict[str, str]) -> pa.Record
 
 
 def _list_tree(source: str, labels_from_folders: bool) -> Listing:
-    root = storage.Location.parse(source)
-    chunks, rows, skipped, examples = [], [], 0, []
+    listing = Listing(iter(()))
+    listing.batches = _tree_batches(storage.Location.parse(source), labels_from_folders, listing)
+    return listing
+
+
+def _tree_batches(root: storage.Location, labels_from_folders: bool, listing: Listing) -> Iterator[pa.RecordBatch]:
+    """The files below ``root`` as listing batches; files of other suffixes are counted in ``listing``."""
+    rows = []
     for info in storage.list_tree(root):
         if not info.uri.lower().endswith(IMAGE_SUFFIXES + LATENT_SUFFIXES + BITSTREAM_SUFFIXES):
-            skipped += 1
-            if len(examples) < 3:
-                examples.append(info.uri)
+            listing.skipped += 1
+            if len(listing.skipped_examples) < 3:
+                listing.skipped_examples.append(info.uri)
             continue
         label = None
         if labels_from_folders:
@@ -116,19 +123,17 @@ def _list_tree(source: str, labels_from_folders: bool) -> Listing:
             label = parts[0] if len(parts) > 1 else None
         rows.append((info.uri, info.size, info.version, label, None))
         if len(rows) == LISTING_CHUNK:
-            chunks.append(listing_table(rows))
+            yield from listing_table(rows).to_batches()
             rows = []
-    chunks.append(listing_table(rows))
-    return Listing(pa.concat_tables(chunks), skipped, tuple(examples))
+    yield from listing_table(rows).to_batches()
 
 
 def _read_manifest(source: str) -> Listing:
-    """A manifest as a listing, a batch at a time: the driver never holds the parsed file beside it."""
+    """A manifest as a listing, read and converted a batch at a time."""
     location = storage.Location.parse(source)
     folder = posixpath.dirname(location.key) if location.is_s3 else os.path.dirname(location.key)
     batches = _csv_batches(location) if source.lower().endswith(".csv") else _parquet_batches(location)
-    return Listing(pa.Table.from_batches([_manifest_rows(batch, location, folder) for batch in batches],
-                                         LISTING_SCHEMA))
+    return Listing(_manifest_rows(batch, location, folder) for batch in batches)
 
 
 def _csv_batches(location: storage.Location) -> Iterator[pa.RecordBatch]:
@@ -147,7 +152,8 @@ def _parquet_batches(location: storage.Location) -> Iterator[pa.RecordBatch]:
     _require_uri(names, location)
     columns = [name for name in ("uri", "label", "family") if name in names]
     with storage.parquet_errors(location), storage.filesystem(location).open_input_file(location.fs_path) as handle:
-        yield from pq.ParquetFile(handle).iter_batches(MANIFEST_BATCH, columns=columns, use_threads=False)
+        yield from pq.ParquetFile(handle, buffer_size=READ_BUFFER).iter_batches(MANIFEST_BATCH, columns=columns,
+                                                                                use_threads=False)
 
 
 def _require_uri(columns: list[str], location: storage.Location) -> None:
