@@ -541,6 +541,26 @@ def test_decode_and_pool_never_crash(seed, mode, width, height, fmt, cut):
         np.testing.assert_allclose(values[0], together[column][1], atol=1e-5)
 
 
+def test_planning_scratch_of_a_killed_driver_is_removed_by_the_next_plan(tmp_path):
+    """SIGKILL skips the clean-up of the plan's scratch folder: the next planner on the host removes
+    folders whose process is gone, never a live one's."""
+    import tempfile
+
+    from latentsweep.ingest.run import SCRATCH_PREFIX, dry_run
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{int(finished.stdout)}-"))
+    (dead / "part-0.arrow").write_bytes(b"left by a killed run")
+    live = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getppid()}-"))
+    try:
+        photo_corpus(tmp_path / "corpus", labels=("alpha",), per_label=2)
+        assert dry_run(job(tmp_path / "corpus", tmp_path / "out"))["inputs"] == 2
+        assert not dead.exists() and live.exists()
+        assert not list(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}{os.getpid()}-*"))  # its own: removed
+    finally:
+        live.rmdir()
+
+
 def test_growing_and_shrinking_a_corpus_encodes_only_what_changed(tmp_path, ray_session):
     """Stable shards through the real pipeline: +10% images (and one rewritten) encode just those,
     the finished shards' files stay untouched; removed images leave the output and the index; a

@@ -10,11 +10,13 @@ columnar listing, never a vector or a Python object per item.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -146,9 +148,30 @@ def _settings(job: IngestJob) -> dict:
     return _plan_settings(job, weights.digest(job.embed.weights))
 
 
+SCRATCH_PREFIX = "latentsweep-plan-"
+
+
 def _scratch() -> tempfile.TemporaryDirectory:
-    """The local folder the plan spills to while it is made (about 75 bytes an item, LZ4)."""
-    return tempfile.TemporaryDirectory(prefix="latentsweep-plan-")
+    """The local folder the plan spills to while it is made (about 75 bytes an item, LZ4), named after
+    this process. Folders left by planners that died (SIGKILL skips the clean-up) are removed first."""
+    import shutil
+
+    root = Path(tempfile.gettempdir())
+    for folder in root.glob(f"{SCRATCH_PREFIX}*-*"):
+        owner = folder.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _list(job: IngestJob, scratch: str) -> tuple[Listing, planning.Spill]:
