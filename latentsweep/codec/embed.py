@@ -36,6 +36,7 @@ class EmbedSettings:
     half: bool = False
     max_batch: int = 8
     descriptors: bool = True  # also describe the decoded pixels (latentsweep.descriptors), same pass
+    adapters: str | None = None  # SFMA adapters in the analysis transforms: None, "default" or a path
 
 
 class Embedder:
@@ -45,7 +46,14 @@ class Embedder:
         self.settings = settings
         self.columns = pooling.column_dims(settings.feature_set, settings.pooling)
         self.device = resolve_device(settings.device)
-        model, self.weights_digest, self.meta = weights.load(settings.weights)
+        model, self.base_digest, self.meta = weights.load(settings.weights)
+        # adapters (codec/adapters.py) change the analysis only; the rows' weights digest names both
+        self.adapters, self.adapters_digest, self.adapters_meta = weights.load_adapters(settings.adapters,
+                                                                                        self.base_digest)
+        if self.adapters is not None:
+            self.adapters.attach(model)
+            model.adapters = self.adapters  # moved to the device and memory format with the model
+        self.weights_digest = weights.combined_digest(self.base_digest, self.adapters_digest)
         # NHWC: oneDNN's and cuDNN's preferred convolution layout (1.1-1.2x on CPU, benchmarks/bench_bounds.py)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.half = settings.half and self.device.type == "cuda"

@@ -66,9 +66,11 @@ def _verified(path: str | Path | None) -> tuple[Path, bytes, str, dict]:
     return path, data, digest, record
 
 
-def digest(path: str | Path | None = None) -> str:
-    """The digest :func:`load` would give, checked but without building the model (for planning)."""
-    return f"{UNTRAINED}-seed0" if str(path) == UNTRAINED else _verified(path)[2]
+def digest(path: str | Path | None = None, adapters: str | Path | None = None) -> str:
+    """The digest :func:`load` would give, checked but without building the model (for planning);
+    with ``adapters``, the digest of codec and adapters together (:func:`combined_digest`)."""
+    base = f"{UNTRAINED}-seed0" if str(path) == UNTRAINED else _verified(path)[2]
+    return combined_digest(base, adapters_digest(adapters))
 
 
 def load(path: str | Path | None = None) -> tuple[BopCodec, str, dict]:
@@ -143,3 +145,70 @@ def load_reference(model: BopCodec, checkpoint: str | Path | dict, luma_prefix: 
     for module, new_state in pending:
         module.load_state_dict(new_state)
     return report
+
+
+# -- adapters (codec/adapters.py): their own checkpoint and sidecar, verified the same way --------
+
+DEFAULT_ADAPTERS = Path(__file__).parent / "weights" / "sfma-default.pt"
+ADAPTERS_DEFAULT_NAME = "default"
+
+
+def adapters_path(spec: str | Path | None) -> Path | None:
+    """``None``: no adapters; ``"default"``: the shipped ones; else a checkpoint path."""
+    if spec is None or str(spec) == "":
+        return None
+    return DEFAULT_ADAPTERS if str(spec) == ADAPTERS_DEFAULT_NAME else Path(spec)
+
+
+def save_adapters(adapters, path: str | Path, meta: dict) -> str:
+    """Write an adapter checkpoint (fp32: it is small) and its sidecar; return the digest."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save({name: value.detach().float().cpu() for name, value in adapters.state_dict().items()}, buffer)
+    data = buffer.getvalue()
+    digest_ = hashlib.sha256(data).hexdigest()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    sidecar(path).write_text(json.dumps({"sha256": digest_, "meta": meta}, indent=2) + "\n")
+    return digest_
+
+
+def adapters_digest(spec: str | Path | None) -> str | None:
+    """The adapters' SHA-256 (checked against their sidecar), or ``None`` without adapters."""
+    path = adapters_path(spec)
+    if path is None:
+        return None
+    if not path.exists():
+        raise WeightsError(f"adapters not found: {path}")
+    return _verified(path)[2]
+
+
+def combined_digest(weights_digest: str, adapters: str | None) -> str:
+    """The embedding space's weights digest: the codec's alone, or ``<codec>+sfma-<adapters[:16]>``,
+    so vectors made with and without adapters (or with other adapters) never share an index."""
+    return weights_digest if adapters is None else f"{weights_digest}+sfma-{adapters[:16]}"
+
+
+def load_adapters(spec: str | Path | None, weights_digest: str | None = None):
+    """(AdapterSet in eval mode, digest, meta) or ``(None, None, {})`` without adapters. Refuses
+    adapters trained on other codec weights than ``weights_digest`` (when given)."""
+    from latentsweep.codec.adapters import AdapterSet
+
+    path = adapters_path(spec)
+    if path is None:
+        return None, None, {}
+    if not path.exists():
+        raise WeightsError(f"adapters not found: {path}")
+    path, data, digest_, record = _verified(path)
+    meta = record.get("meta", {})
+    base = meta.get("base_weights_sha256")
+    if weights_digest is not None and base and base != weights_digest:
+        raise WeightsError(f"adapters {path.name} were trained on codec weights {base[:12]}..., not the loaded "
+                           f"{weights_digest[:12]}...: pass the --weights they were trained with")
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    adapters = AdapterSet(int(meta.get("bottleneck", 16)))
+    try:
+        adapters.load_state_dict(state)
+    except RuntimeError as error:
+        raise WeightsError(f"{path} does not fit the adapter architecture: {error}") from None
+    return adapters.eval(), digest_, meta

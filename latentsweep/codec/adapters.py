@@ -1,0 +1,109 @@
+"""Spatial-frequency modulation adapters (SFMA) for the frozen analysis transforms.
+
+After the SFMA of "Learned Image Compression for Deepfake Detection" (second seed paper, section
+III): each adapter reads the features of one stage of an analysis transform and adds two outputs to
+them, ``x + SMA(x) + FMA(x)``:
+
+- :class:`SpatialModulationAdapter` (SMA): convolutions in the spatial domain, ``conv1x1(ReLU(conv3x3(x)))``
+  through a narrow bottleneck.
+- :class:`FrequencyModulationAdapter` (FMA): ``irfft2(X * M)`` with ``X = rfft2(x)`` and the modulation
+  map ``M = linear(ReLU(conv3x3(A)))`` made per frequency bin from the log-amplitude spectrum ``A``
+  (``log|X|`` less its mean over the bins, so the map does not depend on the image's size or
+  brightness): a convolution over neighbouring bins, ReLU, a linear map across channels.
+
+The last layer of both (``SMA.out``, ``FMA.linear``) starts at zero, so a fresh adapter set leaves
+the codec exactly as it was. Adapters sit after the three residual attention units (``act1``,
+``act2``, ``act3``) of the luma and the chroma analysis transforms (:data:`POINTS`), attached with
+forward hooks: the codec's own modules, state dict and checkpoint are untouched, and the decoder
+(hyperprior, prediction, synthesis) never sees an adapter. Every image is adapted on its own (no
+batch statistics), so its latents do not depend on what else is in its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from latentsweep.codec.analysis import HIDDEN
+
+POINTS = ("act1", "act2", "act3")   # after each residual attention unit, 128 channels
+BRANCHES = ("luma", "chroma")
+BOTTLENECK = 16
+
+
+class SpatialModulationAdapter(nn.Module):
+    """``conv1x1(ReLU(conv3x3(x)))``: a rectified local filter bank, read back into the features."""
+
+    def __init__(self, channels: int = HIDDEN, hidden: int = BOTTLENECK):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, hidden, 3, padding=1)
+        self.out = nn.Conv2d(hidden, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.conv(x)))
+
+
+class FrequencyModulationAdapter(nn.Module):
+    """``irfft2(rfft2(x) * M)`` with ``M = linear(ReLU(conv3x3(A)))`` per bin, ``A`` the relative log-amplitude."""
+
+    def __init__(self, channels: int = HIDDEN, hidden: int = BOTTLENECK):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, hidden, 3, padding=1)
+        self.linear = nn.Linear(hidden, channels)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        spectrum = torch.fft.rfft2(x.float(), norm="ortho")
+        # log-amplitude relative to its mean over the bins: a spectrum's shape, whatever the image size
+        amplitude = torch.log(spectrum.abs() + 1e-3)
+        amplitude = amplitude - amplitude.mean(dim=(2, 3), keepdim=True)
+        hidden = torch.relu(self.conv(amplitude))                       # (B, h, H, W/2+1)
+        modulation = self.linear(hidden.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        out = torch.fft.irfft2(spectrum * modulation, s=(height, width), norm="ortho")
+        return out.to(x.dtype)
+
+
+class SFMA(nn.Module):
+    """One adapter: ``x + SMA(x) + FMA(x)``."""
+
+    def __init__(self, channels: int = HIDDEN, hidden: int = BOTTLENECK):
+        super().__init__()
+        self.spatial = SpatialModulationAdapter(channels, hidden)
+        self.frequency = FrequencyModulationAdapter(channels, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.spatial(x) + self.frequency(x)
+
+
+class AdapterSet(nn.Module):
+    """The adapters of both analysis transforms: ``luma.act1``, ..., ``chroma.act3``."""
+
+    def __init__(self, hidden: int = BOTTLENECK):
+        super().__init__()
+        self.luma = nn.ModuleDict({point: SFMA(HIDDEN, hidden) for point in POINTS})
+        self.chroma = nn.ModuleDict({point: SFMA(HIDDEN, hidden) for point in POINTS})
+        self.enabled = True  # False: the hooks pass the features through (the base codec, for training)
+
+    def attach(self, codec) -> list:
+        """Insert the adapters into ``codec``'s analysis transforms; returns the hook handles
+        (``handle.remove()`` takes an adapter out again)."""
+        handles = []
+        for branch in BRANCHES:
+            analysis = getattr(codec, f"{branch}_analysis")
+            for point, adapter in getattr(self, branch).items():
+                handles.append(getattr(analysis, point).register_forward_hook(_adding(self, adapter)))
+        return handles
+
+
+def _adding(adapters: AdapterSet, adapter: SFMA):
+    def hook(module, inputs, output):
+        return adapter(output) if adapters.enabled else output
+    return hook
+
+
+def parameter_count(adapters: AdapterSet) -> int:
+    return sum(p.numel() for p in adapters.parameters())

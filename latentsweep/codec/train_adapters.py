@@ -1,0 +1,161 @@
+"""Training of the SFMA adapters (``codec/adapters.py``) on a frozen codec.
+
+Only the adapters learn. Each step draws ``recipes`` random formation recipes (``codec/formation.py``:
+random resampling kernels and factors, transposed convolutions, blurs, noise; none of them an
+evaluation corpus's software or generator) and renders ``per_recipe`` random crops of the codec's
+training photos through each; the loss is
+
+    forensic + guard * (relu(rate / base_rate - 1 - rate_margin) + relu(mse / base_mse - 1 - mse_margin))
+
+- forensic: supervised contrastive loss (Khosla et al. 2020, temperature ``temperature``) over the
+  pooled ``y_hat`` (GAP of luma and chroma, the ``2lat`` vector, z-scored by running statistics and
+  L2-normalised, as the index sees it): crops made by the same recipe attract, others repel.
+- the guard compares, image by image on ``guard_images`` images of the batch, the estimated rate and
+  the RGB MSE of the unchanged decoder's reconstruction with and without the adapters; inside the
+  margins it costs nothing, beyond them it dominates. Rate and PSNR on the held-out photos are measured after
+  training and written to the training card.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from latentsweep import photos
+from latentsweep.codec import formation, weights
+from latentsweep.codec.adapters import BOTTLENECK, AdapterSet, parameter_count
+
+
+@dataclass
+class AdapterTrainSettings:
+    steps: int = 160
+    recipes: int = 8          # formation recipes a batch
+    per_recipe: int = 3       # crops per recipe (the positives)
+    crop: int = 64
+    learning_rate: float = 5e-4
+    temperature: float = 0.1
+    guard: float = 20.0
+    rate_margin: float = 0.02
+    mse_margin: float = 0.06  # 0.25 dB
+    guard_images: int = 8
+    bottleneck: int = BOTTLENECK
+    seed: int = 0
+    weights: str | None = None  # the frozen codec (None: the shipped weights)
+    log_every: int = 20
+
+
+def supervised_contrastive(vectors: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over anchors of -log(sum over positives / sum over all others) of exp(cos / t)."""
+    logits = vectors @ vectors.T / temperature
+    eye = torch.eye(len(labels), dtype=torch.bool, device=vectors.device)
+    logits = logits.masked_fill(eye, -1e9)
+    positives = (labels[:, None] == labels[None, :]) & ~eye
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    return -(log_prob * positives).sum(1).div(positives.sum(1).clamp_min(1)).mean()
+
+
+def pooled(exported: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([exported["y_hat_luma"].mean(dim=(2, 3)), exported["y_hat_chroma"].mean(dim=(2, 3))], dim=1)
+
+
+def batch(settings: AdapterTrainSettings, sources: list[np.ndarray], rng: np.random.Generator):
+    images, labels = [], []
+    for label in range(settings.recipes):
+        recipe = formation.random_recipe(rng)
+        for _ in range(settings.per_recipe):
+            photo = sources[rng.integers(len(sources))]
+            images.append(formation.render(recipe, photo, settings.crop, rng))
+            labels.append(label)
+    rgb = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255.0)
+    return rgb, torch.tensor(labels)
+
+
+def _rate_mse(model, exported: dict, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from latentsweep.codec import colour
+
+    reconstruction = colour.yuv_to_rgb(model.reconstruct(exported))
+    return model.bits(exported) / (rgb.shape[-1] * rgb.shape[-2]), (reconstruction - rgb).square().mean(dim=(1, 2, 3))
+
+
+@torch.no_grad()
+def held_out_quality(model, adapters: AdapterSet) -> dict:
+    """PSNR and estimated bpp on the held-out photos with and without the adapters."""
+    from latentsweep.codec.train import evaluate
+
+    was = adapters.enabled
+    adapters.enabled = False
+    base = evaluate(model, photos.names("held_out"), torch.device("cpu"))
+    adapters.enabled = True
+    adapted = evaluate(model, photos.names("held_out"), torch.device("cpu"))
+    adapters.enabled = was
+    return {"base": base, "adapted": adapted, "psnr_delta_db": adapted["psnr_db"] - base["psnr_db"],
+            "rate_ratio": adapted["bpp"] / base["bpp"]}
+
+
+def train(settings: AdapterTrainSettings, out: str, progress=print) -> dict:
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    model, base_digest, _ = weights.load(settings.weights)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    adapters = AdapterSet(settings.bottleneck)
+    adapters.attach(model)
+    sources = [photos.load(name) for name in photos.names("train")]
+    sources = [image for image in sources if min(image.shape[:2]) >= 4 * settings.crop]
+    optimiser = torch.optim.Adam(adapters.parameters(), lr=settings.learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, settings.steps)
+    mean = std = None
+    started, history = time.monotonic(), []
+    for step in range(1, settings.steps + 1):
+        adapters.train()
+        rgb, labels = batch(settings, sources, rng)
+        exported = model.export(rgb)
+        vectors = pooled(exported)
+        with torch.no_grad():  # running z-score statistics (detached), as the index z-scores
+            if mean is None:
+                mean, std = vectors.mean(0), vectors.std(0)
+            mean = 0.9 * mean + 0.1 * vectors.mean(0)
+            std = 0.9 * std + 0.1 * vectors.std(0)
+        forensic = supervised_contrastive(F.normalize((vectors - mean) / (std + 1e-6), dim=1), labels,
+                                          settings.temperature)
+        guard_at = torch.linspace(0, len(labels) - 1, settings.guard_images).round().long()
+        subset = {name: value[guard_at] for name, value in exported.items()}
+        rate, mse = _rate_mse(model, subset, rgb[guard_at])
+        with torch.no_grad():
+            adapters.enabled = False
+            base_rate, base_mse = _rate_mse(model, model.export(rgb[guard_at]), rgb[guard_at])
+            adapters.enabled = True
+        # per image: a clean image's small MSE must not hide behind a busy image's large one
+        penalty = (F.relu(rate / base_rate - 1 - settings.rate_margin)
+                   + F.relu(mse / base_mse.clamp_min(1e-7) - 1 - settings.mse_margin)).mean()
+        loss = forensic + settings.guard * penalty
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(adapters.parameters(), 1.0)
+        optimiser.step()
+        schedule.step()
+        history.append((forensic.item(), (rate / base_rate).mean().item(), (mse / base_mse).mean().item()))
+        if step % settings.log_every == 0 or step == settings.steps:
+            recent = np.mean(history[-settings.log_every:], axis=0)
+            progress(f"step {step}/{settings.steps}  supcon {recent[0]:.3f}  rate x{recent[1]:.3f}  "
+                     f"mse x{recent[2]:.3f}  {time.monotonic() - started:.0f} s")
+    seconds = round(time.monotonic() - started, 1)
+    adapters.eval()
+    quality = held_out_quality(model, adapters)
+    progress(f"held-out photos: {quality['base']['psnr_db']:.2f} dB / {quality['base']['bpp']:.3f} bpp without, "
+             f"{quality['adapted']['psnr_db']:.2f} dB / {quality['adapted']['bpp']:.3f} bpp with adapters")
+    meta = {"kind": "sfma-adapters", "base_weights_sha256": base_digest, "bottleneck": settings.bottleneck,
+            "points": "after act1, act2, act3 of the luma and chroma analysis transforms",
+            "parameters": parameter_count(adapters), "training": asdict(settings),
+            "training_data": "random crops of photos.names('train') through random formation recipes "
+                             "(latentsweep/codec/formation.py); no evaluation corpus's software or generator",
+            "held_out": quality, "train_seconds": seconds, "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "loss_last": [float(v) for v in np.mean(history[-settings.log_every:], axis=0)]}
+    meta["sha256"] = weights.save_adapters(adapters, out, meta)
+    return meta
