@@ -145,7 +145,7 @@ def _check_previous(out: storage.Location, settings: dict, shard_size: int, over
 def _settings(job: IngestJob) -> dict:
     from latentsweep.codec import weights
 
-    return _plan_settings(job, weights.digest(job.embed.weights))
+    return _plan_settings(job, weights.digest(job.embed.weights, job.embed.adapters))  # adapters: own space
 
 
 SCRATCH_PREFIX = "latentsweep-plan-"
