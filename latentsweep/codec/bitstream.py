@@ -39,7 +39,8 @@ class BitstreamCodec:
         self.embedder = embedder
         self.model = embedder.model
         self.device = embedder.device
-        self.weights_digest = embedder.weights_digest
+        self.weights_digest = embedder.base_digest  # the decoder's weights; adapters change the encoder only
+        self.adapters_id = digest_id(embedder.adapters_digest) if embedder.adapters_digest else b""
         self.models = coding.EntropyModels.build({
             branch: getattr(self.model, f"{branch}_z_density").log_scale.detach().double().cpu().numpy()
             for branch in BRANCHES})
@@ -70,7 +71,7 @@ class BitstreamCodec:
             words = coding.encode_residual(self.models, residual, levels)
             streams.append(Stream(symbols_crc(residual), words.tobytes()))
         data = container.pack(Bitstream(height, width, CODEC_NAME, digest_id(self.weights_digest), self.entropy_id,
-                                        source_id=container.source_id(source_version), streams=streams))
+                                        self.adapters_id, container.source_id(source_version), streams))
         return data, tensors
 
     @torch.inference_mode()
@@ -81,12 +82,17 @@ class BitstreamCodec:
 
     # -- decoder ---------------------------------------------------------------------------------
 
-    def check(self, bitstream: Bitstream) -> None:
-        """Refuse a file this codec cannot decode, saying why."""
+    def check(self, bitstream: Bitstream, any_adapters: bool = False) -> None:
+        """Refuse a file this codec cannot decode, saying why. The decoder is the same with or without
+        adapters (they change the analysis only): ``any_adapters`` (pixels) accepts a file of any
+        adapters; latents must come from the loaded ones, or rows of two embedding spaces would mix."""
         if bitstream.codec != CODEC_NAME:
             raise BitstreamError(f"coded by codec {bitstream.codec!r}; this latentsweep decodes {CODEC_NAME!r}")
-        if bitstream.adapters_id:
-            raise BitstreamError(f"coded with adapters {describe_id(bitstream.adapters_id)}; this latentsweep has none")
+        if not any_adapters and bitstream.adapters_id != self.adapters_id:
+            made = f"adapters {describe_id(bitstream.adapters_id)}" if bitstream.adapters_id else "no adapters"
+            loaded = f"adapters {describe_id(self.adapters_id)}" if self.adapters_id else "none"
+            raise BitstreamError(f"coded with {made}; the loaded adapters are {loaded}: pass the --adapters it "
+                                 "was coded with (the latents of other adapters live in another space)")
         if bitstream.weights_id != digest_id(self.weights_digest):
             raise BitstreamError(f"coded with codec weights {describe_id(bitstream.weights_id)}, not the loaded "
                                  f"{self.weights_digest[:32]}: pass --weights with the checkpoint it was coded with")
@@ -98,11 +104,11 @@ class BitstreamCodec:
                                  f"({', '.join(container.STREAM_NAMES)})")
 
     @torch.inference_mode()
-    def latents(self, data: bytes | Bitstream,
-                max_pixels: int | None = None) -> tuple[dict[str, torch.Tensor], Bitstream]:
+    def latents(self, data: bytes | Bitstream, max_pixels: int | None = None,
+                any_adapters: bool = False) -> tuple[dict[str, torch.Tensor], Bitstream]:
         """File bytes -> ``{"z_hat_luma": (1, C, h, w), ...}`` at the padded size, and the parsed file."""
         bitstream = data if isinstance(data, Bitstream) else container.unpack(data, max_pixels)
-        self.check(bitstream)
+        self.check(bitstream, any_adapters)
         height, width = colour.padded_size(bitstream.height, bitstream.width)
         out: dict[str, torch.Tensor] = {}
         for branch in BRANCHES:
@@ -127,7 +133,7 @@ class BitstreamCodec:
     @torch.inference_mode()
     def decompress(self, data: bytes | Bitstream, max_pixels: int | None = None) -> np.ndarray:
         """File bytes -> uint8 RGB (H, W, 3): the synthesis transforms on the decoded ``y_hat``."""
-        tensors, bitstream = self.latents(data, max_pixels)
+        tensors, bitstream = self.latents(data, max_pixels, any_adapters=True)
         return reconstruction(self.model, tensors, bitstream.height, bitstream.width)
 
 
