@@ -48,6 +48,7 @@ class CodecJob:
     overwrite: bool = False
     quiet: bool = False
     address: str | None = None
+    adapters: str | None = None  # compress: SFMA adapters in the encoder ("default" or a path); the decoder has none
 
 
 @dataclass
@@ -85,7 +86,7 @@ def check(job: CodecJob) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(job, name)}")
     if job.workers is not None and job.workers < 1:
         raise UsageError("--workers must be at least 1")
-    weights.digest(job.weights)  # a missing or corrupt checkpoint is refused before Ray starts
+    weights.digest(job.weights, job.adapters)  # a missing or corrupt checkpoint is refused before Ray starts
 
 
 def input_suffixes(mode: str) -> tuple[str, ...]:
@@ -198,7 +199,8 @@ def _process(job: CodecJob, items: list, summary: CodecSummary, log, held) -> li
     summary.workers = size
     worker = ray.remote(CodecWorker).options(num_cpus=layout["num_cpus"], num_gpus=layout["num_gpus"])
     settings = {"mode": job.mode, "weights": job.weights, "device": layout["device"], "threads": layout["threads"],
-                "max_pixels": job.max_pixels, "min_side": job.min_side, "overwrite": job.overwrite}
+                "max_pixels": job.max_pixels, "min_side": job.min_side, "overwrite": job.overwrite,
+                "adapters": job.adapters if job.mode == "compress" else None}
     pool = ActorPool([worker.remote(**settings) for _ in range(size)])
     log(f"{job.mode}: {len(items)} items on {size} workers")
     results = []
@@ -214,7 +216,7 @@ class CodecWorker:
     """One actor of the pool: the codec loaded once; :meth:`process` codes a chunk of items."""
 
     def __init__(self, mode: str, weights: str | None, device: str, threads: int | None, max_pixels: int,
-                 min_side: int, overwrite: bool):
+                 min_side: int, overwrite: bool, adapters: str | None = None):
         import torch
 
         from latentsweep.codec.bitstream import BitstreamCodec
@@ -223,7 +225,8 @@ class CodecWorker:
         if threads:
             torch.set_num_threads(threads)
         self.mode, self.max_pixels, self.min_side, self.overwrite = mode, max_pixels, min_side, overwrite
-        self.codec = BitstreamCodec(Embedder(EmbedSettings(weights=weights, device=device, descriptors=False)))
+        self.codec = BitstreamCodec(Embedder(EmbedSettings(weights=weights, device=device, descriptors=False,
+                                                           adapters=adapters)))
 
     def process(self, chunk: list[tuple[str, str, str]]) -> list[dict]:
         return [self.one(*item) for item in chunk]
