@@ -144,6 +144,30 @@ def train_codec(
                f"trained {after['psnr_db']:.2f} dB at {after['bpp']:.3f} bpp")
 
 
+@command("train-adapters")
+def train_adapters(
+    out: Annotated[Path, typer.Option(help="Adapter checkpoint to write (a .json checksum file goes beside it).")],
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 160,
+    recipes: Annotated[int, typer.Option(help="Random formation recipes per step (the classes of a batch).")] = 8,
+    per_recipe: Annotated[int, typer.Option(help="Crops per recipe (the positives).")] = 3,
+    crop: Annotated[int, typer.Option(help="Crop side in pixels (a multiple of 64).")] = 64,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate (cosine-annealed).")] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation, recipes and crops.")] = 0,
+    weights: WeightsOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Train SFMA adapters into the frozen analysis transforms (CPU): forensic metric learning over random
+    synthetic formation recipes, with the unchanged decoder's rate and PSNR guarded; reports both on the
+    held-out photos with and without the adapters."""
+    from latentsweep.codec.train_adapters import AdapterTrainSettings, train
+
+    if crop % 64:
+        raise typer.BadParameter("--crop must be a multiple of 64")
+    meta = train(AdapterTrainSettings(steps, recipes, per_recipe, crop, learning_rate, seed=seed,
+                                      weights=str(weights) if weights else None), str(out), progress=typer.echo)
+    typer.echo(f"wrote {out} (sha256 {meta['sha256'][:16]}...)")
+
+
 COLUMNS_HELP = ("Columns (tensor_branch): " + ", ".join(ALL_COLUMNS) +
                 ". y_chroma attributes the synthetic zoo best (docs/results.md).")
 FeatureSetOption = Annotated[str, typer.Option(
@@ -157,6 +181,16 @@ PoolingOption = Annotated[str, typer.Option(
 WeightsOption = Annotated[Optional[str], typer.Option(
     "--weights", help="Codec checkpoint (.pt with its .json checksum); default: the shipped weights.")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+AdaptersOption = Annotated[Optional[str], typer.Option(
+    "--adapters", help="SFMA adapters in the analysis transforms: 'default' (the shipped ones) or a .pt with its "
+                       ".json checksum; default: none. Their digest joins the weights digest of every row.")]
+
+
+def _adapters(value: Optional[str]) -> Optional[str]:
+    """'default', or a local path made absolute (Ray workers need not share the driver's directory)."""
+    if value in (None, "", "default") or "://" in value:
+        return value or None
+    return str(Path(value).resolve())
 
 
 @command()
@@ -169,6 +203,7 @@ def ingest(
     feature_set: FeatureSetOption = "all",
     pooling: PoolingOption = "gap",
     weights: WeightsOption = None,
+    adapters: AdaptersOption = None,
     device: DeviceOption = "auto",
     half: Annotated[bool, typer.Option(help="fp16 inference on GPU.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per encoder call.")] = 8,
@@ -195,7 +230,8 @@ def ingest(
     from latentsweep.ingest.run import IngestJob, dry_run as plan_only, run
     from latentsweep.ingest.sources import parse_families
 
-    job = IngestJob(source, out, EmbedSettings(weights, feature_set, pooling, device, half, batch_size, descriptors),
+    job = IngestJob(source, out, EmbedSettings(weights, feature_set, pooling, device, half, batch_size, descriptors,
+                                               _adapters(adapters)),
                     shard_size, labels_from_folders, parse_families(families), max_pixels, min_side,
                     workers, overwrite, quiet, address)
     if dry_run:
@@ -207,11 +243,11 @@ def ingest(
 
 
 def _codec_job(mode: str, source: str, out: str, weights, device, workers, max_pixels, min_side, overwrite,
-               address, quiet) -> None:
+               address, quiet, adapters=None) -> None:
     from latentsweep.compress import CodecJob, run
 
     summary = run(CodecJob(mode, source, out, weights, device, workers, max_pixels, min_side, overwrite, quiet,
-                           address))
+                           address, _adapters(adapters)))
     report_summary(mode, summary)
     raise typer.Exit(EXIT_ITEMS_FAILED if summary.failed else EXIT_OK)
 
@@ -221,6 +257,7 @@ def compress(
     source: Annotated[str, typer.Argument(help="Images: a folder, s3://bucket/prefix, or a manifest (.parquet/.csv with uri).")],
     out: Annotated[str, typer.Option("--out", help="Folder or s3:// prefix for DIR/<relative path>/<stem>.jai.")],
     weights: WeightsOption = None,
+    adapters: AdaptersOption = None,
     device: DeviceOption = "auto",
     workers: Annotated[Optional[int], typer.Option(help="Codec actors (default: one per GPU, or from the CPUs).")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = 64_000_000,
@@ -235,7 +272,8 @@ def compress(
     DIR is itself an ingest SOURCE (ingest decodes the entropy streams and the hyperprior only).
     Reruns keep outputs of the same input version. Exit code 1 when some inputs failed.
     """
-    _codec_job("compress", source, out, weights, device, workers, max_pixels, min_side, overwrite, address, quiet)
+    _codec_job("compress", source, out, weights, device, workers, max_pixels, min_side, overwrite, address, quiet,
+               adapters)
 
 
 @command()
