@@ -15,6 +15,9 @@ R of relevant references (same label, the query itself excluded) and the cut-off
 - ``type_top1``: 1 if the nearest neighbour's family is the query's (the paper's Top-1 Type).
 - ``vote_accuracy`` (sweeps): the k-NN vote (``predicted_label``, what users act on) is the label.
 
+Open set: :func:`auroc` of an unknown score (e.g. minus the best similarity) between queries of a
+generator the index does not hold and queries of the ones it holds.
+
 """
 
 from __future__ import annotations
@@ -142,3 +145,15 @@ def headline(overall: dict) -> str:
         parts.append(f"map@{at_k(average)}={overall[average]:.3f}")
     parts += [f"{name}={overall[name]:.3f}" for name in ("type_top1", "map_full") if name in overall]
     return " ".join(parts)
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """Area under the ROC curve: the probability that a positive's score exceeds a negative's, ties
+    counting half (the Mann-Whitney statistic, scikit-learn's ``roc_auc_score``)."""
+    positive, negative = np.asarray(positive, np.float64), np.asarray(negative, np.float64)
+    if not len(positive) or not len(negative):
+        raise ValueError("AUROC needs at least one positive and one negative score")
+    order = np.sort(negative)
+    below = np.searchsorted(order, positive, side="left")
+    ties = np.searchsorted(order, positive, side="right") - below
+    return float((below + 0.5 * ties).sum() / (len(positive) * len(negative)))
