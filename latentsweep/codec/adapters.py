@@ -6,7 +6,8 @@ them, ``x + SMA(x) + FMA(x)``:
 
 - :class:`SpatialModulationAdapter` (SMA): convolutions in the spatial domain, ``conv1x1(ReLU(conv3x3(x)))``
   through a narrow bottleneck.
-- :class:`FrequencyModulationAdapter` (FMA): ``irfft2(X * M)`` with ``X = rfft2(x)`` and the modulation
+- :class:`FrequencyModulationAdapter` (FMA): ``irfft2(X * M)`` with ``X = rfft2(x)`` of each 8 x 8
+  tile of the features (4 x 4 at H/16, :data:`TILES`: the same spectra whatever the image size) and the modulation
   map ``M = linear(ReLU(conv3x3(A)))`` made per frequency bin from the log-amplitude spectrum ``A``
   (``log|X|`` less its mean over the bins, so the map does not depend on the image's size or
   brightness): a convolution over neighbouring bins, ReLU, a linear map across channels.
@@ -29,6 +30,9 @@ from latentsweep.codec.analysis import HIDDEN
 POINTS = ("act1", "act2", "act3")   # after each residual attention unit, 128 channels
 BRANCHES = ("luma", "chroma")
 BOTTLENECK = 16
+# FMA's FFT window per stage: the luma stages (H/2, H/4, H/8) and the first two chroma stages have sides
+# that are multiples of 8 (images are padded to 64), the last chroma stage (H/16) multiples of 4
+TILES = {"luma": {"act1": 8, "act2": 8, "act3": 8}, "chroma": {"act1": 8, "act2": 8, "act3": 4}}
 
 
 class SpatialModulationAdapter(nn.Module):
@@ -48,32 +52,38 @@ class SpatialModulationAdapter(nn.Module):
 class FrequencyModulationAdapter(nn.Module):
     """``irfft2(rfft2(x) * M)`` with ``M = linear(ReLU(conv3x3(A)))`` per bin, ``A`` the relative log-amplitude."""
 
-    def __init__(self, channels: int = HIDDEN, hidden: int = BOTTLENECK):
+    def __init__(self, channels: int = HIDDEN, hidden: int = BOTTLENECK, tile: int = 8):
         super().__init__()
+        self.tile = tile
         self.conv = nn.Conv2d(channels, hidden, 3, padding=1)
         self.linear = nn.Linear(hidden, channels)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        spectrum = torch.fft.rfft2(x.float(), norm="ortho")
-        # log-amplitude relative to its mean over the bins: a spectrum's shape, whatever the image size
+        batch, channels, height, width = x.shape
+        tile = self.tile
+        rows, cols = height // tile, width // tile
+        tiles = (x.float().reshape(batch, channels, rows, tile, cols, tile).permute(0, 2, 4, 1, 3, 5)
+                 .reshape(batch * rows * cols, channels, tile, tile))
+        spectrum = torch.fft.rfft2(tiles, norm="ortho")
+        # log-amplitude relative to its mean over the bins: the tile spectrum's shape, not its level
         amplitude = torch.log(spectrum.abs() + 1e-3)
         amplitude = amplitude - amplitude.mean(dim=(2, 3), keepdim=True)
-        hidden = torch.relu(self.conv(amplitude))                       # (B, h, H, W/2+1)
+        hidden = torch.relu(self.conv(amplitude))                       # (tiles, h, tile, tile/2+1)
         modulation = self.linear(hidden.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        out = torch.fft.irfft2(spectrum * modulation, s=(height, width), norm="ortho")
-        return out.to(x.dtype)
+        out = torch.fft.irfft2(spectrum * modulation, s=(tile, tile), norm="ortho")
+        out = out.reshape(batch, rows, cols, channels, tile, tile).permute(0, 3, 1, 4, 2, 5)
+        return out.reshape(batch, channels, height, width).to(x.dtype)
 
 
 class SFMA(nn.Module):
     """One adapter: ``x + SMA(x) + FMA(x)``."""
 
-    def __init__(self, channels: int = HIDDEN, hidden: int = BOTTLENECK):
+    def __init__(self, channels: int = HIDDEN, hidden: int = BOTTLENECK, tile: int = 8):
         super().__init__()
         self.spatial = SpatialModulationAdapter(channels, hidden)
-        self.frequency = FrequencyModulationAdapter(channels, hidden)
+        self.frequency = FrequencyModulationAdapter(channels, hidden, tile)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.spatial(x) + self.frequency(x)
@@ -84,8 +94,8 @@ class AdapterSet(nn.Module):
 
     def __init__(self, hidden: int = BOTTLENECK):
         super().__init__()
-        self.luma = nn.ModuleDict({point: SFMA(HIDDEN, hidden) for point in POINTS})
-        self.chroma = nn.ModuleDict({point: SFMA(HIDDEN, hidden) for point in POINTS})
+        self.luma = nn.ModuleDict({point: SFMA(HIDDEN, hidden, TILES["luma"][point]) for point in POINTS})
+        self.chroma = nn.ModuleDict({point: SFMA(HIDDEN, hidden, TILES["chroma"][point]) for point in POINTS})
         self.enabled = True  # False: the hooks pass the features through (the base codec, for training)
 
     def attach(self, codec) -> list:

@@ -1,0 +1,210 @@
+"""Bitstream ingest against image ingest and the pixel path, and bytes per image, same images, one run.
+
+Three paths from a stored file to a vector, timed per image with the stage functions the ingest
+worker runs (``ingest.decode.fetch`` then ``ingest.encode.Encoder.encode``, batches of ``--batch``):
+
+- image ingest: read the PNG, decode it (Pillow), the analysis transforms and the hyperprior, pool.
+- bitstream ingest: read the ``.jai``, check its container, entropy-decode ``z_hat`` and the residuals,
+  hyper-decoder and latent prediction only (no analysis, no synthesis), pool.
+- the pixel path: read the ``.jai``, decompress it (the same entropy decoding and prediction, then the
+  synthesis transforms and YUV -> RGB), and the pixel descriptor of ``codec/pixel_baseline.py``.
+
+Both ingest paths use feature set ``2lat`` (what a bitstream carries that the paper ranks on) and no
+pixel descriptors. Then the two ingest paths again through ``latentsweep ingest`` on local Ray (a
+warm-up job first; Ray's start-up excluded), and the bitstream path's own stages. Bytes per image:
+the ``.jai`` files against the PNGs and Pillow's JPEG at quality 90 of the same images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import make_images, report  # noqa: E402
+
+SETTINGS = {"feature_set": "2lat", "device": "cpu", "descriptors": False}
+
+
+def compress_all(paths: list[Path], out: Path) -> tuple[list[Path], object]:
+    from latentsweep.codec.bitstream import BitstreamCodec
+    from latentsweep.codec.embed import EmbedSettings, Embedder
+    from latentsweep.ingest.decode import decode_image
+
+    codec = BitstreamCodec(Embedder(EmbedSettings(**SETTINGS)))
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in paths:
+        data, _ = codec.compress(decode_image(path.read_bytes()), "bench")
+        target = out / (path.stem + ".jai")
+        target.write_bytes(data)
+        written.append(target)
+    return written, codec
+
+
+def jpeg_bytes(path: Path, quality: int = 90) -> int:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    with Image.open(path) as image:
+        image.convert("RGB").save(buffer, "JPEG", quality=quality)
+    return len(buffer.getvalue())
+
+
+def in_process(paths: list[Path], batch: int) -> float:
+    """Seconds for fetch + Encoder.encode over ``paths`` (PNGs or .jai), batches as a shard worker."""
+    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.ingest.decode import fetch
+    from latentsweep.ingest.encode import Encoder
+
+    encoder = Encoder(EmbedSettings(max_batch=batch, **SETTINGS))
+    encoder.encode([fetch(str(paths[0]))])  # warm-up: lazy imports, the entropy tables
+    started = time.perf_counter()
+    for start in range(0, len(paths), batch):
+        items = [fetch(str(path)) for path in paths[start:start + batch]]
+        encoder.encode(items)
+        assert not any(item.error_type for item in items), [item.message for item in items if item.error_type]
+    return time.perf_counter() - started
+
+
+def pixel_path(paths: list[Path], codec) -> float:
+    """Seconds for read + decompress (entropy decoding, prediction, synthesis) + pixel descriptor."""
+    import torch
+
+    from latentsweep.codec.pixel_baseline import describe
+
+    def one(path: Path) -> np.ndarray:
+        rgb = codec.decompress(path.read_bytes())
+        with torch.inference_mode():
+            return describe(torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255.0)).numpy()
+
+    one(paths[0])
+    started = time.perf_counter()
+    for path in paths:
+        one(path)
+    return time.perf_counter() - started
+
+
+def bitstream_stages(paths: list[Path], codec) -> dict[str, float]:
+    """Seconds a bitstream spends in each stage of ``BitstreamCodec.latents`` (summed over ``paths``)."""
+    import torch
+
+    from latentsweep.codec import coding, container
+    from latentsweep.codec.bitstream import BRANCHES, STREAMS, _words
+    from latentsweep.codec.colour import padded_size
+    from latentsweep.codec.model import TENSOR_STRIDES
+
+    spent = dict.fromkeys(("container", "z_hat decoding", "scale levels (float64)", "residual decoding",
+                           "hyper-decoder + prediction"), 0.0)
+
+    def tick(name: str, started: float) -> float:
+        now = time.perf_counter()
+        spent[name] += now - started
+        return now
+
+    with torch.inference_mode():
+        for path in paths:
+            now = time.perf_counter()
+            bitstream = container.unpack(path.read_bytes())
+            codec.check(bitstream)
+            now = tick("container", now)
+            height, width = padded_size(bitstream.height, bitstream.width)
+            for branch in BRANCHES:
+                channels = getattr(codec.model, f"{branch}_z_density").log_scale.numel()
+                shape = (channels, height // TENSOR_STRIDES["z_hat"], width // TENSOR_STRIDES["z_hat"])
+                z_hat = coding.decode_z(codec.models, branch, _words(bitstream.streams[STREAMS.index(("z", branch))]),
+                                        shape)
+                z_hat = torch.from_numpy(z_hat).float()[None]
+                now = tick("z_hat decoding", now)
+                levels = codec.levels(branch, z_hat)
+                now = tick("scale levels (float64)", now)
+                residual = coding.decode_residual(
+                    codec.models, _words(bitstream.streams[STREAMS.index(("r", branch))]), levels)
+                residual = torch.from_numpy(residual).float()[None]
+                now = tick("residual decoding", now)
+                getattr(codec.model, f"{branch}_predictor").decode(z_hat, residual)
+                now = tick("hyper-decoder + prediction", now)
+    return spent
+
+
+def through_ray(source: Path, out: Path, batch: int) -> float:
+    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.ingest.run import IngestJob, run
+
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    summary = run(IngestJob(str(source), str(out), EmbedSettings(max_batch=batch, **SETTINGS), shard_size=32,
+                            quiet=True))
+    seconds = time.perf_counter() - started
+    assert summary.embedded == summary.inputs, summary
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--no-ray", action="store_true", help="in-process rows only")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-bitstream-"))
+    pngs = make_images(work / "png", args.images, args.size)
+    jais, codec = compress_all(pngs, work / "jai")
+    n = args.images
+
+    image_s = in_process(pngs, args.batch)
+    bitstream_s = in_process(jais, args.batch)
+    pixel_s = pixel_path(jais, codec)
+    stages = bitstream_stages(jais, codec)
+
+    png_bytes = np.mean([p.stat().st_size for p in pngs])
+    jai_bytes = np.mean([p.stat().st_size for p in jais])
+    jpeg = np.mean([jpeg_bytes(p) for p in pngs])
+    bpp = lambda size: round(8 * size / args.size**2, 3)  # noqa: E731
+    rows = [
+        {"path": "image ingest (PNG decode + analysis + hyperprior)", "where": "in-process", "images": n,
+         "ms_per_image": round(1000 * image_s / n, 1), "img_s": round(n / image_s, 2), "vs_image": 1.0},
+        {"path": "bitstream ingest (entropy decoding + hyperprior)", "where": "in-process", "images": n,
+         "ms_per_image": round(1000 * bitstream_s / n, 1), "img_s": round(n / bitstream_s, 2),
+         "vs_image": round(image_s / bitstream_s, 2)},
+        {"path": "pixel path (decompress + synthesis + pixel descriptor)", "where": "in-process", "images": n,
+         "ms_per_image": round(1000 * pixel_s / n, 1), "img_s": round(n / pixel_s, 2),
+         "vs_image": round(image_s / pixel_s, 2)},
+    ]
+    if not args.no_ray:
+        from latentsweep.cluster import connect
+
+        connect(quiet=True)
+        through_ray(work / "png", work / "warm", args.batch)  # Ray worker imports, once per machine
+        ray_image = through_ray(work / "png", work / "out-png", args.batch)
+        ray_bitstream = through_ray(work / "jai", work / "out-jai", args.batch)
+        rows += [
+            {"path": "image ingest", "where": "latentsweep ingest, local Ray", "images": n,
+             "ms_per_image": round(1000 * ray_image / n, 1), "img_s": round(n / ray_image, 2),
+             "vs_image": 1.0},
+            {"path": "bitstream ingest", "where": "latentsweep ingest, local Ray", "images": n,
+             "ms_per_image": round(1000 * ray_bitstream / n, 1), "img_s": round(n / ray_bitstream, 2),
+             "vs_image": round(ray_image / ray_bitstream, 2)},
+        ]
+    total = sum(stages.values())
+    rows += [{"path": f"bitstream stage: {name}", "where": "in-process", "images": n,
+              "ms_per_image": round(1000 * seconds / n, 2), "img_s": "", "vs_image": f"{seconds / total:.0%} of stages"}
+             for name, seconds in stages.items()]
+    rows += [{"path": f"bytes per image: {name}", "where": f"{args.size}x{args.size} photo crops", "images": n,
+              "ms_per_image": "", "img_s": f"{size:.0f} B ({bpp(size)} bpp)",
+              "vs_image": f"{size / png_bytes:.3f} of PNG"}
+             for name, size in (("bitstream .jai", jai_bytes), ("PNG", png_bytes), ("JPEG q90 (Pillow)", jpeg))]
+    report("bitstream: ingest from bitstreams vs images vs the pixel path", rows,
+           Path("benchmarks/results/bitstream.json"))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

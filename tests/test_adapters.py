@@ -1,0 +1,143 @@
+"""SFMA adapters: zero-initialised they change nothing, trained ones are verified, named in every row's
+weights digest and in the bitstream, the unchanged decoder decodes their bitstreams, and a tiny
+training run writes a checkpoint that loads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from latentsweep.codec import container, formation, weights
+from latentsweep.codec.adapters import AdapterSet, FrequencyModulationAdapter, SpatialModulationAdapter
+from latentsweep.codec.bitstream import BitstreamCodec
+from latentsweep.codec.container import BitstreamError
+from latentsweep.codec.embed import EmbedSettings, Embedder
+from latentsweep.codec.weights import WeightsError
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    from latentsweep import photos
+
+    return np.ascontiguousarray(photos.load("astronaut")[100:196, 200:328])  # 96 x 128: padded to 128 x 128
+
+
+@pytest.fixture(scope="module")
+def random_adapters(tmp_path_factory) -> str:
+    """Adapters with non-zero outputs (small random weights), saved as a verified checkpoint."""
+    torch.manual_seed(1)
+    adapters = AdapterSet()
+    for module in adapters.modules():
+        if isinstance(module, SpatialModulationAdapter):
+            torch.nn.init.normal_(module.out.weight, std=0.02)
+        if isinstance(module, FrequencyModulationAdapter):
+            torch.nn.init.normal_(module.linear.weight, std=0.02)
+    path = tmp_path_factory.mktemp("adapters") / "random.pt"
+    weights.save_adapters(adapters, path, {"base_weights_sha256": weights.digest(None), "bottleneck": 16})
+    return str(path)
+
+
+def test_fresh_adapters_leave_the_codec_unchanged(image):
+    model, _, _ = weights.load(None)
+    rgb = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
+    rgb = torch.nn.functional.pad(rgb, (0, 0, 0, 32))
+    with torch.inference_mode():
+        before = model.export(rgb)
+        handles = AdapterSet().attach(model)
+        after = model.export(rgb)
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    for handle in handles:
+        handle.remove()
+
+
+def test_checkpoint_verified_and_digest_names_the_adapters(random_adapters, tmp_path):
+    base = weights.digest(None)
+    digest = weights.adapters_digest(random_adapters)
+    assert weights.digest(None, random_adapters) == f"{base}+sfma-{digest[:16]}" != base
+    adapters, loaded_digest, meta = weights.load_adapters(random_adapters, base)
+    assert loaded_digest == digest and meta["bottleneck"] == 16
+    corrupt = tmp_path / "corrupt.pt"
+    data = bytearray(open(random_adapters, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    weights.sidecar(corrupt).write_text(weights.sidecar(__import__("pathlib").Path(random_adapters)).read_text())
+    with pytest.raises(WeightsError, match="checksum mismatch"):
+        weights.load_adapters(corrupt)
+    with pytest.raises(WeightsError, match="trained on codec weights"):
+        weights.load_adapters(random_adapters, "0" * 64)
+    with pytest.raises(WeightsError, match="not found"):
+        weights.adapters_digest(tmp_path / "missing.pt")
+
+
+def test_rows_of_two_spaces_never_share_an_ingest(random_adapters, tmp_path):
+    from latentsweep.ingest.run import IngestJob, _settings
+
+    without = _settings(IngestJob(str(tmp_path), str(tmp_path / "out"), EmbedSettings(feature_set="2lat")))
+    with_ = _settings(IngestJob(str(tmp_path), str(tmp_path / "out"),
+                                EmbedSettings(feature_set="2lat", adapters=random_adapters)))
+    assert without["weights_digest"] != with_["weights_digest"]
+    assert with_["weights_digest"].endswith(weights.adapters_digest(random_adapters)[:16])
+
+
+def test_bitstreams_carry_the_adapters_and_the_base_decoder_decodes_them(random_adapters, image):
+    adapted = BitstreamCodec(Embedder(EmbedSettings(feature_set="2lat", device="cpu", adapters=random_adapters)))
+    base = BitstreamCodec(Embedder(EmbedSettings(feature_set="2lat", device="cpu")))
+    assert adapted.embedder.weights_digest != base.embedder.weights_digest
+    data, tensors = adapted.compress(image)
+    bitstream = container.unpack(data)
+    assert bitstream.adapters_id == container.digest_id(weights.adapters_digest(random_adapters))
+    assert bitstream.weights_id == container.digest_id(weights.digest(None))
+    # the adapters moved the latents: these are not the base codec's
+    base_data, base_tensors = base.compress(image)
+    assert not torch.equal(tensors["y_hat_luma"], base_tensors["y_hat_luma"])
+    # the decoder is the same: the base codec decodes the adapters' bitstream to the same pixels
+    assert np.array_equal(base.decompress(data), adapted.decompress(data))
+    # latents of the adapters' space come back exactly, and only with the adapters loaded
+    decoded, _ = adapted.latents(data)
+    assert torch.equal(decoded["y_hat_luma"], tensors["y_hat_luma"])
+    with pytest.raises(BitstreamError, match="--adapters"):
+        base.latents(data)
+    with pytest.raises(BitstreamError, match="--adapters"):
+        adapted.latents(base_data)
+
+
+def test_formation_recipes_are_deterministic_and_cover_every_kind():
+    from latentsweep import photos
+
+    photo = photos.load("camera")
+    kinds = set()
+    for seed in range(40):
+        recipe = formation.random_recipe(np.random.default_rng(seed))
+        kinds.add(recipe.kind)
+        out = formation.render(recipe, photo, 64, np.random.default_rng(seed))
+        again = formation.render(formation.random_recipe(np.random.default_rng(seed)), photo, 64,
+                                 np.random.default_rng(seed))
+        assert out.shape == (64, 64, 3) and out.dtype == np.uint8 and np.array_equal(out, again)
+    assert kinds == set(formation.KINDS)
+
+
+def test_tiny_training_writes_verified_adapters(tmp_path):
+    from latentsweep.codec.train_adapters import AdapterTrainSettings, train
+
+    out = tmp_path / "tiny.pt"
+    meta = train(AdapterTrainSettings(steps=2, recipes=2, per_recipe=2, guard_images=2, log_every=1,
+                                      evaluate=False), str(out), progress=lambda line: None)
+    record = json.loads(weights.sidecar(out).read_text())
+    assert record["sha256"] == meta["sha256"] == weights.adapters_digest(out)
+    assert record["meta"]["base_weights_sha256"] == weights.digest(None)
+    adapters, _, _ = weights.load_adapters(out, weights.digest(None))
+    assert any(p.abs().sum() > 0 for name, p in adapters.named_parameters() if name.endswith("out.weight"))
+
+
+def test_shipped_adapters_keep_the_codec_within_its_guard():
+    """The default adapters load (checksum, weights_only) and their card holds the held-out check:
+    PSNR within 0.5 dB and rate within 5% of the base codec."""
+    if not weights.DEFAULT_ADAPTERS.exists():
+        pytest.skip("no shipped adapters")
+    adapters, digest, meta = weights.load_adapters("default", weights.digest(None))
+    assert digest == json.loads(weights.sidecar(weights.DEFAULT_ADAPTERS).read_text())["sha256"]
+    held_out = meta["held_out"]
+    assert held_out["psnr_delta_db"] > -0.5 and abs(held_out["rate_ratio"] - 1) < 0.05
