@@ -57,3 +57,21 @@ def test_codec_round_trip_reaches_the_psnr_of_the_weights_card():
     assert abs(np.mean(psnrs) - card["held_out_trained"]["psnr_db"]) < 0.1, psnrs
     with pytest.raises(ValueError, match="unknown condition"):
         robustness.apply("sharpen", IMAGE)
+
+
+def test_processed_corpus_keeps_labels_and_takes_the_first_of_each(tmp_path):
+    from PIL import Image
+
+    from latentsweep.experiment.robustness import processed_corpus
+
+    lines = ["uri,label,family"]
+    for label in ("a", "b"):
+        for n in range(3):
+            (tmp_path / "src" / label).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(IMAGE[n * 8:n * 8 + 64, :64]).save(tmp_path / "src" / label / f"{n}.png")
+            lines.append(f"{label}/{n}.png,{label},lib-{label}")
+    (tmp_path / "src" / "manifest.csv").write_text("\n".join(lines) + "\n")
+    out = processed_corpus(tmp_path / "src", tmp_path / "out", "jpeg50", round_trip=None, limit_per_label=2)
+    rows = (out / "manifest.csv").read_text().splitlines()
+    assert rows == ["uri,label,family", "a/0.jpg,a,lib-a", "a/1.jpg,a,lib-a", "b/0.jpg,b,lib-b", "b/1.jpg,b,lib-b"]
+    assert decode_image((out / "b" / "1.jpg").read_bytes()).shape == (64, 64, 3)

@@ -272,6 +272,7 @@ def test_paper_experiment_end_to_end_beats_chance(tmp_path, ray_session):
     import json
 
     from latentsweep import experiment
+    from latentsweep.experiment.common import vote_accuracy
 
     settings = experiment.ExperimentSettings(size=128, per_class=6, per_generator=12, queries_per_generator=6,
                                              software_size=48, software_per_class=4, software_queries_per_class=2,
@@ -294,7 +295,7 @@ def test_paper_experiment_end_to_end_beats_chance(tmp_path, ray_session):
     assert all(0 <= r["vote_accuracy"] <= 1 for r in controlled.values())
     assert controlled[("software-held-out-jpeg", "2lat", "queries")]["classes"] == 8
     assert controlled[("zoo-shared", "y_chroma", "queries")]["top1"] > 2 / 7  # chance is 1/7
-    one = experiment.vote_accuracy(tmp_path / "controlled" / "index" / "zoo-shared" / "y_chroma",
+    one = vote_accuracy(tmp_path / "controlled" / "index" / "zoo-shared" / "y_chroma",
                                    [str(tmp_path / "controlled" / "embeddings" / "zoo-shared" / "reference")], k=1)
     assert round(one["vote_accuracy"], 4) == controlled[("zoo-shared", "y_chroma", "reference")]["top1"]  # a 1-NN vote
     assert "Attribution where content is controlled" in text and "software-held-out-jpeg" in text

@@ -7,7 +7,9 @@ references and on held-out queries with new content, plus extra rows: the beyond
 Attribution where content is controlled (issue 15): the zoo without colour habits and with content
 shared across generators, and the real-software corpus (real photos, real libraries' resizers;
 :mod:`latentsweep.zoo.software`), tuning and held-out splits, clean and JPEG 80-95; the latent
-descriptors beside the forensic ``fingerprint`` and the classical ``residual_spectrum`` baseline.
+descriptors beside the forensic ``fingerprint`` and the classical ``residual_spectrum`` baseline;
+robustness to post-processing (:mod:`.robustness`) and the open set, leaving one generator out
+(:mod:`.open_set`), on the real-software held-out split.
 Every corpus is made, ingested with Ray, indexed and evaluated by the same code users run; each step
 resumes, so a rerun after an interruption only does what is missing.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from latentsweep.experiment.common import VOTE_K, evaluate_index, headline, ingest_corpus, subset
 from latentsweep.zoo.corpus import CorpusSettings
 
 FEATURE_SETS = ("2lat", "selected", "all")
@@ -31,7 +34,6 @@ CLASS_COUNTS = (2, 4, 8)
 # Where content is controlled: two latent descriptors, the pixel forensic descriptor and the classical
 # baseline (radially averaged power spectrum of the luma high-pass residual), all stored by ingest.
 CONTROLLED_FEATURES = ("2lat", "y_chroma", "fingerprint", "residual_spectrum")
-VOTE_K = 10  # neighbours of the k-NN vote (a sweep's default)
 
 
 @dataclass
@@ -49,12 +51,13 @@ class ExperimentSettings:
     software_jpeg: tuple[int, int] = (80, 95)  # JPEG variant: a quality drawn per image in this range
     controlled_features: tuple[str, ...] = CONTROLLED_FEATURES
     controlled: tuple[str, ...] = ()  # the controlled corpora to run (names of CONTROLLED; empty: all)
+    robustness_references: int = 20  # references per class copied under every condition (augmented rows)
 
     @classmethod
     def quick(cls) -> "ExperimentSettings":
         """Tiny sizes: every table, in a few minutes (tests, a first look)."""
         return cls(size=128, per_class=6, per_generator=12, queries_per_generator=6, software_size=96,
-                   software_per_class=8, software_queries_per_class=4)
+                   software_per_class=8, software_queries_per_class=4, robustness_references=2)
 
 
 def run(out: Path, settings: ExperimentSettings = ExperimentSettings(), log=print) -> dict:
@@ -64,6 +67,12 @@ def run(out: Path, settings: ExperimentSettings = ExperimentSettings(), log=prin
                "table1": semantic_table(out / "semantic", settings, log),
                **zoo_tables(out / "zoo", settings, log),
                "controlled": controlled_tables(out / "controlled", settings, log)}
+    if not settings.controlled or "software-held-out" in settings.controlled:
+        from latentsweep.experiment.open_set import open_set_table
+        from latentsweep.experiment.robustness import robustness_table
+
+        results["robustness"] = robustness_table(out / "robustness", out / "controlled", settings, log)
+        results["open_set"] = open_set_table(out / "open-set", out / "controlled", log)
     results["seconds"] = round(time.monotonic() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
@@ -80,95 +89,23 @@ def _default_weights() -> dict:
             "summary": f"{held_out['psnr_db']:.2f} dB at {held_out['bpp']:.3f} bpp on held-out photos"}
 
 
-def _ingest(source: Path, dest: Path, pooling: str = "gap", log=print) -> str:
-    from latentsweep.codec.embed import EmbedSettings
-    from latentsweep.ingest.run import IngestJob, run as ingest
-
-    summary = ingest(IngestJob(str(source / "manifest.csv"), str(dest),
-                               EmbedSettings(feature_set="all", pooling=pooling), shard_size=64, quiet=True))
-    log(f"experiment: ingest {source.name} ({pooling}): {summary.embedded}/{summary.inputs} embedded, "
-        f"{summary.images_per_second:.1f} images/s")
-    return str(dest)
-
-
-def _evaluate(embeddings: list[str], index: Path, features: str, out: Path, queries: list[str] | None = None,
-              vote: bool = False) -> dict:
-    """Build the index if missing, evaluate if not done; ``vote``: add the k-NN vote's accuracy."""
-    from latentsweep.index.build import IndexJob, build
-    from latentsweep.query.evaluate import evaluate
-
-    if not (index / "manifest.json").exists():
-        build(IndexJob(embeddings, str(index), features=features, shards=1, quiet=True))
-    if not (out / "metrics.json").exists():
-        evaluate(str(index), str(out), queries=queries)
-    metrics = json.loads((out / "metrics.json").read_text())
-    if vote:
-        if not (out / "vote.json").exists():
-            (out / "vote.json").write_text(json.dumps(vote_accuracy(index, queries or embeddings)))
-        metrics["overall"].update(json.loads((out / "vote.json").read_text()))
-    return metrics
-
-
-def vote_accuracy(index: Path, sources: list[str], k: int = VOTE_K) -> dict:
-    """Share of labelled queries whose k-NN vote (a sweep's ``predicted_label``: majority, ties to the
-    larger summed similarity) is their label; a query that is a reference leaves itself out."""
-    from latentsweep.index import features
-    from latentsweep.query.actor import QueryEngine
-    from latentsweep.query.vote import vote
-
-    engine = QueryEngine(str(index), k=k + 1)
-    correct = total = 0
-    for uri in features.embedding_files(sources):
-        batch = features.read_columns(uri, list(engine.manifest.columns))
-        labels = batch.metadata.column("label").to_pylist()
-        scores, _, neighbours = engine.search(batch.vectors, k, exclude_ids=batch.ids)
-        for label, row_scores, row_labels in zip(labels, scores, neighbours):
-            if label is not None:
-                total += 1
-                correct += vote(list(row_labels), row_scores, engine.families).label == label
-    return {"vote_accuracy": correct / max(total, 1), "vote_k": k}
-
-
-def _subset(source: str, dest: Path, labels: tuple[str, ...]) -> str:
-    """The rows of ``labels`` from an ingest output, as one embeddings file (2 and 4 class rows)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from latentsweep import storage
-    from latentsweep.index.features import embedding_files
-
-    target = dest / "embeddings" / "subset.parquet"
-    if not target.exists():
-        tables = [storage.read_table(uri) for uri in embedding_files([source])]
-        table = pa.concat_tables(tables)
-        storage.write_table(storage.Location.parse(str(target)),
-                            table.filter(pc.is_in(table.column("label"), pa.array(list(labels)))))
-    return str(dest)
-
-
 def semantic_table(root: Path, settings: ExperimentSettings, log) -> list[dict]:
     from latentsweep.zoo.semantic import CLASSES, make_semantic_corpus
 
     corpus = root / "corpus"
     if not (corpus / "manifest.csv").exists():
         make_semantic_corpus(corpus, max(CLASS_COUNTS), settings.per_class, settings.size)
-    embeddings = _ingest(corpus, root / "embeddings", log=log)
+    embeddings = ingest_corpus(corpus, root / "embeddings", log=log)
     rows = []
     for classes in CLASS_COUNTS:
-        source = embeddings if classes == max(CLASS_COUNTS) else _subset(
+        source = embeddings if classes == max(CLASS_COUNTS) else subset(
             embeddings, root / f"subset-{classes}", CLASSES[:classes])
         for features in FEATURE_SETS:
             name = f"{classes}-{features}"
-            metrics = _evaluate([source], root / "index" / name, features, root / "evaluation" / name)
-            rows.append({"classes": classes, "features": features, **_headline(metrics)})
+            metrics = evaluate_index([source], root / "index" / name, features, root / "evaluation" / name)
+            rows.append({"classes": classes, "features": features, **headline(metrics)})
             log(f"experiment: table 1, {classes} classes, {features}: top1 {rows[-1]['top1']:.3f}")
     return rows
-
-
-def _headline(metrics: dict) -> dict:
-    overall = metrics["overall"]
-    return {key: round(overall[key], 4) for key in ("top1", "precision_at_10", "map_at_10", "map_full", "type_top1",
-                                                    "vote_accuracy", "queries") if key in overall}
 
 
 def zoo_tables(root: Path, settings: ExperimentSettings, log) -> dict:
@@ -185,15 +122,15 @@ def zoo_tables(root: Path, settings: ExperimentSettings, log) -> dict:
             make_corpus(root / "corpus" / name, corpus)
     rows, main = [], {}
     for pooling in ("gap", "gap+std"):
-        embedded = {name: _ingest(root / "corpus" / name, root / "embeddings" / pooling / name, pooling, log)
+        embedded = {name: ingest_corpus(root / "corpus" / name, root / "embeddings" / pooling / name, pooling, log)
                     for name in corpora if pooling == "gap" or not name.startswith("queries-jpeg")}
         for features in ZOO_FEATURES:
             index = root / "index" / pooling / features
             for name in embedded:
                 queries = None if name == "reference" else [embedded[name]]
-                metrics = _evaluate([embedded["reference"]], index, features,
+                metrics = evaluate_index([embedded["reference"]], index, features,
                                     root / "evaluation" / pooling / features / name, queries)
-                rows.append({"pooling": pooling, "features": features, "query_set": name, **_headline(metrics)})
+                rows.append({"pooling": pooling, "features": features, "query_set": name, **headline(metrics)})
                 if pooling == "gap" and features == settings.main_features and name in ("reference", "queries"):
                     main[name] = metrics
                 log(f"experiment: zoo {pooling} {features} {name}: top1 {rows[-1]['top1']:.3f}")
@@ -241,7 +178,7 @@ def pixel_baseline(root: Path, settings: ExperimentSettings, log) -> dict:
     counts = {label: reference_labels.count(label) for label in set(reference_labels)}
     rows = metrics.per_queries(query_labels, np.asarray(reference_labels, dtype=object)[found],
                                [counts[label] for label in query_labels], families)
-    result = _headline({"overall": metrics.summarise(query_labels, rows, families)["overall"]})
+    result = headline({"overall": metrics.summarise(query_labels, rows, families)["overall"]})
     result.update({"latent_seconds_per_image": round(timings["latent"], 5),
                    "pixel_seconds_per_image": round(timings["pixel"], 5),
                    "pixel_over_latent_time": round(timings["pixel"] / timings["latent"], 3)})
@@ -293,14 +230,14 @@ def controlled_tables(root: Path, settings: ExperimentSettings, log) -> list[dic
             folder = root / "corpus" / name / query_set
             if not (folder / "manifest.csv").exists():
                 write(folder, corpus)
-            embedded[query_set] = _ingest(folder, root / "embeddings" / name / query_set, log=log)
+            embedded[query_set] = ingest_corpus(folder, root / "embeddings" / name / query_set, log=log)
         for features in settings.controlled_features:
             index = root / "index" / name / features
             for query_set in sets:
                 queries = None if query_set == "reference" else [embedded[query_set]]
-                metrics = _evaluate([embedded["reference"]], index, features,
+                metrics = evaluate_index([embedded["reference"]], index, features,
                                     root / "evaluation" / name / features / query_set, queries, vote=True)
-                rows.append({"corpus": name, "features": features, "query_set": query_set, **_headline(metrics),
+                rows.append({"corpus": name, "features": features, "query_set": query_set, **headline(metrics),
                              "classes": len(metrics["by_label"])})
                 log(f"experiment: controlled {name} {features} {query_set}: top1 {rows[-1]['top1']:.3f}")
     return rows
@@ -397,6 +334,14 @@ def markdown(results: dict) -> str:
               f"The pixel path takes {pixel['pixel_over_latent_time']:.2f}x the latent path's time per image.", ""]
     if results.get("controlled"):
         lines += controlled_markdown(results["controlled"], settings)
+    if results.get("robustness"):
+        from latentsweep.experiment.robustness import robustness_markdown
+
+        lines += robustness_markdown(results["robustness"], settings)
+    if results.get("open_set"):
+        from latentsweep.experiment.open_set import open_set_markdown
+
+        lines += open_set_markdown(results["open_set"])
     from latentsweep.query.evaluate import tables
 
     for name, title in (("reference", "leave-one-out on the references"), ("queries", "held-out queries")):

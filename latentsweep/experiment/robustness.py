@@ -1,0 +1,88 @@
+"""Robustness: Top-1 per post-processing condition on the real-software held-out split, against the
+clean references and against references augmented by processed copies (how much that recovers)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from latentsweep.experiment.common import evaluate_index, ingest_corpus
+
+ROBUSTNESS_FEATURES = ("2lat", "fingerprint", "residual_spectrum")
+CORPUS = "software-held-out"
+
+
+def processed_corpus(source: Path, dest: Path, condition: str, round_trip, limit_per_label: int | None = None) -> Path:
+    """``source``'s images after ``condition``, with its labels (each image its own noise seed); the
+    first ``limit_per_label`` images of each label when given."""
+    from latentsweep.ingest.decode import decode_image
+    from latentsweep.zoo.robustness import apply
+
+    if (dest / "manifest.csv").exists():
+        return dest
+    rows, taken = [], {}
+    with open(source / "manifest.csv", newline="") as handle:
+        for number, row in enumerate(csv.DictReader(handle)):
+            if limit_per_label is not None and taken.get(row["label"], 0) >= limit_per_label:
+                continue
+            taken[row["label"]] = taken.get(row["label"], 0) + 1
+            image = decode_image((source / row["uri"]).read_bytes())
+            data, suffix = apply(condition, image, seed=number, round_trip=round_trip)
+            name = str(Path(row["uri"]).with_suffix(suffix))
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_bytes(data)
+            rows.append({**row, "uri": name})
+    with open(dest / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return dest
+
+
+def robustness_table(root: Path, controlled: Path, settings, log) -> list[dict]:
+    """One row per condition and feature: Top-1 of the processed held-out queries against the clean
+    references, then against references plus processed copies of ``robustness_references`` per class
+    under every condition. ``controlled``: the controlled tables' folder (corpora and embeddings)."""
+    from latentsweep.codec.embed import Embedder, EmbedSettings
+    from latentsweep.zoo.robustness import CONDITIONS
+
+    round_trip = Embedder(EmbedSettings()).round_trip
+    corpus = controlled / "corpus" / CORPUS
+    clean = str(controlled / "embeddings" / CORPUS / "reference")
+    queries, copies = {}, []
+    for condition in CONDITIONS:
+        folder = processed_corpus(corpus / "queries", root / "corpus" / "queries" / condition, condition, round_trip)
+        queries[condition] = ingest_corpus(folder, root / "embeddings" / "queries" / condition, log=log)
+        folder = processed_corpus(corpus / "reference", root / "corpus" / "copies" / condition, condition,
+                                  round_trip, settings.robustness_references)
+        copies.append(ingest_corpus(folder, root / "embeddings" / "copies" / condition, log=log))
+    rows = []
+    for features in ROBUSTNESS_FEATURES:
+        for condition in CONDITIONS:
+            row = {"condition": condition, "features": features}
+            for name, references in (("top1", [clean]), ("top1_augmented", [clean, *copies])):
+                index = root / "index" / name / features
+                metrics = evaluate_index(references, index, features,
+                                         root / "evaluation" / name / features / condition, [queries[condition]])
+                row[name] = round(metrics["overall"]["top1"], 4)
+            rows.append(row)
+            log(f"experiment: robustness {features} {condition}: top1 {row['top1']:.3f}, "
+                f"augmented {row['top1_augmented']:.3f}")
+    return rows
+
+
+def robustness_markdown(rows: list[dict], settings: dict) -> list[str]:
+    from latentsweep.zoo.robustness import CONDITIONS
+
+    lines = ["## Robustness: post-processing conditions (real software, held-out split)", "",
+             "Held-out queries (new content) after each condition, against the clean references and against "
+             f"references augmented by processed copies ({settings['robustness_references']} per class under every "
+             "condition). Top-1 Acc.; chance 1/8. JPEG/WebP are Pillow's encoders; `codec` is a round trip "
+             "through this project's codec.", "",
+             "| condition | " + " | ".join(f"{f} | {f} +aug" for f in ROBUSTNESS_FEATURES) + " |",
+             "|---|" + "---|---|" * len(ROBUSTNESS_FEATURES)]
+    by = {(r["condition"], r["features"]): r for r in rows}
+    for condition in CONDITIONS:
+        cells = [f"{by[condition, f]['top1']:.3f} | {by[condition, f]['top1_augmented']:.3f}" for f in ROBUSTNESS_FEATURES]
+        lines.append(f"| {condition} | " + " | ".join(cells) + " |")
+    return lines + [""]
