@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["bench_codec.py", "bench_ingest.py", "bench_sweep.py", "bench_bounds.py", "bench_scale.py", "bench_query_memory.py"]
+BENCHMARKS = ["bench_codec.py", "bench_ingest.py", "bench_sweep.py", "bench_bounds.py", "bench_scale.py", "bench_query_memory.py",
+              "bench_bitstream.py"]
 
 if __name__ == "__main__":
     failed = [name for name in BENCHMARKS if subprocess.run([sys.executable, str(HERE / name)]).returncode]
