@@ -276,8 +276,12 @@ def test_sweep_is_idempotent_and_reports_metrics(reference, nightly_queries, tmp
     table = storage.read_table(str(parts[0]))
     schema.check(table.schema, "results", str(parts[0]))
     row = table.slice(0, 1).to_pylist()[0]
-    assert len(row["neighbor_ids"]) == 10 and row["predicted_label"] in LABELS
+    assert len(row["neighbor_ids"]) == 10 and row["predicted_label"] in LABELS + ["unknown"]
     assert row["neighbor_uris"][0].startswith("img://")
+    # no --open-set-threshold: the index's calibrated one decides which queries are unknown
+    calibrated = json.loads((reference["index"] / "manifest.json").read_text())["open_set_threshold"]
+    assert job.open_set_threshold == calibrated is not None
+    assert table.column("unknown").to_pylist() == [s < calibrated for s in table.column("top_score").to_pylist()]
     before = {p.name: p.stat().st_mtime_ns for p in parts}
     again = sweep(job)
     assert again.parts_already_done == 3 and again.queries == 240
