@@ -84,6 +84,60 @@ def _rate_mse(model, exported: dict, rgb: torch.Tensor) -> tuple[torch.Tensor, t
     return model.bits(exported) / (rgb.shape[-1] * rgb.shape[-2]), (reconstruction - rgb).square().mean(dim=(1, 2, 3))
 
 
+OUTPUT_LAYERS = ("spatial.out.weight", "spatial.out.bias", "frequency.linear.weight", "frequency.linear.bias")
+SHRINK = (1.0, 0.75, 0.6, 0.5, 0.4, 0.3, 0.2)
+
+
+def shrink(adapters: AdapterSet, factor: float, original: dict[str, torch.Tensor]) -> None:
+    """Scale the adapters' output layers (the ones that start at zero) to ``factor`` of ``original``."""
+    for name, parameter in adapters.named_parameters():
+        if name.endswith(OUTPUT_LAYERS):
+            parameter.data = original[name] * factor
+
+
+@torch.no_grad()
+def calibrate(model, adapters: AdapterSet, rate_limit: float = 0.04, psnr_limit: float = 0.35,
+              side: int = 256, progress=print) -> dict:
+    """Shrink the adapters' outputs to the largest factor of :data:`SHRINK` whose rate and PSNR on
+    ``side``-pixel crops (three per photo) of the codec's TRAINING photos stay within the limits
+    (training crops of 64 pixels under-state what the adapters cost on larger images). The held-out
+    photos are never used here."""
+    from latentsweep.codec import colour
+
+    crops = []
+    for name in photos.names("train"):
+        image = photos.load(name)
+        if min(image.shape[:2]) < side:
+            continue
+        for top, left in ((0, 0), ((image.shape[0] - side) // 2, (image.shape[1] - side) // 2),
+                          (image.shape[0] - side, image.shape[1] - side)):
+            crops.append(torch.from_numpy(np.ascontiguousarray(image[top:top + side, left:left + side]))
+                         .permute(2, 0, 1)[None].float().div(255.0))
+
+    def measure() -> tuple[float, float]:
+        psnrs, rates = [], []
+        for rgb in crops:
+            exported = model.export(rgb)
+            rate, mse = _rate_mse(model, exported, rgb)
+            psnrs.append(-10 * math.log10(max(mse.item(), 1e-12)))
+            rates.append(rate.item())
+        return float(np.mean(psnrs)), float(np.mean(rates))
+
+    original = {name: p.detach().clone() for name, p in adapters.named_parameters()}
+    adapters.enabled = False
+    base_psnr, base_rate = measure()
+    adapters.enabled = True
+    tried = []
+    for factor in SHRINK:
+        shrink(adapters, factor, original)
+        psnr, rate = measure()
+        tried.append({"factor": factor, "psnr_delta_db": psnr - base_psnr, "rate_ratio": rate / base_rate})
+        progress(f"calibration: outputs x{factor}: {psnr - base_psnr:+.2f} dB, rate x{rate / base_rate:.3f}")
+        if rate / base_rate - 1 <= rate_limit and base_psnr - psnr <= psnr_limit:
+            break
+    return {"factor": factor, "crops": len(crops), "side": side, "tried": tried}
+
+
 @torch.no_grad()
 def held_out_quality(model, adapters: AdapterSet) -> dict:
     """PSNR and estimated bpp on the held-out photos with and without the adapters."""
@@ -151,6 +205,7 @@ def train(settings: AdapterTrainSettings, out: str, progress=print) -> dict:
             break
     seconds = round(time.monotonic() - started, 1)
     adapters.eval()
+    calibration = calibrate(model, adapters, progress=progress) if settings.evaluate else None
     quality = held_out_quality(model, adapters) if settings.evaluate else None
     if quality:
         progress(f"held-out photos: {quality['base']['psnr_db']:.2f} dB / {quality['base']['bpp']:.3f} bpp without, "
@@ -160,7 +215,7 @@ def train(settings: AdapterTrainSettings, out: str, progress=print) -> dict:
             "parameters": parameter_count(adapters), "training": asdict(settings),
             "training_data": "random crops of photos.names('train') through random formation recipes "
                              "(latentsweep/codec/formation.py); no evaluation corpus's software or generator",
-            "held_out": quality, "train_seconds": seconds, "steps_done": len(history), "torch": torch.__version__,
+            "calibration": calibration, "held_out": quality, "train_seconds": seconds, "steps_done": len(history), "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "loss_last": [float(v) for v in np.mean(history[-settings.log_every:], axis=0)]}
     meta["sha256"] = weights.save_adapters(adapters, out, meta)
