@@ -151,7 +151,7 @@ def train_adapters(
     recipes: Annotated[int, typer.Option(help="Random formation recipes per step (the classes of a batch).")] = 8,
     per_recipe: Annotated[int, typer.Option(help="Crops per recipe (the positives).")] = 3,
     crop: Annotated[int, typer.Option(help="Crop side in pixels (a multiple of 64).")] = 64,
-    learning_rate: Annotated[float, typer.Option(help="Adam learning rate (cosine-annealed).")] = 5e-4,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate (cosine-annealed).")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, recipes and crops.")] = 0,
     weights: WeightsOption = None,
     config: ConfigOption = None,
@@ -164,7 +164,9 @@ def train_adapters(
     if crop % 64:
         raise typer.BadParameter("--crop must be a multiple of 64")
     meta = train(AdapterTrainSettings(steps, recipes, per_recipe, crop, learning_rate, seed=seed,
-                                      weights=str(weights) if weights else None), str(out), progress=typer.echo)
+                                      weights=str(weights) if weights else None,
+                                      max_seconds=60 * max_minutes if max_minutes else None),
+                 str(out), progress=typer.echo)
     typer.echo(f"wrote {out} (sha256 {meta['sha256'][:16]}...)")
 
 
