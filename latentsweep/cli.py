@@ -147,12 +147,14 @@ def train_codec(
 @command("train-adapters")
 def train_adapters(
     out: Annotated[Path, typer.Option(help="Adapter checkpoint to write (a .json checksum file goes beside it).")],
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 160,
+    steps: Annotated[int, typer.Option(help="Optimiser steps (cosine schedule).")] = 1200,
     recipes: Annotated[int, typer.Option(help="Random formation recipes per step (the classes of a batch).")] = 8,
     per_recipe: Annotated[int, typer.Option(help="Crops per recipe (the positives).")] = 3,
     crop: Annotated[int, typer.Option(help="Crop side in pixels (a multiple of 64).")] = 64,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate (cosine-annealed).")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, recipes and crops.")] = 0,
+    max_minutes: Annotated[Optional[float], typer.Option(
+        help="Stop training after this long (the shipped adapters: 25 minutes, 701 steps on 2 cores).")] = None,
     weights: WeightsOption = None,
     config: ConfigOption = None,
 ) -> None:
