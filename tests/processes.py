@@ -30,10 +30,12 @@ def run_command(command: list[str], env: dict | None = None, timeout: float = 30
 
 def interrupt_when(command: list[str], ready: Callable[[], bool], sig: int, timeout: float = 240) -> tuple[int, str]:
     """Start ``command`` in its own process group; once ``ready()`` holds, send ``sig`` to the group
-    (as Ctrl-C does to a terminal's foreground group). Returns (exit code, stderr)."""
+    (as Ctrl-C does to a terminal's foreground group). Returns (exit code, stderr). The child starts
+    with SIGINT at its default, as a terminal's foreground job has it: a test run started in the
+    background of a non-interactive shell inherits SIGINT ignored, and Python then keeps ignoring it."""
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(command, env=local_env(), start_new_session=True, stdout=subprocess.DEVNULL,
-                                   stderr=stderr)
+                                   stderr=stderr, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and process.poll() is None and not ready():
             time.sleep(0.02)
