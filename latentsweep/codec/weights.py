@@ -31,10 +31,14 @@ def sidecar(path: Path) -> Path:
 
 
 def save(model: BopCodec, path: str | Path, meta: dict) -> str:
-    """Write the checkpoint and its sidecar; return the digest."""
+    """Write the checkpoint (fp16) and its sidecar; return the digest."""
+    return _write_checkpoint({name: value.half() if value.is_floating_point() else value
+                              for name, value in model.state_dict().items()}, path, meta)
+
+
+def _write_checkpoint(state: dict, path: str | Path, meta: dict) -> str:
+    """``state`` saved to ``path`` with its sidecar (sha256 and the training card); returns the digest."""
     path = Path(path)
-    state = {name: value.half() if value.is_floating_point() else value
-             for name, value in model.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
@@ -162,15 +166,8 @@ def adapters_path(spec: str | Path | None) -> Path | None:
 
 def save_adapters(adapters, path: str | Path, meta: dict) -> str:
     """Write an adapter checkpoint (fp32: it is small) and its sidecar; return the digest."""
-    path = Path(path)
-    buffer = io.BytesIO()
-    torch.save({name: value.detach().float().cpu() for name, value in adapters.state_dict().items()}, buffer)
-    data = buffer.getvalue()
-    digest_ = hashlib.sha256(data).hexdigest()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    sidecar(path).write_text(json.dumps({"sha256": digest_, "meta": meta}, indent=2) + "\n")
-    return digest_
+    return _write_checkpoint({name: value.detach().float().cpu() for name, value in adapters.state_dict().items()},
+                             path, meta)
 
 
 def adapters_digest(spec: str | Path | None) -> str | None:
