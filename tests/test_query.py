@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -396,7 +397,9 @@ def test_interrupted_sweeps_resume_to_identical_results(reference, tmp_path):
 def test_a_rebuild_mid_sweep_leaves_the_sweep_on_its_version(tmp_path, ray_session):
     """The index is rebuilt (other references) after the sweep's first part, and the sweep's query
     actor is killed: the restarted actor loads the version the sweep began with (its pinned address),
-    so every part equals a sweep against a copy of the old index."""
+    so every part equals a sweep against a copy of the old index. The rebuild is made beforehand in a
+    copy of the index and lands as a build's last step does (its version folder, then manifest.json
+    replaced in one rename), so it lands mid-sweep however fast the sweep runs."""
     import shutil
     import threading
 
@@ -416,6 +419,9 @@ def test_a_rebuild_mid_sweep_leaves_the_sweep_on_its_version(tmp_path, ray_sessi
     run = lambda index_path, out: sweep(SweepJob([str(tmp_path / "night")], str(index_path), str(out),
                                                  date="2026-11-23", quiet=True, workers=1))
     run(tmp_path / "old-index", tmp_path / "clean")
+    rebuilt = tmp_path / "rebuilt"  # the next version of the index, built now, switched in mid-sweep
+    shutil.copytree(index, rebuilt)
+    version = build(IndexJob([str(tmp_path / "ref-b")], str(rebuilt), shards=1, quiet=True)).build_version
     done = tmp_path / "disturbed" / "date=2026-11-23" / "_done"
     events: list[str] = []
 
@@ -428,8 +434,10 @@ def test_a_rebuild_mid_sweep_leaves_the_sweep_on_its_version(tmp_path, ray_sessi
     def rebuild_and_kill():
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and not (done.exists() and any(done.iterdir())):
-            time.sleep(0.01)
-        build(IndexJob([str(tmp_path / "ref-b")], str(index), shards=1, quiet=True))
+            time.sleep(0.002)
+        shutil.copytree(rebuilt / version, index / version)
+        shutil.copy(rebuilt / "manifest.json", index / "manifest.json.new")
+        os.replace(index / "manifest.json.new", index / "manifest.json")
         events.append(f"rebuilt after {len(list(done.iterdir()))} parts")
         for process in psutil.Process().children(recursive=True):
             try:
