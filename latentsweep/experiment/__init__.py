@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentsweep.experiment.common import VOTE_K, evaluate_index, headline, ingest_corpus, subset
+from latentsweep.experiment.common import HELD_OUT_CORPUS, VOTE_K, evaluate_index, headline, ingest_corpus, subset
 from latentsweep.zoo.corpus import CorpusSettings
 
 FEATURE_SETS = ("2lat", "selected", "all")
@@ -67,7 +67,7 @@ def run(out: Path, settings: ExperimentSettings = ExperimentSettings(), log=prin
                "table1": semantic_table(out / "semantic", settings, log),
                **zoo_tables(out / "zoo", settings, log),
                "controlled": controlled_tables(out / "controlled", settings, log)}
-    if not settings.controlled or "software-held-out" in settings.controlled:
+    if not settings.controlled or HELD_OUT_CORPUS in settings.controlled:
         from latentsweep.experiment.open_set import open_set_table
         from latentsweep.experiment.robustness import robustness_table
 

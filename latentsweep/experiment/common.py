@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 VOTE_K = 10  # neighbours of the k-NN vote (a sweep's default)
+HELD_OUT_CORPUS = "software-held-out"  # the controlled corpus robustness and the open set are measured on
 
 
 def ingest_corpus(source: Path, dest: Path, pooling: str = "gap", log=print) -> str:

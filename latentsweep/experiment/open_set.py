@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from latentsweep.experiment.common import VOTE_K, subset
+from latentsweep.experiment.common import HELD_OUT_CORPUS as CORPUS, VOTE_K, subset
 
 OPEN_SET_FEATURES = ("2lat", "fingerprint", "residual_spectrum")
-CORPUS = "software-held-out"
 
 
 def leave_one_out(references: str, queries: str, left_out: str, labels: list[str], features: str, root: Path) -> dict:

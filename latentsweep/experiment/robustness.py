@@ -6,10 +6,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from latentsweep.experiment.common import evaluate_index, ingest_corpus
+from latentsweep.experiment.common import HELD_OUT_CORPUS as CORPUS, evaluate_index, ingest_corpus
 
 ROBUSTNESS_FEATURES = ("2lat", "fingerprint", "residual_spectrum")
-CORPUS = "software-held-out"
 
 
 def processed_corpus(source: Path, dest: Path, condition: str, round_trip, limit_per_label: int | None = None) -> Path:
@@ -60,8 +59,9 @@ def robustness_table(root: Path, controlled: Path, settings, log) -> list[dict]:
     for features in ROBUSTNESS_FEATURES:
         for condition in CONDITIONS:
             row = {"condition": condition, "features": features}
-            for name, references in (("top1", [clean]), ("top1_augmented", [clean, *copies])):
-                index = root / "index" / name / features
+            for name, references, index in (
+                    ("top1", [clean], controlled / "index" / CORPUS / features),  # the controlled table's own
+                    ("top1_augmented", [clean, *copies], root / "index" / "augmented" / features)):
                 metrics = evaluate_index(references, index, features,
                                          root / "evaluation" / name / features / condition, [queries[condition]])
                 row[name] = round(metrics["overall"]["top1"], 4)
