@@ -1,6 +1,7 @@
 """Fetched inputs -> vectors: images through the codec and the pixel descriptors, exported latents
 (``.pt``) pooled directly, bitstreams (``.jai``) entropy-decoded and through the hyperprior only (neither
-has pixels: their descriptor rows stay empty and are written as null). Loads the codec once; a bad image never sinks its batch (the batch is retried one by one)."""
+has pixels: their descriptor rows stay empty and are written as null). Loads the codec once; a bad
+image never sinks its batch (the batch is retried one by one)."""
 
 from __future__ import annotations
 
