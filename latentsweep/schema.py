@@ -18,7 +18,7 @@ from latentsweep.errors import UsageError
 SCHEMA_KEY = "latentsweep.schema"
 # embeddings/2, errors/2: rows carry the input's ``version``, so a rerun reuses them item by item.
 # manifest/2: the ingest plan, one row group per shard, in parts of SHARDS_PER_PART shards.
-VERSIONS = {"embeddings": 2, "errors": 2, "results": 1, "manifest": 2}
+VERSIONS = {"embeddings": 2, "errors": 2, "results": 2, "manifest": 2}
 
 
 class SchemaError(UsageError):
@@ -152,6 +152,7 @@ RESULT_SCHEMA = pa.schema([
     pa.field("predicted_family", pa.string()),
     pa.field("vote_share", pa.float32()),
     pa.field("top_score", pa.float32()),
+    pa.field("confidence", pa.float32()),     # P(predicted_label is right), calibrated by the index; NULL if unknown
     pa.field("unknown", pa.bool_()),
     pa.field("neighbor_ids", pa.list_(pa.int64())),
     pa.field("neighbor_labels", pa.list_(pa.string())),

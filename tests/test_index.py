@@ -13,8 +13,9 @@ from latentsweep import storage
 from latentsweep.errors import JobFailed, UsageError
 from latentsweep.index import factory
 from latentsweep.index.build import (FILE_BYTES_PER_DIM, METADATA_ROW_BYTES, WORKER_BYTES, IndexJob, add, allocate,
-                                     build, check, open_set_threshold, recall_at_k, shard_memory)
-from latentsweep.index.lookup import MISSING
+                                     build, check, recall_at_k, shard_memory)
+from latentsweep.decision.calibration import table_key
+from latentsweep.decision.vote import votes
 from latentsweep.index.scaler import Scaler
 from latentsweep.index.shards import ShardedIndex, merge
 
@@ -269,15 +270,7 @@ def test_check_refuses_a_recall_floor_outside_zero_one(reference_set):
         check(IndexJob([str(reference_set[0])], "unused", min_recall=1.5), existing=None)
 
 
-def test_open_set_threshold_leaves_each_reference_out_and_takes_the_target_quantile():
-    own = np.arange(20)
-    best_other = np.linspace(0.1, 0.9, 20)[::-1]          # the references' nearest other, known by design
-    ids = np.stack([own, (own + 1) % 20, np.full(20, MISSING)], axis=1)    # each finds itself first
-    scores = np.stack([np.ones(20), best_other, np.full(20, -np.inf)], axis=1)
-    assert open_set_threshold(scores, ids, own, 0.05) == pytest.approx(np.sort(best_other)[1])
-    assert open_set_threshold(scores, ids, own, 0.0) == pytest.approx(0.1)  # nothing falls below
-    alone = np.stack([own, np.full(20, MISSING), np.full(20, MISSING)], axis=1)
-    assert open_set_threshold(scores, alone, own, 0.05) is None             # no other reference to score
+def test_check_refuses_an_open_set_target_outside_zero_one():
     with pytest.raises(UsageError, match="--open-set-target"):
         check(IndexJob(["unused"], "unused", open_set_target=1.0), existing=None)
 
@@ -293,6 +286,30 @@ def test_build_calibrates_the_open_set_threshold_on_its_references(reference_set
     np.fill_diagonal(similarity, -np.inf)
     below = float((similarity.max(axis=1) < manifest.open_set_threshold).mean())
     assert 0.02 <= below <= 0.09, below
+
+
+def test_build_calibrates_the_votes_confidence_on_its_references(tmp_path, ray_session):
+    """One table per k up to 10 and vote kind, fitted on the 1,000 sampled references of overlapping
+    classes (wide clusters); at k = 10 the tables' average probability is the leave-one-out vote
+    accuracy of all 3,000 references (searched exactly here) within sampling error, and a larger vote
+    share never reads as less likely."""
+    vectors, assignment = clustered(3000, len(LABELS), DIM, seed=8, spread=2.5)
+    labels = [LABELS[a] for a in assignment]
+    write_ingest_output(str(tmp_path / "embeddings"), vectors, labels, FAMILIES, files=3)
+    manifest = build(IndexJob([str(tmp_path / "embeddings")], str(tmp_path / "index"), shards=2, quiet=True))
+    assert set(manifest.confidence) == {table_key(k, w) for k in range(1, 11) for w in (False, True)}
+    table = manifest.confidence[table_key(10, False)]
+    assert sum(table["queries"]) == 1000 and np.all(np.diff(table["probability"]) >= 0)
+    prepared = ShardedIndex.load(str(tmp_path / "index")).prepare(vectors)
+    similarity = prepared @ prepared.T
+    np.fill_diagonal(similarity, -np.inf)
+    nearest = np.argsort(-similarity, axis=1)[:, :10]
+    codes = np.array([LABELS.index(label) for label in labels])
+    decided = votes(codes[nearest], np.take_along_axis(similarity, nearest, axis=1))
+    accuracy = float((decided.codes == codes).mean())
+    expected = np.dot(table["probability"], table["queries"]) / 1000
+    assert abs(expected - accuracy) < 0.05, (expected, accuracy)
+    assert 0.3 < accuracy < 0.995  # the fixture's clusters overlap: a table that could be wrong
 
 
 def _corrupt_column(path, column: str) -> None:

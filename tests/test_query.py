@@ -22,7 +22,8 @@ from latentsweep.query.actor import QueryEngine, drop_self, query_actor, start_p
 from latentsweep.query.evaluate import evaluate
 from latentsweep.query.pull import pull
 from latentsweep.query.sweep import SweepJob, sweep
-from latentsweep.query.vote import vote, votes
+from latentsweep.decision.calibration import confidence
+from latentsweep.decision.vote import vote, votes
 
 DIM = sum(DIMS.values())
 LABELS = ["sg2", "sg3", "sana", "sd"]
@@ -283,6 +284,12 @@ def test_sweep_is_idempotent_and_reports_metrics(reference, nightly_queries, tmp
     calibrated = json.loads((reference["index"] / "manifest.json").read_text())["open_set_threshold"]
     assert job.open_set_threshold == calibrated is not None
     assert table.column("unknown").to_pylist() == [s < calibrated for s in table.column("top_score").to_pylist()]
+    # each attributed query carries the index's calibrated confidence for its vote share; unknown ones none
+    tables = json.loads((reference["index"] / "manifest.json").read_text())["confidence"]
+    expected = confidence(tables, 10, False, table.column("vote_share").to_numpy())
+    got, unknown = table.column("confidence").to_pylist(), table.column("unknown").to_pylist()
+    assert [g is None for g in got] == unknown
+    np.testing.assert_allclose([g for g in got if g is not None], expected[~np.array(unknown)], rtol=1e-6)
     before = {p.name: p.stat().st_mtime_ns for p in parts}
     again = sweep(job)
     assert again.parts_already_done == 3 and again.queries == 240

@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -146,9 +147,10 @@ def test_labelled_night_scores_the_vote_with_the_nearest_neighbour_beside_it(syn
     assert f"{overall['vote_accuracy']:.3f}" in page and f"{overall['top1']:.3f}" in page
     assert "Attribution of the 66 labelled queries (of 66)" in page
     rows = table_rows(page)
-    assert len(rows) == 66 and len(rows[0]["cells"]) == 7  # ... and the true label
-    scores = [float(row["cells"][4]) for row in rows]
-    assert scores == sorted(scores)  # least confident first
+    assert len(rows) == 66 and len(rows[0]["cells"]) == 8  # ... and the true label
+    assert all((row["cells"][4] == "—") == (row["attrs"]["data-unknown"] == "1") for row in rows)
+    order = [(-math.inf if row["cells"][4] == "—" else float(row["cells"][4]), float(row["cells"][5])) for row in rows]
+    assert order == sorted(order) and order[-1][0] > order[0][0]  # least confident first: unknown, then confidence
     assert sum(row["attrs"]["data-unknown"] == "1" for row in rows) == summary.unknown
     assert sum(row["attrs"].get("class") == "miss" for row in rows) == 66 - vote_hits
     # the images (img://) are not reachable: the page says so instead of showing strips
@@ -173,7 +175,8 @@ def test_success_record_holds_timing_and_provenance(synthetic):
     block = page[page.index('id="provenance"'):page.index("</table>", page.index('id="provenance"'))]
     for value in (str(root / "index"), manifest.created, provenance["index_manifest_sha256"][:16], "gap",
                   "y_hat_luma, y_hat_chroma", "jpegai-bop", "w1", f"{THRESHOLD}", DATE, "66 queries, 66 labelled",
-                  f"{synthetic['summary'].unknown} unknown", "2 parts"):
+                  f"{synthetic['summary'].unknown} unknown", "2 parts",
+                  f"calibrated leave-one-out on {provenance['confidence_calibrated_on']} of the index's references"):
         assert value in block, value
     assert re.search(r"<th>k</th><td>10</td>", block)
 
@@ -189,8 +192,9 @@ def test_table_cap_and_strip_sample_are_stated(synthetic, monkeypatch):
     page = report.render(results, record["summary"], record["provenance"], FAMILIES).decode()
     assert "The table holds the 10 least confident of the 66 queries" in page
     rows = table_rows(page)
-    lowest = sorted(results.column("top_score").to_pylist())[:10]
-    assert len(rows) == 10 and [float(row["cells"][4]) for row in rows] == pytest.approx(lowest, abs=1e-3)
+    lowest = sorted((-math.inf if c is None else c, t) for c, t in zip(results.column("confidence").to_pylist(),
+                                                                     results.column("top_score").to_pylist()))[:10]
+    assert len(rows) == 10 and [float(row["cells"][5]) for row in rows] == pytest.approx([t for _, t in lowest], abs=1e-3)
     assert "Neighbour strips for 5 of 66 queries: the 2 least confident and 3 chosen at random (seed 0)." in page
     assert page.count('class="strip"') == 5
     assert report.render(results, record["summary"], record["provenance"], FAMILIES).decode() == page  # seeded
@@ -206,12 +210,13 @@ def test_filter_from_the_url_hash_in_chromium(synthetic, tmp_path):
     assert len(visible) == counts[label] and {row["attrs"]["data-predicted"] for row in visible} == {label}
     unknown = [row for row in table_rows(dumped_dom(page, "unknown=1", tmp_path / "profile"))
                if "hidden" not in row["attrs"]]
-    assert len(unknown) == synthetic["summary"].unknown and all(row["cells"][5] == "yes" for row in unknown)
+    assert len(unknown) == synthetic["summary"].unknown and all(row["cells"][6] == "yes" for row in unknown)
     # two clicks on the confidence header: most confident first
     clicked = tmp_path / "clicked.html"
     clicked.write_text(page.read_text().replace("</body>", "<script>var th = document.querySelectorAll("
                                                 "'#query-table th')[4]; th.click(); th.click();</script></body>"))
-    scores = [float(row["cells"][4]) for row in table_rows(dumped_dom(clicked, "", tmp_path / "profile"))]
+    scores = [-math.inf if row["cells"][4] == "—" else float(row["cells"][4])
+              for row in table_rows(dumped_dom(clicked, "", tmp_path / "profile"))]
     assert len(scores) == 66 and scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
 
 
@@ -320,7 +325,7 @@ def test_unlabelled_night_has_no_metrics_and_neutral_frames(photos):
     assert all(colour not in text for colour in report.FRAME.values())  # no red (or green) frames
     assert text.count(f"border:3px solid {report.NEUTRAL}") >= 6 * 5
     rows = table_rows(text)
-    assert len(rows) == 6 and len(rows[0]["cells"]) == 6  # no true-label column
+    assert len(rows) == 6 and len(rows[0]["cells"]) == 7  # no true-label column
     assert not any(row["attrs"].get("class") == "miss" for row in rows)
     pixels = screenshot(page, photos / "night.png")
     assert pixels.std() > 20

@@ -5,20 +5,25 @@ headline metrics of a row."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 VOTE_K = 10  # neighbours of the k-NN vote (a sweep's default)
 HELD_OUT_CORPUS = "software-held-out"  # the controlled corpus robustness and the open set are measured on
 
 
-def ingest_corpus(source: Path, dest: Path, pooling: str = "gap", log=print) -> str:
+def ingest_corpus(source: Path, dest: Path, pooling: str = "gap", log=print, adapters: str | None = None) -> str:
+    """``adapters``: ingest through the codec with SFMA adapters (``ingest --adapters``), its own space."""
     from latentsweep.codec.embed import EmbedSettings
     from latentsweep.ingest.run import IngestJob, run as ingest
 
     summary = ingest(IngestJob(str(source / "manifest.csv"), str(dest),
-                               EmbedSettings(feature_set="all", pooling=pooling), shard_size=64, quiet=True))
-    log(f"experiment: ingest {source.name} ({pooling}): {summary.embedded}/{summary.inputs} embedded, "
-        f"{summary.images_per_second:.1f} images/s")
+                               EmbedSettings(feature_set="all", pooling=pooling, adapters=adapters), shard_size=64,
+                               quiet=True))
+    log(f"experiment: ingest {source.name} ({pooling}{', adapters ' + adapters if adapters else ''}): "
+        f"{summary.embedded}/{summary.inputs} embedded, {summary.images_per_second:.1f} images/s")
     return str(dest)
 
 
@@ -40,24 +45,51 @@ def evaluate_index(embeddings: list[str], index: Path, features: str, out: Path,
     return metrics
 
 
-def vote_accuracy(index: Path, sources: list[str], k: int = VOTE_K) -> dict:
-    """Share of labelled queries whose k-NN vote (a sweep's ``predicted_label``: majority, ties to the
-    larger summed similarity) is their label; a query that is a reference leaves itself out."""
+@dataclass
+class QueryVotes:
+    """Every query of a set voted as a sweep votes, one array entry each."""
+    label: np.ndarray               # true label (None when unlabelled)
+    predicted: np.ndarray           # the vote's label (``unknown`` under the open-set threshold)
+    share: np.ndarray               # the winner's share of the votes
+    top: np.ndarray                 # similarity of the nearest reference
+    confidence: np.ndarray | None   # the index's calibrated P(right); None without a calibration
+
+
+def query_votes(index: Path, sources: list[str], k: int = VOTE_K, open_set: bool = False) -> QueryVotes:
+    """The queries of ``sources`` against ``index``: their k nearest (a query that is a reference
+    leaves itself out) and the k-NN vote; ``open_set``: at the index's calibrated threshold."""
+    from latentsweep.decision.calibration import confidence
+    from latentsweep.decision.vote import vote
     from latentsweep.index import features
     from latentsweep.query.actor import QueryEngine
-    from latentsweep.query.vote import vote
 
     engine = QueryEngine(str(index), k=k + 1)
-    correct = total = 0
+    threshold = engine.manifest.open_set_threshold if open_set else None
+    found: list[tuple] = []
     for uri in features.embedding_files(sources):
         batch = features.read_columns(uri, list(engine.manifest.columns))
-        labels = batch.metadata.column("label").to_pylist()
         scores, _, neighbours = engine.search(batch.vectors, k, exclude_ids=batch.ids)
-        for label, row_scores, row_labels in zip(labels, scores, neighbours):
-            if label is not None:
-                total += 1
-                correct += vote(list(row_labels), row_scores, engine.families).label == label
-    return {"vote_accuracy": correct / max(total, 1), "vote_k": k}
+        for label, row_scores, row_labels in zip(batch.metadata.column("label").to_pylist(), scores, neighbours):
+            decided = vote(list(row_labels), row_scores, engine.families, open_set_threshold=threshold)
+            found.append((label, decided.label, decided.share, decided.top_score))
+    columns = list(zip(*found)) or [()] * 4
+    label, predicted = np.array(columns[0], dtype=object), np.array(columns[1], dtype=object)
+    share, top = np.array(columns[2], np.float64), np.array(columns[3], np.float64)
+    return QueryVotes(label, predicted, share, top, confidence(engine.manifest.confidence, k, False, share))
+
+
+def vote_accuracy(index: Path, sources: list[str], k: int = VOTE_K) -> dict:
+    """Share of labelled queries whose k-NN vote (a sweep's ``predicted_label``: majority, ties to the
+    larger summed similarity) is their label, and the calibration curve of the confidence a sweep
+    gives each vote (the index's own leave-one-out calibration)."""
+    from latentsweep.query.metrics import reliability
+
+    voted = query_votes(index, sources, k)
+    labelled = np.array([label is not None for label in voted.label], bool)
+    correct = voted.predicted[labelled] == voted.label[labelled]
+    return {"vote_accuracy": float(correct.mean()) if len(correct) else 0.0, "vote_k": k,
+            **({"reliability": reliability(voted.confidence[labelled], correct)}
+               if voted.confidence is not None and len(correct) else {})}
 
 
 def subset(source: str, dest: Path, labels: tuple[str, ...]) -> str:

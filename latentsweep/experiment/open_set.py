@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentsweep.experiment.common import HELD_OUT_CORPUS as CORPUS, VOTE_K, subset
+from latentsweep.experiment.common import HELD_OUT_CORPUS as CORPUS, VOTE_K, query_votes, subset
 
 OPEN_SET_FEATURES = ("2lat", "fingerprint", "residual_spectrum")
 
@@ -16,32 +16,20 @@ OPEN_SET_FEATURES = ("2lat", "fingerprint", "residual_spectrum")
 def leave_one_out(references: str, queries: str, left_out: str, labels: list[str], features: str, root: Path) -> dict:
     """AUROC of minus the best similarity (unknown score) between the left-out class's queries and the
     others', and the sweep's decisions at the calibrated threshold."""
-    from latentsweep.index import features as feature_files
+    from latentsweep.decision.vote import UNKNOWN
     from latentsweep.index.build import IndexJob, build
-    from latentsweep.query.actor import QueryEngine
     from latentsweep.query.metrics import auroc
-    from latentsweep.query.vote import UNKNOWN, vote
 
     kept = subset(references, root / "references" / left_out, tuple(label for label in labels if label != left_out))
     index = root / "index" / features / left_out
     if not (index / "manifest.json").exists():
         build(IndexJob([kept], str(index), features=features, shards=1, quiet=True))
-    engine = QueryEngine(str(index), use_gpu=False)
-    threshold = engine.manifest.open_set_threshold
-    top, truth, decided = [], [], []
-    for uri in feature_files.embedding_files([queries]):
-        batch = feature_files.read_columns(uri, list(engine.manifest.columns))
-        scores, _, neighbours = engine.search(batch.vectors, VOTE_K)
-        for label, row_scores, row_labels in zip(batch.metadata.column("label").to_pylist(), scores, neighbours):
-            top.append(float(row_scores[0]))
-            truth.append(label)
-            decided.append(vote(list(row_labels), row_scores, engine.families, open_set_threshold=threshold).label)
-    top, truth, decided = np.array(top), np.array(truth, dtype=object), np.array(decided, dtype=object)
-    unknown = truth == left_out
-    return {"auroc": auroc(-top[unknown], -top[~unknown]), "threshold": threshold,
-            "unknown_detected": float((decided[unknown] == UNKNOWN).mean()),
-            "known_accuracy": float((decided[~unknown] == truth[~unknown]).mean()),
-            "known_called_unknown": float((decided[~unknown] == UNKNOWN).mean())}
+    voted = query_votes(index, [queries], VOTE_K, open_set=True)
+    unknown = voted.label == left_out
+    return {"auroc": auroc(-voted.top[unknown], -voted.top[~unknown]),
+            "unknown_detected": float((voted.predicted[unknown] == UNKNOWN).mean()),
+            "known_accuracy": float((voted.predicted[~unknown] == voted.label[~unknown]).mean()),
+            "known_called_unknown": float((voted.predicted[~unknown] == UNKNOWN).mean())}
 
 
 def open_set_table(root: Path, controlled: Path, log, feature_sets: tuple[str, ...] = OPEN_SET_FEATURES) -> list[dict]:

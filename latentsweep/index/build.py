@@ -31,6 +31,7 @@ import numpy as np
 
 from latentsweep import lock, storage
 from latentsweep.console import stage_log
+from latentsweep.decision.calibration import confidence_tables, open_set_threshold, table_key
 from latentsweep.errors import UsageError
 from latentsweep.index import factory, features
 from latentsweep.index.manifest import (MANIFEST_NAME, Manifest, ShardEntry, clean, load, locate, save, sha256,
@@ -118,19 +119,6 @@ def recall_at_k(truth: np.ndarray, found: np.ndarray, own: np.ndarray, k: int) -
         if expected:
             shares.append(len(set(expected) & set(got)) / len(expected))
     return float(np.mean(shares)) if shares else 1.0
-
-
-def open_set_threshold(scores: np.ndarray, ids: np.ndarray, own: np.ndarray, target: float) -> float | None:
-    """The similarity under which a sweep calls a query ``unknown``, calibrated leave-one-out on the
-    index's own references: ``scores``/``ids`` are sampled references' exact neighbours (best first,
-    each reference among them), ``own`` their ids. Each reference's best similarity to another one is
-    what a known generator's image scores; the threshold is the largest value under which at most
-    ``target`` of them fall. None without a sample (nothing to calibrate on)."""
-    others = np.where((ids != own[:, None]) & (ids != MISSING), scores, -np.inf).max(axis=1, initial=-np.inf)
-    best = np.sort(others[np.isfinite(others)])
-    if not len(best):
-        return None
-    return float(best[int(np.floor(target * len(best)))])
 
 
 def _read(uri: str, columns: list[str], skip_ids: np.ndarray | None, with_uri: bool = False):
@@ -258,7 +246,8 @@ def _build_shard(shard_id: int, files: list[str], columns: list[str], dimension:
              "count": int(index.ntotal)}
     storage.write_bytes(root.join(entry["index_file"]), serialised.data)
     del serialised
-    metadata_bytes = storage.table_bytes(pa.concat_tables(tables))
+    metadata = pa.concat_tables(tables)
+    metadata_bytes = storage.table_bytes(metadata)
     storage.write_bytes(root.join(entry["metadata_file"]), metadata_bytes)
     entry["metadata_sha256"] = sha256(metadata_bytes)
     recall = None
@@ -267,8 +256,18 @@ def _build_shard(shard_id: int, files: list[str], columns: list[str], dimension:
         for params in ladder:
             factory.apply_search_params(index, params)
             approximate.append(index.search(queries, k))
-        recall = {"exact": exact, "approximate": approximate}
+        recall = {"exact": exact, "approximate": approximate, "labels": _labels_of(metadata, exact[1])}
     return {"entry": entry, "recall": recall}
+
+
+def _labels_of(metadata, ids: np.ndarray) -> dict[int, str]:
+    """The labels of those ``ids`` this shard holds (the exact neighbours of the sample: what the
+    confidence calibration votes with)."""
+    import pyarrow as pa
+
+    found = metadata.filter(pa.array(np.isin(metadata.column("id").to_numpy(), ids[ids != MISSING])))
+    return {i: label for i, label in zip(found.column("id").to_pylist(), found.column("label").to_pylist())
+            if label is not None}
 
 
 def _log(job: IndexJob):
@@ -468,8 +467,8 @@ def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.
         raise
     if recall:
         params = recall["search_params"]
-    threshold = existing.open_set_threshold if existing else _calibrate(
-        [r["recall"] for r in results], sampled, job.open_set_target, log) if queries else None
+    threshold, confidence = (existing.open_set_threshold, existing.confidence) if existing else _calibrate(
+        [r["recall"] for r in results], sampled, job.open_set_target, log) if queries else (None, {})
     manifest = Manifest(
         dimension=dimension, features=existing.features if existing else job.features, columns=columns,
         pooling=pooling, codec=codec, weights_digest=weights_digest, scaler=scaler.to_dict(),
@@ -482,7 +481,7 @@ def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.
         recall_tried=recall["tried"] if recall else existing.recall_tried if existing else [],
         skipped_existing_ids=skipped_total, open_set_threshold=threshold,
         open_set_target=existing.open_set_target if existing else job.open_set_target,
-        open_set_queries=existing.open_set_queries if existing else queries)
+        open_set_queries=existing.open_set_queries if existing else queries, confidence=confidence)
     held.check()  # never switch the manifest of an index another run has taken over
     save(root.uri, manifest)
     removed = clean(root.uri, [manifest] + ([previous] if previous else []))
@@ -511,14 +510,25 @@ def _check_training(spec: str, train: int, total: int, queries: int, log) -> Non
             f"39 recommended){held}")
 
 
-def _calibrate(parts: list[dict], query_ids: np.ndarray, target: float, log) -> float | None:
-    """The open-set threshold from the shards' exact neighbours of the sample, merged."""
+def _calibrate(parts: list[dict], query_ids: np.ndarray, target: float, log) -> tuple[float | None, dict]:
+    """The open-set threshold and the vote's confidence tables from the shards' exact neighbours of the
+    sample, merged; each sampled reference votes with its neighbours other than itself."""
     scores, ids = merge([part["exact"] for part in parts], RECALL_K + 1)
-    threshold = open_set_threshold(scores, ids, query_ids, target)
+    threshold = open_set_threshold(scores, ids, query_ids, target, MISSING)
     if threshold is not None:
         log(f"index: open-set threshold {threshold:.4f}: {target:.0%} of {len(query_ids)} sampled references "
             f"fall below it against the others (sweeps call such queries unknown; --open-set-threshold overrides)")
-    return threshold
+    labels = {i: label for part in parts for i, label in part["labels"].items()}
+    codes = {label: code for code, label in enumerate(sorted(set(labels.values())))}
+    code_of = np.vectorize(lambda i: codes.get(labels.get(int(i)), -1), otypes=[np.int64])
+    # the others' positions, best first (all RECALL_K + 1 hits are others when a duplicate outranked self)
+    keep = np.argsort(ids == query_ids[:, None], axis=1, kind="stable")[:, :RECALL_K]
+    tables = confidence_tables(code_of(np.take_along_axis(ids, keep, axis=1)),
+                               np.take_along_axis(scores, keep, axis=1), code_of(query_ids)) if codes else {}
+    if table_key(RECALL_K, False) in tables:
+        log(f"index: vote confidence calibrated on {sum(tables[table_key(RECALL_K, False)]['queries'])} labelled "
+            f"sampled references (leave-one-out accuracy by vote share; sweeps report it as `confidence`)")
+    return threshold, tables
 
 
 def _recall(spec: str, ladder: list[str], parts: list[dict], query_ids: np.ndarray, job: IndexJob, log) -> dict:

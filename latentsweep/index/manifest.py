@@ -62,6 +62,7 @@ class Manifest:
     open_set_threshold: float | None = None                   # sweeps' default: calibrated leave-one-out at build
     open_set_target: float | None = None                      # the false-unknown rate it was calibrated for
     open_set_queries: int = 0                                 # sampled references it was calibrated on
+    confidence: dict = field(default_factory=dict)            # vote setting -> P(right | vote share), same sample
 
     def files(self) -> set[str]:
         """Every file this manifest lists, relative to the index root, with its version's manifest copy."""

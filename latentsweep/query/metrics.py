@@ -18,6 +18,10 @@ R of relevant references (same label, the query itself excluded) and the cut-off
 Open set: :func:`auroc` of an unknown score (e.g. minus the best similarity) between queries of a
 generator the index does not hold and queries of the ones it holds.
 
+Confidence: :func:`reliability`, the calibration curve of a probability (a sweep's ``confidence``)
+against what happened, and its expected calibration error (ECE: the bins' |accuracy - mean
+confidence| weighted by their share of the queries).
+
 """
 
 from __future__ import annotations
@@ -157,3 +161,19 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     below = np.searchsorted(order, positive, side="left")
     ties = np.searchsorted(order, positive, side="right") - below
     return float((below + 0.5 * ties).sum() / (len(positive) * len(negative)))
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> dict:
+    """Calibration curve in ``bins`` equal-width bins of the confidence, ``(low, high]`` (the first
+    includes 0): each filled bin's queries, mean confidence and accuracy; and the ECE."""
+    confidence, correct = np.asarray(confidence, np.float64), np.asarray(correct, np.float64)
+    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    rows, error = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            mean, accuracy = float(confidence[inside].mean()), float(correct[inside].mean())
+            rows.append({"low": b / bins, "high": (b + 1) / bins, "queries": int(inside.sum()),
+                         "mean_confidence": mean, "accuracy": accuracy})
+            error += inside.sum() / len(confidence) * abs(accuracy - mean)
+    return {"bins": rows, "ece": float(error)}

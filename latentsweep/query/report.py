@@ -128,6 +128,9 @@ def _provenance(provenance: dict, summary: dict) -> str:
         ("vote", "weighted by similarity" if provenance.get("weighted") else "one vote per neighbour"),
         ("open-set threshold", "none (every query gets a label)" if threshold is None
          else f"{threshold} (queries whose best similarity is below it are unknown)"),
+        ("confidence", "none: the index has no calibration for this k and vote"
+         if provenance.get("confidence_calibrated_on") is None else "P(predicted label is right) by vote share, "
+         f"calibrated leave-one-out on {provenance['confidence_calibrated_on']} of the index's references"),
         ("codec", _text(provenance.get("codec"))),
         ("codec weights digest", f"<code>{_text(provenance.get('weights_digest'))}</code>"),
         ("date partition", f"{_text(provenance.get('date'))} ({_text(provenance.get('partition'))})"),
@@ -191,14 +194,15 @@ def _metrics(metrics: dict, summary: dict) -> list[str]:
 
 
 def _confidence_order(rows: dict) -> list[int]:
-    """Row positions, least confident (lowest top score) first; ties by URI: a stable order."""
+    """Row positions, least confident first: unknown and uncalibrated rows (NULL confidence), then by
+    the calibrated confidence, then by top score; ties by URI: a stable order."""
     import math
 
-    def score(position: int) -> float:
-        value = rows["top_score"][position]
+    def finite(value) -> float:
         return value if value is not None and math.isfinite(value) else float("-inf")
 
-    return sorted(range(len(rows["uri"])), key=lambda i: (score(i), rows["uri"][i]))
+    return sorted(range(len(rows["uri"])), key=lambda i: (finite(rows["confidence"][i]), finite(rows["top_score"][i]),
+                                                          rows["uri"][i]))
 
 
 def _query_table(rows: dict, order: list[int]) -> str:
@@ -207,16 +211,17 @@ def _query_table(rows: dict, order: list[int]) -> str:
     labelled = any(label is not None for label in rows["label"])
     predicted = sorted({label for label in rows["predicted_label"] if label is not None})
     headers = [("file", "text"), ("predicted label", "text"), ("predicted family", "text"),
-               ("vote share", "num"), ("confidence (top score)", "num"), ("unknown", "text")]
+               ("vote share", "num"), ("confidence", "num"), ("top score", "num"), ("unknown", "text")]
     if labelled:
         headers.append(("true label", "text"))
     body = []
     for i in shown:
         uri, label, guess = rows["uri"][i], rows["label"][i], rows["predicted_label"][i]
-        score = rows["top_score"][i]
+        score, confidence = rows["top_score"][i], rows["confidence"][i]
         cells = [f'<td class="file" title="{html.escape(uri)}">{html.escape(_basename(uri))}</td>',
                  f"<td>{_text(guess)}</td>", f"<td>{_text(rows['predicted_family'][i])}</td>",
                  f'<td data-v="{rows["vote_share"][i] or 0:.6f}">{_number(rows["vote_share"][i])}</td>',
+                 f'<td data-v="{-9 if confidence is None else confidence:.6f}">{_number(confidence)}</td>',
                  f'<td data-v="{score if score is not None and abs(score) != float("inf") else -9:.6f}">'
                  f"{_number(score)}</td>", f"<td>{'yes' if rows['unknown'][i] else ''}</td>"]
         if labelled:
@@ -225,10 +230,10 @@ def _query_table(rows: dict, order: list[int]) -> str:
         body.append(f'<tr{miss} data-predicted="{html.escape(guess or "")}" '
                     f'data-unknown="{1 if rows["unknown"][i] else 0}">{"".join(cells)}</tr>')
     if total > len(shown):
-        statement = (f"The table holds the {len(shown):,} least confident of the {total:,} queries (lowest top "
-                     f"score first); all {total:,} are in the Parquet parts.")
+        statement = (f"The table holds the {len(shown):,} least confident of the {total:,} queries (lowest "
+                     f"confidence first); all {total:,} are in the Parquet parts.")
     else:
-        statement = f"All {total:,} queries, least confident (lowest top score) first."
+        statement = f"All {total:,} queries, least confident (unknown, then lowest confidence) first."
     options = "".join(f'<option value="{html.escape(label)}">{html.escape(label)}</option>' for label in predicted)
     controls = (f'<p class="controls"><label>predicted label <select id="filter-predicted"><option value="">all'
                 f'</option>{options}</select></label> <label><input type="checkbox" id="filter-unknown"> unknown only'
@@ -371,7 +376,7 @@ STYLE = ("body{font-family:sans-serif;margin:24px;color:#222}table{border-collap
 def render(results, summary: dict, provenance: dict, families: dict[str, str]) -> bytes:
     """The report page of a sweep partition from its results (every part, one Arrow table), its
     summary and its provenance."""
-    rows = results.select(["uri", "predicted_label", "predicted_family", "vote_share", "top_score", "unknown",
+    rows = results.select(["uri", "predicted_label", "predicted_family", "vote_share", "confidence", "top_score", "unknown",
                            "label"]).to_pydict()
     order = _confidence_order(rows)
     date = provenance.get("date") or ""

@@ -23,7 +23,8 @@ from latentsweep import lock, schema, storage
 from latentsweep.console import stage_log
 from latentsweep.errors import UsageError
 from latentsweep.index import features
-from latentsweep.query import metrics, report, vote
+from latentsweep.decision import calibration, vote
+from latentsweep.query import metrics, report
 
 DONE_FOLDER = "_done"
 QUEUED = 2          # calls waiting on each query actor at once
@@ -120,6 +121,8 @@ class SweepWorker:
         references = self.engine.references
         codes = references.codes(ids)
         votes = vote.votes(codes, scores, self.settings["weighted"], self.settings["open_set_threshold"])
+        confidence = calibration.confidence(self.engine.manifest.confidence, self.settings["k"],
+                                            self.settings["weighted"], votes.share)
         meta = batch.metadata
         return pa.table({
             "id": meta.column("id"), "uri": meta.column("uri"),
@@ -127,6 +130,8 @@ class SweepWorker:
             "predicted_family": pa.array(self.families[votes.codes], pa.string()),
             "vote_share": pa.array(votes.share.astype(np.float32)),
             "top_score": pa.array(votes.top_score.astype(np.float32)),
+            "confidence": (pa.array(confidence.astype(np.float32), mask=votes.unknown) if confidence is not None
+                           else pa.nulls(len(votes.unknown), pa.float32())),
             "unknown": pa.array(votes.unknown),
             "neighbor_ids": _lists(pa.array(ids.reshape(-1)), ids.shape),
             "neighbor_labels": _lists(pa.array(references.names_of(codes).reshape(-1), pa.string()), ids.shape),
@@ -178,7 +183,7 @@ def check_queries(files: list[str], manifest) -> None:
 
 
 def _digest(uri: str, version: str, index_digest: str, settings: dict) -> str:
-    text = json.dumps([uri, version, index_digest, settings], sort_keys=True)
+    text = json.dumps([uri, version, index_digest, settings, schema.VERSIONS["results"]], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -257,6 +262,9 @@ def _attribute(job: SweepJob, todo: list, total: int, location: storage.Location
                                  job.k, parts=job.index_parts, log=log)
         log(f"sweep: {len(todo)} of {total} query files to attribute with {size} query actors"
             + (f" over {len(index_parts)} index parts" if index_parts else ""))
+        if calibration.table_key(job.k, job.weighted) not in manifest.confidence:
+            log(f"sweep: confidence is NULL: the index calibrated its votes for k <= 10 at build, not for "
+                f"k={job.k}{' weighted' if job.weighted else ''} (indices built before calibration have none)")
         worker = ray.remote(SweepWorker).options(
             num_cpus=_actor_cpus(cpus, size, gpus, len(index_parts)), memory=memory,
             num_gpus=1 if gpus and not index_parts else 0,  # with parts, the part actors hold the GPUs
@@ -363,12 +371,13 @@ def _provenance(location: storage.Location, manifest, job: SweepJob) -> dict:
         release = version("latentsweep")
     except PackageNotFoundError:  # run from a source tree that is not installed
         release = None
-
+    table = manifest.confidence.get(calibration.table_key(job.k, job.weighted))
     return {"index": storage.Location.parse(job.index).uri, "index_created": manifest.created,
             "index_manifest_sha256": sha256(manifest.to_json().encode()), "index_type": manifest.index_spec,
             "index_vectors": manifest.vectors, "index_labels": len(manifest.labels),
             "features": manifest.features, "columns": list(manifest.columns), "pooling": manifest.pooling,
             "codec": manifest.codec, "weights_digest": manifest.weights_digest,
             "k": job.k, "weighted": job.weighted, "open_set_threshold": job.open_set_threshold,
+            "confidence_calibrated_on": sum(table["queries"]) if table else None,
             "date": job.date, "partition": location.uri, "latentsweep": release,
             "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
