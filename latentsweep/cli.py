@@ -500,6 +500,9 @@ def sweep(
         help="Spread the index shards over this many actors (for indices larger than one worker's memory); "
              "every query batch is searched on all parts and merged.")] = 1,
     weights: WeightsOption = None,
+    adapters: Annotated[Optional[str], typer.Option(
+        "--adapters", help="SFMA adapters to embed image queries with: 'default' or a .pt; default: those the "
+                           "index was built with, when they are the shipped ones.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo the whole partition.")] = False,
     address: AddressOption = None,
     quiet: QuietOption = False,
@@ -513,7 +516,7 @@ def sweep(
     if date:
         job.date = date
     manifest = check(job)  # before the night's images are ingested
-    job.queries = embeddings_for(job, weights, manifest)
+    job.queries = embeddings_for(job, weights, _adapters(adapters), manifest)
     summary = run_sweep(job)
     report_summary("sweep", summary)
     if summary.metrics and summary.labelled:  # only labelled queries are scored; none: no metrics line
@@ -523,9 +526,10 @@ def sweep(
                    f"neighbour, map_full truncated at k={k}): {headline(summary.metrics['overall'])}")
 
 
-def embeddings_for(job, weights: Optional[str], manifest) -> list[str]:
+def embeddings_for(job, weights: Optional[str], adapters: Optional[str], manifest) -> list[str]:
     """The sweep's queries as embeddings: ingest outputs as they are; images are ingested first into
-    OUT/_embeddings/date=D with the codec, weights, features and pooling the index was built from."""
+    OUT/_embeddings/date=D with the codec, weights, adapters, features and pooling the index was built
+    from (an index built through the shipped adapters gets them without --adapters)."""
     from latentsweep.codec import weights as codec_weights
     from latentsweep.codec.embed import EmbedSettings
     from latentsweep.errors import UsageError
@@ -540,19 +544,29 @@ def embeddings_for(job, weights: Optional[str], manifest) -> list[str]:
         return job.queries
     except UsageError:
         pass
-    digest = codec_weights.digest(weights)
+    if adapters is None and manifest.weights_digest.endswith(
+            codec_weights.combined_digest("", codec_weights.adapters_digest(codec_weights.ADAPTERS_DEFAULT_NAME))):
+        adapters = codec_weights.ADAPTERS_DEFAULT_NAME
+    digest = codec_weights.digest(weights, adapters)
     if digest != manifest.weights_digest:
-        raise UsageError(f"the index was built with codec weights {manifest.weights_digest[:12]}..., these are "
-                         f"{digest[:12]}...: pass the index's checkpoint with --weights")
+        raise UsageError(f"the index was built with {_space(manifest.weights_digest)}, these are {_space(digest)}: "
+                         "pass the index's checkpoint with --weights and its adapters with --adapters")
     tensors = set(manifest.columns) - set(DESCRIPTORS)
     feature_set = next(name for name in ("2lat", "selected", "all") if tensors <= set(FEATURE_SETS[name]))
     embedded = Location.parse(job.out).join("_embeddings", f"date={job.date}")
     outputs = [embedded.join(f"source-{number}").uri for number in range(len(job.queries))]
     for source, output in zip(job.queries, outputs):
-        summary = run_ingest(IngestJob(source, output, EmbedSettings(weights, feature_set, manifest.pooling),
+        summary = run_ingest(IngestJob(source, output, EmbedSettings(weights, feature_set, manifest.pooling,
+                                                                     adapters=adapters),
                                        quiet=job.quiet, address=job.address))
         report_summary("ingest", summary)
     return outputs
+
+
+def _space(weights_digest: str) -> str:
+    """A weights digest in words: 'codec weights 1a2b3c4d5e6f... with adapters sfma-...' or without."""
+    codec, _, adapters = weights_digest.partition("+")
+    return f"codec weights {codec[:12]}... " + (f"with adapters {adapters}" if adapters else "without adapters")
 
 
 @command()

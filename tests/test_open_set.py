@@ -42,3 +42,36 @@ def test_leave_one_generator_out_on_separable_classes(tmp_path, ray_session):
                            feature_sets=("2lat",))
     assert row["classes"] == 4 and row["auroc"] > 0.95
     assert row["unknown_detected"] > 0.8 and row["known_accuracy"] > 0.85 and row["known_called_unknown"] < 0.15
+
+
+def test_real_vs_generated_and_where_the_codec_sends_real_photos(tmp_path, ray_session):
+    """Three separable classes, one of them ``real``: the clean held-out queries are told real from
+    generated; 'round-tripped' real queries built to sit half on the real centre and half on ``a``'s are
+    called real half the time, and ``a`` takes the rest."""
+    from latentsweep.experiment.real import CORPUS, real_table
+    from latentsweep.index.build import IndexJob, build
+    from latentsweep.zoo.embeddings import write_ingest_output
+
+    rng = np.random.default_rng(2)
+    labels = ("a", "b", "real")
+    centres = rng.normal(size=(3, 32)) * 2
+
+    def around(assignment, spread=0.3):
+        return (centres[assignment] + rng.normal(size=(len(assignment), 32)) * spread).astype(np.float32)
+
+    references = rng.integers(3, size=240)
+    queries = np.repeat(np.arange(3), 10)
+    controlled, robustness = tmp_path / "controlled", tmp_path / "robustness"
+    write_ingest_output(str(controlled / "embeddings" / CORPUS / "reference"), around(references),
+                        [labels[a] for a in references], {}, files=2)
+    write_ingest_output(str(controlled / "embeddings" / CORPUS / "queries"), around(queries),
+                        [labels[a] for a in queries], {}, files=1, id_offset=1000)
+    coded = np.array([2] * 10 + [0] * 10)  # 20 real photos after the codec: 10 stay, 10 look like "a"
+    write_ingest_output(str(robustness / "embeddings" / "queries" / "codec"), around(coded), ["real"] * 20, {},
+                        files=1, id_offset=2000)
+    build(IndexJob([str(controlled / "embeddings" / CORPUS / "reference")], str(controlled / "index" / CORPUS / "2lat"),
+                   features="2lat", shards=1, quiet=True))
+    [row] = real_table(robustness, controlled, log=lambda message: None, feature_sets=("2lat",))
+    assert row["queries"] == 30 and row["real_queries"] == 10
+    assert row["real_vs_generated"] == 1.0 and row["real_called_real"] == 1.0 and row["generated_called_generated"] == 1.0
+    assert row["codec_real_called_real"] == 0.5 and row["codec_real_top_other"] == "a (0.50)"

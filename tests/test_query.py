@@ -355,6 +355,18 @@ def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, 
     assert embedded.num_rows == 4 and set(embedded.column("feature_set").to_pylist()) == {"2lat"}
     untrained = run_command(command[:-1] + ["--weights", "untrained", "--date", "2026-11-24"])
     assert untrained.returncode == 2 and "built with codec weights" in untrained.stderr
+    # an index built through the shipped SFMA adapters: the night is embedded through them too, unasked
+    ingest(IngestJob(str(tmp_path / "ref"), str(tmp_path / "emb-sfma"), EmbedSettings(
+        feature_set="2lat", device="cpu", adapters="default"), labels_from_folders=True, quiet=True))
+    build(IndexJob([str(tmp_path / "emb-sfma")], str(tmp_path / "index-sfma"), shards=1, quiet=True))
+    adapted = run_command([sys.executable, "-m", "latentsweep", "sweep", str(tmp_path / "night"), "--index",
+                           str(tmp_path / "index-sfma"), "--out", str(tmp_path / "sfma"), "--date", "2026-11-23",
+                           "--quiet"])
+    assert adapted.returncode == 0, adapted.stderr[-3000:]
+    embedded = storage.read_table(str(tmp_path / "sfma" / "_embeddings" / "date=2026-11-23" / "source-0" / "embeddings"))
+    assert {d.partition("+")[2][:5] for d in embedded.column("weights_digest").to_pylist()} == {"sfma-"}
+    mixed = run_command(command[:-1] + ["--adapters", "default", "--date", "2026-11-25"])  # base index
+    assert mixed.returncode == 2 and "without adapters, these are" in mixed.stderr and "with adapters sfma-" in mixed.stderr
 
 
 def test_interrupted_sweeps_resume_to_identical_results(reference, tmp_path):

@@ -134,8 +134,10 @@ def _jpeg_tables() -> dict[int, dict]:
 
 
 def test_software_corpus_is_deterministic_and_labelled(tmp_path):
-    from latentsweep.zoo.software import HELD_OUT, TUNING, SoftwareSettings, make_software_corpus
+    from latentsweep.zoo.software import HELD_OUT, REAL, SPLITS, SoftwareSettings, make_software_corpus
 
+    TUNING, HELD_OUT = SPLITS["tuning"].classes, SPLITS["held-out"].classes  # with the real class
+    assert TUNING[-1] == HELD_OUT[-1] == REAL and not REAL.steps and REAL.library == "real"
     settings = SoftwareSettings(split="tuning", per_class=2, size=48)
     assert make_software_corpus(tmp_path / "a", settings) == 2 * len(TUNING)
     make_software_corpus(tmp_path / "b", settings)
@@ -162,7 +164,24 @@ def test_software_corpus_is_deterministic_and_labelled(tmp_path):
     qualities = [next(q for q, table in tables.items() if table == Image.open(f).quantization) for f in files]
     assert all(80 <= q <= 95 for q in qualities) and len(set(qualities)) > 3, qualities  # drawn per image
     readme = (tmp_path / "j" / "README.txt").read_text()
-    assert "HELD-OUT" in readme and "80-95" in readme
+    assert "HELD-OUT" in readme and "80-95" in readme and "real (real): crop 48 px, then nothing" in readme
+
+
+def test_real_class_is_the_untouched_crop_and_leaves_the_other_classes_as_they_were(tmp_path):
+    """``real`` renders the content crop itself; it comes last, so every other class draws the same
+    content as without it; at 192 px a crop too large for a photo (the tuning split's ``page``, 191
+    px high) is drawn again among the photos it fits, never an error."""
+    from latentsweep.zoo.software import REAL, SPLITS, content, render
+
+    loaded: dict = {}
+    crop = content("held-out", len(SPLITS["held-out"].classes) - 1, 3, 48, 0, loaded)
+    assert np.array_equal(render(REAL, crop), crop)
+    number = len(SPLITS["tuning"].classes) - 1
+    fits = {}
+    for index in range(60):
+        big = content("tuning", number, index, 192, 0, fits)
+        assert big.shape == (192, 192, 3)
+    assert "page" in fits and min(fits["page"].shape[:2]) < 192  # drawn at least once, then drawn again
 
 
 def test_software_splits_are_disjoint():
@@ -171,7 +190,7 @@ def test_software_splits_are_disjoint():
     from latentsweep import photos
     from latentsweep.zoo.software import HELD_OUT, SPLITS, TUNING, content
 
-    assert len(TUNING) == len(HELD_OUT) == 8
+    assert len(TUNING) == len(HELD_OUT) == 8  # the software classes; both splits add ``real`` to them
     assert {c.name for c in TUNING}.isdisjoint(c.name for c in HELD_OUT)
     assert {c.library for c in TUNING} == {"pillow", "torch"} and {c.library for c in HELD_OUT} == {"skimage", "scipy"}
     assert {s.op for c in TUNING for s in c.steps}.isdisjoint(s.op for c in HELD_OUT for s in c.steps)
@@ -231,8 +250,8 @@ def test_make_corpus_command_software(tmp_path):
     result = runner.invoke(app, ["make-corpus", str(tmp_path / "s"), "--kind", "software", "--split", "held-out",
                                  "--per-generator", "1", "--size", "48", "--jpeg-range", "80-95"])
     assert result.exit_code == 0, result.output
-    assert len((tmp_path / "s" / "manifest.csv").read_text().splitlines()) == 9
-    assert len(list((tmp_path / "s").rglob("*.jpg"))) == 8
+    assert len((tmp_path / "s" / "manifest.csv").read_text().splitlines()) == 10  # 8 resizers and real
+    assert len(list((tmp_path / "s").rglob("*.jpg"))) == 9
     for bad in (["--size", "50"], ["--split", "test"], ["--jpeg-range", "95"], ["--habit", "0"]):
         result = runner.invoke(app, ["make-corpus", str(tmp_path / "bad"), "--kind", "software", *bad])
         assert isinstance(result.exception, UsageError), (bad, result.exception)  # exit code 2 from main()
@@ -293,12 +312,22 @@ def test_paper_experiment_end_to_end_beats_chance(tmp_path, ray_session):
     assert {key[1] for key in controlled} == set(experiment.CONTROLLED_FEATURES)
     assert len(controlled) == len(settings.controlled) * len(experiment.CONTROLLED_FEATURES) * 2
     assert all(0 <= r["vote_accuracy"] <= 1 for r in controlled.values())
-    assert controlled[("software-held-out-jpeg", "2lat", "queries")]["classes"] == 8
+    assert controlled[("software-held-out-jpeg", "2lat", "queries")]["classes"] == 9  # 8 resizers and real
+    curve = controlled[("zoo-shared", "fingerprint", "queries")]["reliability"]  # the sweeps' confidence
+    assert sum(b["queries"] for b in curve["bins"]) == 7 * settings.queries_per_generator and 0 <= curve["ece"] <= 1
+    assert "Confidence: is it a probability?" in text
     assert controlled[("zoo-shared", "y_chroma", "queries")]["top1"] > 2 / 7  # chance is 1/7
     one = vote_accuracy(tmp_path / "controlled" / "index" / "zoo-shared" / "y_chroma",
                                    [str(tmp_path / "controlled" / "embeddings" / "zoo-shared" / "reference")], k=1)
     assert round(one["vote_accuracy"], 4) == controlled[("zoo-shared", "y_chroma", "reference")]["top1"]  # a 1-NN vote
     assert "Attribution where content is controlled" in text and "software-held-out-jpeg" in text
+    adapters = {(r["corpus"], r["features"], r["adapters"]): r for r in results["adapters"]["rows"]}
+    assert len(adapters) == len(settings.controlled) * 5  # 2lat and y_chroma without and with, the baseline
+    without = controlled[("zoo-shared", "2lat", "queries")]
+    assert adapters[("zoo-shared", "2lat", False)]["top1"] == without["top1"]  # the controlled row, reused
+    manifest = json.loads((tmp_path / "adapters" / "index" / "zoo-shared" / "2lat" / "manifest.json").read_text())
+    assert "+sfma-" in manifest["weights_digest"]  # ingested through the adapters, an index of its own
+    assert results["adapters"]["card"]["rate_ratio"] < 1.05 and "SFMA adapters: with and without" in text
     rerun = experiment.run(tmp_path, settings, log=lambda message: None)  # resumes: same numbers
     assert rerun["table1"] == results["table1"] and rerun["zoo_rows"] == results["zoo_rows"]
-    assert rerun["controlled"] == results["controlled"]
+    assert rerun["controlled"] == results["controlled"] and rerun["adapters"] == results["adapters"]

@@ -9,7 +9,7 @@ shared across generators, and the real-software corpus (real photos, real librar
 :mod:`latentsweep.zoo.software`), tuning and held-out splits, clean and JPEG 80-95; the latent
 descriptors beside the forensic ``fingerprint`` and the classical ``residual_spectrum`` baseline;
 robustness to post-processing (:mod:`.robustness`) and the open set, leaving one generator out
-(:mod:`.open_set`), on the real-software held-out split.
+(:mod:`.open_set`), on the real-software held-out split; the SFMA adapters with and without (:mod:`.adapters`).
 Every corpus is made, ingested with Ray, indexed and evaluated by the same code users run; each step
 resumes, so a rerun after an interruption only does what is missing.
 """
@@ -69,10 +69,15 @@ def run(out: Path, settings: ExperimentSettings = ExperimentSettings(), log=prin
                "controlled": controlled_tables(out / "controlled", settings, log)}
     if not settings.controlled or HELD_OUT_CORPUS in settings.controlled:
         from latentsweep.experiment.open_set import open_set_table
+        from latentsweep.experiment.real import real_table
         from latentsweep.experiment.robustness import robustness_table
 
         results["robustness"] = robustness_table(out / "robustness", out / "controlled", settings, log)
         results["open_set"] = open_set_table(out / "open-set", out / "controlled", log)
+        results["real"] = real_table(out / "robustness", out / "controlled", log)
+    from latentsweep.experiment.adapters import adapters_table
+
+    results["adapters"] = adapters_table(out / "adapters", out / "controlled", results["controlled"], log)
     results["seconds"] = round(time.monotonic() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
@@ -238,7 +243,7 @@ def controlled_tables(root: Path, settings: ExperimentSettings, log) -> list[dic
                 metrics = evaluate_index([embedded["reference"]], index, features,
                                     root / "evaluation" / name / features / query_set, queries, vote=True)
                 rows.append({"corpus": name, "features": features, "query_set": query_set, **headline(metrics),
-                             "classes": len(metrics["by_label"])})
+                             "classes": len(metrics["by_label"]), "reliability": metrics["overall"].get("reliability")})
                 log(f"experiment: controlled {name} {features} {query_set}: top1 {rows[-1]['top1']:.3f}")
     return rows
 
@@ -259,7 +264,8 @@ def controlled_markdown(rows: list[dict], settings: dict) -> list[str]:
              "**software**: real photos bundled with scikit-image, each image its own pixel-exact crop "
              "(random photo, position, flip, 90-degree rotation; no resampling), and each class a resampling "
              f"chain of real, widely used software to {settings['software_size']} px "
-             "(`latentsweep/zoo/software.py`). Its **tuning** split (8 classes of Pillow and torch: nearest, "
+             "(`latentsweep/zoo/software.py`), plus a `real` class, the untouched crops. Its **tuning** split "
+             "(8 classes of Pillow and torch: nearest, "
              "bilinear, bicubic, Lanczos, align_corners, area; x2, x1.5, x0.75 then x2; content from the "
              "codec's training photos) may be used for tuning decisions; its **held-out** split (8 classes "
              "of scikit-image and scipy.ndimage: B-spline orders 0-5, Gaussian anti-aliasing, corner-aligned "
@@ -287,6 +293,32 @@ def controlled_markdown(rows: list[dict], settings: dict) -> list[str]:
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['features']} | {r['query_set']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |"
                   for r in selected]
+    return lines + [""]
+
+
+def calibration_markdown(rows: list[dict], curves: tuple[str, ...] = (HELD_OUT_CORPUS,)) -> list[str]:
+    """The sweeps' confidence against what happened on held-out queries: the ECE of every controlled
+    corpus and feature set, then the calibration curves of ``curves``."""
+    queries = [r for r in rows if r["query_set"] == "queries" and r.get("reliability")]
+    if not queries:
+        return []
+    corpora = list(dict.fromkeys(r["corpus"] for r in queries))
+    features = list(dict.fromkeys(r["features"] for r in queries))
+    ece = {(r["corpus"], r["features"]): r["reliability"]["ece"] for r in queries}
+    lines = ["## Confidence: is it a probability? (held-out queries)", "",
+             "A sweep gives each vote a `confidence`: the probability that the voted label is right, read from "
+             "the index's calibration table (each index, at build, votes every sampled reference against the "
+             "others, leave-one-out, and tabulates how often the vote was right by vote share). Here it meets "
+             "held-out queries with new content: ECE (expected calibration error: |accuracy - mean confidence| "
+             "of 10 confidence bins, weighted by their queries; 0 is perfect).", "",
+             "| features | " + " | ".join(corpora) + " |", "|---" * (len(corpora) + 1) + "|"]
+    lines += [f"| {f} | " + " | ".join(f"{ece[c, f]:.3f}" if (c, f) in ece else "-" for c in corpora) + " |"
+              for f in features]
+    for r in (r for r in queries if r["corpus"] in curves):
+        lines += ["", f"Calibration curve, {r['corpus']}, {r['features']} (Vote Acc. {r['vote_accuracy']:.3f}):", "",
+                  "| confidence bin | queries | mean confidence | accuracy |", "|---|---|---|---|"]
+        lines += [f"| ({b['low']:.1f}, {b['high']:.1f}] | {b['queries']} | {b['mean_confidence']:.3f} | "
+                  f"{b['accuracy']:.3f} |" for b in r["reliability"]["bins"]]
     return lines + [""]
 
 
@@ -334,6 +366,7 @@ def markdown(results: dict) -> str:
               f"The pixel path takes {pixel['pixel_over_latent_time']:.2f}x the latent path's time per image.", ""]
     if results.get("controlled"):
         lines += controlled_markdown(results["controlled"], settings)
+        lines += calibration_markdown(results["controlled"])
     if results.get("robustness"):
         from latentsweep.experiment.robustness import robustness_markdown
 
@@ -342,6 +375,14 @@ def markdown(results: dict) -> str:
         from latentsweep.experiment.open_set import open_set_markdown
 
         lines += open_set_markdown(results["open_set"])
+    if results.get("real"):
+        from latentsweep.experiment.real import real_markdown
+
+        lines += real_markdown(results["real"])
+    if results.get("adapters", {}).get("rows"):
+        from latentsweep.experiment.adapters import adapters_markdown
+
+        lines += adapters_markdown(results["adapters"])
     from latentsweep.query.evaluate import tables
 
     for name, title in (("reference", "leave-one-out on the references"), ("queries", "held-out queries")):

@@ -73,12 +73,13 @@ def robustness_table(root: Path, controlled: Path, settings, log) -> list[dict]:
 
 def robustness_markdown(rows: list[dict], settings: dict) -> list[str]:
     from latentsweep.zoo.robustness import CONDITIONS
+    from latentsweep.zoo.software import SPLITS
 
     lines = ["## Robustness: post-processing conditions (real software, held-out split)", "",
              "Held-out queries (new content) after each condition, against the clean references and against "
              f"references augmented by processed copies ({settings['robustness_references']} per class under every "
-             "condition). Top-1 Acc.; chance 1/8. JPEG/WebP are Pillow's encoders; `codec` is a round trip "
-             "through this project's codec.", "",
+             f"condition). Top-1 Acc.; chance 1/{len(SPLITS['held-out'].classes)}. JPEG/WebP are Pillow's "
+             "encoders; `codec` is a round trip through this project's codec.", "",
              "| condition | " + " | ".join(f"{f} | {f} +aug" for f in ROBUSTNESS_FEATURES) + " |",
              "|---|" + "---|---|" * len(ROBUSTNESS_FEATURES)]
     by = {(r["condition"], r["features"]): r for r in rows}

@@ -10,7 +10,9 @@ and with the same distribution for every class; there is **no resampling in the 
 (resampling is itself a fingerprint). The only thing that differs between classes is the resampling
 chain that takes the crop to the output side, as a generator's last upsampling stages make its
 picture (Durall et al., "Watch your up-convolution", CVPR 2020). Labels are the classes, families are
-the libraries.
+the libraries. Each split also has a ``real`` class (family ``real``): the crop itself, untouched, so
+that real-vs-generated is measured like any other label. (A crop only comes from photos it fits:
+at 192 px the tuning split's ``page``, 191 px high, serves the resized classes only.)
 
 A class's crop side is ``size / overall factor`` (``size`` a multiple of 24, so every factor below is
 exact in pixels); the output is ``size`` x ``size`` (192 by default, a multiple of the codec's 64).
@@ -33,6 +35,7 @@ torch-bilinear-aligned-x2          torch    F.interpolate bilinear, align_corner
 torch-bicubic-x2                   torch    F.interpolate bicubic (a = -0.75), align_corners=False, x2
 torch-nearest-x1.5                 torch    F.interpolate nearest, x1.5 (128 -> 192)
 torch-area-x0.75-bilinear-x2       torch    F.interpolate area x0.75 (128 -> 96), then bilinear x2
+real                               real     none: the 192 px crop itself, the untouched photo
 =================================  =======  ===========================================================
 
 HELD-OUT split (``split="held-out"``): other software (scikit-image 0.26 and scipy.ndimage 1.17,
@@ -53,6 +56,7 @@ skimage-rescale-aa-x0.75-o3-x2     skimage  transform.rescale order=1 anti_alias
 scipy-zoom-o1-x2                   scipy    ndimage.zoom order=1, grid_mode=False (corners aligned), x2
 scipy-zoom-o2-x1.6                 scipy    ndimage.zoom order=2, grid_mode=False, x1.6 (120 -> 192)
 scipy-zoom-o4-x3                   scipy    ndimage.zoom order=4, grid_mode=False, x3 (64 -> 192)
+real                               real     none: the 192 px crop itself, the untouched photo
 =================================  =======  ===========================================================
 
 ``jpeg=(80, 95)``: every image is then saved by Pillow's JPEG encoder at a quality drawn per image,
@@ -133,6 +137,11 @@ HELD_OUT = (
     SoftwareClass("scipy-zoom-o4-x3", "scipy", (Step("scipy-zoom", 4, Fraction(3)),)),
 )
 
+# The untouched photo: the content crop itself, no resampling. Both splits end with it (each with its
+# split's photos), so real-vs-generated is measured like any other label; being last, it leaves the
+# other classes' numbers, hence their content draws, as they were.
+REAL = SoftwareClass("real", "real", ())
+
 
 @dataclass(frozen=True)
 class Split:
@@ -141,8 +150,8 @@ class Split:
     code: int  # part of every image's seed, so the splits never share a content draw
 
 
-SPLITS = {"tuning": Split(TUNING, tuple(photos.names("train")), 1),
-          "held-out": Split(HELD_OUT, tuple(photos.HELD_OUT), 2)}
+SPLITS = {"tuning": Split(TUNING + (REAL,), tuple(photos.names("train")), 1),
+          "held-out": Split(HELD_OUT + (REAL,), tuple(photos.HELD_OUT), 2)}
 SIZE_STEP = 24  # output sides must be multiples of this: every factor above is then exact
 
 
@@ -157,16 +166,22 @@ class SoftwareSettings:
 
 def content(split: str, number: int, index: int, side: int, seed: int, cache: dict) -> np.ndarray:
     """Content of image ``index`` of class ``number``: a pixel-exact ``side`` x ``side`` crop of a random
-    photo of the split at a random position, under one of the square's 8 symmetries (flips, 90-degree
-    rotations). uint8 (side, side, 3); no resampling."""
+    photo of the split (drawn again among those it fits when it does not) at a random position, under one of the square's 8
+    symmetries (flips, 90-degree rotations). uint8 (side, side, 3); no resampling."""
     chosen = SPLITS[split]
     rng = np.random.default_rng([seed, chosen.code, number, index])
-    name = chosen.photos[rng.integers(len(chosen.photos))]
-    if name not in cache:
-        cache[name] = photos.load(name)
-    photo = cache[name]
-    if side > min(photo.shape[:2]):
-        raise ValueError(f"a {side}-pixel crop does not fit photo {name} {photo.shape[:2]}: use a smaller size")
+
+    def load(name: str) -> np.ndarray:
+        if name not in cache:
+            cache[name] = photos.load(name)
+        return cache[name]
+
+    photo = load(chosen.photos[rng.integers(len(chosen.photos))])
+    if side > min(photo.shape[:2]):  # drawn again among the photos the crop fits
+        fitting = [name for name in chosen.photos if side <= min(load(name).shape[:2])]
+        if not fitting:
+            raise ValueError(f"a {side}-pixel crop fits none of the {split} photos: use a smaller size")
+        photo = cache[fitting[rng.integers(len(fitting))]]
     top = rng.integers(photo.shape[0] - side + 1)
     left = rng.integers(photo.shape[1] - side + 1)
     crop = photo[top:top + side, left:left + side]
@@ -281,7 +296,8 @@ def readme(settings: SoftwareSettings) -> str:
     split = SPLITS[settings.split]
     classes = "\n".join(
         f"  {software.name} ({software.library}): crop {software.crop_side(settings.size)} px, then "
-        + ", then ".join(describe(step) for step in software.steps) for software in split.classes)
+        + (", then ".join(describe(step) for step in software.steps) or "nothing (the untouched photo)")
+        for software in split.classes)
     jpeg = (f"Every image then saved by Pillow's JPEG encoder at a quality drawn per image in "
             f"{settings.jpeg[0]}-{settings.jpeg[1]}." if settings.jpeg else "Saved as PNG (lossless).")
     warning = ("HELD-OUT split: never use it for a tuning decision (features, parameters, thresholds)."

@@ -1,0 +1,93 @@
+"""SFMA adapters with and without (issue 16): the held-out content-controlled corpora ingested again
+through the codec with the shipped adapters (``ingest --adapters default``), their held-out queries
+attributed by the latent feature sets, beside the controlled table's own rows without adapters and its
+classical ``residual_spectrum`` baseline (same corpora, same protocol; those are read, not recomputed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from latentsweep.experiment.common import HELD_OUT_CORPUS, VOTE_K, evaluate_index, headline, ingest_corpus
+
+ADAPTERS = "default"
+# Corpora no tuning decision looked at (the software tuning split did): the zoo without colour habits and
+# with shared content, and the real-software held-out split, clean and JPEG.
+ADAPTER_CORPORA = ("zoo-shared", HELD_OUT_CORPUS, f"{HELD_OUT_CORPUS}-jpeg")
+ADAPTER_FEATURES = ("2lat", "y_chroma")
+BASELINE = "residual_spectrum"
+
+
+def adapters_table(root: Path, controlled: Path, controlled_rows: list[dict], log) -> dict:
+    """Per corpus of :data:`ADAPTER_CORPORA` that the controlled tables ran (``controlled``: their folder,
+    ``controlled_rows``: their rows): held-out query rows of each latent feature set without adapters, with
+    them, and the baseline; plus what the adapters cost (their training card)."""
+    without = {(r["corpus"], r["features"]): r for r in controlled_rows if r["query_set"] == "queries"}
+    rows = []
+    for corpus in (name for name in ADAPTER_CORPORA if (name, ADAPTER_FEATURES[0]) in without):
+        embedded = {part: ingest_corpus(controlled / "corpus" / corpus / part, root / "embeddings" / corpus / part,
+                                        log=log, adapters=ADAPTERS) for part in ("reference", "queries")}
+        for features in ADAPTER_FEATURES:
+            metrics = evaluate_index([embedded["reference"]], root / "index" / corpus / features, features,
+                                     root / "evaluation" / corpus / features, [embedded["queries"]], vote=True)
+            adapted = {"corpus": corpus, "features": features, "adapters": True, **headline(metrics)}
+            if (corpus, features) in without:
+                rows.append(_reused(without[corpus, features], adapted))
+            rows.append(adapted)
+            log(f"experiment: adapters {corpus} {features}: top1 {adapted['top1']:.3f}")
+        if (corpus, BASELINE) in without:
+            rows.append(_reused(without[corpus, BASELINE], adapted))
+    return {"card": adapters_card(), "rows": rows}
+
+
+def _reused(row: dict, like: dict) -> dict:
+    """A controlled table's row cut to the fields of an adapters row ``like`` (the rest is in its own table)."""
+    return {**{key: row[key] for key in like if key in row}, "adapters": False}
+
+
+def adapters_card() -> dict:
+    """The shipped adapters' identity and their guard numbers, from the training card in their sidecar
+    (held-out photos with and without them; the calibration's output scale on training photos)."""
+    from latentsweep.codec import weights
+
+    card = json.loads(weights.sidecar(weights.DEFAULT_ADAPTERS).read_text())
+    meta = card["meta"]
+    summary = {"name": weights.DEFAULT_ADAPTERS.name, "sha256": card["sha256"], "parameters": meta.get("parameters"),
+               "steps_done": meta.get("steps_done"), "train_seconds": meta.get("train_seconds")}
+    if meta.get("held_out"):
+        held_out = meta["held_out"]
+        summary.update({"psnr_db": [held_out["base"]["psnr_db"], held_out["adapted"]["psnr_db"]],
+                        "bpp": [held_out["base"]["bpp"], held_out["adapted"]["bpp"]],
+                        "psnr_delta_db": held_out["psnr_delta_db"], "rate_ratio": held_out["rate_ratio"]})
+    if meta.get("calibration"):
+        summary["output_scale"] = meta["calibration"]["factor"]
+    return summary
+
+
+def adapters_markdown(table: dict) -> list[str]:
+    card = table["card"]
+    keys = ("top1", "precision_at_10", "map_at_10", "vote_accuracy")
+    cost = f"{card['parameters']:,} parameters, {card['steps_done']} training steps in {card['train_seconds']:.0f} s"
+    if "output_scale" in card:
+        cost += f", outputs scaled x{card['output_scale']} by the calibration on training photos"
+    if "psnr_db" in card:
+        cost += (f"; held-out photos {card['psnr_db'][0]:.2f} -> {card['psnr_db'][1]:.2f} dB "
+                 f"({card['psnr_delta_db']:+.2f} dB) at x{card['rate_ratio']:.3f} the rate "
+                 f"({card['bpp'][0]:.3f} -> {card['bpp'][1]:.3f} bpp)")
+    lines = ["## SFMA adapters: with and without (issue 16)", "",
+             "The held-out content-controlled corpora (no tuning decision looked at them), references and "
+             f"held-out queries ingested again with `--adapters {ADAPTERS}` (`{card['name']}`, sha256 "
+             f"`{card['sha256'][:16]}...`: {cost}) into their own indices; rows without adapters and the "
+             f"`{BASELINE}` baseline are the controlled tables' own. Held-out queries (new content) against the "
+             f"references, z-scored, cosine, Flat index; Vote Acc. is the {VOTE_K}-NN vote.", "",
+             "| corpus | features | adapters | Top-1 Acc. | Prec.@10 | mAP@10 | Vote Acc. |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['corpus']} | {r['features']} | {_adapters_cell(r)} | "
+              + " | ".join(f"{r[key]:.3f}" for key in keys) + " |" for r in table["rows"]]
+    return lines + [""]
+
+
+def _adapters_cell(row: dict) -> str:
+    if row["features"] == BASELINE:
+        return "baseline (pixels)"
+    return "with" if row["adapters"] else "without"
