@@ -134,7 +134,7 @@ def _jpeg_tables() -> dict[int, dict]:
 
 
 def test_software_corpus_is_deterministic_and_labelled(tmp_path):
-    from latentsweep.zoo.software import HELD_OUT, REAL, SPLITS, SoftwareSettings, make_software_corpus
+    from latentsweep.zoo.software import REAL, SPLITS, SoftwareSettings, make_software_corpus
 
     TUNING, HELD_OUT = SPLITS["tuning"].classes, SPLITS["held-out"].classes  # with the real class
     assert TUNING[-1] == HELD_OUT[-1] == REAL and not REAL.steps and REAL.library == "real"
