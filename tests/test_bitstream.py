@@ -129,7 +129,10 @@ def test_fuzz_foreign_bytes(codec, data):
 
 def test_held_out_rate_exact_latents_and_pixels(codec):
     """Measured bpp (the whole file) within 3% of the model's estimate on every held-out photo; the
-    decoded latents equal the model's own to the bit; decompressed pixels equal its reconstruction."""
+    decoded symbols equal the model's own to the bit, the tensors after the hyper-decoder to float
+    rounding (the decoder batches them through oneDNN, the encoder's batch of one took torch's own
+    kernels); decompressed pixels are the synthesis of the decoded latents, within a level of the
+    model's reconstruction."""
     model = codec.model
     for name in photos.HELD_OUT:
         image = photos.load(name)
@@ -143,9 +146,14 @@ def test_held_out_rate_exact_latents_and_pixels(codec):
         assert set(decoded) == {f"{t}_{b}" for t in ("z_hat", "psi", "mu", "scale", "residual_quant", "residual",
                                                      "y_hat") for b in ("luma", "chroma")}
         for key, value in decoded.items():
-            assert torch.equal(value, tensors[key]), (name, key)
+            if key.rsplit("_", 1)[0] in ("z_hat", "residual_quant", "residual"):
+                assert torch.equal(value, tensors[key]), (name, key)
+            else:
+                torch.testing.assert_close(value, tensors[key], rtol=1e-5, atol=1e-4, msg=f"{name} {key}")
         if name == "clock":  # the synthesis on the smallest photo (seconds on 2 cores)
-            assert np.array_equal(codec.decompress(data), reconstruction(model, tensors, height, width))
+            pixels = codec.decompress(data)
+            assert np.array_equal(pixels, reconstruction(model, decoded, height, width))
+            assert np.abs(pixels.astype(int) - reconstruction(model, tensors, height, width)).max() <= 1
 
 
 DECODE_ELSEWHERE = """
@@ -276,6 +284,63 @@ def test_feature_set_all_is_refused_for_bitstreams_saying_why(small):
     encoder.encode([item])
     assert item.error_type == "bad_bitstream"
     assert "y_luma, z_luma, y_chroma, z_chroma" in item.message and "--feature-set selected" in item.message
+
+
+def test_a_batch_of_bitstreams_of_several_sizes_decodes_as_one_at_a_time_and_as_the_images(codec):
+    """One ingest batch of bitstreams of three padded sizes (one of them a lone file): the vectors equal
+    those of each file ingested alone to the bit, and those of ingesting the original images to 1e-5."""
+    from latentsweep.ingest.encode import Encoder
+
+    crops = [photos.load("rocket")[:72, :80], photos.load("coffee")[:96, :128], photos.load("clock")[:130, :70],
+             photos.load("rocket")[100:172, 200:280], photos.load("chelsea")[:200, :150],
+             photos.load("coffee")[40:240, 10:160]]
+    crops = [np.ascontiguousarray(crop) for crop in crops]
+    files = [codec.compress(crop, "v1")[0] for crop in crops]
+    encoder = Encoder(SELECTED)
+
+    def bitstreams() -> list[Fetched]:
+        return [Fetched(f"{i}.jai", latents=data, source="bitstream", height=crop.shape[0], width=crop.shape[1])
+                for i, (data, crop) in enumerate(zip(files, crops))]
+
+    items = bitstreams()
+    together = encoder.encode(items)
+    assert not any(item.error_type for item in items), [item.message for item in items]
+    for i, item in enumerate(bitstreams()):
+        alone = encoder.encode([item])
+        for column, values in together.items():
+            assert np.array_equal(values[i], alone[column][0]), (i, column)
+    images = [Fetched(f"{i}.png", image=crop, height=crop.shape[0], width=crop.shape[1])
+              for i, crop in enumerate(crops)]
+    from_images = encoder.encode(images)
+    for column in encoder.embedder.columns:  # not the pixel descriptors, which a bitstream lacks
+        np.testing.assert_allclose(together[column], from_images[column], atol=1e-5, err_msg=column)
+    # the codec's own batch: every decoded tensor, not only the pooled ones, as one at a time
+    for data, (tensors, _) in zip(files, codec.latents_batch(files)):
+        alone, _ = codec.latents(data)
+        assert all(torch.equal(tensors[name], alone[name]) for name in alone)
+
+
+def test_an_ingest_of_bitstreams_only_refuses_feature_sets_they_cannot_give(small, tmp_path):
+    """--feature-set all over a source of .jai files only: exit 2 and one line saying why and what to
+    use, before anything is written. A source that also holds images keeps the per-item error rows."""
+    from processes import run_command
+
+    source = tmp_path / "bits"
+    (source / "sd").mkdir(parents=True)
+    (source / "a.jai").write_bytes(small[1])
+    (source / "sd" / "b.JAI").write_bytes(small[1])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "latentsweep", "ingest", str(source), "--out", str(out), "--device", "cpu",
+               "--feature-set", "all", "--quiet"]
+    result = run_command(command)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "every input" in result.stderr and "y_luma, z_luma" in result.stderr
+    assert "--feature-set selected or 2lat" in result.stderr
+    assert not out.exists()
+    Image.fromarray(photos.load("chelsea")[:64, :80]).save(source / "c.png")
+    planned = run_command(command + ["--dry-run"])
+    assert planned.returncode == 0, planned.stderr[-2000:]
 
 
 def test_compress_command_line_and_s3(s3_env, ray_session):

@@ -6,20 +6,23 @@
 - :meth:`~BitstreamCodec.compress`: the analysis transforms and the hyperprior, exactly as ingest runs
   them (:class:`~latentsweep.codec.embed.Embedder`), then ``z_hat`` and ``residual_quant`` of both
   branches range-coded into the container (``codec/container.py``).
-- :meth:`~BitstreamCodec.latents`: the paper's "decoding-free" path. Entropy decoding, the
-  hyper-decoder and the latent prediction give ``z_hat``, ``psi``, ``mu``, ``scale``,
-  ``residual_quant``, ``residual`` and ``y_hat``; neither the analysis nor the synthesis transform
-  runs, and ``y`` and ``z`` do not exist (they are never coded).
+- :meth:`~BitstreamCodec.latents` (:meth:`~BitstreamCodec.latents_batch` for many): the paper's
+  "decoding-free" path. Entropy decoding, the hyper-decoder and the latent prediction give ``z_hat``,
+  ``psi``, ``mu``, ``scale``, ``residual_quant``, ``residual`` and ``y_hat``; neither the analysis nor
+  the synthesis transform runs, and ``y`` and ``z`` do not exist (they are never coded).
 - :meth:`~BitstreamCodec.decompress`: :meth:`latents`, then the synthesis transforms -> RGB uint8.
 
 The scale level of each residual is computed from ``z_hat`` by float64 copies of the hyper- and scale
 decoders (``coding.level_of``), so encoder and decoder agree on every machine; the exported float32
-tensors come from the model's own modules and are unchanged.
+tensors come from the model's own modules, run over same-size files at once: the symbols (``z_hat``,
+``residual_quant``, ``residual``) equal the encoder's to the bit, the rest to float rounding, and a
+file's tensors do not depend on the other files of its batch.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 
 import numpy as np
 import torch
@@ -31,6 +34,8 @@ from latentsweep.codec.model import CODEC_NAME, TENSOR_STRIDES
 BRANCHES = ("luma", "chroma")
 STREAMS = (("z", "luma"), ("z", "chroma"), ("r", "luma"), ("r", "chroma"))  # the container's order
 DECODED_TENSORS = ("z_hat", "psi", "mu", "scale", "residual_quant", "residual", "y_hat")
+PREDICTION_BATCH = 8  # files of one size per hyper-decoder pass; below 16, where torch would switch a
+# single-threaded 1x1 convolution's kernel and so its last bits
 
 
 class BitstreamCodec:
@@ -107,10 +112,45 @@ class BitstreamCodec:
     def latents(self, data: bytes | Bitstream, max_pixels: int | None = None,
                 any_adapters: bool = False) -> tuple[dict[str, torch.Tensor], Bitstream]:
         """File bytes -> ``{"z_hat_luma": (1, C, h, w), ...}`` at the padded size, and the parsed file."""
+        [result] = self.latents_batch([data], max_pixels, any_adapters)
+        if isinstance(result, BitstreamError):
+            raise result
+        return result
+
+    @torch.inference_mode()
+    def latents_batch(self, files: list[bytes | Bitstream], max_pixels: int | None = None, any_adapters: bool = False
+                      ) -> list[tuple[dict[str, torch.Tensor], Bitstream] | BitstreamError]:
+        """:meth:`latents` of many files, in their order; a file this codec refuses is its
+        :class:`BitstreamError`, in its place. Each file is entropy-decoded alone (its scale levels by
+        :meth:`levels`, the encoder's own one-image computation: batched float64 convolutions differ from
+        it by ~1e-14, which could move a level); then files of one padded size run the hyper-decoder and
+        the latent prediction as one batch, the ~20 small convolutions that dominated one-file decoding."""
+        results: list = [None] * len(files)
+        decoded = {}  # index -> (parsed file, its symbols)
+        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, data in enumerate(files):
+            try:
+                decoded[index] = self._entropy_decode(data, max_pixels, any_adapters)
+            except BitstreamError as error:
+                results[index] = error
+                continue
+            by_size[colour.padded_size(decoded[index][0].height, decoded[index][0].width)].append(index)
+        for indices in by_size.values():
+            for start in range(0, len(indices), PREDICTION_BATCH):
+                chunk = indices[start:start + PREDICTION_BATCH]
+                tensors = self._predict([decoded[index][1] for index in chunk])
+                for position, index in enumerate(chunk):
+                    results[index] = ({name: value[position:position + 1] for name, value in tensors.items()},
+                                      decoded[index][0])
+        return results
+
+    def _entropy_decode(self, data: bytes | Bitstream, max_pixels: int | None,
+                        any_adapters: bool) -> tuple[Bitstream, dict[str, torch.Tensor]]:
+        """One file -> (the parsed file, ``{"z_hat_luma": (1, C, h, w) float32, "residual_quant_luma": ...}``)."""
         bitstream = data if isinstance(data, Bitstream) else container.unpack(data, max_pixels)
         self.check(bitstream, any_adapters)
         height, width = colour.padded_size(bitstream.height, bitstream.width)
-        out: dict[str, torch.Tensor] = {}
+        symbols = {}
         for branch in BRANCHES:
             channels = getattr(self.model, f"{branch}_z_density").log_scale.numel()
             z_shape = (channels, height // TENSOR_STRIDES["z_hat"], width // TENSOR_STRIDES["z_hat"])
@@ -118,17 +158,27 @@ class BitstreamCodec:
             z_hat = coding.decode_z(self.models, branch, _words(stream), z_shape)
             _verify(stream, z_hat, f"z_hat {branch}")
             z_hat = torch.from_numpy(z_hat).float()[None].to(self.device)
-            levels = self.levels(branch, z_hat)
             stream = bitstream.streams[STREAMS.index(("r", branch))]
-            residual_quant = coding.decode_residual(self.models, _words(stream), levels)
+            residual_quant = coding.decode_residual(self.models, _words(stream), self.levels(branch, z_hat))
             _verify(stream, residual_quant, f"residual_quant {branch}")
-            residual_quant = torch.from_numpy(residual_quant).float()[None].to(self.device)
-            predictor = getattr(self.model, f"{branch}_predictor")
-            layout = torch.channels_last  # as the Embedder runs the model
-            decoded = predictor.decode(z_hat.contiguous(memory_format=layout),
-                                       residual_quant.contiguous(memory_format=layout))
-            out.update({f"{name}_{branch}": decoded[name] for name in DECODED_TENSORS})
-        return out, bitstream
+            symbols[f"z_hat_{branch}"] = z_hat
+            symbols[f"residual_quant_{branch}"] = torch.from_numpy(residual_quant).float()[None].to(self.device)
+        return bitstream, symbols
+
+    def _predict(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Same-size files' symbols -> every decoded tensor, (B, C, h, w), by the model's own modules.
+        A lone file runs as a batch of two (itself twice): for these small tensors torch takes oneDNN's
+        convolutions only for batches above one, and its own, whose sums differ in the last bits, for one;
+        so a file decodes to the same bits alone or in any batch (a lone file pays for two)."""
+        layout = torch.channels_last  # as the Embedder runs the model
+        batch = items * 2 if len(items) == 1 else items
+        out: dict[str, torch.Tensor] = {}
+        for branch in BRANCHES:
+            z_hat, residual_quant = (torch.cat([item[f"{name}_{branch}"] for item in batch]).contiguous(
+                memory_format=layout) for name in ("z_hat", "residual_quant"))
+            decoded = getattr(self.model, f"{branch}_predictor").decode(z_hat, residual_quant)
+            out.update({f"{name}_{branch}": decoded[name][:len(items)] for name in DECODED_TENSORS})
+        return out
 
     @torch.inference_mode()
     def decompress(self, data: bytes | Bitstream, max_pixels: int | None = None) -> np.ndarray:
@@ -142,6 +192,17 @@ def reconstruction(model, tensors: dict[str, torch.Tensor], height: int, width: 
     """The model's own reconstruction of exported (or decoded) latents, as uint8 RGB of the valid area."""
     rgb = colour.yuv_to_rgb(model.reconstruct(tensors))[0, :, :height, :width]
     return (rgb.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def missing_columns(columns) -> list[str]:
+    """The columns a bitstream cannot give: ``y`` and ``z`` exist before quantisation only, never coded."""
+    return [name for name in columns if name.rsplit("_", 1)[0] not in DECODED_TENSORS]
+
+
+def missing_columns_reason(feature_set: str, missing: list[str]) -> str:
+    return (f"feature set {feature_set!r} needs {', '.join(missing)}, which a bitstream does not carry (only the "
+            "analysis transform makes y and z; the file holds z_hat and residual_quant): ingest bitstreams with "
+            "--feature-set selected or 2lat, or ingest the original images")
 
 
 def bits_per_pixel(data: bytes, height: int, width: int) -> float:

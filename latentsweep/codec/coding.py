@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -49,9 +50,10 @@ def scale_levels() -> np.ndarray:
 
 
 def level_of(log_scale: "np.ndarray") -> np.ndarray:
-    """Nearest level (int32) of each float64 log-scale; scales below the floor take level 0."""
+    """Nearest level of each float64 log-scale; scales below the floor take level 0. uint8: numpy's stable
+    sort of 8-bit keys (``_groups``) is a radix sort, 15x faster than on int32."""
     index = np.rint((np.asarray(log_scale, np.float64) - _LOG_MIN) / _LOG_STEP)
-    return np.clip(np.nan_to_num(index, nan=0.0), 0, SCALE_LEVELS - 1).astype(np.int32)
+    return np.clip(np.nan_to_num(index, nan=0.0), 0, SCALE_LEVELS - 1).astype(np.uint8)
 
 
 def _frequencies(probabilities: list[float]) -> np.ndarray:
@@ -107,6 +109,15 @@ class EntropyModels:
     def reach(self, level: int) -> int:
         return (len(self.residual[level]) - 3) // 2
 
+    @cached_property
+    def residual_coders(self) -> list:
+        """``constriction`` models of :attr:`residual`, made once, not for every stream (~300 a file)."""
+        return [_categorical(table) for table in self.residual]
+
+    @cached_property
+    def z_coders(self) -> dict[str, list]:
+        return {branch: [_categorical(table) for table in tables] for branch, tables in self.z.items()}
+
 
 # -- z_hat: one categorical per channel ------------------------------------------------------------
 
@@ -115,10 +126,10 @@ def encode_z(models: EntropyModels, branch: str, z_hat: np.ndarray) -> np.ndarra
     import constriction
 
     encoder = constriction.stream.queue.RangeEncoder()
-    for channel, table in enumerate(models.z[branch]):
+    for channel, coder in enumerate(models.z_coders[branch]):
         symbols = z_hat[channel].reshape(-1).astype(np.int32) + Z_LIMIT
         if symbols.size:
-            encoder.encode(symbols, _categorical(table))
+            encoder.encode(symbols, coder)
     return encoder.get_compressed()
 
 
@@ -126,8 +137,8 @@ def decode_z(models: EntropyModels, branch: str, words: np.ndarray, shape: tuple
     channels, height, width = shape
     decoder = _decoder(words)
     out = np.empty((channels, height * width), np.int32)
-    for channel, table in enumerate(models.z[branch]):
-        out[channel] = _decode(decoder, _categorical(table), height * width)
+    for channel, coder in enumerate(models.z_coders[branch]):
+        out[channel] = _decode(decoder, coder, height * width)
     return (out - Z_LIMIT).reshape(shape)
 
 
@@ -155,7 +166,7 @@ def encode_residual(models: EntropyModels, values: np.ndarray, levels: np.ndarra
         chosen = values[where]
         reach = models.reach(level)
         symbols = np.clip(chosen, -reach - 1, reach + 1) + reach + 1
-        encoder.encode(symbols.astype(np.int32), _categorical(models.residual[level]))
+        encoder.encode(symbols.astype(np.int32), models.residual_coders[level])
         escaped.append(np.abs(chosen[np.abs(chosen) > reach]) - reach - 1)
     magnitudes = np.concatenate(escaped) if escaped else np.zeros(0, np.int64)
     if magnitudes.size:  # bit lengths, then the bits below each leading 1
@@ -177,7 +188,7 @@ def decode_residual(models: EntropyModels, words: np.ndarray, levels: np.ndarray
     escaped, signs, reaches = [], [], []
     for level, where in _groups(flat):
         reach = models.reach(level)
-        symbols = _decode(decoder, _categorical(models.residual[level]), where.size)
+        symbols = _decode(decoder, models.residual_coders[level], where.size)
         out[where] = symbols - reach - 1
         outside = (symbols == 0) | (symbols == 2 * reach + 2)
         escaped.append(where[outside])

@@ -43,8 +43,9 @@ class Encoder:
         for i, item in enumerate(items):
             if not item.error_type and item.source == "latents":
                 self._pool_latents(item, i, vectors)
-            if not item.error_type and item.source == "bitstream":
-                self._pool_bitstream(item, i, vectors)
+        bitstreams = [i for i, item in enumerate(items) if not item.error_type and item.source == "bitstream"]
+        if bitstreams:
+            self._pool_bitstreams([items[i] for i in bitstreams], bitstreams, vectors)
         return vectors
 
     def _describe(self, item: Fetched, i: int, vectors: dict) -> None:
@@ -77,31 +78,44 @@ class Encoder:
         except reference.LatentFileError as error:
             item.error_type, item.message = "bad_latents", str(error)
 
-    def _pool_bitstream(self, item: Fetched, i: int, vectors: dict) -> None:
-        """A ``.jai`` bitstream: entropy decoding, the hyper-decoder and the latent prediction only
-        (no analysis, no synthesis); pooled over the image's valid area as an image's latents are."""
-        from latentsweep.codec import pooling
-        from latentsweep.codec.bitstream import DECODED_TENSORS, BitstreamCodec
+    def _pool_bitstreams(self, items: list[Fetched], rows: list[int], vectors: dict) -> None:
+        """``.jai`` bitstreams: entropy decoding, the hyper-decoder and the latent prediction only (no
+        analysis, no synthesis), same-size files as one batch; pooled over each image's valid area as an
+        image's latents are."""
+        from latentsweep.codec.bitstream import BitstreamCodec, missing_columns, missing_columns_reason
         from latentsweep.codec.container import BitstreamError
+
+        missing = missing_columns(self.embedder.columns)
+        if missing:  # a source of bitstreams only is refused before the job (ingest/run.py); mixed ones get rows
+            for item in items:
+                item.error_type = "bad_bitstream"
+                item.message = missing_columns_reason(self.embedder.settings.feature_set, missing)
+            return
+        if self.bitstreams is None:
+            self.bitstreams = BitstreamCodec(self.embedder)
+        try:
+            results = self.bitstreams.latents_batch([item.latents for item in items])
+        except Exception:  # one odd file must not sink its batch: retry one by one
+            results = [self._latents_one(item) for item in items]
+        for item, i, result in zip(items, rows, results):
+            if isinstance(result, BitstreamError):
+                item.error_type, item.message = result.error_type, str(result)
+            elif isinstance(result, Exception):
+                item.error_type, item.message = "encode_failed", f"{type(result).__name__}: {result}"
+            else:
+                self._pool_decoded(*result, i, vectors)
+
+    def _latents_one(self, item: Fetched):
+        """The item's (tensors, header), or the exception that stopped it."""
+        try:
+            return self.bitstreams.latents(item.latents)
+        except Exception as error:
+            return error
+
+    def _pool_decoded(self, tensors: dict, header, i: int, vectors: dict) -> None:
+        from latentsweep.codec import pooling
         from latentsweep.codec.model import TENSOR_STRIDES
 
-        missing = [name for name in self.embedder.columns if name.rsplit("_", 1)[0] not in DECODED_TENSORS]
-        if missing:
-            item.error_type = "bad_bitstream"
-            item.message = (f"feature set {self.embedder.settings.feature_set!r} needs {', '.join(missing)}, which a "
-                            "bitstream does not carry (only the analysis transform makes y and z; the file holds "
-                            "z_hat and residual_quant): ingest bitstreams with --feature-set selected or 2lat, or "
-                            "ingest the original images")
-            return
-        try:
-            if self.bitstreams is None:
-                self.bitstreams = BitstreamCodec(self.embedder)
-            tensors, header = self.bitstreams.latents(item.latents)
-            for name in self.embedder.columns:
-                stride = TENSOR_STRIDES[name.rsplit("_", 1)[0]]
-                valid = [pooling.valid_latent_size(header.height, header.width, stride)]
-                vectors[name][i] = pooling.pool(tensors[name], valid, self.embedder.settings.pooling)[0].cpu().numpy()
-        except BitstreamError as error:
-            item.error_type, item.message = error.error_type, str(error)
-        except Exception as error:  # one odd file must not sink its shard
-            item.error_type, item.message = "encode_failed", f"{type(error).__name__}: {error}"
+        for name in self.embedder.columns:
+            valid = [pooling.valid_latent_size(header.height, header.width, TENSOR_STRIDES[name.rsplit("_", 1)[0]])]
+            vectors[name][i] = pooling.pool(tensors[name], valid, self.embedder.settings.pooling)[0].cpu().numpy()

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from latentsweep.ingest.sources import BITSTREAM_SUFFIXES
 from latentsweep.schema import MANIFEST_SCHEMA, stable_id
 
 HASH_CHUNK = 50_000
@@ -121,12 +122,23 @@ def _partition(ids: np.ndarray) -> np.ndarray:
     return (ids >> (64 - PARTITION_BITS)) + PARTITIONS // 2
 
 
-def spill_listing(batches: Iterable[pa.RecordBatch], folder: str) -> Spill:
+class ListedSpill(Spill):
+    """The spilled listing, and how many of its rows are ``.jai`` bitstreams: a source of bitstreams only
+    is refused before the job for a feature set that a bitstream cannot give (``ingest/run.py``)."""
+
+    def __init__(self, folder: str):
+        super().__init__(folder, "listed")
+        self.bitstreams = 0
+
+
+def spill_listing(batches: Iterable[pa.RecordBatch], folder: str) -> ListedSpill:
     """Listing batches (uri, size, version, label, family) spilled by id range, each row with its id."""
-    listed = Spill(folder, "listed")
+    listed = ListedSpill(folder)
     for rows in _regrouped(batches, SPILL_ROWS):
         ids = stable_ids(rows.column("uri"))
         listed.add(rows.append_column("id", pa.array(ids, pa.int64())), _partition(ids))
+        uris = pc.utf8_lower(rows.column("uri"))
+        listed.bitstreams += sum(pc.sum(pc.ends_with(uris, suffix)).as_py() or 0 for suffix in BITSTREAM_SUFFIXES)
     return listed
 
 

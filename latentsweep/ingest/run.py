@@ -183,6 +183,14 @@ def _list(job: IngestJob, scratch: str) -> tuple[Listing, planning.Spill]:
     listed = planning.spill_listing(listing.batches, scratch)
     if not listed.rows:
         raise UsageError(f"no images, .pt latents or .jai bitstreams found in {job.source}")
+    if listed.bitstreams == listed.rows:  # bitstreams only: every item would be an error row
+        from latentsweep.codec.bitstream import missing_columns, missing_columns_reason
+        from latentsweep.codec.pooling import column_dims
+
+        missing = missing_columns(column_dims(job.embed.feature_set, job.embed.pooling))
+        if missing:
+            raise UsageError(f"every input of {job.source} is a .jai bitstream, and "
+                             f"{missing_columns_reason(job.embed.feature_set, missing)}")
     return listing, listed
 
 
