@@ -47,7 +47,7 @@ class ExperimentSettings:
     main_features: str = "y_chroma"  # feature set of the full Tables 2 and 3
     software_size: int = 192         # image side of the real-software corpus (a multiple of 24)
     software_per_class: int = 60     # real-software references per class
-    software_queries_per_class: int = 20  # held-out real-software queries per class (new content seed)
+    software_queries_per_class: int = 40  # held-out real-software queries per class (new content seed)
     software_jpeg: tuple[int, int] = (80, 95)  # JPEG variant: a quality drawn per image in this range
     controlled_features: tuple[str, ...] = CONTROLLED_FEATURES
     controlled: tuple[str, ...] = ()  # the controlled corpora to run (names of CONTROLLED; empty: all)
