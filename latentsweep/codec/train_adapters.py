@@ -102,8 +102,6 @@ def calibrate(model, adapters: AdapterSet, rate_limit: float = 0.04, psnr_limit:
     ``side``-pixel crops (three per photo) of the codec's TRAINING photos stay within the limits
     (training crops of 64 pixels under-state what the adapters cost on larger images). The held-out
     photos are never used here."""
-    from latentsweep.codec import colour
-
     crops = []
     for name in photos.names("train"):
         image = photos.load(name)
@@ -220,77 +218,3 @@ def train(settings: AdapterTrainSettings, out: str, progress=print) -> dict:
             "loss_last": [float(v) for v in np.mean(history[-settings.log_every:], axis=0)]}
     meta["sha256"] = weights.save_adapters(adapters, out, meta)
     return meta
-
-
-# -- attribution with and without the adapters, on held-out content-controlled corpora ------------
-
-def _vectors(folder, adapters: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(2lat vectors, residual_spectrum vectors, labels) of a corpus folder written with manifest.csv."""
-    import csv
-    from pathlib import Path
-
-    from latentsweep.codec.embed import EmbedSettings, Embedder
-    from latentsweep.descriptors import describe
-    from latentsweep.ingest.decode import decode_image
-
-    folder = Path(folder)
-    rows = list(csv.DictReader((folder / "manifest.csv").open()))
-    images = [decode_image((folder / row["uri"]).read_bytes()) for row in rows]
-    embedder = Embedder(EmbedSettings(feature_set="2lat", device="cpu", descriptors=False, adapters=adapters))
-    pooled_ = embedder.embed(images)
-    latent = np.concatenate([pooled_["y_hat_luma"], pooled_["y_hat_chroma"]], axis=1)
-    spectrum = np.stack([describe(image, embedder.device)["residual_spectrum"] for image in images])
-    return latent, spectrum, [row["label"] for row in rows]
-
-
-def top1(references: np.ndarray, reference_labels: list[str], queries: np.ndarray, query_labels: list[str]) -> float:
-    """The index's protocol: z-score by the references, L2, cosine, the nearest reference's label."""
-    mean, std = references.mean(0), references.std(0)
-    std[std == 0] = 1.0
-
-    def unit(values):
-        values = (values - mean) / std
-        return values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
-
-    nearest = (unit(queries) @ unit(references).T).argmax(1)
-    return float(np.mean([reference_labels[i] == label for i, label in zip(nearest, query_labels)]))
-
-
-def attribution_table(root, adapters: str = "default", references: int = 40, queries: int = 20,
-                      software_size: int = 192, zoo_size: int = 128, progress=print) -> list[dict]:
-    """Top-1 of held-out queries (new content) against references, ``2lat`` without and with the
-    adapters and the ``residual_spectrum`` baseline, on the real-software HELD-OUT split and on the
-    zoo with habit 0 and shared content."""
-    from pathlib import Path
-
-    from latentsweep.zoo.corpus import CorpusSettings, make_corpus
-    from latentsweep.zoo.software import SoftwareSettings, make_software_corpus
-
-    root = Path(root)
-    corpora = {
-        "software-held-out": (make_software_corpus, SoftwareSettings("held-out", references, software_size, 0),
-                              SoftwareSettings("held-out", queries, software_size, 1)),
-        "zoo-shared (habit 0)": (make_corpus, CorpusSettings(references, zoo_size, seed=0, habit=0.0, shared_content=True),
-                                 CorpusSettings(queries, zoo_size, seed=1, habit=0.0, shared_content=True)),
-    }
-    rows = []
-    for name, (write, reference_settings, query_settings) in corpora.items():
-        folders = {}
-        for part, corpus in (("reference", reference_settings), ("queries", query_settings)):
-            folders[part] = root / name.split()[0] / part
-            if not (folders[part] / "manifest.csv").exists():
-                write(folders[part], corpus)
-        started = time.monotonic()
-        base_ref, spectrum_ref, labels_ref = _vectors(folders["reference"], None)
-        base_query, spectrum_query, labels_query = _vectors(folders["queries"], None)
-        adapted_ref, _, _ = _vectors(folders["reference"], adapters)
-        adapted_query, _, _ = _vectors(folders["queries"], adapters)
-        row = {"corpus": name, "classes": len(set(labels_ref)), "references": len(labels_ref),
-               "queries": len(labels_query),
-               "2lat": top1(base_ref, labels_ref, base_query, labels_query),
-               "2lat + adapters": top1(adapted_ref, labels_ref, adapted_query, labels_query),
-               "residual_spectrum": top1(spectrum_ref, labels_ref, spectrum_query, labels_query),
-               "seconds": round(time.monotonic() - started, 1)}
-        rows.append(row)
-        progress(row)
-    return rows
