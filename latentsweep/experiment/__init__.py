@@ -193,6 +193,7 @@ def pixel_baseline(root: Path, settings: ExperimentSettings, log) -> dict:
 
 
 CONTROLLED = {
+    "zoo-habits": "the zoo with its colour habits and content drawn per generator: NOT controlled, for reference",
     "zoo-shared": "the zoo, habit 0, content shared across generators",
     "software-tuning": "real software, tuning split (Pillow, torch; training photos)",
     "software-tuning-jpeg": "real software, tuning split, JPEG",
@@ -207,14 +208,17 @@ def controlled_corpora(settings: ExperimentSettings) -> dict[str, dict[str, tupl
     from latentsweep.zoo.corpus import make_corpus
     from latentsweep.zoo.software import SoftwareSettings, make_software_corpus
 
-    def zoo(seed: int, count: int) -> tuple:
-        return make_corpus, CorpusSettings(count, settings.size, seed=seed, habit=0.0, shared_content=True)
+    def zoo(seed: int, count: int, controlled: bool = True) -> tuple:
+        return make_corpus, (CorpusSettings(count, settings.size, seed=seed, habit=0.0, shared_content=True)
+                             if controlled else CorpusSettings(count, settings.size, seed=seed, habit=settings.habit))
 
     def software(split: str, jpeg: bool, seed: int, count: int) -> tuple:
         return make_software_corpus, SoftwareSettings(split, count, settings.software_size, seed,
                                                       tuple(settings.software_jpeg) if jpeg else None)
 
-    corpora = {"zoo-shared": {"reference": zoo(0, settings.per_generator),
+    corpora = {"zoo-habits": {"reference": zoo(0, settings.per_generator, controlled=False),
+                              "queries": zoo(1, settings.queries_per_generator, controlled=False)},
+               "zoo-shared": {"reference": zoo(0, settings.per_generator),
                               "queries": zoo(1, settings.queries_per_generator)}}
     for split in ("tuning", "held-out"):
         for jpeg in (False, True):
@@ -258,7 +262,9 @@ def controlled_markdown(rows: list[dict], settings: dict) -> list[str]:
     features = list(dict.fromkeys(r["features"] for r in rows))
     top1 = {(r["corpus"], r["features"], r["query_set"]): r["top1"] for r in rows}
     lines = ["## Attribution where content is controlled (issue 15)", "",
-             "Two corpora where only how an image was formed tells the classes apart. **zoo-shared**: the "
+             "**zoo-habits** is the zoo of the tables above (colour habits on, each generator drawing its own "
+             "content): not controlled, the reference point. Then two corpora where only how an image was "
+             "formed tells the classes apart. **zoo-shared**: the "
              "synthetic zoo with the colour habits off (`habit` 0) and image i of every generator rendering "
              "the same content i, so a descriptor that follows content is drawn to the wrong generator. "
              "**software**: real photos bundled with scikit-image, each image its own pixel-exact crop "
