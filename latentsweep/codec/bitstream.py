@@ -14,9 +14,8 @@
 
 The scale level of each residual is computed from ``z_hat`` by float64 copies of the hyper- and scale
 decoders (``coding.level_of``), so encoder and decoder agree on every machine; the exported float32
-tensors come from the model's own modules, run over same-size files at once: the symbols (``z_hat``,
-``residual_quant``, ``residual``) equal the encoder's to the bit, the rest to float rounding, and a
-file's tensors do not depend on the other files of its batch.
+tensors come from the model's own modules, run over same-size files at once, and equal the encoder's to
+the bit whatever else is in the batch (:func:`_in_batch_of_two`).
 """
 
 from __future__ import annotations
@@ -63,8 +62,14 @@ class BitstreamCodec:
     @torch.inference_mode()
     def compress(self, image: np.ndarray, source_version: str | None = None) -> tuple[bytes, dict]:
         """uint8 RGB (H, W, 3) -> (file bytes, the model's tensors of this image, for checks).
-        ``source_version``: the input's ETag or mtime, recorded (as an 8-byte id) for resume."""
+        ``source_version``: the input's ETag or mtime, recorded (as an 8-byte id) for resume. The hyperprior
+        runs again on the analysis' ``y`` as the decoder runs it (:func:`_in_batch_of_two`), so the
+        decoder's tensors equal these to the bit."""
         tensors, _ = self.embedder.exported([image])
+        for branch in BRANCHES:
+            predictor = getattr(self.model, f"{branch}_predictor")
+            predicted = _in_batch_of_two(predictor, tensors[f"y_{branch}"].float())
+            tensors.update({f"{name}_{branch}": value for name, value in predicted.items()})
         height, width = image.shape[:2]
         streams = []
         for branch in BRANCHES:
@@ -166,18 +171,14 @@ class BitstreamCodec:
         return bitstream, symbols
 
     def _predict(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Same-size files' symbols -> every decoded tensor, (B, C, h, w), by the model's own modules.
-        A lone file runs as a batch of two (itself twice): for these small tensors torch takes oneDNN's
-        convolutions only for batches above one, and its own, whose sums differ in the last bits, for one;
-        so a file decodes to the same bits alone or in any batch (a lone file pays for two)."""
+        """Same-size files' symbols -> every decoded tensor, (B, C, h, w), by the model's own modules."""
         layout = torch.channels_last  # as the Embedder runs the model
-        batch = items * 2 if len(items) == 1 else items
         out: dict[str, torch.Tensor] = {}
         for branch in BRANCHES:
-            z_hat, residual_quant = (torch.cat([item[f"{name}_{branch}"] for item in batch]).contiguous(
+            z_hat, residual_quant = (torch.cat([item[f"{name}_{branch}"] for item in items]).contiguous(
                 memory_format=layout) for name in ("z_hat", "residual_quant"))
-            decoded = getattr(self.model, f"{branch}_predictor").decode(z_hat, residual_quant)
-            out.update({f"{name}_{branch}": decoded[name][:len(items)] for name in DECODED_TENSORS})
+            decoded = _in_batch_of_two(getattr(self.model, f"{branch}_predictor").decode, z_hat, residual_quant)
+            out.update({f"{name}_{branch}": decoded[name] for name in DECODED_TENSORS})
         return out
 
     @torch.inference_mode()
@@ -192,6 +193,16 @@ def reconstruction(model, tensors: dict[str, torch.Tensor], height: int, width: 
     """The model's own reconstruction of exported (or decoded) latents, as uint8 RGB of the valid area."""
     rgb = colour.yuv_to_rgb(model.reconstruct(tensors))[0, :, :height, :width]
     return (rgb.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def _in_batch_of_two(function, *batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``function(*batch)``, a batch of one run as two (itself twice). For the hyperprior's small tensors
+    torch takes oneDNN's convolutions for batches above one and its own, whose sums differ in the last bits,
+    for one: so an image's tensors are the same alone or in any batch, at the encoder and the decoder."""
+    if batch[0].shape[0] > 1:
+        return function(*batch)
+    doubled = function(*(torch.cat([tensor, tensor]) for tensor in batch))
+    return {name: value[:1] for name, value in doubled.items()}
 
 
 def missing_columns(columns) -> list[str]:
