@@ -178,7 +178,7 @@ FeatureSetOption = Annotated[str, typer.Option(
     "--feature-set", help="Pooled tensors to store: 2lat (y_hat luma+chroma, 256 dims), selected "
                           "(+ residual, residual_quant), all (every exported tensor). " + COLUMNS_HELP)]
 DescriptorsOption = Annotated[bool, typer.Option(
-    help="Also store the pixel descriptors fingerprint (839 dims) and residual_spectrum (32, the classical "
+    help="Also store the pixel descriptors fingerprint (251 dims) and residual_spectrum (32, the classical "
          "baseline), computed from the decoded images in the same pass (--no-descriptors: latents only).")]
 PoolingOption = Annotated[str, typer.Option(
     "--pooling", help="gap (the paper's global average) or gap+std (adds per-channel std).")]

@@ -71,7 +71,7 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
 # Pixel-domain descriptors stored beside the pooled tensors (latentsweep.descriptors): column ->
 # (dimension, version). The version travels in the column's field metadata; an index reads one version.
 DESCRIPTORS: dict[str, tuple[int, str]] = {
-    "fingerprint": (839, "1"),
+    "fingerprint": (251, "2"),
     "residual_spectrum": (32, "1"),
 }
 

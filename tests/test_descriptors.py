@@ -70,9 +70,9 @@ def test_fingerprint_ignores_orientation_and_brightness_but_not_formation():
 
 def test_markov_part_averages_transition_probabilities():
     """Each part averages 12 row-normalised matrices (3 channels x 4 directions): a row's sum is the
-    share of those in which its (d1, d2) context occurred."""
+    share of those in which its d1 context occurred."""
     rgb = torch.from_numpy(photo_crop(RNG, 32))
-    rows = fingerprint.markov(rgb).view(2, 49, 7)
+    rows = fingerprint.markov(rgb).view(2, 7, 7)
     occurrences = rows.sum(-1) * 12
     assert torch.allclose(occurrences, occurrences.round(), atol=1e-9) and torch.all(rows >= 0)
     assert occurrences.round().max() == 12 and occurrences.min() >= 0
@@ -138,7 +138,7 @@ def test_default_ingest_stores_descriptors_equal_to_one_image_alone(ingested):
 
 
 def test_index_over_fingerprint_and_fused_columns(ingested):
-    for features, dimension in (("fingerprint", 839), ("fingerprint,y_hat_luma", 839 + 160)):
+    for features, dimension in (("fingerprint", 251), ("fingerprint,y_hat_luma", 251 + 160)):
         out = ingested / f"index-{features.replace(',', '-')}"
         result = cli("index", "build", str(ingested / "emb"), "--out", str(out), "--features", features,
                      "--shards", "1", "-q")
