@@ -95,15 +95,13 @@ def pixel_path(paths: list[Path], codec) -> float:
 
 def bitstream_stages(paths: list[Path], codec, batch: int) -> dict[str, float]:
     """Seconds a bitstream spends in each stage of ``BitstreamCodec.latents_batch`` (summed over ``paths``,
-    in batches of ``batch`` as ingest runs them): per file, then the batched hyper-decoder and prediction."""
+    in batches of ``batch`` as ingest runs them; the benchmark's files are of one size, one batch each)."""
     import torch
 
-    from latentsweep.codec import coding, container
+    from latentsweep.codec import coding
     from latentsweep.codec.bitstream import BRANCHES, STREAMS, _words
-    from latentsweep.codec.colour import padded_size
-    from latentsweep.codec.model import TENSOR_STRIDES
 
-    spent = dict.fromkeys(("container", "z_hat decoding", "scale levels (float64, per file)", "residual decoding",
+    spent = dict.fromkeys(("container + z_hat decoding", "scale levels (float64, batched)", "residual decoding",
                            "hyper-decoder + prediction (batched)"), 0.0)
 
     def tick(name: str, started: float) -> float:
@@ -113,29 +111,23 @@ def bitstream_stages(paths: list[Path], codec, batch: int) -> dict[str, float]:
 
     with torch.inference_mode():
         for start in range(0, len(paths), batch):
-            decoded = []
-            for path in paths[start:start + batch]:
-                now = time.perf_counter()
-                bitstream = container.unpack(path.read_bytes())
-                codec.check(bitstream)
-                now = tick("container", now)
-                height, width = padded_size(bitstream.height, bitstream.width)
-                symbols = {}
-                for branch in BRANCHES:
-                    channels = getattr(codec.model, f"{branch}_z_density").log_scale.numel()
-                    shape = (channels, height // TENSOR_STRIDES["z_hat"], width // TENSOR_STRIDES["z_hat"])
-                    words = _words(bitstream.streams[STREAMS.index(("z", branch))])
-                    z_hat = torch.from_numpy(coding.decode_z(codec.models, branch, words, shape)).float()[None]
-                    now = tick("z_hat decoding", now)
-                    levels = codec.levels(branch, z_hat)
-                    now = tick("scale levels (float64, per file)", now)
-                    words = _words(bitstream.streams[STREAMS.index(("r", branch))])
-                    residual = torch.from_numpy(coding.decode_residual(codec.models, words, levels)).float()[None]
-                    symbols.update({f"z_hat_{branch}": z_hat, f"residual_quant_{branch}": residual})
-                    now = tick("residual decoding", now)
-                decoded.append(symbols)
             now = time.perf_counter()
-            codec._predict(decoded)  # the benchmark's files are of one size: one batch
+            parsed = [codec._decode_z(path.read_bytes(), None, False) for path in paths[start:start + batch]]
+            now = tick("container + z_hat decoding", now)
+            levels = {branch: codec.levels(branch, torch.cat([z_hats[branch] for _, z_hats in parsed]))
+                      for branch in BRANCHES}
+            now = tick("scale levels (float64, batched)", now)
+            symbols = []
+            for position, (bitstream, z_hats) in enumerate(parsed):
+                decoded = {}
+                for branch in BRANCHES:
+                    words = _words(bitstream.streams[STREAMS.index(("r", branch))])
+                    residual = coding.decode_residual(codec.models, words, levels[branch][position])
+                    decoded.update({f"z_hat_{branch}": z_hats[branch],
+                                    f"residual_quant_{branch}": torch.from_numpy(residual).float()[None]})
+                symbols.append(decoded)
+            now = tick("residual decoding", now)
+            codec._predict(symbols)
             tick("hyper-decoder + prediction (batched)", now)
     return spent
 

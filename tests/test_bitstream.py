@@ -306,8 +306,13 @@ def test_a_batch_of_bitstreams_of_several_sizes_decodes_as_one_at_a_time_and_as_
     from_images = encoder.encode(images)
     for column in encoder.embedder.columns:  # not the pixel descriptors, which a bitstream lacks
         np.testing.assert_allclose(together[column], from_images[column], atol=1e-5, err_msg=column)
-    # the codec's own batch: every decoded tensor, not only the pooled ones, as one at a time
-    for data, (tensors, _) in zip(files, codec.latents_batch(files)):
+    # the codec's own batch: every decoded tensor, not only the pooled ones, as one at a time; a file
+    # whose residuals fail their checksum is refused in its place, and its batch decodes without it
+    damaged = container.unpack(files[0])
+    damaged.streams[2].payload = damaged.streams[2].payload[::-1]
+    *decoded, refused = codec.latents_batch([*files, container.pack(damaged)])
+    assert isinstance(refused, BitstreamError)
+    for data, (tensors, _) in zip(files, decoded):
         alone, _ = codec.latents(data)
         assert all(torch.equal(tensors[name], alone[name]) for name in alone)
 

@@ -77,7 +77,7 @@ class BitstreamCodec:
             streams.append(Stream(symbols_crc(z_hat), coding.encode_z(self.models, branch, z_hat).tobytes()))
         for branch in BRANCHES:
             residual = _integers(tensors[f"residual_quant_{branch}"][0])
-            levels = self.levels(branch, tensors[f"z_hat_{branch}"])
+            levels = self.levels(branch, tensors[f"z_hat_{branch}"])[0]
             words = coding.encode_residual(self.models, residual, levels)
             streams.append(Stream(symbols_crc(residual), words.tobytes()))
         data = container.pack(Bitstream(height, width, CODEC_NAME, digest_id(self.weights_digest), self.entropy_id,
@@ -86,9 +86,9 @@ class BitstreamCodec:
 
     @torch.inference_mode()
     def levels(self, branch: str, z_hat: torch.Tensor) -> np.ndarray:
-        """Scale level of every residual position (C, h, w), from ``z_hat`` (1, C, h/4, w/4) in float64."""
-        log_scale = self._levels[branch](z_hat.to(self.device, torch.float64).contiguous())
-        return coding.level_of(log_scale[0].cpu().numpy())
+        """Scale level of every residual position (B, C, h, w), from ``z_hat`` (B, C, h/4, w/4) in float64."""
+        log_scale = _in_batch_of_two(self._levels[branch], z_hat.to(self.device, torch.float64).contiguous())
+        return coding.level_of(log_scale.cpu().numpy())
 
     # -- decoder ---------------------------------------------------------------------------------
 
@@ -126,49 +126,72 @@ class BitstreamCodec:
     def latents_batch(self, files: list[bytes | Bitstream], max_pixels: int | None = None, any_adapters: bool = False
                       ) -> list[tuple[dict[str, torch.Tensor], Bitstream] | BitstreamError]:
         """:meth:`latents` of many files, in their order; a file this codec refuses is its
-        :class:`BitstreamError`, in its place. Each file is entropy-decoded alone (its scale levels by
-        :meth:`levels`, the encoder's own one-image computation: batched float64 convolutions differ from
-        it by ~1e-14, which could move a level); then files of one padded size run the hyper-decoder and
-        the latent prediction as one batch, the ~20 small convolutions that dominated one-file decoding."""
+        :class:`BitstreamError`, in its place. Files of one padded size run the float64 scale levels, the
+        hyper-decoder and the latent prediction as one batch (~20 small convolutions that dominated
+        one-file decoding); a file's tensors are the same bits alone or in any batch."""
         results: list = [None] * len(files)
-        decoded = {}  # index -> (parsed file, its symbols)
+        parsed = {}  # index -> (parsed file, its z_hat per branch)
         by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, data in enumerate(files):
             try:
-                decoded[index] = self._entropy_decode(data, max_pixels, any_adapters)
+                parsed[index] = self._decode_z(data, max_pixels, any_adapters)
             except BitstreamError as error:
                 results[index] = error
                 continue
-            by_size[colour.padded_size(decoded[index][0].height, decoded[index][0].width)].append(index)
+            by_size[colour.padded_size(parsed[index][0].height, parsed[index][0].width)].append(index)
         for indices in by_size.values():
             for start in range(0, len(indices), PREDICTION_BATCH):
                 chunk = indices[start:start + PREDICTION_BATCH]
-                tensors = self._predict([decoded[index][1] for index in chunk])
-                for position, index in enumerate(chunk):
-                    results[index] = ({name: value[position:position + 1] for name, value in tensors.items()},
-                                      decoded[index][0])
+                symbols = {}
+                for index, item in zip(chunk, self._decode_residuals([parsed[index] for index in chunk])):
+                    if isinstance(item, BitstreamError):
+                        results[index] = item
+                    else:
+                        symbols[index] = item
+                if symbols:
+                    tensors = self._predict(list(symbols.values()))
+                    for position, index in enumerate(symbols):
+                        results[index] = ({name: value[position:position + 1] for name, value in tensors.items()},
+                                          parsed[index][0])
         return results
 
-    def _entropy_decode(self, data: bytes | Bitstream, max_pixels: int | None,
-                        any_adapters: bool) -> tuple[Bitstream, dict[str, torch.Tensor]]:
-        """One file -> (the parsed file, ``{"z_hat_luma": (1, C, h, w) float32, "residual_quant_luma": ...}``)."""
+    def _decode_z(self, data: bytes | Bitstream, max_pixels: int | None,
+                  any_adapters: bool) -> tuple[Bitstream, dict[str, torch.Tensor]]:
+        """One file -> (the parsed file, ``{"luma": z_hat (1, C, h, w) float32, "chroma": ...}``)."""
         bitstream = data if isinstance(data, Bitstream) else container.unpack(data, max_pixels)
         self.check(bitstream, any_adapters)
         height, width = colour.padded_size(bitstream.height, bitstream.width)
-        symbols = {}
+        z_hats = {}
         for branch in BRANCHES:
             channels = getattr(self.model, f"{branch}_z_density").log_scale.numel()
             z_shape = (channels, height // TENSOR_STRIDES["z_hat"], width // TENSOR_STRIDES["z_hat"])
             stream = bitstream.streams[STREAMS.index(("z", branch))]
             z_hat = coding.decode_z(self.models, branch, _words(stream), z_shape)
             _verify(stream, z_hat, f"z_hat {branch}")
-            z_hat = torch.from_numpy(z_hat).float()[None].to(self.device)
-            stream = bitstream.streams[STREAMS.index(("r", branch))]
-            residual_quant = coding.decode_residual(self.models, _words(stream), self.levels(branch, z_hat))
-            _verify(stream, residual_quant, f"residual_quant {branch}")
-            symbols[f"z_hat_{branch}"] = z_hat
-            symbols[f"residual_quant_{branch}"] = torch.from_numpy(residual_quant).float()[None].to(self.device)
-        return bitstream, symbols
+            z_hats[branch] = torch.from_numpy(z_hat).float()[None].to(self.device)
+        return bitstream, z_hats
+
+    def _decode_residuals(self, files: list[tuple[Bitstream, dict[str, torch.Tensor]]]
+                          ) -> list[dict[str, torch.Tensor] | BitstreamError]:
+        """Same-size files' z_hat -> their scale levels (one float64 batch a branch) -> each file's
+        ``{"z_hat_luma": ..., "residual_quant_luma": ...}``, or the error that refused it."""
+        levels = {branch: self.levels(branch, torch.cat([z_hats[branch] for _, z_hats in files]))
+                  for branch in BRANCHES}
+        out: list = []
+        for position, (bitstream, z_hats) in enumerate(files):
+            symbols = {}
+            try:
+                for branch in BRANCHES:
+                    stream = bitstream.streams[STREAMS.index(("r", branch))]
+                    residual_quant = coding.decode_residual(self.models, _words(stream), levels[branch][position])
+                    _verify(stream, residual_quant, f"residual_quant {branch}")
+                    symbols[f"z_hat_{branch}"] = z_hats[branch]
+                    symbols[f"residual_quant_{branch}"] = torch.from_numpy(residual_quant).float()[None].to(
+                        self.device)
+            except BitstreamError as error:
+                symbols = error
+            out.append(symbols)
+        return out
 
     def _predict(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Same-size files' symbols -> every decoded tensor, (B, C, h, w), by the model's own modules."""
@@ -195,14 +218,16 @@ def reconstruction(model, tensors: dict[str, torch.Tensor], height: int, width: 
     return (rgb.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def _in_batch_of_two(function, *batch: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``function(*batch)``, a batch of one run as two (itself twice). For the hyperprior's small tensors
-    torch takes oneDNN's convolutions for batches above one and its own, whose sums differ in the last bits,
-    for one: so an image's tensors are the same alone or in any batch, at the encoder and the decoder."""
+def _in_batch_of_two(function, *batch: torch.Tensor):
+    """``function(*batch)`` (a tensor or a dict of them), a batch of one run as two (itself twice). For the
+    hyperprior's small tensors torch takes oneDNN's float32 convolutions for batches above one and its own
+    for one; its own float64 convolution gives each image of a batch one thread, a lone image all of them.
+    Their sums differ in the last bits. Above one, an image's bits do not depend on its batch (tested): so
+    encoder and decoder agree, alone or batched."""
     if batch[0].shape[0] > 1:
         return function(*batch)
     doubled = function(*(torch.cat([tensor, tensor]) for tensor in batch))
-    return {name: value[:1] for name, value in doubled.items()}
+    return doubled[:1] if isinstance(doubled, torch.Tensor) else {name: value[:1] for name, value in doubled.items()}
 
 
 def missing_columns(columns) -> list[str]:
