@@ -10,9 +10,11 @@ worker runs (``ingest.decode.fetch`` then ``ingest.encode.Encoder.encode``, batc
   synthesis transforms and YUV -> RGB), and the pixel descriptor of ``codec/pixel_baseline.py``.
 
 Both ingest paths use feature set ``2lat`` (what a bitstream carries that the paper ranks on) and no
-pixel descriptors. Then the two ingest paths again through ``latentsweep ingest`` on local Ray (a
-warm-up job first; Ray's start-up excluded), and the bitstream path's own stages. Bytes per image:
-the ``.jai`` files against the PNGs and Pillow's JPEG at quality 90 of the same images.
+pixel descriptors; ``--threads`` sets the in-process rows' torch threads. Then the two ingest paths
+again through ``latentsweep ingest`` on local Ray (a warm-up job first; Ray's start-up excluded), and
+the bitstream path's own stages (batched as ingest batches them). Bytes per image: the ``.jai`` files
+against the PNGs and Pillow's JPEG at quality 90 of the same images. The machine's load average is
+recorded with the rows: on a shared machine it moves every figure.
 """
 
 from __future__ import annotations
@@ -151,7 +153,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--no-ray", action="store_true", help="in-process rows only")
+    parser.add_argument("--threads", type=int, help="torch threads of the in-process rows (a CPU shard worker "
+                                                     "runs one per core; default: torch's own, every core)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-bitstream-"))
     pngs = make_images(work / "png", args.images, args.size)
@@ -200,6 +208,10 @@ def main() -> None:
               "ms_per_image": "", "img_s": f"{size:.0f} B ({bpp(size)} bpp)",
               "vs_image": f"{size / png_bytes:.3f} of PNG"}
              for name, size in (("bitstream .jai", jai_bytes), ("PNG", png_bytes), ("JPEG q90 (Pillow)", jpeg))]
+    import torch
+
+    rows.append({"path": "torch threads of the in-process rows", "where": "this process", "images": "",
+                 "ms_per_image": "", "img_s": torch.get_num_threads(), "vs_image": ""})
     rows.append({"path": "load average (1, 5, 15 min): start -> end", "where": "this machine", "images": "",
                  "ms_per_image": "", "img_s": f"{load_before} -> {os.getloadavg()}", "vs_image": ""})
     report("bitstream: ingest from bitstreams vs images vs the pixel path", rows,
