@@ -328,36 +328,38 @@ def demo(
 def experiment(
     out: Annotated[Path, typer.Option(help="Working folder: corpora, embeddings, indices, evaluations.")] = Path("experiment"),
     docs: Annotated[Optional[Path], typer.Option(help="Also copy results.md here (e.g. docs/results.md).")] = None,
-    size: Annotated[int, typer.Option(help="Image side of both corpora.")] = 256,
-    per_class: Annotated[int, typer.Option(help="Semantic corpus images per photo class (Table 1).")] = 24,
-    per_generator: Annotated[int, typer.Option(help="Zoo reference images per generator.")] = 60,
-    queries_per_generator: Annotated[int, typer.Option(help="Held-out zoo queries per generator.")] = 20,
-    habit: Annotated[float, typer.Option(help="Strength of the zoo generators' colour habits (0: spectral traces only).")] = 1.0,
-    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of the re-compressed query variant.")] = 90,
-    main_features: Annotated[str, typer.Option(help="Feature set of the full Tables 2 and 3.")] = "y_chroma",
-    software_size: Annotated[int, typer.Option(help="Image side of the real-software corpus (a multiple of 24).")] = 192,
-    software_per_class: Annotated[int, typer.Option(help="Real-software references per class.")] = 60,
-    software_queries_per_class: Annotated[int, typer.Option(help="Held-out real-software queries per class.")] = 20,
+    size: Annotated[Optional[int], typer.Option(help="Image side of both corpora.")] = None,
+    per_class: Annotated[Optional[int], typer.Option(help="Semantic corpus images per photo class (Table 1).")] = None,
+    per_generator: Annotated[Optional[int], typer.Option(help="Zoo reference images per generator.")] = None,
+    queries_per_generator: Annotated[Optional[int], typer.Option(help="Held-out zoo queries per generator.")] = None,
+    habit: Annotated[Optional[float], typer.Option(
+        help="Strength of the zoo generators' colour habits (0: spectral traces only).")] = None,
+    jpeg_quality: Annotated[Optional[int], typer.Option(help="JPEG quality of the re-compressed query variant.")] = None,
+    main_features: Annotated[Optional[str], typer.Option(help="Feature set of the full Tables 2 and 3.")] = None,
+    software_size: Annotated[Optional[int], typer.Option(
+        help="Image side of the real-software corpus (a multiple of 24).")] = None,
+    software_per_class: Annotated[Optional[int], typer.Option(help="Real-software references per class.")] = None,
+    software_queries_per_class: Annotated[Optional[int], typer.Option(
+        help="Held-out real-software queries per class.")] = None,
     quick: Annotated[bool, typer.Option(
-        help="Tiny sizes for a first look (overrides the sizes above); use its own --out.")] = False,
+        help="Tiny sizes for a first look (sizes given above still apply); use its own --out.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """The seed paper's experiments end to end (Table 1, Tables 2 and 3, pixel baseline) and attribution
     where content is controlled (zoo with shared content, real-software corpus) -> results.md."""
+    options = dict(locals())  # the options above, by the names ExperimentSettings' fields have
     import dataclasses
     import shutil
 
     from latentsweep import experiment as runner
     from latentsweep.errors import UsageError
 
-    if software_size <= 0 or software_size % 24:
+    given = {field.name: options[field.name] for field in dataclasses.fields(runner.ExperimentSettings)
+             if options.get(field.name) is not None}  # the rest: ExperimentSettings' defaults (--quick: tiny)
+    base = runner.ExperimentSettings.quick() if quick else runner.ExperimentSettings()
+    settings = dataclasses.replace(base, **given)
+    if settings.software_size <= 0 or settings.software_size % 24:
         raise UsageError("--software-size must be a positive multiple of 24")
-    settings = runner.ExperimentSettings(size, per_class, per_generator, queries_per_generator, habit,
-                                         jpeg_quality, main_features, software_size, software_per_class,
-                                         software_queries_per_class)
-    if quick:
-        settings = dataclasses.replace(runner.ExperimentSettings.quick(), habit=habit, jpeg_quality=jpeg_quality,
-                                       main_features=main_features)
     runner.run(out, settings, log=typer.echo)
     if docs:
         docs.parent.mkdir(parents=True, exist_ok=True)

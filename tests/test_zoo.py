@@ -291,6 +291,7 @@ def test_paper_experiment_end_to_end_beats_chance(tmp_path, ray_session):
     import json
 
     from latentsweep import experiment
+    from latentsweep.errors import UsageError
     from latentsweep.experiment.common import vote_accuracy
 
     settings = experiment.ExperimentSettings(size=128, per_class=6, per_generator=12, queries_per_generator=6,
@@ -328,6 +329,30 @@ def test_paper_experiment_end_to_end_beats_chance(tmp_path, ray_session):
     manifest = json.loads((tmp_path / "adapters" / "index" / "zoo-shared" / "2lat" / "manifest.json").read_text())
     assert "+sfma-" in manifest["weights_digest"]  # ingested through the adapters, an index of its own
     assert results["adapters"]["card"]["rate_ratio"] < 1.05 and "SFMA adapters: with and without" in text
+    with pytest.raises(UsageError, match="other settings"):  # a folder never mixes two experiments
+        experiment.run(tmp_path, experiment.ExperimentSettings.quick(), log=lambda message: None)
     rerun = experiment.run(tmp_path, settings, log=lambda message: None)  # resumes: same numbers
     assert rerun["table1"] == results["table1"] and rerun["zoo_rows"] == results["zoo_rows"]
     assert rerun["controlled"] == results["controlled"] and rerun["adapters"] == results["adapters"]
+
+
+def test_experiment_command_takes_the_settings_defaults_and_what_is_given(tmp_path, monkeypatch):
+    """Options left out are ExperimentSettings' own defaults (one place for them), --quick its tiny
+    sizes; options given win either way; a bad software size is one usage error before any run."""
+    from typer.testing import CliRunner
+
+    from latentsweep import experiment
+    from latentsweep.cli import app
+    from latentsweep.errors import UsageError
+
+    seen = []
+    monkeypatch.setattr(experiment, "run", lambda out, settings, log: seen.append(settings))
+    runner = CliRunner()
+    assert runner.invoke(app, ["experiment", "--out", str(tmp_path / "a")]).exit_code == 0
+    assert runner.invoke(app, ["experiment", "--out", str(tmp_path / "b"), "--quick", "--habit", "0",
+                               "--software-queries-per-class", "3"]).exit_code == 0
+    assert seen[0] == experiment.ExperimentSettings()
+    assert seen[1].size == experiment.ExperimentSettings.quick().size and seen[1].habit == 0.0
+    assert seen[1].software_queries_per_class == 3
+    bad = runner.invoke(app, ["experiment", "--out", str(tmp_path / "c"), "--software-size", "100"])
+    assert isinstance(bad.exception, UsageError) and len(seen) == 2

@@ -61,7 +61,16 @@ class ExperimentSettings:
 
 
 def run(out: Path, settings: ExperimentSettings = ExperimentSettings(), log=print) -> dict:
-    """Run everything under ``out``; returns the results and writes ``out/results.md`` and ``.json``."""
+    """Run everything under ``out``; returns the results and writes ``out/results.md`` and ``.json``.
+    Every step skips what ``out`` already holds, so ``out`` must hold this experiment's settings only."""
+    from latentsweep.errors import UsageError
+
+    recorded, wanted = out / "settings.json", json.dumps(asdict(settings), indent=2)
+    if recorded.exists() and recorded.read_text() != wanted:
+        raise UsageError(f"{out} holds an experiment made with other settings ({recorded}); its corpora and "
+                         f"indices would be reused as they are: choose another --out, or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(wanted)
     started = time.monotonic()
     results = {"settings": asdict(settings), "weights": _default_weights(),
                "table1": semantic_table(out / "semantic", settings, log),
