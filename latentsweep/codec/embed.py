@@ -94,7 +94,11 @@ class Embedder:
         return decoded.mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
 
     def _embed_bucket(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-        tensors, sizes = self.exported(images)
+        return self.pool(*self.exported(images))
+
+    def pool(self, tensors: dict[str, torch.Tensor], sizes: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+        """The columns of padded tensors (B, C, h, w) pooled over each image's valid area, ``sizes``
+        its (height, width) in pixels: images and decoded bitstreams alike."""
         result = {}
         for column in self.columns:
             stride = TENSOR_STRIDES[column.rsplit("_", 1)[0]]

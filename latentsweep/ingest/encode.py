@@ -113,9 +113,5 @@ class Encoder:
             return error
 
     def _pool_decoded(self, tensors: dict, header, i: int, vectors: dict) -> None:
-        from latentsweep.codec import pooling
-        from latentsweep.codec.model import TENSOR_STRIDES
-
-        for name in self.embedder.columns:
-            valid = [pooling.valid_latent_size(header.height, header.width, TENSOR_STRIDES[name.rsplit("_", 1)[0]])]
-            vectors[name][i] = pooling.pool(tensors[name], valid, self.embedder.settings.pooling)[0].cpu().numpy()
+        for name, values in self.embedder.pool(tensors, [(header.height, header.width)]).items():
+            vectors[name][i] = values[0]
