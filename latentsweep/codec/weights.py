@@ -170,14 +170,20 @@ def save_adapters(adapters, path: str | Path, meta: dict) -> str:
                              path, meta)
 
 
-def adapters_digest(spec: str | Path | None) -> str | None:
-    """The adapters' SHA-256 (checked against their sidecar), or ``None`` without adapters."""
+def _verified_adapters(spec: str | Path | None) -> tuple[Path, bytes, str, dict] | None:
+    """:func:`_verified` of the adapters ``spec`` names, or ``None`` without adapters."""
     path = adapters_path(spec)
     if path is None:
         return None
     if not path.exists():
         raise WeightsError(f"adapters not found: {path}")
-    return _verified(path)[2]
+    return _verified(path)
+
+
+def adapters_digest(spec: str | Path | None) -> str | None:
+    """The adapters' SHA-256 (checked against their sidecar), or ``None`` without adapters."""
+    verified = _verified_adapters(spec)
+    return verified[2] if verified else None
 
 
 def combined_digest(weights_digest: str, adapters: str | None) -> str:
@@ -191,12 +197,10 @@ def load_adapters(spec: str | Path | None, weights_digest: str | None = None):
     adapters trained on other codec weights than ``weights_digest`` (when given)."""
     from latentsweep.codec.adapters import AdapterSet
 
-    path = adapters_path(spec)
-    if path is None:
+    verified = _verified_adapters(spec)
+    if verified is None:
         return None, None, {}
-    if not path.exists():
-        raise WeightsError(f"adapters not found: {path}")
-    path, data, digest_, record = _verified(path)
+    path, data, digest_, record = verified
     meta = record.get("meta", {})
     base = meta.get("base_weights_sha256")
     if weights_digest is not None and base and base != weights_digest:
