@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from latentsweep.decision.calibration import (BINS, confidence, confidence_tables, fit_table, open_set_threshold,
-                                              share_bin, table_key)
+                                              unit_bin, table_key)
 from latentsweep.decision.vote import vote
 
 MISSING = -1
@@ -27,9 +27,9 @@ def test_open_set_threshold_leaves_each_reference_out_and_takes_the_target_quant
 def test_vote_shares_of_ten_neighbours_fall_one_per_bin():
     counts = np.arange(1, 11)
     summed = np.array([sum([0.1] * c) for c in counts])  # 0.30000000000000004 and friends
-    assert share_bin(counts / 10).tolist() == list(range(BINS))
-    assert share_bin(summed).tolist() == list(range(BINS))
-    assert share_bin(np.array([0.0, 0.05, 0.101, 1.0])).tolist() == [0, 0, 1, 9]
+    assert unit_bin(counts / 10).tolist() == list(range(BINS))
+    assert unit_bin(summed).tolist() == list(range(BINS))
+    assert unit_bin(np.array([0.0, 0.05, 0.101, 1.0])).tolist() == [0, 0, 1, 9]
 
 
 def test_fit_table_by_hand():
@@ -75,3 +75,14 @@ def test_confidence_reads_the_table_of_the_sweeps_vote_setting():
     assert confidence(tables, 20, False, np.array([0.5])) is None    # k above what the index sampled
     assert confidence(tables, 10, True, np.array([0.5])) is None     # another vote kind
     assert confidence({}, 10, False, np.array([0.5])) is None        # an index built before calibration
+
+
+def test_reliability_by_hand():
+    """Bins (low, high] of the confidence, exact tenths in the lower bin; ECE = the bins' |accuracy -
+    mean confidence| weighted by their queries."""
+    from latentsweep.query.metrics import reliability
+
+    curve = reliability(np.array([0.3, 0.3, 0.95, 0.95, 0.95, 0.95]), np.array([1, 0, 1, 1, 1, 0]))
+    assert [(b["low"], b["queries"]) for b in curve["bins"]] == [(0.2, 2), (0.9, 4)]
+    assert curve["bins"][0]["accuracy"] == 0.5 and curve["bins"][1]["mean_confidence"] == pytest.approx(0.95)
+    assert curve["ece"] == pytest.approx(2 / 6 * abs(0.5 - 0.3) + 4 / 6 * abs(0.75 - 0.95))

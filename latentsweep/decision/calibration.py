@@ -34,10 +34,11 @@ def open_set_threshold(scores: np.ndarray, ids: np.ndarray, own: np.ndarray, tar
     return float(best[int(np.floor(target * len(best)))])
 
 
-def share_bin(share: np.ndarray) -> np.ndarray:
-    """The bin of each vote share; a share of exactly i/BINS falls in bin i - 1 (floating-point
-    products like 0.3 * 10 = 3.0000000000000004 are pulled back before rounding up)."""
-    return np.clip(np.ceil(np.round(np.asarray(share, np.float64) * BINS, 9)) - 1, 0, BINS - 1).astype(np.int64)
+def unit_bin(values: np.ndarray, bins: int = BINS) -> np.ndarray:
+    """The bin of each value among ``bins`` equal bins (low, high] of (0, 1] (0 joins the first): a vote
+    share or a probability of exactly i/bins falls in bin i - 1 (floating-point products like
+    0.3 * 10 = 3.0000000000000004 are pulled back before rounding up)."""
+    return np.clip(np.ceil(np.round(np.asarray(values, np.float64) * bins, 9)) - 1, 0, bins - 1).astype(np.int64)
 
 
 def _pool_adjacent_violators(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -55,7 +56,7 @@ def _pool_adjacent_violators(values: np.ndarray, weights: np.ndarray) -> np.ndar
 def fit_table(share: np.ndarray, correct: np.ndarray) -> dict:
     """P(right | share bin) from one vote setting's leave-one-out votes: ``{"probability": [BINS],
     "queries": [BINS]}``. Empty bins take their nearest filled neighbour's value (lower first)."""
-    bins = share_bin(share)
+    bins = unit_bin(share)
     counts = np.bincount(bins, minlength=BINS)
     right = np.bincount(bins, weights=np.asarray(correct, np.float64), minlength=BINS)
     filled = counts > 0
@@ -96,4 +97,4 @@ def confidence(tables: dict[str, dict], k: int, weighted: bool, share: np.ndarra
     table = tables.get(table_key(k, weighted))
     if table is None:
         return None
-    return np.asarray(table["probability"], np.float64)[share_bin(share)]
+    return np.asarray(table["probability"], np.float64)[unit_bin(share)]

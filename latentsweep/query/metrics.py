@@ -30,6 +30,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from latentsweep.decision.calibration import unit_bin
+
 
 def precision_key(k: int) -> str:
     return f"precision_at_{k}"
@@ -167,7 +169,7 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> 
     """Calibration curve in ``bins`` equal-width bins of the confidence, ``(low, high]`` (the first
     includes 0): each filled bin's queries, mean confidence and accuracy; and the ECE."""
     confidence, correct = np.asarray(confidence, np.float64), np.asarray(correct, np.float64)
-    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    which = unit_bin(confidence, bins)
     rows, error = [], 0.0
     for b in range(bins):
         inside = which == b
