@@ -292,11 +292,12 @@ def test_paper_experiment_end_to_end_beats_chance(tmp_path, ray_session):
 
     from latentsweep import experiment
     from latentsweep.errors import UsageError
+    from latentsweep.experiment.adapters import ADAPTER_CORPORA
     from latentsweep.experiment.common import vote_accuracy
 
     settings = experiment.ExperimentSettings(size=128, per_class=6, per_generator=12, queries_per_generator=6,
                                              software_size=48, software_per_class=4, software_queries_per_class=2,
-                                             controlled=("zoo-shared", "software-held-out-jpeg"))
+                                             controlled=("zoo-habits", "zoo-shared", "software-held-out-jpeg"))
     results = experiment.run(tmp_path, settings, log=lambda message: None)
     assert len(results["table1"]) == 9
     semantic = {(r["classes"], r["features"]): r["top1"] for r in results["table1"]}
@@ -322,8 +323,11 @@ def test_paper_experiment_end_to_end_beats_chance(tmp_path, ray_session):
                                    [str(tmp_path / "controlled" / "embeddings" / "zoo-shared" / "reference")], k=1)
     assert round(one["vote_accuracy"], 4) == controlled[("zoo-shared", "y_chroma", "reference")]["top1"]  # a 1-NN vote
     assert "Attribution where content is controlled" in text and "software-held-out-jpeg" in text
+    # the zoo with habits is the zoo tables' own embeddings: the same held-out queries, the same nearest neighbour
+    assert controlled[("zoo-habits", "y_chroma", "queries")]["top1"] == held_out[("gap", "y_chroma")]
+    assert not (tmp_path / "controlled" / "embeddings" / "zoo-habits").exists()
     adapters = {(r["corpus"], r["features"], r["adapters"]): r for r in results["adapters"]["rows"]}
-    assert len(adapters) == len(settings.controlled) * 5  # 2lat and y_chroma without and with, the baseline
+    assert len(adapters) == len(set(settings.controlled) & set(ADAPTER_CORPORA)) * 5  # 2lat, y_chroma +/-, baseline
     without = controlled[("zoo-shared", "2lat", "queries")]
     assert adapters[("zoo-shared", "2lat", False)]["top1"] == without["top1"]  # the controlled row, reused
     manifest = json.loads((tmp_path / "adapters" / "index" / "zoo-shared" / "2lat" / "manifest.json").read_text())

@@ -75,7 +75,8 @@ def run(out: Path, settings: ExperimentSettings = ExperimentSettings(), log=prin
     results = {"settings": asdict(settings), "weights": _default_weights(),
                "table1": semantic_table(out / "semantic", settings, log),
                **zoo_tables(out / "zoo", settings, log),
-               "controlled": controlled_tables(out / "controlled", settings, log)}
+               "controlled": controlled_tables(out / "controlled", settings, log,
+                                               {"zoo-habits": zoo_embeddings(out / "zoo")})}
     if not settings.controlled or HELD_OUT_CORPUS in settings.controlled:
         from latentsweep.experiment.open_set import open_set_table
         from latentsweep.experiment.real import real_table
@@ -136,7 +137,7 @@ def zoo_tables(root: Path, settings: ExperimentSettings, log) -> dict:
             make_corpus(root / "corpus" / name, corpus)
     rows, main = [], {}
     for pooling in ("gap", "gap+std"):
-        embedded = {name: ingest_corpus(root / "corpus" / name, root / "embeddings" / pooling / name, pooling, log)
+        embedded = {name: ingest_corpus(root / "corpus" / name, _zoo_embedded(root, pooling, name), pooling, log)
                     for name in corpora if pooling == "gap" or not name.startswith("queries-jpeg")}
         for features in ZOO_FEATURES:
             index = root / "index" / pooling / features
@@ -151,6 +152,15 @@ def zoo_tables(root: Path, settings: ExperimentSettings, log) -> dict:
     return {"zoo_rows": rows, "zoo_main": {name: {k: main[name][k] for k in ("overall", "by_family", "by_label")}
                                            for name in main},
             "pixel_baseline": pixel_baseline(root, settings, log)}
+
+
+def _zoo_embedded(root: Path, pooling: str, name: str) -> Path:
+    return root / "embeddings" / pooling / name
+
+
+def zoo_embeddings(root: Path) -> dict[str, str]:
+    """The zoo tables' reference and held-out query embeddings (GAP): the controlled tables' zoo-habits."""
+    return {name: str(_zoo_embedded(root, "gap", name)) for name in ("reference", "queries")}
 
 
 def _images(manifest: Path) -> tuple[list[np.ndarray], list[str], dict[str, str]]:
@@ -217,17 +227,14 @@ def controlled_corpora(settings: ExperimentSettings) -> dict[str, dict[str, tupl
     from latentsweep.zoo.corpus import make_corpus
     from latentsweep.zoo.software import SoftwareSettings, make_software_corpus
 
-    def zoo(seed: int, count: int, controlled: bool = True) -> tuple:
-        return make_corpus, (CorpusSettings(count, settings.size, seed=seed, habit=0.0, shared_content=True)
-                             if controlled else CorpusSettings(count, settings.size, seed=seed, habit=settings.habit))
+    def zoo(seed: int, count: int) -> tuple:
+        return make_corpus, CorpusSettings(count, settings.size, seed=seed, habit=0.0, shared_content=True)
 
     def software(split: str, jpeg: bool, seed: int, count: int) -> tuple:
         return make_software_corpus, SoftwareSettings(split, count, settings.software_size, seed,
                                                       tuple(settings.software_jpeg) if jpeg else None)
 
-    corpora = {"zoo-habits": {"reference": zoo(0, settings.per_generator, controlled=False),
-                              "queries": zoo(1, settings.queries_per_generator, controlled=False)},
-               "zoo-shared": {"reference": zoo(0, settings.per_generator),
+    corpora = {"zoo-shared": {"reference": zoo(0, settings.per_generator),
                               "queries": zoo(1, settings.queries_per_generator)}}
     for split in ("tuning", "held-out"):
         for jpeg in (False, True):
@@ -237,21 +244,21 @@ def controlled_corpora(settings: ExperimentSettings) -> dict[str, dict[str, tupl
     return corpora
 
 
-def controlled_tables(root: Path, settings: ExperimentSettings, log) -> list[dict]:
-    """Every controlled corpus x feature set x (leave-one-out on the references, held-out queries)."""
+def controlled_tables(root: Path, settings: ExperimentSettings, log, ingested: dict[str, dict[str, str]]
+                      ) -> list[dict]:
+    """Every controlled corpus x feature set x (leave-one-out on the references, held-out queries), after
+    the corpora other tables already made and ingested (``ingested``: name -> query set -> embeddings;
+    the zoo with habits is the zoo tables' own)."""
+    made = controlled_corpora(settings)
     rows = []
-    for name, sets in controlled_corpora(settings).items():
+    for name in [*ingested, *made]:
         if settings.controlled and name not in settings.controlled:
             continue
-        embedded = {}
-        for query_set, (write, corpus) in sets.items():
-            folder = root / "corpus" / name / query_set
-            if not (folder / "manifest.csv").exists():
-                write(folder, corpus)
-            embedded[query_set] = ingest_corpus(folder, root / "embeddings" / name / query_set, log=log)
+        embedded = ingested[name] if name in ingested else {
+            query_set: _made_and_ingested(root, name, query_set, *made[name][query_set], log) for query_set in made[name]}
         for features in settings.controlled_features:
             index = root / "index" / name / features
-            for query_set in sets:
+            for query_set in embedded:
                 queries = None if query_set == "reference" else [embedded[query_set]]
                 metrics = evaluate_index([embedded["reference"]], index, features,
                                     root / "evaluation" / name / features / query_set, queries, vote=True)
@@ -259,6 +266,13 @@ def controlled_tables(root: Path, settings: ExperimentSettings, log) -> list[dic
                              "classes": len(metrics["by_label"]), "reliability": metrics["overall"].get("reliability")})
                 log(f"experiment: controlled {name} {features} {query_set}: top1 {rows[-1]['top1']:.3f}")
     return rows
+
+
+def _made_and_ingested(root: Path, name: str, query_set: str, write, corpus, log) -> str:
+    folder = root / "corpus" / name / query_set
+    if not (folder / "manifest.csv").exists():
+        write(folder, corpus)
+    return ingest_corpus(folder, root / "embeddings" / name / query_set, log=log)
 
 
 def controlled_markdown(rows: list[dict], settings: dict) -> list[str]:
