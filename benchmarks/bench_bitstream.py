@@ -134,13 +134,13 @@ def bitstream_stages(paths: list[Path], codec, batch: int) -> dict[str, float]:
     return spent
 
 
-def through_ray(source: Path, out: Path, batch: int) -> float:
+def through_ray(source: Path, out: Path, batch: int, shard_size: int) -> float:
     from latentsweep.codec.embed import EmbedSettings
     from latentsweep.ingest.run import IngestJob, run
 
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    summary = run(IngestJob(str(source), str(out), EmbedSettings(max_batch=batch, **SETTINGS), shard_size=32,
+    summary = run(IngestJob(str(source), str(out), EmbedSettings(max_batch=batch, **SETTINGS), shard_size=shard_size,
                             quiet=True))
     seconds = time.perf_counter() - started
     assert summary.embedded == summary.inputs, summary
@@ -153,6 +153,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--no-ray", action="store_true", help="in-process rows only")
+    parser.add_argument("--shard-size", type=int, default=256, help="items per shard of the Ray rows (ingest's default)")
     parser.add_argument("--threads", type=int, help="torch threads of the in-process rows (a CPU shard worker "
                                                      "runs one per core; default: torch's own, every core)")
     args = parser.parse_args()
@@ -189,9 +190,9 @@ def main() -> None:
         from latentsweep.cluster import connect
 
         connect(quiet=True)
-        through_ray(work / "png", work / "warm", args.batch)  # Ray worker imports, once per machine
-        ray_image = through_ray(work / "png", work / "out-png", args.batch)
-        ray_bitstream = through_ray(work / "jai", work / "out-jai", args.batch)
+        through_ray(work / "png", work / "warm", args.batch, args.shard_size)  # Ray worker imports, once per machine
+        ray_image = through_ray(work / "png", work / "out-png", args.batch, args.shard_size)
+        ray_bitstream = through_ray(work / "jai", work / "out-jai", args.batch, args.shard_size)
         rows += [
             {"path": "image ingest", "where": "latentsweep ingest, local Ray", "images": n,
              "ms_per_image": round(1000 * ray_image / n, 1), "img_s": round(n / ray_image, 2),
