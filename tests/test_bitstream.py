@@ -20,7 +20,7 @@ from PIL import Image
 from processes import local_env
 from latentsweep import photos, storage
 from latentsweep.codec import container
-from latentsweep.codec.bitstream import BitstreamCodec, bits_per_pixel, reconstruction
+from latentsweep.codec.bitstream import BitstreamCodec, bits_per_pixel
 from latentsweep.codec.container import BitstreamError
 from latentsweep.codec.embed import EmbedSettings, Embedder
 from latentsweep.compress import CodecJob, output_name, run as run_codec
@@ -145,7 +145,7 @@ def test_held_out_rate_exact_latents_and_pixels(codec):
         for key, value in decoded.items():
             assert torch.equal(value, tensors[key]), (name, key)
         if name == "clock":  # the synthesis on the smallest photo (seconds on 2 cores)
-            assert np.array_equal(codec.decompress(data), reconstruction(model, tensors, height, width))
+            assert np.array_equal(codec.decompress(data), model.pixels(tensors, height, width))
 
 
 DECODE_ELSEWHERE = """
@@ -230,7 +230,7 @@ def test_compress_resume_decompress_and_ingest_bitstreams(corpus, tmp_path, ray_
     assert decompressed.written == 3 and not decompressed.errors
     out = np.asarray(Image.open(pngs / "sd" / "night" / "a.png")).astype(int)
     tensors, header = codec.latents((bits / "sd" / "night" / "a.jai").read_bytes())
-    expected = reconstruction(codec.model, tensors, header.height, header.width).astype(int)
+    expected = codec.model.pixels(tensors, header.height, header.width).astype(int)
     assert out.shape == expected.shape and np.abs(out - expected).max() <= 1
     assert (out != expected).mean() < 0.01
     again = run_codec(CodecJob("decompress", str(bits), str(pngs), device="cpu", quiet=True))

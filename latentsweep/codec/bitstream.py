@@ -208,14 +208,7 @@ class BitstreamCodec:
     def decompress(self, data: bytes | Bitstream, max_pixels: int | None = None) -> np.ndarray:
         """File bytes -> uint8 RGB (H, W, 3): the synthesis transforms on the decoded ``y_hat``."""
         tensors, bitstream = self.latents(data, max_pixels, any_adapters=True)
-        return reconstruction(self.model, tensors, bitstream.height, bitstream.width)
-
-
-@torch.inference_mode()
-def reconstruction(model, tensors: dict[str, torch.Tensor], height: int, width: int) -> np.ndarray:
-    """The model's own reconstruction of exported (or decoded) latents, as uint8 RGB of the valid area."""
-    rgb = colour.yuv_to_rgb(model.reconstruct(tensors))[0, :, :height, :width]
-    return (rgb.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return self.model.pixels(tensors, bitstream.height, bitstream.width)
 
 
 def _in_batch_of_two(function, *batch: torch.Tensor):

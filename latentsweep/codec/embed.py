@@ -90,8 +90,7 @@ class Embedder:
     def round_trip(self, image: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) -> the codec's reconstruction of it (analysis, quantisation, synthesis), uint8."""
         tensors, [(height, width)] = self.exported([image])
-        decoded = colour.yuv_to_rgb(self.model.reconstruct(tensors)).clamp(0, 1)[0, :, :height, :width]
-        return decoded.mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+        return self.model.pixels(tensors, height, width)
 
     def _embed_bucket(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
         return self.pool(*self.exported(images))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,6 +54,13 @@ class BopCodec(nn.Module):
         luma = self.luma_synthesis(exported["y_hat_luma"])
         chroma = self.chroma_synthesis(exported["y_hat_chroma"])
         return torch.cat([luma, chroma], dim=1) / 255.0 + 0.5
+
+    @torch.inference_mode()
+    def pixels(self, exported: dict[str, torch.Tensor], height: int, width: int) -> np.ndarray:
+        """The reconstruction of the first item's latents (exported or decoded from a bitstream) as uint8 RGB
+        (height, width, 3) of its valid area: what a decoder shows a user."""
+        rgb = colour.yuv_to_rgb(self.reconstruct(exported))[0, :, :height, :width]
+        return (rgb.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
     def bits(self, exported: dict[str, torch.Tensor]) -> torch.Tensor:
         """Estimated bits per image of the batch (z_hat + quantised residuals, both branches)."""

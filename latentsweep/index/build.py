@@ -461,14 +461,17 @@ def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.
     try:
         results = ray.get(tasks)
         sampled = ray.get(query_ids) if queries else None
-        recall = _recall(spec, ladder, [r["recall"] for r in results], sampled, job, log) if ladder else None
+        # the sample's exact neighbours over all shards, as a search merges them: for recall and calibration
+        exact = merge([r["recall"]["exact"] for r in results], RECALL_K + 1) if queries else None
+        recall = _recall(spec, ladder, [r["recall"] for r in results], exact[1], sampled, job, log) \
+            if ladder else None
     except BaseException:
         _discard(root, version)
         raise
     if recall:
         params = recall["search_params"]
     threshold, confidence = (existing.open_set_threshold, existing.confidence) if existing else _calibrate(
-        [r["recall"] for r in results], sampled, job.open_set_target, log) if queries else (None, {})
+        exact, [r["recall"]["labels"] for r in results], sampled, job.open_set_target, log) if queries else (None, {})
     manifest = Manifest(
         dimension=dimension, features=existing.features if existing else job.features, columns=columns,
         pooling=pooling, codec=codec, weights_digest=weights_digest, scaler=scaler.to_dict(),
@@ -510,15 +513,17 @@ def _check_training(spec: str, train: int, total: int, queries: int, log) -> Non
             f"39 recommended){held}")
 
 
-def _calibrate(parts: list[dict], query_ids: np.ndarray, target: float, log) -> tuple[float | None, dict]:
-    """The open-set threshold and the vote's confidence tables from the shards' exact neighbours of the
-    sample, merged; each sampled reference votes with its neighbours other than itself."""
-    scores, ids = merge([part["exact"] for part in parts], RECALL_K + 1)
+def _calibrate(exact: tuple[np.ndarray, np.ndarray], shard_labels: list[dict[int, str]], query_ids: np.ndarray,
+               target: float, log) -> tuple[float | None, dict]:
+    """The open-set threshold and the vote's confidence tables from the sample's exact neighbours (merged
+    over the shards) and their labels (each shard's own); each sampled reference votes with its neighbours
+    other than itself."""
+    scores, ids = exact
     threshold = open_set_threshold(scores, ids, query_ids, target, MISSING)
     if threshold is not None:
         log(f"index: open-set threshold {threshold:.4f}: {target:.0%} of {len(query_ids)} sampled references "
             f"fall below it against the others (sweeps call such queries unknown; --open-set-threshold overrides)")
-    labels = {i: label for part in parts for i, label in part["labels"].items()}
+    labels = {i: label for part in shard_labels for i, label in part.items()}
     codes = {label: code for code, label in enumerate(sorted(set(labels.values())))}
     code_of = np.vectorize(lambda i: codes.get(labels.get(int(i)), -1), otypes=[np.int64])
     # the others' positions, best first (all RECALL_K + 1 hits are others when a duplicate outranked self)
@@ -531,12 +536,12 @@ def _calibrate(parts: list[dict], query_ids: np.ndarray, target: float, log) -> 
     return threshold, tables
 
 
-def _recall(spec: str, ladder: list[str], parts: list[dict], query_ids: np.ndarray, job: IndexJob, log) -> dict:
+def _recall(spec: str, ladder: list[str], parts: list[dict], truth: np.ndarray, query_ids: np.ndarray, job: IndexJob,
+            log) -> dict:
     """recall@10 of ``spec`` at each search params of ``ladder`` (cheapest first) against exact search,
-    merged over the shards as a search merges them; the first params that reach ``job.min_recall``,
-    else (without --auto) the best; --auto refuses a type that reaches it at none."""
+    merged over the shards as a search merges them (``truth``: the merged exact ids); the first params that
+    reach ``job.min_recall``, else (without --auto) the best; --auto refuses a type that reaches it at none."""
     k = RECALL_K + 1
-    _, truth = merge([part["exact"] for part in parts], k)
     tried = []
     for step, params in enumerate(ladder):
         _, found = merge([part["approximate"][step] for part in parts], k)
