@@ -140,8 +140,8 @@ def through_ray(source: Path, out: Path, batch: int, shard_size: int) -> float:
 
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    summary = run(IngestJob(str(source), str(out), EmbedSettings(max_batch=batch, **SETTINGS), shard_size=shard_size,
-                            quiet=True))
+    summary = run(IngestJob(str(source), str(out), EmbedSettings(max_batch=batch, **SETTINGS),
+                            shard_size=shard_size, quiet=True))
     seconds = time.perf_counter() - started
     assert summary.embedded == summary.inputs, summary
     return seconds
@@ -153,7 +153,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--no-ray", action="store_true", help="in-process rows only")
-    parser.add_argument("--shard-size", type=int, default=256, help="items per shard of the Ray rows (ingest's default)")
+    parser.add_argument("--shard-size", type=int, default=256,
+                        help="items per shard of the Ray rows (ingest's default)")
     parser.add_argument("--threads", type=int, help="torch threads of the in-process rows (a CPU shard worker "
                                                      "runs one per core; default: torch's own, every core)")
     args = parser.parse_args()

@@ -545,7 +545,8 @@ def _recall(spec: str, ladder: list[str], parts: list[dict], truth: np.ndarray, 
     tried = []
     for step, params in enumerate(ladder):
         _, found = merge([part["approximate"][step] for part in parts], k)
-        tried.append({"search_params": params, "recall_at_10": round(recall_at_k(truth, found, query_ids, RECALL_K), 4)})
+        tried.append({"search_params": params,
+                      "recall_at_10": round(recall_at_k(truth, found, query_ids, RECALL_K), 4)})
     said = ", ".join(f"{t['search_params'] or spec}: {t['recall_at_10']:.3f}" for t in tried)
     chosen = next((t for t in tried if t["recall_at_10"] >= job.min_recall), None)
     if chosen is None:
