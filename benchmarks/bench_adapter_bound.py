@@ -1,0 +1,160 @@
+"""How much attribution the analysis side could write into ``2lat`` within the adapters' guard: an oracle.
+
+The SFMA adapters (``codec/adapters.py``) change only the analysis transforms, so all they can do for
+``2lat`` (GAP of ``y_hat``) is move ``y`` before the quantiser, at the frozen decoder's price in PSNR and
+rate. This bound separates the two halves of that job. An *oracle* encoder that is told each image's class
+adds a class code to ``y``: a constant offset of ``amplitude`` x (the channel's standard deviation of GAP(y)
+over the references) with a random sign per class, in the ``channels`` channels that cost least. It
+measures what that written code is worth to ``2lat`` Top-1 (references z-scored, cosine 1-NN, as a Flat
+index scores) and what it costs the unchanged decoder (PSNR, estimated rate).
+
+A channel's cost: PSNR drop and rate ratio when only that channel is offset by one standard deviation, on
+``--probe`` reference images; channels are ranked by ``drop / 0.5 dB + max(rate - 1, 0) / 5%`` (the
+issue's guard). Corpus: the real-software TUNING split (``zoo/software.py``; references and queries with
+different content seeds); the held-out split is never used. So if the oracle reaches the target within the
+guard, what the adapters lack is detecting the formation, not a place to write it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import report  # noqa: E402
+
+BRANCH_CHANNELS = {"luma": 160, "chroma": 96}
+
+
+def corpus(root: Path, per_class: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    from PIL import Image
+
+    from latentsweep.zoo.software import SoftwareSettings, make_software_corpus
+
+    make_software_corpus(root, SoftwareSettings("tuning", per_class, seed=seed))
+    files = sorted(root.rglob("*.png"))
+    return ([np.asarray(Image.open(path).convert("RGB")) for path in files],
+            np.array([path.relative_to(root).parts[0] for path in files]))
+
+
+class OracleCodec:
+    """The shipped codec with a per-image offset added to ``y`` of both branches (forward hooks)."""
+
+    def __init__(self):
+        import torch
+
+        from latentsweep.codec import weights
+
+        self.torch = torch
+        self.model, _, _ = weights.load(None)
+        self.model.eval()
+        self.offset: dict[str, object] = {}
+        for branch in BRANCH_CHANNELS:
+            getattr(self.model, f"{branch}_analysis").register_forward_hook(self._adding(branch))
+
+    def _adding(self, branch: str):
+        def hook(module, inputs, output):
+            return output + self.offset[branch] if branch in self.offset else output
+        return hook
+
+    def run(self, images: list[np.ndarray], offsets: np.ndarray | None = None, batch: int = 16) -> dict:
+        """``2lat`` vectors of ``images`` (``offsets``: (N, 256) added to y), their mean PSNR and bits per pixel."""
+        from latentsweep.codec import colour
+
+        torch, vectors, psnr, bpp = self.torch, [], [], []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch):
+                rgb = torch.from_numpy(np.stack(images[start:start + batch])).permute(0, 3, 1, 2).float() / 255
+                if offsets is not None:
+                    chunk = torch.from_numpy(offsets[start:start + batch]).float()[:, :, None, None]
+                    self.offset = {"luma": chunk[:, :BRANCH_CHANNELS["luma"]],
+                                   "chroma": chunk[:, BRANCH_CHANNELS["luma"]:]}
+                exported = self.model.export(rgb)
+                self.offset = {}
+                vectors.append(torch.cat([exported[f"y_hat_{b}"].mean(dim=(2, 3)) for b in BRANCH_CHANNELS], 1))
+                decoded = colour.yuv_to_rgb(self.model.reconstruct(exported)).clamp(0, 1)
+                psnr += (-10 * torch.log10((decoded - rgb).square().mean(dim=(1, 2, 3)))).tolist()
+                bpp += (self.model.bits(exported) / (rgb.shape[2] * rgb.shape[3])).tolist()
+        return {"vectors": torch.cat(vectors).numpy(), "psnr": float(np.mean(psnr)), "bpp": float(np.mean(bpp))}
+
+    def y_spread(self, images: list[np.ndarray], batch: int = 16) -> np.ndarray:
+        """Standard deviation over ``images`` of GAP(y) per channel (luma then chroma)."""
+        from latentsweep.codec import colour
+
+        torch, pooled = self.torch, []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch):
+                rgb = torch.from_numpy(np.stack(images[start:start + batch])).permute(0, 3, 1, 2).float() / 255
+                inputs = colour.branch_inputs(colour.rgb_to_yuv(rgb) * 255.0)
+                pooled.append(torch.cat([getattr(self.model, f"{b}_analysis")(x).mean(dim=(2, 3))
+                                         for b, x in zip(BRANCH_CHANNELS, inputs)], 1))
+        return torch.cat(pooled).std(dim=0).numpy()
+
+
+def top1(references: np.ndarray, reference_labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray) -> float:
+    mean, std = references.mean(0), references.std(0) + 1e-8
+    r, q = (references - mean) / std, (queries - mean) / std
+    r /= np.linalg.norm(r, axis=1, keepdims=True)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return float((reference_labels[(q @ r.T).argmax(1)] == query_labels).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--per-class", type=int, default=60, help="references per class (queries: 40)")
+    parser.add_argument("--probe", type=int, default=16, help="reference images that price each channel")
+    parser.add_argument("--channels", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--amplitudes", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(2)
+    work = Path(tempfile.mkdtemp(prefix="bench-adapter-bound-"))
+    references, reference_labels = corpus(work / "reference", args.per_class, seed=0)
+    queries, query_labels = corpus(work / "queries", 40, seed=1)
+    codec = OracleCodec()
+    spread = codec.y_spread(references)
+    base, base_queries = codec.run(references), codec.run(queries)
+    rows = [{"oracle": "none (the codec as shipped)", "channels": 0, "amplitude": 0.0,
+             "top1_2lat": round(top1(base["vectors"], reference_labels, base_queries["vectors"], query_labels), 3),
+             "psnr_delta_db": 0.0, "rate_ratio": 1.0}]
+
+    probe = references[::max(1, len(references) // args.probe)][:args.probe]
+    plain = codec.run(probe)
+    cost = np.zeros((len(spread), 2))
+    for channel in range(len(spread)):
+        offsets = np.zeros((len(probe), len(spread)))
+        offsets[:, channel] = spread[channel]
+        moved = codec.run(probe, offsets)
+        cost[channel] = plain["psnr"] - moved["psnr"], moved["bpp"] / plain["bpp"] - 1
+    cheapest = np.argsort(cost[:, 0] / 0.5 + np.maximum(cost[:, 1], 0) / 0.05)
+
+    rng = np.random.default_rng(0)
+    for count in args.channels:
+        chosen = cheapest[:count]
+        codes = {label: rng.choice([-1.0, 1.0], count) for label in sorted(set(reference_labels))}
+        for amplitude in args.amplitudes:
+            def offsets(labels: np.ndarray) -> np.ndarray:
+                out = np.zeros((len(labels), len(spread)))
+                for row, label in enumerate(labels):
+                    out[row, chosen] = amplitude * spread[chosen] * codes[label]
+                return out
+
+            written, written_queries = codec.run(references, offsets(reference_labels)), codec.run(
+                queries, offsets(query_labels))
+            rows.append({"oracle": "class code written into y", "channels": count, "amplitude": amplitude,
+                         "top1_2lat": round(top1(written["vectors"], reference_labels, written_queries["vectors"],
+                                                 query_labels), 3),
+                         "psnr_delta_db": round(written["psnr"] - base["psnr"], 3),
+                         "rate_ratio": round(written["bpp"] / base["bpp"], 3)})
+            print(rows[-1], flush=True)
+    report("adapter bound: what a class code written into y is worth to 2lat, and what it costs", rows,
+           Path("benchmarks/results/adapter_bound.json"))
+
+
+if __name__ == "__main__":
+    main()
