@@ -62,10 +62,11 @@ class OracleCodec:
         return hook
 
     def run(self, images: list[np.ndarray], offsets: np.ndarray | None = None, batch: int = 16) -> dict:
-        """``2lat`` vectors of ``images`` (``offsets``: (N, 256) added to y), their mean PSNR and bits per pixel."""
+        """``2lat`` vectors of ``images`` (``offsets``: (N, 256) added to y), GAP(y) of the same pass, their
+        mean PSNR and bits per pixel."""
         from latentsweep.codec import colour
 
-        torch, vectors, psnr, bpp = self.torch, [], [], []
+        torch, vectors, pooled_y, psnr, bpp = self.torch, [], [], [], []
         with torch.inference_mode():
             for start in range(0, len(images), batch):
                 rgb = torch.from_numpy(np.stack(images[start:start + batch])).permute(0, 3, 1, 2).float() / 255
@@ -76,31 +77,21 @@ class OracleCodec:
                 exported = self.model.export(rgb)
                 self.offset = {}
                 vectors.append(torch.cat([exported[f"y_hat_{b}"].mean(dim=(2, 3)) for b in BRANCH_CHANNELS], 1))
+                pooled_y.append(torch.cat([exported[f"y_{b}"].mean(dim=(2, 3)) for b in BRANCH_CHANNELS], 1))
                 decoded = colour.yuv_to_rgb(self.model.reconstruct(exported)).clamp(0, 1)
                 psnr += (-10 * torch.log10((decoded - rgb).square().mean(dim=(1, 2, 3)))).tolist()
                 bpp += (self.model.bits(exported) / (rgb.shape[2] * rgb.shape[3])).tolist()
-        return {"vectors": torch.cat(vectors).numpy(), "psnr": float(np.mean(psnr)), "bpp": float(np.mean(bpp))}
-
-    def y_spread(self, images: list[np.ndarray], batch: int = 16) -> np.ndarray:
-        """Standard deviation over ``images`` of GAP(y) per channel (luma then chroma)."""
-        from latentsweep.codec import colour
-
-        torch, pooled = self.torch, []
-        with torch.inference_mode():
-            for start in range(0, len(images), batch):
-                rgb = torch.from_numpy(np.stack(images[start:start + batch])).permute(0, 3, 1, 2).float() / 255
-                inputs = colour.branch_inputs(colour.rgb_to_yuv(rgb) * 255.0)
-                pooled.append(torch.cat([getattr(self.model, f"{b}_analysis")(x).mean(dim=(2, 3))
-                                         for b, x in zip(BRANCH_CHANNELS, inputs)], 1))
-        return torch.cat(pooled).std(dim=0).numpy()
+        return {"vectors": torch.cat(vectors).numpy(), "y": torch.cat(pooled_y).numpy(),
+                "psnr": float(np.mean(psnr)), "bpp": float(np.mean(bpp))}
 
 
 def top1(references: np.ndarray, reference_labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray) -> float:
-    mean, std = references.mean(0), references.std(0) + 1e-8
-    r, q = (references - mean) / std, (queries - mean) / std
-    r /= np.linalg.norm(r, axis=1, keepdims=True)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    return float((reference_labels[(q @ r.T).argmax(1)] == query_labels).mean())
+    """Cosine 1-NN after the index's own transform (z-score by the references, L2-normalise)."""
+    from latentsweep.index.scaler import Scaler
+
+    scaler = Scaler.fit(references)
+    nearest = (scaler.transform(queries) @ scaler.transform(references).T).argmax(1)
+    return float((reference_labels[nearest] == query_labels).mean())
 
 
 def main() -> None:
@@ -117,8 +108,8 @@ def main() -> None:
     references, reference_labels = corpus(work / "reference", args.per_class, seed=0)
     queries, query_labels = corpus(work / "queries", 40, seed=1)
     codec = OracleCodec()
-    spread = codec.y_spread(references)
     base, base_queries = codec.run(references), codec.run(queries)
+    spread = base["y"].std(axis=0, ddof=1)
     rows = [{"oracle": "none (the codec as shipped)", "channels": 0, "amplitude": 0.0,
              "top1_2lat": round(top1(base["vectors"], reference_labels, base_queries["vectors"], query_labels), 3),
              "psnr_delta_db": 0.0, "rate_ratio": 1.0}]
