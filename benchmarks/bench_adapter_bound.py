@@ -10,7 +10,8 @@ index scores) and what it costs the unchanged decoder (PSNR, estimated rate).
 
 A channel's cost: PSNR drop and rate ratio when only that channel is offset by one standard deviation, on
 ``--probe`` reference images; channels are ranked by ``drop / 0.5 dB + max(rate - 1, 0) / 5%`` (the
-issue's guard). Corpus: the real-software TUNING split (``zoo/software.py``; references and queries with
+issue's guard). Offsets, pricing and ranking are the trace writer's own (``codec/train_trace.py``), which
+writes a detected code where this oracle writes the true one. Corpus: the real-software TUNING split (``zoo/software.py``; references and queries with
 different content seeds); the held-out split is never used. So if the oracle reaches the target within the
 guard, what the adapters lack is detecting the formation, not a place to write it.
 """
@@ -27,9 +28,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 
-BRANCH_CHANNELS = {"luma": 160, "chroma": 96}
-
-
 def corpus(root: Path, per_class: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     from PIL import Image
 
@@ -42,47 +40,36 @@ def corpus(root: Path, per_class: int, seed: int) -> tuple[list[np.ndarray], np.
 
 
 class OracleCodec:
-    """The shipped codec with a per-image offset added to ``y`` of both branches (forward hooks)."""
+    """The shipped codec, run with a per-image offset added to ``y`` of both branches."""
 
     def __init__(self):
-        import torch
-
         from latentsweep.codec import weights
 
-        self.torch = torch
         self.model, _, _ = weights.load(None)
         self.model.eval()
-        self.offset: dict[str, object] = {}
-        for branch in BRANCH_CHANNELS:
-            getattr(self.model, f"{branch}_analysis").register_forward_hook(self._adding(branch))
-
-    def _adding(self, branch: str):
-        def hook(module, inputs, output):
-            return output + self.offset[branch] if branch in self.offset else output
-        return hook
 
     def run(self, images: list[np.ndarray], offsets: np.ndarray | None = None, batch: int = 16) -> dict:
         """``2lat`` vectors of ``images`` (``offsets``: (N, 256) added to y), GAP(y) of the same pass, their
         mean PSNR and bits per pixel."""
-        from latentsweep.codec import colour
+        import torch
 
-        torch, vectors, pooled_y, psnr, bpp = self.torch, [], [], [], []
+        from latentsweep.codec.train_trace import pooled, quality, y_offset
+
+        vectors, pooled_y, psnr, bpp = [], [], [], []
         with torch.inference_mode():
             for start in range(0, len(images), batch):
                 rgb = torch.from_numpy(np.stack(images[start:start + batch])).permute(0, 3, 1, 2).float() / 255
-                if offsets is not None:
-                    chunk = torch.from_numpy(offsets[start:start + batch]).float()[:, :, None, None]
-                    self.offset = {"luma": chunk[:, :BRANCH_CHANNELS["luma"]],
-                                   "chroma": chunk[:, BRANCH_CHANNELS["luma"]:]}
-                exported = self.model.export(rgb)
-                self.offset = {}
-                vectors.append(torch.cat([exported[f"y_hat_{b}"].mean(dim=(2, 3)) for b in BRANCH_CHANNELS], 1))
-                pooled_y.append(torch.cat([exported[f"y_{b}"].mean(dim=(2, 3)) for b in BRANCH_CHANNELS], 1))
-                decoded = colour.yuv_to_rgb(self.model.reconstruct(exported)).clamp(0, 1)
-                psnr += (-10 * torch.log10((decoded - rgb).square().mean(dim=(1, 2, 3)))).tolist()
-                bpp += (self.model.bits(exported) / (rgb.shape[2] * rgb.shape[3])).tolist()
+                offset = (torch.zeros(len(rgb), 256) if offsets is None
+                          else torch.from_numpy(offsets[start:start + batch]).float())
+                with y_offset(self.model, offset):
+                    exported = self.model.export(rgb)
+                vectors.append(pooled(exported))
+                pooled_y.append(pooled(exported, "y"))
+                image_psnr, image_bpp = quality(self.model, rgb, exported)
+                psnr.append(image_psnr)
+                bpp.append(image_bpp)
         return {"vectors": torch.cat(vectors).numpy(), "y": torch.cat(pooled_y).numpy(),
-                "psnr": float(np.mean(psnr)), "bpp": float(np.mean(bpp))}
+                "psnr": torch.cat(psnr).mean().item(), "bpp": torch.cat(bpp).mean().item()}
 
 
 def top1(references: np.ndarray, reference_labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray) -> float:
@@ -103,6 +90,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from latentsweep.codec.train_trace import channel_costs, cheapest
+
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="bench-adapter-bound-"))
     references, reference_labels = corpus(work / "reference", args.per_class, seed=0)
@@ -115,18 +104,13 @@ def main() -> None:
              "psnr_delta_db": 0.0, "rate_ratio": 1.0}]
 
     probe = references[::max(1, len(references) // args.probe)][:args.probe]
-    plain = codec.run(probe)
-    cost = np.zeros((len(spread), 2))
-    for channel in range(len(spread)):
-        offsets = np.zeros((len(probe), len(spread)))
-        offsets[:, channel] = spread[channel]
-        moved = codec.run(probe, offsets)
-        cost[channel] = plain["psnr"] - moved["psnr"], moved["bpp"] / plain["bpp"] - 1
-    cheapest = np.argsort(cost[:, 0] / 0.5 + np.maximum(cost[:, 1], 0) / 0.05)
+    probe_rgb = torch.from_numpy(np.stack(probe)).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        order = cheapest(channel_costs(codec.model, probe_rgb, torch.from_numpy(spread).float()), len(spread))
 
     rng = np.random.default_rng(0)
     for count in args.channels:
-        chosen = cheapest[:count]
+        chosen = order[:count]
         codes = {label: rng.choice([-1.0, 1.0], count) for label in sorted(set(reference_labels))}
         for amplitude in args.amplitudes:
             def offsets(labels: np.ndarray) -> np.ndarray:

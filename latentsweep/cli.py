@@ -147,25 +147,40 @@ def train_codec(
 @command("train-adapters")
 def train_adapters(
     out: Annotated[Path, typer.Option(help="Adapter checkpoint to write (a .json checksum file goes beside it).")],
-    steps: Annotated[int, typer.Option(help="Optimiser steps (cosine schedule).")] = 1200,
-    recipes: Annotated[int, typer.Option(help="Random formation recipes per step (the classes of a batch).")] = 8,
-    per_recipe: Annotated[int, typer.Option(help="Crops per recipe (the positives).")] = 3,
-    crop: Annotated[int, typer.Option(help="Crop side in pixels (a multiple of 64).")] = 64,
-    learning_rate: Annotated[float, typer.Option(help="Adam learning rate (cosine-annealed).")] = 1e-3,
+    trace_code: Annotated[int, typer.Option(
+        help="Channels of y the trace writer writes its formation code into (0: no trace writer).")] = 128,
+    trace_recipes: Annotated[int, typer.Option(help="Random formation recipes the trace detector learns from.")] = 1500,
+    trace_steps: Annotated[int, typer.Option(help="Trace detector optimiser steps.")] = 2500,
+    trace_amplitude: Annotated[float, typer.Option(
+        help="The code's amplitude in each channel, x the channel's spread of GAP(y) (calibration may lower it).")] = 1.0,
+    steps: Annotated[int, typer.Option(
+        help="SFMA optimiser steps (cosine schedule; 0: no SFMA, which under the guard learned nothing: README).")] = 0,
+    recipes: Annotated[int, typer.Option(help="SFMA: random formation recipes per step (the classes of a batch).")] = 8,
+    per_recipe: Annotated[int, typer.Option(help="SFMA: crops per recipe (the positives).")] = 3,
+    crop: Annotated[int, typer.Option(help="SFMA: crop side in pixels (a multiple of 64).")] = 64,
+    learning_rate: Annotated[float, typer.Option(help="SFMA: Adam learning rate (cosine-annealed).")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, recipes and crops.")] = 0,
-    max_minutes: Annotated[Optional[float], typer.Option(
-        help="Stop training after this long (the shipped adapters: 25 minutes, 701 steps on 2 cores).")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop SFMA training after this long.")] = None,
     weights: WeightsOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Train SFMA adapters into the frozen analysis transforms (CPU): forensic metric learning over random
-    synthetic formation recipes, with the unchanged decoder's rate and PSNR guarded; reports both on the
-    held-out photos with and without the adapters."""
+    """Train adapters into the frozen analysis transforms (CPU) on random synthetic formation recipes: the
+    trace writer (detects the formation, writes a code into the cheapest channels of y) and, with --steps,
+    SFMA (guarded metric learning); calibrates them to the guard and reports rate and PSNR on the held-out
+    photos with and without them."""
     from latentsweep.codec.train_adapters import AdapterTrainSettings, train
 
     if crop % 64:
         raise typer.BadParameter("--crop must be a multiple of 64")
-    meta = train(AdapterTrainSettings(steps, recipes, per_recipe, crop, learning_rate, seed=seed,
+    if trace_code < 0 or steps < 0 or trace_code == steps == 0:
+        raise typer.BadParameter("nothing to train: give --trace-code or --steps above 0")
+    if trace_code and (trace_recipes < 32 or trace_steps < 1):
+        raise typer.BadParameter("the trace detector needs --trace-recipes >= 32 (one batch) and --trace-steps >= 1")
+    if trace_code > 256:
+        raise typer.BadParameter(f"--trace-code is a number of channels of y (at most 256), got {trace_code}")
+    meta = train(AdapterTrainSettings(steps, recipes, per_recipe, crop, learning_rate, trace_code=trace_code,
+                                      trace_recipes=trace_recipes, trace_steps=trace_steps,
+                                      trace_amplitude=trace_amplitude, seed=seed,
                                       weights=str(weights) if weights else None,
                                       max_seconds=60 * max_minutes if max_minutes else None),
                  str(out), progress=typer.echo)

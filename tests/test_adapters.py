@@ -1,6 +1,7 @@
-"""SFMA adapters: zero-initialised they change nothing, trained ones are verified, named in every row's
-weights digest and in the bitstream, the unchanged decoder decodes their bitstreams, and a tiny
-training run writes a checkpoint that loads."""
+"""Adapters (SFMA and the trace writer): fresh ones change nothing, trained ones are verified, named in
+every row's weights digest and in the bitstream, the unchanged decoder decodes their bitstreams, the
+writer moves only its channels of y, image by image, and a tiny training run writes a checkpoint that
+loads."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from latentsweep import photos
 from latentsweep.codec import container, formation, weights
 from latentsweep.codec.adapters import AdapterSet, FrequencyModulationAdapter, SpatialModulationAdapter
 from latentsweep.codec.bitstream import BitstreamCodec
@@ -20,37 +22,69 @@ from latentsweep.codec.weights import WeightsError
 
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
-    from latentsweep import photos
-
     return np.ascontiguousarray(photos.load("astronaut")[100:196, 200:328])  # 96 x 128: padded to 128 x 128
 
 
 @pytest.fixture(scope="module")
 def random_adapters(tmp_path_factory) -> str:
-    """Adapters with non-zero outputs (small random weights), saved as a verified checkpoint."""
+    """SFMA and a trace writer with non-zero outputs (small random weights), saved as a verified checkpoint."""
     torch.manual_seed(1)
-    adapters = AdapterSet()
+    adapters = AdapterSet(trace_code=8)
     for module in adapters.modules():
         if isinstance(module, SpatialModulationAdapter):
             torch.nn.init.normal_(module.out.weight, std=0.02)
         if isinstance(module, FrequencyModulationAdapter):
             torch.nn.init.normal_(module.linear.weight, std=0.02)
+    adapters.trace.channels.copy_(torch.tensor([0, 7, 40, 159, 160, 171, 200, 255]))
+    adapters.trace.amplitude.fill_(0.5)
     path = tmp_path_factory.mktemp("adapters") / "random.pt"
-    weights.save_adapters(adapters, path, {"base_weights_sha256": weights.digest(None), "bottleneck": 16})
+    weights.save_adapters(adapters, path, {"base_weights_sha256": weights.digest(None), "bottleneck": 16,
+                                           "sfma": True, "trace_code": 8})
     return str(path)
+
+
+def padded(image: np.ndarray) -> torch.Tensor:
+    rgb = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
+    return torch.nn.functional.pad(rgb, (0, 0, 0, 32))
 
 
 def test_fresh_adapters_leave_the_codec_unchanged(image):
     model, _, _ = weights.load(None)
-    rgb = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
-    rgb = torch.nn.functional.pad(rgb, (0, 0, 0, 32))
     with torch.inference_mode():
-        before = model.export(rgb)
-        handles = AdapterSet().attach(model)
-        after = model.export(rgb)
+        before = model.export(padded(image))
+        handles = AdapterSet(trace_code=16).attach(model)
+        after = model.export(padded(image))
     assert all(torch.equal(before[name], after[name]) for name in before)
     for handle in handles:
         handle.remove()
+
+
+def test_trace_writer_moves_only_its_channels_image_by_image(random_adapters, image):
+    """Without SFMA the writer is the only change: y moves by one constant per written channel (the
+    amplitude at most), the other channels not at all, and an image's offset does not depend on its batch."""
+    model, _, _ = weights.load(None)
+    loaded, _, _ = weights.load_adapters(random_adapters)
+    writer = AdapterSet(sfma=False, trace_code=8)
+    writer.trace.load_state_dict(loaded.trace.state_dict())
+    other = torch.from_numpy(formation.render(formation.random_recipe(np.random.default_rng(3)), photos.load("camera"),
+                                              128, np.random.default_rng(3))).permute(2, 0, 1)[None].float().div(255)
+    with torch.inference_mode():
+        base = model.export(padded(image))
+        handles = writer.attach(model)
+        alone = model.export(padded(image))
+        together = model.export(torch.cat([padded(image), other]))
+    for handle in handles:
+        handle.remove()
+    moved = torch.cat([alone["y_luma"] - base["y_luma"], alone["y_chroma"] - base["y_chroma"]], 1)[0]
+    written = writer.trace.channels
+    untouched = torch.ones(256, dtype=torch.bool)
+    untouched[written] = False
+    assert moved[untouched].abs().max() == 0
+    offsets = moved[written].flatten(1)
+    assert torch.allclose(offsets, offsets[:, :1].expand_as(offsets), atol=1e-4)  # constant over the image
+    assert 0 < offsets.abs().max() <= 0.5 + 1e-4 and (offsets[:, 0].abs() > 1e-3).sum() >= 4
+    assert torch.allclose(together["y_luma"][:1], alone["y_luma"], atol=1e-4)
+    assert torch.allclose(together["y_chroma"][:1], alone["y_chroma"], atol=1e-4)
 
 
 def test_checkpoint_verified_and_digest_names_the_adapters(random_adapters, tmp_path):
@@ -105,8 +139,6 @@ def test_bitstreams_carry_the_adapters_and_the_base_decoder_decodes_them(random_
 
 
 def test_formation_recipes_are_deterministic_and_cover_every_kind():
-    from latentsweep import photos
-
     photo = photos.load("camera")
     kinds = set()
     for seed in range(40):
@@ -124,12 +156,23 @@ def test_tiny_training_writes_verified_adapters(tmp_path):
 
     out = tmp_path / "tiny.pt"
     meta = train(AdapterTrainSettings(steps=2, recipes=2, per_recipe=2, guard_images=2, log_every=1,
-                                      evaluate=False), str(out), progress=lambda line: None)
+                                      trace_code=16, trace_recipes=6, trace_crops=4, trace_side=64, trace_steps=3,
+                                      trace_batch=4, probe=2, probe_side=64, evaluate=False),
+                 str(out), progress=lambda line: None)
     record = json.loads(weights.sidecar(out).read_text())
     assert record["sha256"] == meta["sha256"] == weights.adapters_digest(out)
     assert record["meta"]["base_weights_sha256"] == weights.digest(None)
     adapters, _, _ = weights.load_adapters(out, weights.digest(None))
     assert any(p.abs().sum() > 0 for name, p in adapters.named_parameters() if name.endswith("out.weight"))
+    trace = adapters.trace
+    assert len(set(trace.channels.tolist())) == 16 and trace.channels.max() < 256
+    assert meta["trace"]["channels"] == trace.channels.tolist() and (trace.amplitude > 0).all()
+    assert (trace.std > 0).all() and trace.mean.abs().sum() > 0
+    # the pricing ranked the channels: the chosen ones cost no more than the guard's worst of them
+    assert meta["trace"]["channel_rate_rise_sum"] < 0.05 * 16
+    with pytest.raises(ValueError, match="nothing to train"):
+        train(AdapterTrainSettings(steps=0, trace_code=0, evaluate=False), str(tmp_path / "none.pt"))
+    assert not (tmp_path / "none.pt").exists()
 
 
 def test_shipped_adapters_keep_the_codec_within_its_guard():
@@ -141,3 +184,28 @@ def test_shipped_adapters_keep_the_codec_within_its_guard():
     assert digest == json.loads(weights.sidecar(weights.DEFAULT_ADAPTERS).read_text())["sha256"]
     held_out = meta["held_out"]
     assert held_out["psnr_delta_db"] > -0.5 and abs(held_out["rate_ratio"] - 1) < 0.05
+
+
+def test_shipped_trace_writer_tells_formations_apart_on_held_out_photos():
+    """The shipped writer's codes for crops of the HELD-OUT photos made by one formation recipe are more
+    alike than those of different recipes (recipes of seeds the training never drew from)."""
+    from latentsweep.codec.train_trace import spectra
+
+    adapters, _, meta = weights.load_adapters("default", weights.digest(None))
+    if adapters.trace is None:
+        pytest.skip("the shipped adapters have no trace writer")
+    model, _, _ = weights.load(None)
+    sources = [photos.load(name) for name in photos.names("held_out")]
+    codes, labels = [], []
+    for seed in range(1000, 1006):
+        rng = np.random.default_rng(seed)
+        recipe = formation.random_recipe(rng, chain=False)
+        crops = [formation.render(recipe, sources[k % 3], 128, rng) for k in range(6)]
+        with torch.inference_mode():
+            codes.append(torch.nn.functional.normalize(adapters.trace.code(spectra(model, crops)), dim=1))
+        labels += [seed] * len(crops)
+    codes, labels = torch.cat(codes), torch.tensor(labels)
+    similarity = codes @ codes.T
+    same = (labels[:, None] == labels[None]) & ~torch.eye(len(labels), dtype=torch.bool)
+    different = labels[:, None] != labels[None]
+    assert similarity[same].mean() > similarity[different].mean() + 0.2

@@ -332,7 +332,7 @@ def test_paper_experiment_end_to_end_beats_chance(tmp_path, ray_session):
     assert adapters[("zoo-shared", "2lat", False)]["top1"] == without["top1"]  # the controlled row, reused
     manifest = json.loads((tmp_path / "adapters" / "index" / "zoo-shared" / "2lat" / "manifest.json").read_text())
     assert "+sfma-" in manifest["weights_digest"]  # ingested through the adapters, an index of its own
-    assert results["adapters"]["card"]["rate_ratio"] < 1.05 and "SFMA adapters: with and without" in text
+    assert results["adapters"]["card"]["rate_ratio"] < 1.05 and "Adapters: with and without" in text
     with pytest.raises(UsageError, match="other settings"):  # a folder never mixes two experiments
         experiment.run(tmp_path, experiment.ExperimentSettings.quick(), log=lambda message: None)
     rerun = experiment.run(tmp_path, settings, log=lambda message: None)  # resumes: same numbers

@@ -1,4 +1,4 @@
-"""Spatial-frequency modulation adapters (SFMA) for the frozen analysis transforms.
+"""Adapters for the frozen analysis transforms: the SFMA of the second seed paper and a trace writer.
 
 After the SFMA of "Learned Image Compression for Deepfake Detection" (second seed paper, section
 III): each adapter reads the features of one stage of an analysis transform and adds two outputs to
@@ -18,6 +18,11 @@ the codec exactly as it was. Adapters sit after the three residual attention uni
 forward hooks: the codec's own modules, state dict and checkpoint are untouched, and the decoder
 (hyperprior, prediction, synthesis) never sees an adapter. Every image is adapted on its own (no
 batch statistics), so its latents do not depend on what else is in its batch.
+
+Trained under the codec's guard, the SFMA learned nothing measurable for attribution (README, "Before
+decoding"). The :class:`TraceWriter` is ours: it detects the formation from the spectra FMA reads and
+writes it into the channels of ``y`` that cost the frozen decoder least, which the global average of
+``2lat`` keeps.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from latentsweep.codec.analysis import HIDDEN
+from latentsweep.codec.analysis import CHROMA_CHANNELS, HIDDEN, LUMA_CHANNELS
 
 POINTS = ("act1", "act2", "act3")   # after each residual attention unit, 128 channels
 BRANCHES = ("luma", "chroma")
@@ -33,6 +38,9 @@ BOTTLENECK = 16
 # FMA's FFT window per stage: the luma stages (H/2, H/4, H/8) and the first two chroma stages have sides
 # that are multiples of 8 (images are padded to 64), the last chroma stage (H/16) multiples of 4
 TILES = {"luma": {"act1": 8, "act2": 8, "act3": 8}, "chroma": {"act1": 8, "act2": 8, "act3": 4}}
+# the trace writer's input: luma act1's tile spectra averaged over the image's tiles, one per channel and bin
+TRACE_FEATURES = HIDDEN * 8 * (8 // 2 + 1)
+Y_CHANNELS = LUMA_CHANNELS + CHROMA_CHANNELS  # y of both branches, in 2lat's order (luma, then chroma)
 
 
 class SpatialModulationAdapter(nn.Module):
@@ -63,18 +71,25 @@ class FrequencyModulationAdapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
         tile = self.tile
-        rows, cols = height // tile, width // tile
-        tiles = (x.float().reshape(batch, channels, rows, tile, cols, tile).permute(0, 2, 4, 1, 3, 5)
-                 .reshape(batch * rows * cols, channels, tile, tile))
-        spectrum = torch.fft.rfft2(tiles, norm="ortho")
-        # log-amplitude relative to its mean over the bins: the tile spectrum's shape, not its level
-        amplitude = torch.log(spectrum.abs() + 1e-3)
-        amplitude = amplitude - amplitude.mean(dim=(2, 3), keepdim=True)
+        spectrum, amplitude = tile_spectra(x, tile)
         hidden = torch.relu(self.conv(amplitude))                       # (tiles, h, tile, tile/2+1)
         modulation = self.linear(hidden.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         out = torch.fft.irfft2(spectrum * modulation, s=(tile, tile), norm="ortho")
-        out = out.reshape(batch, rows, cols, channels, tile, tile).permute(0, 3, 1, 4, 2, 5)
+        out = out.reshape(batch, height // tile, width // tile, channels, tile, tile).permute(0, 3, 1, 4, 2, 5)
         return out.reshape(batch, channels, height, width).to(x.dtype)
+
+
+def tile_spectra(x: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rfft2`` of every ``tile`` x ``tile`` tile of ``x`` (B, C, H, W) -> (B * tiles, C, tile, tile/2+1),
+    tiles in row-major order per image, and its log-amplitude relative to its mean over the bins (the
+    tile spectrum's shape, not its level)."""
+    batch, channels, height, width = x.shape
+    rows, cols = height // tile, width // tile
+    tiles = (x.float().reshape(batch, channels, rows, tile, cols, tile).permute(0, 2, 4, 1, 3, 5)
+             .reshape(batch * rows * cols, channels, tile, tile))
+    spectrum = torch.fft.rfft2(tiles, norm="ortho")
+    amplitude = torch.log(spectrum.abs() + 1e-3)
+    return spectrum, amplitude - amplitude.mean(dim=(2, 3), keepdim=True)
 
 
 class SFMA(nn.Module):
@@ -89,30 +104,86 @@ class SFMA(nn.Module):
         return x + self.spatial(x) + self.frequency(x)
 
 
-class AdapterSet(nn.Module):
-    """The adapters of both analysis transforms: ``luma.act1``, ..., ``chroma.act3``."""
+class TraceWriter(nn.Module):
+    """Formation-trace writer (ours, beyond the seed's SFMA): detects how the image was formed from the
+    frozen luma encoder's first-stage features as FMA reads them (relative log-amplitude of 8 x 8 tile
+    spectra), averaged over the image's tiles, and writes the detection into ``y`` as a constant offset
+    ``amplitude * tanh(detector(spectra))`` on ``channels``: the channels of ``y`` that cost the frozen
+    decoder least. A constant offset survives the quantiser and the global average of ``2lat``.
 
-    def __init__(self, hidden: int = BOTTLENECK):
+    The detector is linear on the spectra, z-scored by ``mean``/``std``; ``amplitude`` starts at zero, so a
+    fresh writer leaves the codec as it was. ``read`` (a hook after luma ``act1``) detects, ``write``
+    (hooks after each analysis transform) adds the offset: the luma transform runs before the chroma one.
+    """
+
+    def __init__(self, code: int):
         super().__init__()
-        self.luma = nn.ModuleDict({point: SFMA(HIDDEN, hidden, TILES["luma"][point]) for point in POINTS})
-        self.chroma = nn.ModuleDict({point: SFMA(HIDDEN, hidden, TILES["chroma"][point]) for point in POINTS})
+        self.detector = nn.Linear(TRACE_FEATURES, code)
+        self.register_buffer("mean", torch.zeros(TRACE_FEATURES))
+        self.register_buffer("std", torch.ones(TRACE_FEATURES))
+        self.register_buffer("channels", torch.arange(code))
+        self.register_buffer("amplitude", torch.zeros(code))
+        self.offsets: torch.Tensor | None = None  # (B, Y_CHANNELS) of the image batch being encoded
+
+    @staticmethod
+    def spectra(features: torch.Tensor) -> torch.Tensor:
+        """Luma ``act1`` features (B, 128, H/2, W/2) -> (B, TRACE_FEATURES): tile spectra averaged over tiles."""
+        _, amplitude = tile_spectra(features, 8)
+        return amplitude.reshape(len(features), -1, *amplitude.shape[1:]).mean(dim=1).flatten(1)
+
+    def code(self, spectra: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.detector((spectra - self.mean) / self.std))
+
+    def read(self, features: torch.Tensor) -> None:
+        values = self.amplitude * self.code(self.spectra(features))
+        self.offsets = values.new_zeros(len(values), Y_CHANNELS).index_copy(1, self.channels, values)
+
+    def write(self, y: torch.Tensor, branch: str) -> torch.Tensor:
+        start = 0 if branch == "luma" else LUMA_CHANNELS
+        return y + self.offsets[:, start:start + y.shape[1], None, None].to(y.dtype)
+
+
+class AdapterSet(nn.Module):
+    """The adapters of both analysis transforms: the SFMA ``luma.act1``, ..., ``chroma.act3`` (``sfma``)
+    and the :class:`TraceWriter` (``trace_code`` channels; 0: none)."""
+
+    def __init__(self, hidden: int = BOTTLENECK, sfma: bool = True, trace_code: int = 0):
+        super().__init__()
+        if sfma:
+            self.luma = nn.ModuleDict({point: SFMA(HIDDEN, hidden, TILES["luma"][point]) for point in POINTS})
+            self.chroma = nn.ModuleDict({point: SFMA(HIDDEN, hidden, TILES["chroma"][point]) for point in POINTS})
+        self.sfma = sfma
+        self.trace = TraceWriter(trace_code) if trace_code else None
         self.enabled = True  # False: the hooks pass the features through (the base codec, for training)
 
     def attach(self, codec) -> list:
         """Insert the adapters into ``codec``'s analysis transforms; returns the hook handles
-        (``handle.remove()`` takes an adapter out again)."""
+        (``handle.remove()`` takes an adapter out again). The trace writer reads luma ``act1`` before
+        the SFMA there changes it."""
         handles = []
-        for branch in BRANCHES:
+        if self.trace is not None:
+            handles.append(codec.luma_analysis.act1.register_forward_hook(self._reading))
+            handles += [getattr(codec, f"{branch}_analysis").register_forward_hook(self._writing(branch))
+                        for branch in BRANCHES]
+        for branch in BRANCHES if self.sfma else ():
             analysis = getattr(codec, f"{branch}_analysis")
             for point, adapter in getattr(self, branch).items():
-                handles.append(getattr(analysis, point).register_forward_hook(_adding(self, adapter)))
+                handles.append(getattr(analysis, point).register_forward_hook(self._adding(adapter)))
         return handles
 
+    def _reading(self, module, inputs, output):
+        if self.enabled:
+            self.trace.read(output)
 
-def _adding(adapters: AdapterSet, adapter: SFMA):
-    def hook(module, inputs, output):
-        return adapter(output) if adapters.enabled else output
-    return hook
+    def _writing(self, branch: str):
+        def hook(module, inputs, output):
+            return self.trace.write(output, branch) if self.enabled else output
+        return hook
+
+    def _adding(self, adapter: SFMA):
+        def hook(module, inputs, output):
+            return adapter(output) if self.enabled else output
+        return hook
 
 
 def parameter_count(adapters: AdapterSet) -> int:

@@ -40,7 +40,7 @@ class BopCodec(nn.Module):
 
     def export(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
         """RGB in [0, 1], (B, 3, H, W) with H, W multiples of 64 -> ``{"y_hat_luma": ..., ...}``."""
-        luma_in, chroma_in = colour.branch_inputs(colour.rgb_to_yuv(rgb) * 255.0)
+        luma_in, chroma_in = self.branch_inputs(rgb)
         out: dict[str, torch.Tensor] = {}
         for branch, tensors in (
             ("luma", self.luma_predictor(self.luma_analysis(luma_in))),
@@ -48,6 +48,11 @@ class BopCodec(nn.Module):
         ):
             out.update({f"{name}_{branch}": tensors[name] for name in TENSORS})
         return out
+
+    @staticmethod
+    def branch_inputs(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RGB in [0, 1] -> the luma and chroma analysis transforms' inputs."""
+        return colour.branch_inputs(colour.rgb_to_yuv(rgb) * 255.0)
 
     def reconstruct(self, exported: dict[str, torch.Tensor]) -> torch.Tensor:
         """y_hat of both branches -> YUV in [0, 1] (B, 3, H, W)."""

@@ -1,24 +1,26 @@
-"""Training of the SFMA adapters (``codec/adapters.py``) on a frozen codec.
+"""Training of the adapters (``codec/adapters.py``) on a frozen codec: the trace writer, then the SFMA.
 
-Only the adapters learn. Each step draws ``recipes`` random formation recipes (``codec/formation.py``:
-random resampling kernels and factors, transposed convolutions, blurs, noise; none of them an
-evaluation corpus's software or generator) and renders ``per_recipe`` random crops of the codec's
-training photos through each; the loss is
+Only the adapters learn, from random crops of the codec's training photos rendered through random
+formation recipes (``codec/formation.py``: resampling kernels and factors, transposed convolutions,
+blurs, noise; none of them an evaluation corpus's software or generator).
 
-    forensic + guard * (relu(rate / base_rate - 1 - rate_margin) + relu(mse / base_mse - 1 - mse_margin))
+- The trace writer (``trace_code`` > 0) is fitted first: ``codec/train_trace.py``.
+- The SFMA (``steps`` > 0) then train ``recipes`` x ``per_recipe`` crops a step on
 
-- forensic: supervised contrastive loss (Khosla et al. 2020, temperature ``temperature``) over the
-  pooled ``y_hat`` (GAP of luma and chroma, the ``2lat`` vector, z-scored by running statistics and
-  L2-normalised, as the index sees it): crops made by the same recipe attract, others repel.
-- the guard compares, image by image on ``guard_images`` images of the batch, the estimated rate and
-  the RGB MSE of the unchanged decoder's reconstruction with and without the adapters; inside the
-  margins it costs nothing, beyond them it dominates. Rate and PSNR on the held-out photos are measured after
-  training and written to the training card.
+      forensic + guard * (relu(rate / base_rate - 1 - rate_margin) + relu(mse / base_mse - 1 - mse_margin))
+
+  forensic: the supervised contrastive loss over the pooled ``y_hat`` (the ``2lat`` vector, z-scored by
+  running statistics and L2-normalised, as the index sees it): crops made by the same recipe attract,
+  others repel. The guard compares, image by image on ``guard_images`` images of the batch, the estimated
+  rate and the RGB MSE of the unchanged decoder's reconstruction with and without the adapters; inside
+  the margins it costs nothing, beyond them it dominates.
+
+Then :func:`calibrate` shrinks what the adapters add until larger crops of the training photos stay
+within the limits, and the rate and PSNR on the held-out photos are measured and written to the card.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -29,11 +31,12 @@ import torch.nn.functional as F
 from latentsweep import photos
 from latentsweep.codec import formation, weights
 from latentsweep.codec.adapters import BOTTLENECK, AdapterSet, parameter_count
+from latentsweep.codec.train_trace import photo_crops, pooled, quality, supervised_contrastive, train_trace
 
 
 @dataclass
 class AdapterTrainSettings:
-    steps: int = 1200
+    steps: int = 0            # SFMA steps (0: no SFMA modules; under the guard they learned nothing, see README)
     recipes: int = 8          # formation recipes a batch
     per_recipe: int = 3       # crops per recipe (the positives)
     crop: int = 64
@@ -44,25 +47,21 @@ class AdapterTrainSettings:
     mse_margin: float = 0.06  # 0.25 dB
     guard_images: int = 8
     bottleneck: int = BOTTLENECK
+    trace_code: int = 128     # channels of y the trace writer writes (0: no trace writer)
+    trace_recipes: int = 1500
+    trace_crops: int = 8      # crops per recipe
+    trace_side: int = 128
+    trace_steps: int = 2500
+    trace_batch: int = 32     # recipes a detector batch
+    trace_temperature: float = 0.2
+    trace_amplitude: float = 1.0  # x the channel's spread of GAP(y)
+    probe: int = 8            # training-photo crops that price each channel of y
+    probe_side: int = 256
     seed: int = 0
     weights: str | None = None  # the frozen codec (None: the shipped weights)
     log_every: int = 50
-    evaluate: bool = True       # measure held-out PSNR and rate with and without (the card); off in tests
-    max_seconds: float | None = None  # stop early after this long (the card records the steps done)
-
-
-def supervised_contrastive(vectors: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean over anchors of -log(sum over positives / sum over all others) of exp(cos / t)."""
-    logits = vectors @ vectors.T / temperature
-    eye = torch.eye(len(labels), dtype=torch.bool, device=vectors.device)
-    logits = logits.masked_fill(eye, -1e9)
-    positives = (labels[:, None] == labels[None, :]) & ~eye
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    return -(log_prob * positives).sum(1).div(positives.sum(1).clamp_min(1)).mean()
-
-
-def pooled(exported: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.cat([exported["y_hat_luma"].mean(dim=(2, 3)), exported["y_hat_chroma"].mean(dim=(2, 3))], dim=1)
+    evaluate: bool = True       # calibrate and measure the held-out photos (the card); off in tests
+    max_seconds: float | None = None  # stop SFMA training early after this long (the card records the steps done)
 
 
 def batch(settings: AdapterTrainSettings, sources: list[np.ndarray], rng: np.random.Generator):
@@ -84,15 +83,20 @@ def _rate_mse(model, exported: dict, rgb: torch.Tensor) -> tuple[torch.Tensor, t
     return model.bits(exported) / (rgb.shape[-1] * rgb.shape[-2]), (reconstruction - rgb).square().mean(dim=(1, 2, 3))
 
 
-OUTPUT_LAYERS = ("spatial.out.weight", "spatial.out.bias", "frequency.linear.weight", "frequency.linear.bias")
+# what scales the adapters' contribution (all start at zero): SFMA's last layers, the writer's amplitude
+OUTPUT_LAYERS = ("spatial.out.weight", "spatial.out.bias", "frequency.linear.weight", "frequency.linear.bias",
+                 "trace.amplitude")
 SHRINK = (1.0, 0.75, 0.6, 0.5, 0.4, 0.3, 0.2)
 
 
+def outputs(adapters: AdapterSet) -> dict[str, torch.Tensor]:
+    return {name: tensor for name, tensor in adapters.state_dict(keep_vars=True).items() if name.endswith(OUTPUT_LAYERS)}
+
+
 def shrink(adapters: AdapterSet, factor: float, original: dict[str, torch.Tensor]) -> None:
-    """Scale the adapters' output layers (the ones that start at zero) to ``factor`` of ``original``."""
-    for name, parameter in adapters.named_parameters():
-        if name.endswith(OUTPUT_LAYERS):
-            parameter.data = original[name] * factor
+    """Scale the adapters' outputs (:data:`OUTPUT_LAYERS`) to ``factor`` of ``original``."""
+    for name, tensor in outputs(adapters).items():
+        tensor.data = original[name] * factor
 
 
 @torch.no_grad()
@@ -102,26 +106,13 @@ def calibrate(model, adapters: AdapterSet, rate_limit: float = 0.04, psnr_limit:
     ``side``-pixel crops (three per photo) of the codec's TRAINING photos stay within the limits
     (training crops of 64 pixels under-state what the adapters cost on larger images). The held-out
     photos are never used here."""
-    crops = []
-    for name in photos.names("train"):
-        image = photos.load(name)
-        if min(image.shape[:2]) < side:
-            continue
-        for top, left in ((0, 0), ((image.shape[0] - side) // 2, (image.shape[1] - side) // 2),
-                          (image.shape[0] - side, image.shape[1] - side)):
-            crops.append(torch.from_numpy(np.ascontiguousarray(image[top:top + side, left:left + side]))
-                         .permute(2, 0, 1)[None].float().div(255.0))
+    crops = photo_crops(side)
 
     def measure() -> tuple[float, float]:
-        psnrs, rates = [], []
-        for rgb in crops:
-            exported = model.export(rgb)
-            rate, mse = _rate_mse(model, exported, rgb)
-            psnrs.append(-10 * math.log10(max(mse.item(), 1e-12)))
-            rates.append(rate.item())
-        return float(np.mean(psnrs)), float(np.mean(rates))
+        psnrs, rates = zip(*(quality(model, rgb) for rgb in crops))
+        return torch.cat(psnrs).mean().item(), torch.cat(rates).mean().item()
 
-    original = {name: p.detach().clone() for name, p in adapters.named_parameters()}
+    original = {name: tensor.detach().clone() for name, tensor in outputs(adapters).items()}
     adapters.enabled = False
     base_psnr, base_rate = measure()
     adapters.enabled = True
@@ -151,17 +142,12 @@ def held_out_quality(model, adapters: AdapterSet) -> dict:
             "rate_ratio": adapted["bpp"] / base["bpp"]}
 
 
-def train(settings: AdapterTrainSettings, out: str, progress=print) -> dict:
-    torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-    model, base_digest, _ = weights.load(settings.weights)
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    adapters = AdapterSet(settings.bottleneck)
-    adapters.attach(model)
-    sources = [photos.load(name) for name in photos.names("train")]
+def train_sfma(model, adapters: AdapterSet, settings: AdapterTrainSettings, sources: list[np.ndarray],
+               rng: np.random.Generator, progress=print) -> list[tuple[float, float, float]]:
+    """The SFMA's guarded metric learning (module docstring); returns (forensic, rate ratio, MSE ratio) a step."""
     sources = [image for image in sources if min(image.shape[:2]) >= 4 * settings.crop]
-    optimiser = torch.optim.Adam(adapters.parameters(), lr=settings.learning_rate)
+    trained = [p for name, p in adapters.named_parameters() if not name.startswith("trace.")]
+    optimiser = torch.optim.Adam(trained, lr=settings.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, settings.steps)
     mean = std = None
     started, history = time.monotonic(), []
@@ -190,7 +176,7 @@ def train(settings: AdapterTrainSettings, out: str, progress=print) -> dict:
         loss = forensic + settings.guard * penalty
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(adapters.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimiser.step()
         schedule.step()
         history.append((forensic.item(), (rate / base_rate).mean().item(), (mse / base_mse).mean().item()))
@@ -201,20 +187,39 @@ def train(settings: AdapterTrainSettings, out: str, progress=print) -> dict:
                      f"mse x{recent[2]:.3f}  {time.monotonic() - started:.0f} s")
         if out_of_time:
             break
+    return history
+
+
+def train(settings: AdapterTrainSettings, out: str, progress=print) -> dict:
+    if settings.steps <= 0 and settings.trace_code <= 0:
+        raise ValueError("nothing to train: give SFMA steps or trace writer channels")
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    model, base_digest, _ = weights.load(settings.weights)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    adapters = AdapterSet(settings.bottleneck, sfma=settings.steps > 0, trace_code=settings.trace_code)
+    adapters.attach(model)
+    sources = [photos.load(name) for name in photos.names("train")]
+    started = time.monotonic()
+    trace = train_trace(model, adapters, settings, sources, rng, progress) if adapters.trace is not None else None
+    history = train_sfma(model, adapters, settings, sources, rng, progress) if settings.steps else []
     seconds = round(time.monotonic() - started, 1)
     adapters.eval()
     calibration = calibrate(model, adapters, progress=progress) if settings.evaluate else None
-    quality = held_out_quality(model, adapters) if settings.evaluate else None
-    if quality:
-        progress(f"held-out photos: {quality['base']['psnr_db']:.2f} dB / {quality['base']['bpp']:.3f} bpp without, "
-                 f"{quality['adapted']['psnr_db']:.2f} dB / {quality['adapted']['bpp']:.3f} bpp with adapters")
+    held_out = held_out_quality(model, adapters) if settings.evaluate else None
+    if held_out:
+        progress(f"held-out photos: {held_out['base']['psnr_db']:.2f} dB / {held_out['base']['bpp']:.3f} bpp "
+                 f"without, {held_out['adapted']['psnr_db']:.2f} dB / {held_out['adapted']['bpp']:.3f} bpp with adapters")
     meta = {"kind": "sfma-adapters", "base_weights_sha256": base_digest, "bottleneck": settings.bottleneck,
-            "points": "after act1, act2, act3 of the luma and chroma analysis transforms",
+            "sfma": adapters.sfma, "trace_code": settings.trace_code,
+            "points": ("trace writer: reads luma act1, writes y of both branches; " if trace else "")
+            + ("SFMA after act1, act2, act3 of the luma and chroma analysis transforms" if adapters.sfma else ""),
             "parameters": parameter_count(adapters), "training": asdict(settings),
             "training_data": "random crops of photos.names('train') through random formation recipes "
                              "(latentsweep/codec/formation.py); no evaluation corpus's software or generator",
-            "calibration": calibration, "held_out": quality, "train_seconds": seconds, "steps_done": len(history), "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "loss_last": [float(v) for v in np.mean(history[-settings.log_every:], axis=0)]}
+            "trace": trace, "calibration": calibration, "held_out": held_out, "train_seconds": seconds,
+            "steps_done": len(history), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "loss_last": [float(v) for v in np.mean(history[-settings.log_every:], axis=0)] if history else None}
     meta["sha256"] = weights.save_adapters(adapters, out, meta)
     return meta

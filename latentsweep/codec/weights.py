@@ -207,7 +207,7 @@ def load_adapters(spec: str | Path | None, weights_digest: str | None = None):
         raise WeightsError(f"adapters {path.name} were trained on codec weights {base[:12]}..., not the loaded "
                            f"{weights_digest[:12]}...: pass the --weights they were trained with")
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    adapters = AdapterSet(int(meta.get("bottleneck", 16)))
+    adapters = AdapterSet(int(meta.get("bottleneck", 16)), bool(meta.get("sfma", True)), int(meta.get("trace_code", 0)))
     try:
         adapters.load_state_dict(state)
     except RuntimeError as error:

@@ -53,7 +53,10 @@ def adapters_card() -> dict:
     card = json.loads(weights.sidecar(weights.DEFAULT_ADAPTERS).read_text())
     meta = card["meta"]
     summary = {"name": weights.DEFAULT_ADAPTERS.name, "sha256": card["sha256"], "parameters": meta.get("parameters"),
-               "steps_done": meta.get("steps_done"), "train_seconds": meta.get("train_seconds")}
+               "sfma": meta.get("sfma", True), "steps_done": meta.get("steps_done"),
+               "trace_code": meta.get("trace_code", 0), "train_seconds": meta.get("train_seconds")}
+    if meta.get("trace"):
+        summary["trace_spectra"] = meta["trace"]["spectra"]
     if meta.get("held_out"):
         held_out = meta["held_out"]
         summary.update({"psnr_db": [held_out["base"]["psnr_db"], held_out["adapted"]["psnr_db"]],
@@ -67,14 +70,20 @@ def adapters_card() -> dict:
 def adapters_markdown(table: dict) -> list[str]:
     card = table["card"]
     keys = ("top1", "precision_at_10", "map_at_10", "vote_accuracy")
-    cost = f"{card['parameters']:,} parameters, {card['steps_done']} training steps in {card['train_seconds']:.0f} s"
+    parts = []
+    if card.get("trace_code"):
+        parts.append(f"a trace writer on {card['trace_code']} channels of y, its detector fitted on "
+                     f"{card['trace_spectra']:,} crops of synthetic formation recipes")
+    if card.get("sfma", True):
+        parts.append(f"SFMA trained {card['steps_done']} steps")
+    cost = f"{card['parameters']:,} parameters; {' and '.join(parts)}, in {card['train_seconds']:.0f} s"
     if "output_scale" in card:
         cost += f", outputs scaled x{card['output_scale']} by the calibration on training photos"
     if "psnr_db" in card:
         cost += (f"; held-out photos {card['psnr_db'][0]:.2f} -> {card['psnr_db'][1]:.2f} dB "
                  f"({card['psnr_delta_db']:+.2f} dB) at x{card['rate_ratio']:.3f} the rate "
                  f"({card['bpp'][0]:.3f} -> {card['bpp'][1]:.3f} bpp)")
-    lines = ["## SFMA adapters: with and without (issue 16)", "",
+    lines = ["## Adapters: with and without (issue 16)", "",
              "The held-out content-controlled corpora (no tuning decision looked at them), references and "
              f"held-out queries ingested again with `--adapters {ADAPTERS}` (`{card['name']}`, sha256 "
              f"`{card['sha256'][:16]}...`: {cost}) into their own indices; rows without adapters and the "
