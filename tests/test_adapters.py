@@ -209,3 +209,17 @@ def test_shipped_trace_writer_tells_formations_apart_on_held_out_photos():
     same = (labels[:, None] == labels[None]) & ~torch.eye(len(labels), dtype=torch.bool)
     different = labels[:, None] != labels[None]
     assert similarity[same].mean() > similarity[different].mean() + 0.2
+
+
+def test_trace_spectra_read_only_the_valid_area():
+    """A padded batch's spectra average the tiles inside each image's size: for the full size the same as no
+    sizes, for a smaller one the same as the features cut to its tiles (a tile covers 16 x 16 pixels)."""
+    from latentsweep.codec.adapters import TraceWriter
+
+    features = torch.randn(2, 128, 64, 48)  # a 128 x 96 padded batch at act1 (H/2)
+    whole = TraceWriter.spectra(features)
+    assert torch.allclose(TraceWriter.spectra(features, [(128, 96), (128, 96)]), whole, atol=1e-5)
+    cut = TraceWriter.spectra(features, [(128, 96), (100, 70)])  # 6 x 4 tiles of the second image
+    assert torch.allclose(cut[0], whole[0], atol=1e-5)
+    assert torch.allclose(cut[1], TraceWriter.spectra(features[1:, :, :48, :32])[0], atol=1e-5)
+    assert not torch.allclose(cut[1], whole[1], atol=1e-3)

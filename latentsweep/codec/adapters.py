@@ -126,16 +126,25 @@ class TraceWriter(nn.Module):
         self.offsets: torch.Tensor | None = None  # (B, Y_CHANNELS) of the image batch being encoded
 
     @staticmethod
-    def spectra(features: torch.Tensor) -> torch.Tensor:
-        """Luma ``act1`` features (B, 128, H/2, W/2) -> (B, TRACE_FEATURES): tile spectra averaged over tiles."""
+    def spectra(features: torch.Tensor, sizes: list[tuple[int, int]] | None = None) -> torch.Tensor:
+        """Luma ``act1`` features (B, 128, H/2, W/2) -> (B, TRACE_FEATURES): tile spectra averaged over the
+        tiles inside each image's valid area (``sizes``: its height and width in pixels before padding;
+        None: every tile). A replicate-padded border is flat, and its spectra are not the image's."""
         _, amplitude = tile_spectra(features, 8)
-        return amplitude.reshape(len(features), -1, *amplitude.shape[1:]).mean(dim=1).flatten(1)
+        batch, _, height, width = features.shape
+        amplitude = amplitude.reshape(batch, height // 8, width // 8, -1)  # a tile covers 16 x 16 pixels
+        if sizes is None:
+            return amplitude.mean(dim=(1, 2))
+        inside = torch.zeros(batch, height // 8, width // 8, 1, device=features.device)
+        for index, (rows, cols) in enumerate(sizes):
+            inside[index, :max(1, rows // 16), :max(1, cols // 16)] = 1
+        return (amplitude * inside).sum(dim=(1, 2)) / inside.sum(dim=(1, 2))
 
     def code(self, spectra: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.detector((spectra - self.mean) / self.std))
 
-    def read(self, features: torch.Tensor) -> None:
-        values = self.amplitude * self.code(self.spectra(features))
+    def read(self, features: torch.Tensor, sizes: list[tuple[int, int]] | None = None) -> None:
+        values = self.amplitude * self.code(self.spectra(features, sizes))
         self.offsets = values.new_zeros(len(values), Y_CHANNELS).index_copy(1, self.channels, values)
 
     def write(self, y: torch.Tensor, branch: str) -> torch.Tensor:
@@ -155,6 +164,7 @@ class AdapterSet(nn.Module):
         self.sfma = sfma
         self.trace = TraceWriter(trace_code) if trace_code else None
         self.enabled = True  # False: the hooks pass the features through (the base codec, for training)
+        self.sizes: list[tuple[int, int]] | None = None  # the batch's sizes before padding (None: unpadded)
 
     def attach(self, codec) -> list:
         """Insert the adapters into ``codec``'s analysis transforms; returns the hook handles
@@ -173,7 +183,7 @@ class AdapterSet(nn.Module):
 
     def _reading(self, module, inputs, output):
         if self.enabled:
-            self.trace.read(output)
+            self.trace.read(output, self.sizes)
 
     def _writing(self, branch: str):
         def hook(module, inputs, output):

@@ -82,9 +82,12 @@ class Embedder:
                        height, width)[0]
             for image in images]).to(self.device, non_blocking=True).float().div_(255.0)
         batch = batch.contiguous(memory_format=torch.channels_last)
+        sizes = [image.shape[:2] for image in images]
+        if self.adapters is not None:
+            self.adapters.sizes = sizes  # the trace writer reads each image's valid area only
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
             tensors = self.model.export(batch)
-        return tensors, [image.shape[:2] for image in images]
+        return tensors, sizes
 
     @torch.inference_mode()
     def round_trip(self, image: np.ndarray) -> np.ndarray:
