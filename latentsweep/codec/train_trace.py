@@ -4,13 +4,16 @@
    ``trace_crops`` random crops of the codec's training photos at ``trace_side`` pixels; the frozen luma
    encoder's first-stage tile spectra of every crop (what the writer reads).
 2. **Detector.** Linear on the spectra z-scored by their mean and spread, trained with the supervised
-   contrastive loss (temperature ``trace_temperature``) on its ``tanh`` codes: crops of one recipe attract, crops of others repel, in
-   batches of ``trace_batch`` recipes x 4 crops. Every recipe is drawn from a continuous family, so the
-   detector learns formation traces in general; no evaluation corpus's software or generator is used.
+   contrastive loss (temperature ``trace_temperature``) on its ``tanh`` codes: crops of one recipe
+   attract, crops of others repel, in batches of ``trace_batch`` recipes x 4 crops. Every recipe is drawn
+   from a continuous family, so the detector learns formation traces in general; no evaluation corpus's
+   software or generator is used.
 3. **Channels.** Each channel of ``y`` is offset alone by its spread (the standard deviation of GAP(y)
-   over ``probe_side``-pixel crops of the training photos) on ``probe`` of those crops, and priced by the unchanged decoder's
-   PSNR drop and rate rise against the guard (``drop / 0.5 dB + rise / 5%``). The ``trace_code``
-   cheapest channels carry the code, at ``trace_amplitude`` x their spread.
+   over ``probe_side``-pixel crops of the training photos) on ``probe`` of those crops, and priced by the
+   unchanged decoder's PSNR drop and rate rise against the guard (``drop / 0.5 dB + rise / 5%``); it is
+   also measured how much of the offset reaches GAP(y_hat) through the quantiser. Of the
+   ``1.5 x trace_code`` cheapest, the ``trace_code`` whose offsets survive best carry the code, at
+   ``trace_amplitude`` x their spread.
 """
 
 from __future__ import annotations
@@ -75,32 +78,47 @@ def quality(model, rgb: torch.Tensor, exported: dict[str, torch.Tensor] | None =
 
 @torch.no_grad()
 def channel_costs(model, rgb: torch.Tensor, spread: torch.Tensor, images_a_pass: int = 64) -> np.ndarray:
-    """(Y_CHANNELS, 2): mean PSNR drop (dB) and rate rise (fraction) when one channel of ``y`` is offset by
-    ``spread[channel]`` on the batch ``rgb``; several channels a pass, each on its own copy of the batch."""
-    base_psnr, base_rate = (value.mean().item() for value in quality(model, rgb))
-    costs = np.zeros((Y_CHANNELS, 2))
+    """(Y_CHANNELS, 3) when one channel of ``y`` is offset by ``spread[channel]`` on the batch ``rgb``: the
+    mean PSNR drop (dB), rate rise (fraction), and the share of the offset that reaches GAP(y_hat) through
+    the quantiser (``survival``); several channels a pass, each on its own copy of the batch."""
+    base = model.export(rgb)
+    base_psnr, base_rate = (value.mean().item() for value in quality(model, rgb, base))
+    base_pooled = pooled(base)
+    costs = np.zeros((Y_CHANNELS, 3))
     per_pass = max(1, images_a_pass // len(rgb))
     for first in range(0, Y_CHANNELS, per_pass):
         channels = list(range(first, min(first + per_pass, Y_CHANNELS)))
         offsets = torch.zeros(len(channels), len(rgb), Y_CHANNELS)
         for block, channel in enumerate(channels):
             offsets[block, :, channel] = spread[channel]
+        copies = rgb.repeat(len(channels), 1, 1, 1)
         with y_offset(model, offsets.flatten(0, 1)):
-            psnr, rate = quality(model, rgb.repeat(len(channels), 1, 1, 1))
-        costs[first:first + len(channels), 0] = base_psnr - psnr.reshape(len(channels), -1).mean(1).numpy()
-        costs[first:first + len(channels), 1] = rate.reshape(len(channels), -1).mean(1).numpy() / base_rate - 1
+            exported = model.export(copies)
+        psnr, rate = quality(model, copies, exported)
+        moved = pooled(exported).reshape(len(channels), len(rgb), Y_CHANNELS) - base_pooled
+        rows = slice(first, first + len(channels))
+        costs[rows, 0] = base_psnr - psnr.reshape(len(channels), -1).mean(1).numpy()
+        costs[rows, 1] = rate.reshape(len(channels), -1).mean(1).numpy() / base_rate - 1
+        costs[rows, 2] = (moved[torch.arange(len(channels)), :, channels].mean(1) / spread[channels]).numpy()
     return costs
+
+
+def cheapest(costs: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` channels that cost least against the guard (0.5 dB, 5% rate)."""
+    return np.argsort(costs[:, 0] / 0.5 + np.maximum(costs[:, 1], 0) / 0.05, kind="stable")[:count]
+
+
+def carriers(costs: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` channels whose offset best survives the quantiser among the ``1.5 x count`` cheapest:
+    the cheapest alone are often cheap because the quantiser drops the offset (then ``2lat`` never sees it)."""
+    candidates = cheapest(costs, min(len(costs), count * 3 // 2))
+    return candidates[np.argsort(-costs[candidates, 2], kind="stable")[:count]]
 
 
 def pooled(exported: dict[str, torch.Tensor], tensor: str = "y_hat") -> torch.Tensor:
     """GAP of ``tensor`` of both branches (B, Y_CHANNELS), luma then chroma: for ``y_hat`` the ``2lat``
     vector, for ``y`` where the writer's offsets land."""
     return torch.cat([exported[f"{tensor}_luma"].mean(dim=(2, 3)), exported[f"{tensor}_chroma"].mean(dim=(2, 3))], 1)
-
-
-def cheapest(costs: np.ndarray, count: int) -> np.ndarray:
-    """The ``count`` channels that cost least against the guard (0.5 dB, 5% rate)."""
-    return np.argsort(costs[:, 0] / 0.5 + np.maximum(costs[:, 1], 0) / 0.05, kind="stable")[:count]
 
 
 @torch.no_grad()
@@ -166,7 +184,7 @@ def train_trace(model, adapters: AdapterSet, settings, sources: list[np.ndarray]
     probe = rgb[np.linspace(0, len(rgb) - 1, settings.probe).round().astype(int)]
     progress(f"trace channels: pricing {Y_CHANNELS} channels of y on {len(probe)} crops of the training photos")
     costs = channel_costs(model, probe, spread)
-    chosen = torch.from_numpy(cheapest(costs, len(trace.channels)))
+    chosen = torch.from_numpy(carriers(costs, len(trace.channels)))
     trace.channels.copy_(chosen)
     trace.amplitude.copy_(settings.trace_amplitude * spread[chosen])
     adapters.enabled = was
@@ -174,4 +192,5 @@ def train_trace(model, adapters: AdapterSet, settings, sources: list[np.ndarray]
     return {"spectra": len(features), "detector_loss_last": float(np.mean(recent[-500:])),
             "loss_at_chance": math.log(settings.trace_batch * CROPS_PER_RECIPE_IN_A_BATCH - 1),
             "channels": chosen.tolist(), "amplitude_x_spread": settings.trace_amplitude,
-            "channel_psnr_drop_db_sum": float(picked[:, 0].sum()), "channel_rate_rise_sum": float(picked[:, 1].sum())}
+            "channel_psnr_drop_db_sum": float(picked[:, 0].sum()), "channel_rate_rise_sum": float(picked[:, 1].sum()),
+            "channel_survival_mean": float(picked[:, 2].mean()), "all_channels_survival_mean": float(costs[:, 2].mean())}
