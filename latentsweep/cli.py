@@ -165,7 +165,7 @@ def train_adapters(
     config: ConfigOption = None,
 ) -> None:
     """Train adapters into the frozen analysis transforms (CPU) on random synthetic formation recipes: the
-    trace writer (detects the formation, writes a code into the cheapest channels of y) and, with --steps,
+    trace writer (detects the formation, writes a code into cheap channels of y) and, with --steps,
     SFMA (guarded metric learning); calibrates them to the guard and reports rate and PSNR on the held-out
     photos with and without them."""
     from latentsweep.codec.train_adapters import AdapterTrainSettings, train

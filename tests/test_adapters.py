@@ -223,3 +223,15 @@ def test_trace_spectra_read_only_the_valid_area():
     assert torch.allclose(cut[0], whole[0], atol=1e-5)
     assert torch.allclose(cut[1], TraceWriter.spectra(features[1:, :, :48, :32])[0], atol=1e-5)
     assert not torch.allclose(cut[1], whole[1], atol=1e-3)
+
+
+def test_carriers_rank_what_reaches_the_index_per_unit_of_cost():
+    """A free channel whose offset the quantiser drops carries nothing; a cheap one that keeps it wins."""
+    from latentsweep.codec.train_trace import carriers, cheapest
+
+    costs = np.array([[0.0, 0.0, 0.0],     # free, but the offset never reaches y_hat
+                      [0.01, 0.001, 0.5],  # cheap and kept
+                      [0.2, 0.02, 0.9],    # kept best, but dear
+                      [0.0, -0.01, 0.2]])  # free (rate falls), partly kept
+    assert list(cheapest(costs, 2)) == [0, 3]
+    assert list(carriers(costs, 2)) == [1, 3]

@@ -21,8 +21,7 @@ batch statistics), so its latents do not depend on what else is in its batch.
 
 Trained under the codec's guard, the SFMA learned nothing measurable for attribution (README, "Before
 decoding"). The :class:`TraceWriter` is ours: it detects the formation from the spectra FMA reads and
-writes it into the channels of ``y`` that cost the frozen decoder least, which the global average of
-``2lat`` keeps.
+writes it into cheap channels of ``y`` as an offset, which the global average of ``2lat`` keeps.
 """
 
 from __future__ import annotations
@@ -108,8 +107,9 @@ class TraceWriter(nn.Module):
     """Formation-trace writer (ours, beyond the seed's SFMA): detects how the image was formed from the
     frozen luma encoder's first-stage features as FMA reads them (relative log-amplitude of 8 x 8 tile
     spectra), averaged over the image's tiles, and writes the detection into ``y`` as a constant offset
-    ``amplitude * tanh(detector(spectra))`` on ``channels``: the channels of ``y`` that cost the frozen
-    decoder least. A constant offset survives the quantiser and the global average of ``2lat``.
+    ``amplitude * tanh(detector(spectra))`` on ``channels``: channels of ``y`` chosen in training for
+    costing the frozen decoder little and carrying an offset through the quantiser
+    (``train_trace.py``). A constant offset survives the global average of ``2lat``.
 
     The detector is linear on the spectra, z-scored by ``mean``/``std``; ``amplitude`` starts at zero, so a
     fresh writer leaves the codec as it was. ``read`` (a hook after luma ``act1``) detects, ``write``

@@ -11,9 +11,8 @@
 3. **Channels.** Each channel of ``y`` is offset alone by its spread (the standard deviation of GAP(y)
    over ``probe_side``-pixel crops of the training photos) on ``probe`` of those crops, and priced by the
    unchanged decoder's PSNR drop and rate rise against the guard (``drop / 0.5 dB + rise / 5%``); it is
-   also measured how much of the offset reaches GAP(y_hat) through the quantiser. Of the
-   ``1.5 x trace_code`` cheapest, the ``trace_code`` whose offsets survive best carry the code, at
-   ``trace_amplitude`` x their spread.
+   also measured how much of the offset reaches GAP(y_hat) through the quantiser. The ``trace_code``
+   channels that carry the most per unit of cost carry the code, at ``trace_amplitude`` x their spread.
 """
 
 from __future__ import annotations
@@ -103,16 +102,21 @@ def channel_costs(model, rgb: torch.Tensor, spread: torch.Tensor, images_a_pass:
     return costs
 
 
+def guard_cost(costs: np.ndarray) -> np.ndarray:
+    """A channel's price against the guard (0.5 dB, 5% rate): ``drop / 0.5 dB + max(rise, 0) / 5%``."""
+    return costs[:, 0] / 0.5 + np.maximum(costs[:, 1], 0) / 0.05
+
+
 def cheapest(costs: np.ndarray, count: int) -> np.ndarray:
-    """The ``count`` channels that cost least against the guard (0.5 dB, 5% rate)."""
-    return np.argsort(costs[:, 0] / 0.5 + np.maximum(costs[:, 1], 0) / 0.05, kind="stable")[:count]
+    """The ``count`` channels that cost least against the guard."""
+    return np.argsort(guard_cost(costs), kind="stable")[:count]
 
 
 def carriers(costs: np.ndarray, count: int) -> np.ndarray:
-    """The ``count`` channels whose offset best survives the quantiser among the ``1.5 x count`` cheapest:
-    the cheapest alone are often cheap because the quantiser drops the offset (then ``2lat`` never sees it)."""
-    candidates = cheapest(costs, min(len(costs), count * 3 // 2))
-    return candidates[np.argsort(-costs[candidates, 2], kind="stable")[:count]]
+    """The ``count`` channels that carry the most offset through the quantiser per unit of guard cost
+    (the cost floored at 0.02, so channels that cost nothing rank by what they carry). The cheapest alone
+    are often cheap because the quantiser drops the offset, and ``2lat`` never sees it."""
+    return np.argsort(-costs[:, 2] / np.maximum(guard_cost(costs), 0.02), kind="stable")[:count]
 
 
 def pooled(exported: dict[str, torch.Tensor], tensor: str = "y_hat") -> torch.Tensor:
