@@ -148,8 +148,14 @@ class TraceWriter(nn.Module):
         self.offsets = values.new_zeros(len(values), Y_CHANNELS).index_copy(1, self.channels, values)
 
     def write(self, y: torch.Tensor, branch: str) -> torch.Tensor:
-        start = 0 if branch == "luma" else LUMA_CHANNELS
-        return y + self.offsets[:, start:start + y.shape[1], None, None].to(y.dtype)
+        return add_to_y(y, self.offsets, branch)
+
+
+def add_to_y(y: torch.Tensor, offsets: torch.Tensor, branch: str) -> torch.Tensor:
+    """``y`` of one branch (B, C, h, w) plus that branch's slice of ``offsets`` (B, Y_CHANNELS: luma, then
+    chroma), constant over the image."""
+    start = 0 if branch == "luma" else LUMA_CHANNELS
+    return y + offsets[:, start:start + y.shape[1], None, None].to(y.dtype)
 
 
 class AdapterSet(nn.Module):

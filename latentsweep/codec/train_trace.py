@@ -26,8 +26,7 @@ import torch.nn.functional as F
 
 from latentsweep import photos
 from latentsweep.codec import formation
-from latentsweep.codec.adapters import Y_CHANNELS, AdapterSet, TraceWriter
-from latentsweep.codec.analysis import LUMA_CHANNELS
+from latentsweep.codec.adapters import BRANCHES, Y_CHANNELS, AdapterSet, TraceWriter, add_to_y
 
 CROPS_PER_RECIPE_IN_A_BATCH = 4
 
@@ -50,13 +49,12 @@ def photo_crops(side: int) -> list[torch.Tensor]:
 @contextmanager
 def y_offset(model, offsets: torch.Tensor):
     """Add ``offsets`` (B, Y_CHANNELS: luma then chroma) to ``y`` of both branches inside the block."""
-    def adding(start: int):
+    def adding(branch: str):
         def hook(module, inputs, output):
-            return output + offsets[:, start:start + output.shape[1], None, None].to(output.dtype)
+            return add_to_y(output, offsets, branch)
         return hook
 
-    handles = [model.luma_analysis.register_forward_hook(adding(0)),
-               model.chroma_analysis.register_forward_hook(adding(LUMA_CHANNELS))]
+    handles = [getattr(model, f"{branch}_analysis").register_forward_hook(adding(branch)) for branch in BRANCHES]
     try:
         yield
     finally:
