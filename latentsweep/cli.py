@@ -153,6 +153,9 @@ def train_adapters(
     trace_steps: Annotated[int, typer.Option(help="Trace detector optimiser steps.")] = 2500,
     trace_amplitude: Annotated[float, typer.Option(
         help="The code's amplitude in each channel, x the channel's spread of GAP(y) (calibration may lower it).")] = 1.0,
+    trace_pull: Annotated[float, typer.Option(
+        help="Share of the way each written channel's GAP(y) is pulled to its mean over the training photos "
+             "(0: the code is a pure offset; the content's own variation there is noise around it).")] = 0.25,
     steps: Annotated[int, typer.Option(
         help="SFMA optimiser steps (cosine schedule; 0: no SFMA, which under the guard learned nothing: README).")] = 0,
     recipes: Annotated[int, typer.Option(help="SFMA: random formation recipes per step (the classes of a batch).")] = 8,
@@ -178,9 +181,12 @@ def train_adapters(
         raise typer.BadParameter("the trace detector needs --trace-recipes >= 32 (one batch) and --trace-steps >= 1")
     if trace_code > 256:
         raise typer.BadParameter(f"--trace-code is a number of channels of y (at most 256), got {trace_code}")
+    if not trace_amplitude > 0 or not 0 <= trace_pull <= 1:
+        raise typer.BadParameter(f"--trace-amplitude must be above 0 and --trace-pull within [0, 1], "
+                                 f"got {trace_amplitude} and {trace_pull}")
     meta = train(AdapterTrainSettings(steps, recipes, per_recipe, crop, learning_rate, trace_code=trace_code,
                                       trace_recipes=trace_recipes, trace_steps=trace_steps,
-                                      trace_amplitude=trace_amplitude, seed=seed,
+                                      trace_amplitude=trace_amplitude, trace_pull=trace_pull, seed=seed,
                                       weights=str(weights) if weights else None,
                                       max_seconds=60 * max_minutes if max_minutes else None),
                  str(out), progress=typer.echo)

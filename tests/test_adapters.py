@@ -87,6 +87,49 @@ def test_trace_writer_moves_only_its_channels_image_by_image(random_adapters, im
     assert torch.allclose(together["y_chroma"][:1], alone["y_chroma"], atol=1e-4)
 
 
+def test_trace_writer_pulls_its_channels_toward_their_centre_over_the_valid_area(random_adapters, image):
+    """With ``pull`` p the written channels of y move by the code's offset less p x (their GAP(y) over the
+    image's valid area minus ``centre``): a padded border is not the image's and does not count."""
+    from latentsweep.codec import pooling
+
+    model, _, _ = weights.load(None)
+    loaded, _, _ = weights.load_adapters(random_adapters)
+    writer = AdapterSet(sfma=False, trace_code=8)
+    writer.trace.load_state_dict(loaded.trace.state_dict())
+    writer.trace.centre.copy_(torch.linspace(-1, 1, 8))
+    writer.sizes = [image.shape[:2]]  # 96 x 128, padded to 128 x 128: y's valid area is 6 x 8 of 8 x 8
+    handles = writer.attach(model)
+
+    def y(pull: float) -> torch.Tensor:
+        writer.enabled = pull is not None
+        writer.trace.pull.fill_(pull or 0.0)
+        with torch.inference_mode():
+            exported = model.export(padded(image))
+        return torch.cat([exported["y_luma"], exported["y_chroma"]], 1)
+
+    base, offset_only, pulled = y(None), y(0.0), y(0.4)
+    for handle in handles:
+        handle.remove()
+    written = writer.trace.channels
+    base_mean = pooling.pool(base, [(6, 8)])[0, written]
+    expected = -0.4 * (base_mean - writer.trace.centre)
+    moved = (pulled - offset_only)[0, written].flatten(1)
+    assert torch.allclose(moved, expected[:, None].expand_as(moved), atol=1e-4)
+    assert not torch.allclose(base_mean, base[0, written].mean(dim=(1, 2)), atol=1e-3)  # the border differs
+    assert torch.equal(pulled[0, [c for c in range(256) if c not in written.tolist()]],
+                       base[0, [c for c in range(256) if c not in written.tolist()]])
+
+
+def test_writers_saved_before_the_pull_load_as_pure_offsets(random_adapters, tmp_path):
+    """A checkpoint from before the pull (no ``trace.centre``, ``trace.pull``) writes what it wrote then."""
+    state = torch.load(random_adapters, weights_only=True)
+    old = {name: value for name, value in state.items() if name not in ("trace.centre", "trace.pull")}
+    path = tmp_path / "old.pt"
+    weights._write_checkpoint(old, path, {"base_weights_sha256": weights.digest(None), "sfma": True, "trace_code": 8})
+    loaded, _, _ = weights.load_adapters(path)
+    assert loaded.trace.pull.item() == 0 and torch.equal(loaded.trace.amplitude, state["trace.amplitude"])
+
+
 def test_checkpoint_verified_and_digest_names_the_adapters(random_adapters, tmp_path):
     base = weights.digest(None)
     digest = weights.adapters_digest(random_adapters)
@@ -168,6 +211,7 @@ def test_tiny_training_writes_verified_adapters(tmp_path):
     assert len(set(trace.channels.tolist())) == 16 and trace.channels.max() < 256
     assert meta["trace"]["channels"] == trace.channels.tolist() and (trace.amplitude > 0).all()
     assert (trace.std > 0).all() and trace.mean.abs().sum() > 0
+    assert trace.pull.item() == 0.25 and trace.centre.abs().sum() > 0 and meta["trace"]["pull"] == 0.25
     # the pricing ranked the channels: the chosen ones cost no more than the guard's worst of them
     assert meta["trace"]["channel_rate_rise_sum"] < 0.05 * 16
     with pytest.raises(ValueError, match="nothing to train"):
@@ -235,3 +279,22 @@ def test_carriers_rank_what_reaches_the_index_per_unit_of_cost():
                       [0.0, -0.01, 0.2]])  # free (rate falls), partly kept
     assert list(cheapest(costs, 2)) == [0, 3]
     assert list(carriers(costs, 2)) == [1, 3]
+
+
+@pytest.mark.parametrize("options, says", [
+    (["--trace-code", "0"], "nothing to train"),
+    (["--trace-code", "300"], "at most 256"),
+    (["--trace-recipes", "5"], "--trace-recipes >= 32"),
+    (["--trace-pull", "1.5"], "--trace-pull within [0, 1]"),
+    (["--trace-amplitude", "0"], "--trace-amplitude must be above 0"),
+])
+def test_train_adapters_refuses_bad_settings_before_writing(tmp_path, options, says):
+    from typer.testing import CliRunner
+
+    from latentsweep.cli import app
+
+    out = tmp_path / "adapters.pt"
+    result = CliRunner().invoke(app, ["train-adapters", "--out", str(out), *options])
+    message = " ".join(result.output.translate({ord(edge): " " for edge in "│╭╮╰╯─"}).split())  # typer's box
+    assert result.exit_code == 2 and says in message, result.output
+    assert not out.exists()

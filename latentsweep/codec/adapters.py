@@ -29,7 +29,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from latentsweep.codec import pooling
 from latentsweep.codec.analysis import CHROMA_CHANNELS, HIDDEN, LUMA_CHANNELS
+from latentsweep.codec.model import TENSOR_STRIDES
 
 POINTS = ("act1", "act2", "act3")   # after each residual attention unit, 128 channels
 BRANCHES = ("luma", "chroma")
@@ -109,7 +111,10 @@ class TraceWriter(nn.Module):
     spectra), averaged over the image's tiles, and writes the detection into ``y`` as a constant offset
     ``amplitude * tanh(detector(spectra))`` on ``channels``: channels of ``y`` chosen in training for
     costing the frozen decoder little and carrying an offset through the quantiser
-    (``train_trace.py``). A constant offset survives the global average of ``2lat``.
+    (``train_trace.py``). A constant offset survives the global average of ``2lat``. The same offset also
+    pulls each written channel's GAP(y) (over the image's valid area) the share ``pull`` of the way to
+    ``centre``, its mean over the training photos: the content's own variation in those channels is noise
+    around the code in ``2lat``, and pulling it in is cheaper for the decoder than a larger amplitude.
 
     The detector is linear on the spectra, z-scored by ``mean``/``std``; ``amplitude`` starts at zero, so a
     fresh writer leaves the codec as it was. ``read`` (a hook after luma ``act1``) detects, ``write``
@@ -123,6 +128,8 @@ class TraceWriter(nn.Module):
         self.register_buffer("std", torch.ones(TRACE_FEATURES))
         self.register_buffer("channels", torch.arange(code))
         self.register_buffer("amplitude", torch.zeros(code))
+        self.register_buffer("centre", torch.zeros(code))
+        self.register_buffer("pull", torch.zeros(()))
         self.offsets: torch.Tensor | None = None  # (B, Y_CHANNELS) of the image batch being encoded
 
     @staticmethod
@@ -147,8 +154,16 @@ class TraceWriter(nn.Module):
         values = self.amplitude * self.code(self.spectra(features, sizes))
         self.offsets = values.new_zeros(len(values), Y_CHANNELS).index_copy(1, self.channels, values)
 
-    def write(self, y: torch.Tensor, branch: str) -> torch.Tensor:
-        return add_to_y(y, self.offsets, branch)
+    def write(self, y: torch.Tensor, branch: str, sizes: list[tuple[int, int]] | None = None) -> torch.Tensor:
+        offsets = self.offsets
+        if self.pull > 0:
+            start = 0 if branch == "luma" else LUMA_CHANNELS
+            ours = (self.channels >= start) & (self.channels < start + y.shape[1])
+            valid = [pooling.valid_latent_size(rows, cols, TENSOR_STRIDES["y"]) for rows, cols in sizes] if sizes else \
+                [tuple(y.shape[2:])] * len(y)
+            mean = pooling.pool(y, valid)[:, self.channels[ours] - start]
+            offsets = offsets.index_add(1, self.channels[ours], -self.pull * (mean - self.centre[ours]))
+        return add_to_y(y, offsets, branch)
 
 
 def add_to_y(y: torch.Tensor, offsets: torch.Tensor, branch: str) -> torch.Tensor:
@@ -193,7 +208,7 @@ class AdapterSet(nn.Module):
 
     def _writing(self, branch: str):
         def hook(module, inputs, output):
-            return self.trace.write(output, branch) if self.enabled else output
+            return self.trace.write(output, branch, self.sizes) if self.enabled else output
         return hook
 
     def _adding(self, adapter: SFMA):

@@ -55,6 +55,7 @@ class AdapterTrainSettings:
     trace_batch: int = 32     # recipes a detector batch
     trace_temperature: float = 0.2
     trace_amplitude: float = 1.0  # x the channel's spread of GAP(y)
+    trace_pull: float = 0.25  # share of the way a written channel's GAP(y) is pulled to its mean
     probe: int = 8            # training-photo crops that price each channel of y
     probe_side: int = 256
     seed: int = 0

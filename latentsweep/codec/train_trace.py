@@ -12,7 +12,8 @@
    over ``probe_side``-pixel crops of the training photos) on ``probe`` of those crops, and priced by the
    unchanged decoder's PSNR drop and rate rise against the guard (``drop / 0.5 dB + rise / 5%``); it is
    also measured how much of the offset reaches GAP(y_hat) through the quantiser. The ``trace_code``
-   channels that carry the most per unit of cost carry the code, at ``trace_amplitude`` x their spread.
+   channels that carry the most per unit of cost carry the code, at ``trace_amplitude`` x their spread,
+   and the writer pulls their GAP(y) ``trace_pull`` of the way to its mean over those crops.
 """
 
 from __future__ import annotations
@@ -182,17 +183,20 @@ def train_trace(model, adapters: AdapterSet, settings, sources: list[np.ndarray]
             progress(f"trace detector: step {step}/{settings.trace_steps}  supcon {np.mean(recent[-500:]):.3f}")
 
     rgb = torch.cat(photo_crops(settings.probe_side))
-    spread = torch.cat([pooled(model.export(rgb[start:start + 8]), "y") for start in range(0, len(rgb), 8)]).std(0)
+    content = torch.cat([pooled(model.export(rgb[start:start + 8]), "y") for start in range(0, len(rgb), 8)])
+    spread = content.std(0)
     probe = rgb[np.linspace(0, len(rgb) - 1, settings.probe).round().astype(int)]
     progress(f"trace channels: pricing {Y_CHANNELS} channels of y on {len(probe)} crops of the training photos")
     costs = channel_costs(model, probe, spread)
     chosen = torch.from_numpy(carriers(costs, len(trace.channels)))
     trace.channels.copy_(chosen)
     trace.amplitude.copy_(settings.trace_amplitude * spread[chosen])
+    trace.centre.copy_(content.mean(0)[chosen])
+    trace.pull.fill_(settings.trace_pull)
     adapters.enabled = was
     picked = costs[chosen.numpy()]
     return {"spectra": len(features), "detector_loss_last": float(np.mean(recent[-500:])),
             "loss_at_chance": math.log(settings.trace_batch * CROPS_PER_RECIPE_IN_A_BATCH - 1),
-            "channels": chosen.tolist(), "amplitude_x_spread": settings.trace_amplitude,
+            "channels": chosen.tolist(), "amplitude_x_spread": settings.trace_amplitude, "pull": settings.trace_pull,
             "channel_psnr_drop_db_sum": float(picked[:, 0].sum()), "channel_rate_rise_sum": float(picked[:, 1].sum()),
             "channel_survival_mean": float(picked[:, 2].mean()), "all_channels_survival_mean": float(costs[:, 2].mean())}

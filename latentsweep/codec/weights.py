@@ -208,6 +208,9 @@ def load_adapters(spec: str | Path | None, weights_digest: str | None = None):
                            f"{weights_digest[:12]}...: pass the --weights they were trained with")
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     adapters = AdapterSet(int(meta.get("bottleneck", 16)), bool(meta.get("sfma", True)), int(meta.get("trace_code", 0)))
+    if adapters.trace is not None:  # writers saved before the pull existed write a pure offset, as they did
+        fresh = adapters.trace.state_dict()
+        state.update({f"trace.{name}": fresh[name] for name in ("centre", "pull") if f"trace.{name}" not in state})
     try:
         adapters.load_state_dict(state)
     except RuntimeError as error:
