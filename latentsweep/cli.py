@@ -150,7 +150,7 @@ def train_adapters(
     trace_code: Annotated[int, typer.Option(
         help="Channels of y the trace writer writes its formation code into (0: no trace writer).")] = 128,
     trace_recipes: Annotated[int, typer.Option(help="Random formation recipes the trace detector learns from.")] = 1500,
-    trace_steps: Annotated[int, typer.Option(help="Trace detector optimiser steps.")] = 2500,
+    trace_steps: Annotated[int, typer.Option(help="Trace detector optimiser steps.")] = 5000,
     trace_amplitude: Annotated[float, typer.Option(
         help="The code's amplitude in each channel, x the channel's spread of GAP(y) (calibration may lower it).")] = 1.0,
     trace_pull: Annotated[float, typer.Option(

@@ -51,9 +51,9 @@ class AdapterTrainSettings:
     trace_recipes: int = 1500
     trace_crops: int = 8      # crops per recipe
     trace_side: int = 128
-    trace_steps: int = 2500
+    trace_steps: int = 5000
     trace_batch: int = 32     # recipes a detector batch
-    trace_temperature: float = 0.2
+    trace_temperature: float = 0.5
     trace_amplitude: float = 1.0  # x the channel's spread of GAP(y)
     trace_pull: float = 0.25  # share of the way a written channel's GAP(y) is pulled to its mean
     probe: int = 8            # training-photo crops that price each channel of y
