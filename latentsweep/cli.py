@@ -181,9 +181,10 @@ def train_adapters(
         raise typer.BadParameter("the trace detector needs --trace-recipes >= 32 (one batch) and --trace-steps >= 1")
     if trace_code > 256:
         raise typer.BadParameter(f"--trace-code is a number of channels of y (at most 256), got {trace_code}")
-    if not trace_amplitude > 0 or not 0 <= trace_pull <= 1:
-        raise typer.BadParameter(f"--trace-amplitude must be above 0 and --trace-pull within [0, 1], "
-                                 f"got {trace_amplitude} and {trace_pull}")
+    if not trace_amplitude > 0:
+        raise typer.BadParameter(f"--trace-amplitude must be above 0, got {trace_amplitude}")
+    if not 0 <= trace_pull <= 1:
+        raise typer.BadParameter(f"--trace-pull is a share of the way: it must be within [0, 1], got {trace_pull}")
     meta = train(AdapterTrainSettings(steps, recipes, per_recipe, crop, learning_rate, trace_code=trace_code,
                                       trace_recipes=trace_recipes, trace_steps=trace_steps,
                                       trace_amplitude=trace_amplitude, trace_pull=trace_pull, seed=seed,

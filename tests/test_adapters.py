@@ -288,7 +288,7 @@ def test_carriers_rank_what_reaches_the_index_per_unit_of_cost():
     (["--trace-code", "0"], "nothing to train"),
     (["--trace-code", "300"], "at most 256"),
     (["--trace-recipes", "5"], "--trace-recipes >= 32"),
-    (["--trace-pull", "1.5"], "--trace-pull within [0, 1]"),
+    (["--trace-pull", "1.5"], "within [0, 1], got 1.5"),
     (["--trace-amplitude", "0"], "--trace-amplitude must be above 0"),
 ])
 def test_train_adapters_refuses_bad_settings_before_writing(tmp_path, options, says):

@@ -159,8 +159,8 @@ class TraceWriter(nn.Module):
         if self.pull > 0:
             start = 0 if branch == "luma" else LUMA_CHANNELS
             ours = (self.channels >= start) & (self.channels < start + y.shape[1])
-            valid = [pooling.valid_latent_size(rows, cols, TENSOR_STRIDES["y"]) for rows, cols in sizes] if sizes else \
-                [tuple(y.shape[2:])] * len(y)
+            valid = ([pooling.valid_latent_size(rows, cols, TENSOR_STRIDES["y"]) for rows, cols in sizes] if sizes
+                     else [tuple(y.shape[2:])] * len(y))
             mean = pooling.pool(y, valid)[:, self.channels[ours] - start]
             offsets = offsets.index_add(1, self.channels[ours], -self.pull * (mean - self.centre[ours]))
         return add_to_y(y, offsets, branch)
