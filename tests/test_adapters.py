@@ -6,6 +6,7 @@ loads."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -301,3 +302,25 @@ def test_train_adapters_refuses_bad_settings_before_writing(tmp_path, options, s
     message = " ".join(result.output.translate({ord(edge): " " for edge in "│╭╮╰╯─"}).split())  # typer's box
     assert result.exit_code == 2 and says in message, result.output
     assert not out.exists()
+
+
+def test_ingest_of_bitstreams_from_other_adapters_is_refused_before_writing(random_adapters, image, tmp_path):
+    """Bitstreams only, coded with adapters the ingest was not given (a forgotten --adapters): exit 2 and
+    one line that says what to pass, before anything is written; with those adapters the plan goes on."""
+    from processes import run_command
+
+    adapted = BitstreamCodec(Embedder(EmbedSettings(feature_set="2lat", device="cpu", adapters=random_adapters)))
+    source = tmp_path / "night"
+    source.mkdir()
+    for name in ("a.jai", "b.jai"):
+        (source / name).write_bytes(adapted.compress(image)[0])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "latentsweep", "ingest", str(source), "--out", str(out), "--device", "cpu",
+               "--feature-set", "2lat", "--quiet"]
+    refused = run_command(command)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "a.jai" in refused.stderr and "pass the --adapters it was coded with" in refused.stderr
+    assert not out.exists()
+    planned = run_command(command + ["--adapters", random_adapters, "--dry-run"])
+    assert planned.returncode == 0, planned.stderr[-2000:]

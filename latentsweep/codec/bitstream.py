@@ -37,6 +37,21 @@ PREDICTION_BATCH = 8  # files of one size per hyper-decoder pass; below 16, wher
 # single-threaded 1x1 convolution's kernel and so its last bits
 
 
+def provenance_mismatch(bitstream: Bitstream, weights_digest: str, adapters_id: bytes,
+                        any_adapters: bool = False) -> str | None:
+    """Why latents of ``bitstream`` do not belong to the space of the codec ``weights_digest`` with the
+    adapters ``adapters_id`` (b"": none), or None; ``any_adapters``: pixels only, any adapters will do."""
+    if not any_adapters and bitstream.adapters_id != adapters_id:
+        made = f"adapters {describe_id(bitstream.adapters_id)}" if bitstream.adapters_id else "no adapters"
+        loaded = f"adapters {describe_id(adapters_id)}" if adapters_id else "none"
+        return (f"coded with {made}; the loaded adapters are {loaded}: pass the --adapters it was coded with "
+                "(the latents of other adapters live in another space)")
+    if bitstream.weights_id != digest_id(weights_digest):
+        return (f"coded with codec weights {describe_id(bitstream.weights_id)}, not the loaded "
+                f"{weights_digest[:32]}: pass --weights with the checkpoint it was coded with")
+    return None
+
+
 class BitstreamCodec:
     def __init__(self, embedder):
         """``embedder``: a loaded :class:`~latentsweep.codec.embed.Embedder` (model, device, digest)."""
@@ -98,14 +113,9 @@ class BitstreamCodec:
         adapters; latents must come from the loaded ones, or rows of two embedding spaces would mix."""
         if bitstream.codec != CODEC_NAME:
             raise BitstreamError(f"coded by codec {bitstream.codec!r}; this latentsweep decodes {CODEC_NAME!r}")
-        if not any_adapters and bitstream.adapters_id != self.adapters_id:
-            made = f"adapters {describe_id(bitstream.adapters_id)}" if bitstream.adapters_id else "no adapters"
-            loaded = f"adapters {describe_id(self.adapters_id)}" if self.adapters_id else "none"
-            raise BitstreamError(f"coded with {made}; the loaded adapters are {loaded}: pass the --adapters it "
-                                 "was coded with (the latents of other adapters live in another space)")
-        if bitstream.weights_id != digest_id(self.weights_digest):
-            raise BitstreamError(f"coded with codec weights {describe_id(bitstream.weights_id)}, not the loaded "
-                                 f"{self.weights_digest[:32]}: pass --weights with the checkpoint it was coded with")
+        mismatch = provenance_mismatch(bitstream, self.weights_digest, self.adapters_id, any_adapters)
+        if mismatch:
+            raise BitstreamError(mismatch)
         if bitstream.entropy_id != self.entropy_id:
             raise BitstreamError(f"coded with entropy tables {bitstream.entropy_id.hex()}; this decoder builds "
                                  f"{self.entropy_id.hex()} (another latentsweep version or platform)")

@@ -17,6 +17,7 @@ or one part and a few numbers per shard.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -123,12 +124,14 @@ def _partition(ids: np.ndarray) -> np.ndarray:
 
 
 class ListedSpill(Spill):
-    """The spilled listing, and how many of its rows are ``.jai`` bitstreams: a source of bitstreams only
-    is refused before the job for a feature set that a bitstream cannot give (``ingest/run.py``)."""
+    """The spilled listing, how many of its rows are ``.jai`` bitstreams and the first of them: a source of
+    bitstreams only is refused before the job for a feature set that a bitstream cannot give, or when its
+    first bitstream was coded in another embedding space (``ingest/run.py``)."""
 
     def __init__(self, folder: str):
         super().__init__(folder, "listed")
         self.bitstreams = 0
+        self.first_bitstream: str | None = None
 
 
 def spill_listing(batches: Iterable[pa.RecordBatch], folder: str) -> ListedSpill:
@@ -138,7 +141,11 @@ def spill_listing(batches: Iterable[pa.RecordBatch], folder: str) -> ListedSpill
         ids = stable_ids(rows.column("uri"))
         listed.add(rows.append_column("id", pa.array(ids, pa.int64())), _partition(ids))
         uris = pc.utf8_lower(rows.column("uri"))
-        listed.bitstreams += sum(pc.sum(pc.ends_with(uris, suffix)).as_py() or 0 for suffix in BITSTREAM_SUFFIXES)
+        bitstream = functools.reduce(pc.or_, (pc.ends_with(uris, suffix) for suffix in BITSTREAM_SUFFIXES))
+        found = pc.sum(bitstream).as_py() or 0
+        if found and listed.first_bitstream is None:
+            listed.first_bitstream = rows.column("uri")[pc.index(bitstream, True).as_py()].as_py()
+        listed.bitstreams += found
     return listed
 
 

@@ -191,7 +191,26 @@ def _list(job: IngestJob, scratch: str) -> tuple[Listing, planning.Spill]:
         if missing:
             raise UsageError(f"every input of {job.source} is a .jai bitstream, and "
                              f"{missing_columns_reason(job.embed.feature_set, missing)}")
+        mismatch = _space_mismatch(job, listed.first_bitstream)
+        if mismatch:
+            raise UsageError(f"every input of {job.source} is a .jai bitstream, and the first, "
+                             f"{listed.first_bitstream}, was {mismatch}")
     return listing, listed
+
+
+def _space_mismatch(job: IngestJob, uri: str) -> str | None:
+    """Why the bitstream ``uri`` was coded in another embedding space than the job's codec weights and
+    adapters, or None (also for a damaged file: that is its own error row, not the job's settings)."""
+    from latentsweep.codec import container, weights
+    from latentsweep.codec.bitstream import provenance_mismatch
+
+    try:
+        bitstream = container.unpack(storage.read_bytes(uri))
+    except container.BitstreamError:
+        return None
+    adapters = weights.adapters_digest(job.embed.adapters)
+    return provenance_mismatch(bitstream, weights.digest(job.embed.weights),
+                               container.digest_id(adapters) if adapters else b"")
 
 
 def dry_run(job: IngestJob) -> dict:
