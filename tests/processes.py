@@ -28,6 +28,16 @@ def run_command(command: list[str], env: dict | None = None, timeout: float = 30
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=local_env(env))
 
 
+def refused_before_writing(command: list[str], out: Path) -> str:
+    """Run ``command`` (which would write ``out``) expecting a refusal: exit 2, one line on stderr,
+    ``out`` never created. Returns that line."""
+    result = run_command(command)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+    assert not out.exists()
+    return result.stderr
+
+
 def interrupt_when(command: list[str], ready: Callable[[], bool], sig: int, timeout: float = 240) -> tuple[int, str]:
     """Start ``command`` in its own process group; once ``ready()`` holds, send ``sig`` to the group
     (as Ctrl-C does to a terminal's foreground group). Returns (exit code, stderr). The child starts
