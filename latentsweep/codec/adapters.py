@@ -157,7 +157,7 @@ class TraceWriter(nn.Module):
     def write(self, y: torch.Tensor, branch: str, sizes: list[tuple[int, int]] | None = None) -> torch.Tensor:
         offsets = self.offsets
         if self.pull > 0:
-            start = 0 if branch == "luma" else LUMA_CHANNELS
+            start = first_channel(branch)
             ours = (self.channels >= start) & (self.channels < start + y.shape[1])
             valid = ([pooling.valid_latent_size(rows, cols, TENSOR_STRIDES["y"]) for rows, cols in sizes] if sizes
                      else [tuple(y.shape[2:])] * len(y))
@@ -166,10 +166,15 @@ class TraceWriter(nn.Module):
         return add_to_y(y, offsets, branch)
 
 
+def first_channel(branch: str) -> int:
+    """Where ``branch``'s channels of ``y`` start in 2lat's order (luma, then chroma)."""
+    return 0 if branch == "luma" else LUMA_CHANNELS
+
+
 def add_to_y(y: torch.Tensor, offsets: torch.Tensor, branch: str) -> torch.Tensor:
     """``y`` of one branch (B, C, h, w) plus that branch's slice of ``offsets`` (B, Y_CHANNELS: luma, then
     chroma), constant over the image."""
-    start = 0 if branch == "luma" else LUMA_CHANNELS
+    start = first_channel(branch)
     return y + offsets[:, start:start + y.shape[1], None, None].to(y.dtype)
 
 
