@@ -234,6 +234,25 @@ def test_shipped_adapters_keep_the_codec_within_its_guard():
     assert held_out["psnr_delta_db"] > -0.5 and abs(held_out["rate_ratio"] - 1) < 0.05
 
 
+def test_held_out_check_measures_the_latents_ingest_makes(random_adapters):
+    """The card's held-out check tells the adapters each photo's size, as ingest does: its rate is that of
+    the latents an ``Embedder`` makes of the photo (the clock, 300 x 400, padded to 320 x 448), not of a
+    writer that also read the padded border."""
+    from latentsweep.codec.train import evaluate
+
+    embedder = Embedder(EmbedSettings(feature_set="2lat", device="cpu", adapters=random_adapters))
+    embedder.adapters.trace.pull.fill_(1.0)  # all the way: the border's share shows in the rate
+    photo = photos.load("clock")
+    with torch.inference_mode():
+        tensors, _ = embedder.exported([photo])
+        ingest_bpp = embedder.model.bits(tensors).item() / (photo.shape[0] * photo.shape[1])
+    told = evaluate(embedder.model, ["clock"], torch.device("cpu"), embedder.adapters)
+    assert embedder.adapters.sizes is None  # nothing left behind for the next caller
+    untold = evaluate(embedder.model, ["clock"], torch.device("cpu"))
+    assert told["bpp"] == pytest.approx(ingest_bpp, rel=1e-5)
+    assert untold["bpp"] != pytest.approx(ingest_bpp, rel=1e-5)
+
+
 def test_shipped_trace_writer_tells_formations_apart_on_held_out_photos():
     """The shipped writer's codes for crops of the HELD-OUT photos made by one formation recipe are more
     alike than those of different recipes (recipes of seeds the training never drew from)."""
