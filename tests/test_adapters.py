@@ -234,6 +234,25 @@ def test_shipped_adapters_keep_the_codec_within_its_guard():
     assert held_out["psnr_delta_db"] > -0.5 and abs(held_out["rate_ratio"] - 1) < 0.05
 
 
+def test_shipped_adapters_are_what_train_adapters_makes_by_default():
+    """`latentsweep train-adapters` with no options trains with ``AdapterTrainSettings()``, and the shipped
+    adapters' card records those settings: a user's rerun is the shipped recipe."""
+    from dataclasses import asdict
+
+    import typer
+
+    from latentsweep.cli import app
+    from latentsweep.codec.train_adapters import AdapterTrainSettings
+
+    defaults = asdict(AdapterTrainSettings())
+    command = typer.main.get_command(app).commands["train-adapters"]
+    options = {param.name: param.default for param in command.params if param.name in defaults}
+    assert len(options) >= 10 and options == {name: defaults[name] for name in options}
+    if weights.DEFAULT_ADAPTERS.exists():
+        _, _, meta = weights.load_adapters("default", weights.digest(None))
+        assert meta["training"] == defaults
+
+
 def test_held_out_check_measures_the_latents_ingest_makes(random_adapters):
     """The card's held-out check tells the adapters each photo's size, as ingest does: its rate is that of
     the latents an ``Embedder`` makes of the photo (the clock, 300 x 400, padded to 320 x 448), not of a
