@@ -34,11 +34,11 @@ STORE_PLAN = """
 import json, sys, tempfile
 from latentsweep import storage
 from latentsweep.ingest import manifest, plan as planning
-from latentsweep.ingest.run import PLAN_VERSION, IngestJob, _settings
+from latentsweep.ingest.run import PLAN_VERSION, IngestJob, _settings, _space
 from latentsweep.ingest.sources import list_source
 source, out = sys.argv[1], storage.Location.parse(sys.argv[2])
 job = IngestJob(source, out.uri)
-settings = _settings(job)
+settings = _settings(job, _space(job))
 with tempfile.TemporaryDirectory() as scratch:
     plan = planning.plan(planning.spill_listing(list_source(source).batches, scratch), job.shard_size, settings, (),
                          scratch)

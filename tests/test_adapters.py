@@ -154,11 +154,14 @@ def test_checkpoint_verified_and_digest_names_the_adapters(random_adapters, tmp_
 
 
 def test_rows_of_two_spaces_never_share_an_ingest(random_adapters, tmp_path):
-    from latentsweep.ingest.run import IngestJob, _settings
+    from latentsweep.ingest.run import IngestJob, _settings, _space
 
-    without = _settings(IngestJob(str(tmp_path), str(tmp_path / "out"), EmbedSettings(feature_set="2lat")))
-    with_ = _settings(IngestJob(str(tmp_path), str(tmp_path / "out"),
-                                EmbedSettings(feature_set="2lat", adapters=random_adapters)))
+    def settings(embed: EmbedSettings) -> dict:
+        job = IngestJob(str(tmp_path), str(tmp_path / "out"), embed)
+        return _settings(job, _space(job))
+
+    without = settings(EmbedSettings(feature_set="2lat"))
+    with_ = settings(EmbedSettings(feature_set="2lat", adapters=random_adapters))
     assert without["weights_digest"] != with_["weights_digest"]
     assert with_["weights_digest"].endswith(weights.adapters_digest(random_adapters)[:16])
 

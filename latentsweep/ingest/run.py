@@ -142,10 +142,18 @@ def _check_previous(out: storage.Location, settings: dict, shard_size: int, over
                          f"to re-shard and redo everything")
 
 
-def _settings(job: IngestJob) -> dict:
+def _space(job: IngestJob) -> tuple[str, str | None]:
+    """The job's embedding space: (codec weights digest, adapters digest or None), each file checked and
+    hashed once a run."""
     from latentsweep.codec import weights
 
-    return _plan_settings(job, weights.digest(job.embed.weights, job.embed.adapters))  # adapters: own space
+    return weights.digest(job.embed.weights), weights.adapters_digest(job.embed.adapters)
+
+
+def _settings(job: IngestJob, space: tuple[str, str | None]) -> dict:
+    from latentsweep.codec import weights
+
+    return _plan_settings(job, weights.combined_digest(*space))  # adapters: a space of their own
 
 
 SCRATCH_PREFIX = "latentsweep-plan-"
@@ -174,8 +182,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _list(job: IngestJob, scratch: str) -> tuple[Listing, planning.Spill]:
-    """The listing (its skipped files) and its rows spilled by id range into ``scratch``."""
+def _list(job: IngestJob, scratch: str, space: tuple[str, str | None]) -> tuple[Listing, planning.Spill]:
+    """The listing (its skipped files) and its rows spilled by id range into ``scratch``; a source of
+    bitstreams alone is checked against the job's ``space`` (:func:`_space`)."""
     # The driver plans with the system allocator: Arrow's default (mimalloc) keeps freed pages, ~35 MB
     # more at the peak of a 1M-entry plan (benchmarks/bench_scale.py); workers keep the default.
     pa.set_memory_pool(pa.system_memory_pool())
@@ -191,35 +200,35 @@ def _list(job: IngestJob, scratch: str) -> tuple[Listing, planning.Spill]:
         if missing:
             raise UsageError(f"every input of {job.source} is a .jai bitstream, and "
                              f"{missing_columns_reason(job.embed.feature_set, missing)}")
-        mismatch = _space_mismatch(job, listed.first_bitstream)
+        mismatch = _space_mismatch(listed.first_bitstream, space)
         if mismatch:
             raise UsageError(f"every input of {job.source} is a .jai bitstream, and the first, "
                              f"{listed.first_bitstream}, was {mismatch}")
     return listing, listed
 
 
-def _space_mismatch(job: IngestJob, uri: str) -> str | None:
-    """Why the bitstream ``uri`` was coded in another embedding space than the job's codec weights and
-    adapters, or None (also for a damaged file: that is its own error row, not the job's settings)."""
-    from latentsweep.codec import container, weights
+def _space_mismatch(uri: str, space: tuple[str, str | None]) -> str | None:
+    """Why the bitstream ``uri`` was coded in another embedding space than ``space``, or None (also for a
+    damaged file: that is its own error row, not the job's settings)."""
+    from latentsweep.codec import container
     from latentsweep.codec.bitstream import provenance_mismatch
 
     try:
         bitstream = container.unpack(storage.read_bytes(uri))
     except container.BitstreamError:
         return None
-    adapters = weights.adapters_digest(job.embed.adapters)
-    return provenance_mismatch(bitstream, weights.digest(job.embed.weights),
-                               container.digest_id(adapters) if adapters else b"")
+    base, adapters = space
+    return provenance_mismatch(bitstream, base, container.digest_id(adapters) if adapters else b"")
 
 
 def dry_run(job: IngestJob) -> dict:
     """What ``run`` would do, without writing anything: counts of the listing against the stored plan."""
     check(job)
     out = storage.Location.parse(job.out)
+    space = _space(job)
     with _scratch() as scratch:
-        listing, listed = _list(job, scratch)
-        plan, _ = _plan(job, out, listed, _settings(job), scratch)
+        listing, listed = _list(job, scratch, space)
+        plan, _ = _plan(job, out, listed, _settings(job, space), scratch)
     done = {} if job.overwrite else _digests(done_records(out))
     pending = plan.pending_mask(done).to_numpy(zero_copy_only=False)
     shard_ids, sizes = plan.shards.column("shard").to_numpy(), plan.shards.column("items").to_numpy()
@@ -249,10 +258,11 @@ def run(job: IngestJob, log=None) -> IngestSummary:
     check(job)
     out = storage.Location.parse(job.out)
     summary = IngestSummary(job.source, out.uri)
+    space = _space(job)
     with _scratch() as scratch:
-        listing, listed = _list(job, scratch)
+        listing, listed = _list(job, scratch, space)
         summary.skipped_unsupported = listing.skipped
-        settings = _settings(job)
+        settings = _settings(job, space)
         with lock.hold(out, "ingest") as held:
             _plan_and_process(job, out, listed, settings, summary, log, held, scratch)
             write_done_index(out)
