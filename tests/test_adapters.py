@@ -47,6 +47,14 @@ def random_adapters(tmp_path_factory) -> str:
     return str(path)
 
 
+def trace_writer_alone(path: str) -> AdapterSet:
+    """The trace writer of the adapters at ``path``, without their SFMA: the writer is the only change."""
+    loaded, _, _ = weights.load_adapters(path)
+    writer = AdapterSet(sfma=False, trace_code=len(loaded.trace.channels))
+    writer.trace.load_state_dict(loaded.trace.state_dict())
+    return writer
+
+
 def padded(image: np.ndarray) -> torch.Tensor:
     rgb = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
     return torch.nn.functional.pad(rgb, (0, 0, 0, 32))
@@ -67,9 +75,7 @@ def test_trace_writer_moves_only_its_channels_image_by_image(random_adapters, im
     """Without SFMA the writer is the only change: y moves by one constant per written channel, the other
     channels not at all, and an image's offset does not depend on its batch."""
     model, _, _ = weights.load(None)
-    loaded, _, _ = weights.load_adapters(random_adapters)
-    writer = AdapterSet(sfma=False, trace_code=8)
-    writer.trace.load_state_dict(loaded.trace.state_dict())
+    writer = trace_writer_alone(random_adapters)
     other = torch.from_numpy(formation.render(formation.random_recipe(np.random.default_rng(3)), photos.load("camera"),
                                               128, np.random.default_rng(3))).permute(2, 0, 1)[None].float().div(255)
     with torch.inference_mode():
@@ -97,9 +103,7 @@ def test_trace_writer_pulls_its_channels_toward_their_centre_over_the_valid_area
     from latentsweep.codec import pooling
 
     model, _, _ = weights.load(None)
-    loaded, _, _ = weights.load_adapters(random_adapters)
-    writer = AdapterSet(sfma=False, trace_code=8)
-    writer.trace.load_state_dict(loaded.trace.state_dict())
+    writer = trace_writer_alone(random_adapters)
     writer.sizes = [image.shape[:2]]  # 96 x 128, padded to 128 x 128: y's valid area is 6 x 8 of 8 x 8
     handles = writer.attach(model)
 
