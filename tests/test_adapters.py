@@ -104,13 +104,13 @@ def test_trace_writer_pulls_its_channels_toward_their_centre_over_the_valid_area
 
     model, _, _ = weights.load(None)
     writer = trace_writer_alone(random_adapters)
-    writer.sizes = [image.shape[:2]]  # 96 x 128, padded to 128 x 128: y's valid area is 6 x 8 of 8 x 8
     handles = writer.attach(model)
 
     def y(pull: float) -> torch.Tensor:
         writer.enabled = pull is not None
         writer.trace.pull.fill_(pull or 0.0)
-        with torch.inference_mode():
+        # 96 x 128, padded to 128 x 128: y's valid area is 6 x 8 of 8 x 8
+        with torch.inference_mode(), writer.padded_from([image.shape[:2]]):
             exported = model.export(padded(image))
         return torch.cat([exported["y_luma"], exported["y_chroma"]], 1)
 
@@ -274,6 +274,9 @@ def test_held_out_check_measures_the_latents_ingest_makes(random_adapters):
         ingest_bpp = embedder.model.bits(tensors).item() / (photo.shape[0] * photo.shape[1])
     told = evaluate(embedder.model, ["clock"], torch.device("cpu"), embedder.adapters)
     assert embedder.adapters.sizes is None  # nothing left behind for the next caller
+    with pytest.raises(RuntimeError), torch.inference_mode():
+        embedder.exported([np.zeros((64, 64, 2), np.uint8)])  # two channels: the chroma analysis gets none
+    assert embedder.adapters.sizes is None  # not even by a pass that raised
     untold = evaluate(embedder.model, ["clock"], torch.device("cpu"))
     assert told["bpp"] == pytest.approx(ingest_bpp, rel=1e-5)
     assert untold["bpp"] != pytest.approx(ingest_bpp, rel=1e-5)

@@ -26,6 +26,8 @@ writes it into cheap channels of ``y`` as an offset, which the global average of
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -191,6 +193,17 @@ class AdapterSet(nn.Module):
         self.trace = TraceWriter(trace_code) if trace_code else None
         self.enabled = True  # False: the hooks pass the features through (the base codec, for training)
         self.sizes: list[tuple[int, int]] | None = None  # the batch's sizes before padding (None: unpadded)
+
+    @contextmanager
+    def padded_from(self, sizes: list[tuple[int, int]]):
+        """Forward passes inside the block are of a batch padded from ``sizes`` ((H, W) per image): the
+        trace writer reads and pulls each image's valid area only. The hooks take no arguments, so the
+        sizes are held for the block alone and cleared after it, even when a pass raises."""
+        self.sizes = sizes
+        try:
+            yield
+        finally:
+            self.sizes = None
 
     def attach(self, codec) -> list:
         """Insert the adapters into ``codec``'s analysis transforms; returns the hook handles

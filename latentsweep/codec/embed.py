@@ -7,6 +7,7 @@ and an image's vectors never depend on what else is in its batch.
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,9 +84,8 @@ class Embedder:
             for image in images]).to(self.device, non_blocking=True).float().div_(255.0)
         batch = batch.contiguous(memory_format=torch.channels_last)
         sizes = [image.shape[:2] for image in images]
-        if self.adapters is not None:
-            self.adapters.sizes = sizes  # the trace writer reads each image's valid area only
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
+        with (self.adapters.padded_from(sizes) if self.adapters is not None else nullcontext()), \
+                torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
             tensors = self.model.export(batch)
         return tensors, sizes
 

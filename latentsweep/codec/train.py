@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -65,15 +66,12 @@ def evaluate(model: BopCodec, names: list[str], device: torch.device, adapters=N
         height, width = image.shape[:2]
         rgb = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255.0).to(device)
         padded = colour.pad(rgb, *colour.padded_size(height, width))
-        if adapters is not None:
-            adapters.sizes = [(height, width)]
-        exported = model.export(padded)
+        with adapters.padded_from([(height, width)]) if adapters is not None else nullcontext():
+            exported = model.export(padded)
         reconstruction = colour.yuv_to_rgb(model.reconstruct(exported))[..., :height, :width]
         mse = (reconstruction.clamp(0, 1) - rgb).square().mean().item()
         psnrs.append(10 * math.log10(1.0 / max(mse, 1e-12)))
         rates.append(model.bits(exported).item() / (height * width))
-    if adapters is not None:
-        adapters.sizes = None
     return {"psnr_db": float(np.mean(psnrs)), "bpp": float(np.mean(rates))}
 
 
