@@ -1,10 +1,15 @@
 """SFMA adapters with and without (issue 16): the held-out content-controlled corpora ingested again
 through the codec with the shipped adapters (``ingest --adapters default``), their held-out queries
 attributed by the latent feature sets, beside the controlled table's own rows without adapters and its
-classical ``residual_spectrum`` baseline (same corpora, same protocol; those are read, not recomputed)."""
+classical ``residual_spectrum`` baseline (same corpora, same protocol; those are read, not recomputed).
+
+The baseline twice more, as a holder of the corpora's JPEG AI bitstreams can run it: on the pixels the
+decoder gives back (``compress``, with and without the adapters, then ``decompress``). That is what
+retrieval before decoding competes with when the originals are gone."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -21,7 +26,8 @@ BASELINE = "residual_spectrum"
 def adapters_table(root: Path, controlled: Path, controlled_rows: list[dict], log) -> dict:
     """Per corpus of :data:`ADAPTER_CORPORA` that the controlled tables ran (``controlled``: their folder,
     ``controlled_rows``: their rows): held-out query rows of each latent feature set without adapters, with
-    them, and the baseline; plus what the adapters cost (their training card)."""
+    them, and the baseline on the original pixels and on decoded ones (coded without adapters, and with
+    them); plus what the adapters cost (their training card)."""
     without = {(r["corpus"], r["features"]): r for r in controlled_rows if r["query_set"] == "queries"}
     rows = []
     for corpus in (name for name in ADAPTER_CORPORA if (name, ADAPTER_FEATURES[0]) in without):
@@ -36,8 +42,45 @@ def adapters_table(root: Path, controlled: Path, controlled_rows: list[dict], lo
             rows.append(adapted)
             log(f"experiment: adapters {corpus} {features}: top1 {adapted['top1']:.3f}")
         if (corpus, BASELINE) in without:
-            rows.append(_reused(without[corpus, BASELINE], adapted))
+            rows.append({**_reused(without[corpus, BASELINE], adapted), "pixels": "original"})
+        for adapters in (None, ADAPTERS):
+            rows.append(_decoded_baseline(controlled / "corpus" / corpus, root / "decoded" / corpus, adapters, log))
     return {"card": adapters_card(), "rows": rows}
+
+
+def _decoded_baseline(corpus: Path, root: Path, adapters: str | None, log) -> dict:
+    """The baseline's held-out row on ``corpus`` (``reference`` and ``queries``) after the codec: each part
+    compressed (``adapters``: with them) and decompressed to PNGs, which are ingested with their labels."""
+    from latentsweep.compress import CodecJob, run as code
+
+    variant = root / ("adapters" if adapters else "base")
+    embedded = {}
+    for part in ("reference", "queries"):
+        bitstreams, pngs = variant / "bitstreams" / part, variant / "decoded" / part
+        code(CodecJob("compress", str(corpus / part / "manifest.csv"), str(bitstreams), adapters=adapters, quiet=True))
+        code(CodecJob("decompress", str(bitstreams), str(pngs), quiet=True))
+        _relabel(corpus / part / "manifest.csv", pngs / "manifest.csv")
+        embedded[part] = ingest_corpus(pngs, variant / "embeddings" / part, log=log)
+    metrics = evaluate_index([embedded["reference"]], variant / "index", BASELINE, variant / "evaluation",
+                             [embedded["queries"]], vote=True)
+    row = {"corpus": corpus.name, "features": BASELINE, "adapters": adapters is not None, "pixels": "decoded",
+           **headline(metrics)}
+    log(f"experiment: {corpus.name} {BASELINE} on decoded pixels{' (adapters)' if adapters else ''}: "
+        f"top1 {row['top1']:.3f}")
+    return row
+
+
+def _relabel(manifest: Path, out: Path) -> None:
+    """``manifest`` for the decompressed copies of its images: same rows, each ``uri`` now the PNG that
+    ``decompress`` wrote for it (same relative path and stem)."""
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["uri"] = row["uri"].rsplit(".", 1)[0] + ".png"
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _reused(row: dict, like: dict) -> dict:
@@ -87,8 +130,11 @@ def adapters_markdown(table: dict) -> list[str]:
              "The held-out content-controlled corpora (no tuning decision looked at them), references and "
              f"held-out queries ingested again with `--adapters {ADAPTERS}` (`{card['name']}`, sha256 "
              f"`{card['sha256'][:16]}...`: {cost}) into their own indices; rows without adapters and the "
-             f"`{BASELINE}` baseline are the controlled tables' own. Held-out queries (new content) against the "
-             f"references, z-scored, cosine, Flat index; Vote Acc. is the {VOTE_K}-NN vote.", "",
+             f"`{BASELINE}` baseline on the original pixels are the controlled tables' own. The baseline on "
+             "decoded pixels: both parts `compress`ed (without adapters, and with them) and `decompress`ed by the "
+             "base decoder, the PNGs ingested with their labels: what a holder of the bitstreams alone can run. "
+             f"Held-out queries (new content) against the references, z-scored, cosine, Flat index; Vote Acc. is "
+             f"the {VOTE_K}-NN vote.", "",
              "| corpus | features | adapters | Top-1 Acc. | Prec.@10 | mAP@10 | Vote Acc. |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['corpus']} | {r['features']} | {_adapters_cell(r)} | "
@@ -97,6 +143,8 @@ def adapters_markdown(table: dict) -> list[str]:
 
 
 def _adapters_cell(row: dict) -> str:
-    if row["features"] == BASELINE:
-        return "baseline (pixels)"
-    return "with" if row["adapters"] else "without"
+    if row["features"] != BASELINE:
+        return "with" if row["adapters"] else "without"
+    if row["pixels"] == "original":
+        return "baseline (original pixels)"
+    return f"baseline (decoded pixels, {'with' if row['adapters'] else 'without'})"
