@@ -127,6 +127,21 @@ def test_hand_computed_query():
     assert summary["confusion"] == {"a": {"a": 1, "b": 1}}
 
 
+def test_labels_without_families_get_no_type_accuracy():
+    """Labels from folders carry no family: Top-1 Type would read 0 for every query and the by-family
+    table hold one "unassigned" row, so both are left out of the metrics and the tables."""
+    from latentsweep.query.evaluate import tables
+
+    rows = [metrics.per_query("a", ["a", "b"], 1, {}, k=10), metrics.per_query("b", ["a", "b"], 1, {}, k=10)]
+    summary = metrics.summarise(["a", "b"], rows, {})
+    assert "type_top1" not in summary["overall"] and summary["by_family"] == {}
+    assert summary["overall"]["top1"] == 0.5 and summary["by_label"]["b"]["top1"] == 0
+    text = tables(summary)
+    assert "Type" not in text and "By family" not in text and "By label (Table 3)" in text
+    typed = metrics.summarise(["a", "b"], rows, {"a": "gan"})  # one family known: the column stays
+    assert "type_top1" in typed["overall"] and set(typed["by_family"]) == {"gan", "unassigned"}
+
+
 def test_hand_computed_map_at_10_with_hits_at_ranks_1_3_and_10():
     # 5 relevant references, 20 ranked; hits at ranks 1, 3, 10 and (beyond the cut) 15
     row = metrics.per_query("a", ranked([1, 3, 10, 15], 20), 5, {}, k=10)
@@ -163,7 +178,7 @@ def test_metric_keys_are_named_by_their_k():
     assert "precision_at_10" not in row and "ap_at_10" not in row
     overall = metrics.summarise(["a"], [row], {})["overall"]
     assert metrics.map_name(overall) == "map_at_5" and metrics.precision_name(overall) == "precision_at_5"
-    assert metrics.headline(overall) == "top1=0.000 p@5=0.400 map@5=0.450 type_top1=0.000 map_full=0.300"
+    assert metrics.headline(overall) == "top1=0.000 p@5=0.400 map@5=0.450 map_full=0.300"  # no families: no type_top1
 
 
 def test_tables_show_the_papers_metrics_then_vote_and_full_map_each_named():

@@ -182,8 +182,11 @@ def tables(result: dict) -> str:
             or protocol.get("search", "one process") != "one process" else "")
     legend = _legend(columns, protocol.get("map_ranking") or (
         f"the top {result['map_truncated_at']}" if result.get("map_truncated_at") else None))
-    return note + "\n\n".join([table("Overall", "set", overall), table("By family (Table 2)", "Type", result["by_family"]),
-                        table("By label (Table 3)", "Model", result["by_label"])]) + "\n\n" + legend + "\n"
+    sections = [table("Overall", "set", overall)]
+    if result["by_family"]:
+        sections.append(table("By family (Table 2)", "Type", result["by_family"]))
+    sections.append(table("By label (Table 3)", "Model", result["by_label"]))
+    return note + "\n\n".join(sections) + "\n\n" + legend + "\n"
 
 
 def _legend(columns: list[tuple[str, str]], ranking: str | None) -> str:

@@ -96,9 +96,12 @@ LABELS_OF_ROWS = ("nearest", "predicted")
 
 def summarise(labels: list[str], rows: list[dict], families: dict[str, str]) -> dict:
     """Overall, per-family and per-label means; confusion of true label against ``predicted``
-    (the vote in a sweep, the top-1 neighbour's label in the paper's protocol)."""
+    (the vote in a sweep, the top-1 neighbour's label in the paper's protocol). When no query's label
+    has a family (labels from folders), Top-1 Type and the by-family means are left out: they would
+    read 0 and "unassigned", which says nothing."""
+    typed = any(label in families for label in labels)
     names = [name for name in (rows[0] if rows else ("top1", precision_key(10), ap_key(10), "ap_full", "type_top1"))
-             if name not in LABELS_OF_ROWS]
+             if name not in LABELS_OF_ROWS and (typed or name != "type_top1")]
 
     def mean(selected: list[dict]) -> dict:
         result = {("m" + name if name.startswith("ap_") else name):  # ap_at_<k> -> map_at_<k>, ap_full -> map_full
@@ -116,7 +119,7 @@ def summarise(labels: list[str], rows: list[dict], families: dict[str, str]) -> 
     overall = mean(rows)
     return {"overall": overall,
             "confusion_of": "predicted_label (k-NN vote)" if voted else "top-1 neighbour's label",
-            "by_family": {family: mean(selected) for family, selected in sorted(by_family.items())},
+            "by_family": {family: mean(selected) for family, selected in sorted(by_family.items())} if typed else {},
             "by_label": {label: mean(selected) for label, selected in sorted(by_label.items())},
             "confusion": {label: dict(sorted(row.items())) for label, row in sorted(confusion.items())}}
 

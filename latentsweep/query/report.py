@@ -185,7 +185,7 @@ def _metrics(metrics: dict, summary: dict) -> list[str]:
             "the label users act on; Top-1 scores the nearest neighbour alone.</p>",
             f'<div class="cards">{headline}</div>',
             _table("Overall", "set", {"all": overall}),
-            _table("By family (Table 2)", "Type", metrics["by_family"]),
+            _table("By family (Table 2)", "Type", metrics["by_family"]) if metrics["by_family"] else "",
             _table("By label (Table 3)", "Model", metrics["by_label"]),
             f'<img src="{bars_figure(per_label, "vote accuracy per label")}">',
             f"<h2>Confusion</h2><p>Rows: the true label; columns: "
