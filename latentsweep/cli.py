@@ -324,11 +324,13 @@ def decompress(
 
 
 def report_summary(stage: str, summary) -> None:
+    """One line of counts and timing, then the output. A sweep's metrics (per label, the confusion) are
+    in ``_SUCCESS.json`` and on their own line; on this one they would run to pages."""
     from dataclasses import asdict
 
     data = asdict(summary)
     typer.echo(f"{stage} summary: " + ", ".join(f"{key}={value}" for key, value in data.items()
-                                                if key not in ("source", "out")))
+                                                if key not in ("source", "out", "metrics")))
     typer.echo(f"{stage} output: {data.get('out')}")
 
 

@@ -366,6 +366,7 @@ def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, 
     result = run_command(command)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sweep summary: queries=4" in result.stdout
+    assert "metrics=" not in result.stdout  # counts on the summary line; metrics have their own line and file
     embedded = storage.read_table(str(tmp_path / "results" / "_embeddings" / "date=2026-11-23" / "source-0" / "embeddings"))
     assert embedded.num_rows == 4 and set(embedded.column("feature_set").to_pylist()) == {"2lat"}
     untrained = run_command(command[:-1] + ["--weights", "untrained", "--date", "2026-11-24"])
