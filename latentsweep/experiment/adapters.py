@@ -9,11 +9,11 @@ retrieval before decoding competes with when the originals are gone."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-from latentsweep.experiment.common import HELD_OUT_CORPUS, VOTE_K, evaluate_index, headline, ingest_corpus
+from latentsweep.experiment.common import (HELD_OUT_CORPUS, VOTE_K, evaluate_index, headline, ingest_corpus,
+                                           manifest_rows, write_manifest)
 
 ADAPTERS = "default"
 # Corpora no tuning decision looked at (the software tuning split did): the zoo without colour habits and
@@ -59,7 +59,9 @@ def _decoded_baseline(corpus: Path, root: Path, adapters: str | None, log) -> di
         bitstreams, pngs = variant / "bitstreams" / part, variant / "decoded" / part
         code(CodecJob("compress", str(corpus / part / "manifest.csv"), str(bitstreams), adapters=adapters, quiet=True))
         code(CodecJob("decompress", str(bitstreams), str(pngs), quiet=True))
-        _relabel(corpus / part / "manifest.csv", pngs / "manifest.csv")
+        # the decompressed copies keep their originals' relative paths and stems: same rows, PNG uris
+        write_manifest(pngs, [{**row, "uri": str(Path(row["uri"]).with_suffix(".png"))}
+                              for row in manifest_rows(corpus / part)])
         embedded[part] = ingest_corpus(pngs, variant / "embeddings" / part, log=log)
     metrics = evaluate_index([embedded["reference"]], variant / "index", BASELINE, variant / "evaluation",
                              [embedded["queries"]], vote=True)
@@ -68,19 +70,6 @@ def _decoded_baseline(corpus: Path, root: Path, adapters: str | None, log) -> di
     log(f"experiment: {corpus.name} {BASELINE} on decoded pixels{' (adapters)' if adapters else ''}: "
         f"top1 {row['top1']:.3f}")
     return row
-
-
-def _relabel(manifest: Path, out: Path) -> None:
-    """``manifest`` for the decompressed copies of its images: same rows, each ``uri`` now the PNG that
-    ``decompress`` wrote for it (same relative path and stem)."""
-    with manifest.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        row["uri"] = row["uri"].rsplit(".", 1)[0] + ".png"
-    with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _reused(row: dict, like: dict) -> dict:

@@ -1,9 +1,10 @@
-"""What every table of the experiment shares: ingest a corpus, build-and-evaluate an index (each step
-skipped when its output exists, so a rerun resumes), the k-NN vote's accuracy, label subsets and the
-headline metrics of a row."""
+"""What every table of the experiment shares: a corpus folder's manifest, ingest a corpus,
+build-and-evaluate an index (each step skipped when its output exists, so a rerun resumes), the k-NN
+vote's accuracy, label subsets and the headline metrics of a row."""
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,20 @@ import numpy as np
 
 VOTE_K = 10  # neighbours of the k-NN vote (a sweep's default)
 HELD_OUT_CORPUS = "software-held-out"  # the controlled corpus robustness and the open set are measured on
+
+
+def manifest_rows(folder: Path) -> list[dict]:
+    """The rows of ``folder/manifest.csv`` (``uri`` relative to ``folder``, ``label``, ``family``)."""
+    with open(folder / "manifest.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_manifest(folder: Path, rows: list[dict]) -> None:
+    """``folder/manifest.csv`` of ``rows`` (a corpus derived from another: its rows, ``uri`` changed)."""
+    with open(folder / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def ingest_corpus(source: Path, dest: Path, pooling: str = "gap", log=print, adapters: str | None = None) -> str:

@@ -3,10 +3,10 @@ clean references and against references augmented by processed copies (how much 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from latentsweep.experiment.common import HELD_OUT_CORPUS as CORPUS, evaluate_index, ingest_corpus
+from latentsweep.experiment.common import (HELD_OUT_CORPUS as CORPUS, evaluate_index, ingest_corpus, manifest_rows,
+                                           write_manifest)
 
 ROBUSTNESS_FEATURES = ("2lat", "fingerprint", "residual_spectrum")
 
@@ -20,21 +20,17 @@ def processed_corpus(source: Path, dest: Path, condition: str, round_trip, limit
     if (dest / "manifest.csv").exists():
         return dest
     rows, taken = [], {}
-    with open(source / "manifest.csv", newline="") as handle:
-        for number, row in enumerate(csv.DictReader(handle)):
-            if limit_per_label is not None and taken.get(row["label"], 0) >= limit_per_label:
-                continue
-            taken[row["label"]] = taken.get(row["label"], 0) + 1
-            image = decode_image((source / row["uri"]).read_bytes())
-            data, suffix = apply(condition, image, seed=number, round_trip=round_trip)
-            name = str(Path(row["uri"]).with_suffix(suffix))
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            (dest / name).write_bytes(data)
-            rows.append({**row, "uri": name})
-    with open(dest / "manifest.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    for number, row in enumerate(manifest_rows(source)):
+        if limit_per_label is not None and taken.get(row["label"], 0) >= limit_per_label:
+            continue
+        taken[row["label"]] = taken.get(row["label"], 0) + 1
+        image = decode_image((source / row["uri"]).read_bytes())
+        data, suffix = apply(condition, image, seed=number, round_trip=round_trip)
+        name = str(Path(row["uri"]).with_suffix(suffix))
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / name).write_bytes(data)
+        rows.append({**row, "uri": name})
+    write_manifest(dest, rows)
     return dest
 
 
