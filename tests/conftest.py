@@ -52,7 +52,11 @@ class WeedServer:
                                                 "s3.port.grpc", "admin.port", "admin.port.grpc")}
         self.command = [weed_binary(), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                         "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-s3.port={s3_port}",
-                        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}"]
+                        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
+                        # every bucket is a collection with volumes of its own; left to itself the server
+                        # allows free disk / 1 GiB volumes (14 at 15 GiB free) and refuses writes once the
+                        # suite's buckets have used them up. Test objects are small: 64 MB volumes, 200.
+                        "-master.volumeSizeLimitMB=64", "-volume.max=200"]
         self.command += [f"-{name}={port}" for name, port in ports.items()]
         self.endpoint = f"http://127.0.0.1:{s3_port}"
         self.process: subprocess.Popen | None = None
