@@ -2,13 +2,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 # The torch spec is installed first, so that the project's `torch>=` range installs nothing more.
-# 2.13.0 is the CPU wheel available offline here; GPU users: TORCH_SPEC="torch --index-url ..." or a CUDA pin.
+# 2.13.0 is the CPU wheel available offline here. Both apply when $(VENV) is created (`make clean` first).
 TORCH_SPEC ?= torch==2.13.0
-# cpu -> faiss-cpu, gpu -> faiss-gpu (never both: they ship the same module)
+# Where torch comes from, passed to pip as `--index-url URL` when set; empty: PyPI. A CUDA build for GPU
+# machines: TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 (torch 2.13's CUDA 12 build, the one
+# whose CUDA 12.6 libraries faiss-gpu 1.15.1 uses, see cluster.yaml). --index-url, not --extra-index-url:
+# with PyPI also searched, pip may take PyPI's torch of the same version (a CUDA 13 build on Linux).
+TORCH_INDEX_URL ?=
+# cpu -> faiss-cpu, gpu -> faiss-gpu (never both: they ship the same module `faiss`; switching
+# FAISS_EXTRA on an existing $(VENV) uninstalls the other build first)
 FAISS_EXTRA ?= cpu
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(FAISS_EXTRA)
+OTHER_FAISS := $(if $(filter gpu,$(FAISS_EXTRA)),cpu,gpu)
 PYTEST_ARGS ?=
 
 AUTOFAISS_VENV ?= .venv-autofaiss
@@ -18,9 +25,13 @@ AUTOFAISS_VENV ?= .venv-autofaiss
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q "$(TORCH_SPEC)"$(if $(TORCH_INDEX_URL), --index-url "$(TORCH_INDEX_URL)")
 
+# Both FAISS builds write the same files: uninstalling one after the other was installed over it would
+# leave a broken `faiss`, so when the other build is present both go and the wanted one is reinstalled.
 $(STAMP): pyproject.toml | $(PY)
+	if $(PIP) show -q faiss-$(OTHER_FAISS) >/dev/null 2>&1; then \
+	  $(PIP) uninstall -q -y faiss-$(OTHER_FAISS) faiss-$(FAISS_EXTRA); rm -f $(VENV)/.installed-$(OTHER_FAISS); fi
 	$(PIP) install -q -e ".[$(FAISS_EXTRA),test,cluster]"
 	touch $(STAMP)
 
