@@ -59,3 +59,11 @@ bench-index: venv $(AUTOFAISS_VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) $(AUTOFAISS_VENV) .pytest_cache demo-output experiment
+
+# Every GPU path installed against the CPU, one table (benchmarks/gpu_check.py, under 8 minutes; the CPU
+# half where there is no CUDA device). Uses the existing $(VENV) as it is: no `venv` prerequisite, which
+# would reinstall FAISS when FAISS_EXTRA differs from the node's. GPU_CHECK_ARGS: e.g. --quick, --cpu.
+.PHONY: gpu-check
+gpu-check:
+	@test -x $(PY) || { echo "error: no $(PY): run make venv first (FAISS_EXTRA=gpu on GPU nodes)" >&2; exit 2; }
+	RAY_AUTH_MODE=disabled PYTHONPATH=. $(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
