@@ -16,6 +16,13 @@ The scale level of each residual is computed from ``z_hat`` by float64 copies of
 decoders (``coding.level_of``), so encoder and decoder agree on every machine; the exported float32
 tensors come from the model's own modules, run over same-size files at once, and equal the encoder's to
 the bit whatever else is in the batch (:func:`_in_batch_of_two`).
+
+The float64 copies always run on the CPU (:data:`LEVELS_DEVICE`), also when the codec runs on a GPU:
+``z_hat`` holds small integers, so moving it is exact, and the levels are then one function of the file on
+every machine (a GPU's float64 convolutions sum in another order than the CPU's, and a position near a
+level boundary would get another level, and so a file that another device's decoder refuses by its
+CRC). It also keeps float64 off GPUs that run it at 1/32-1/64 of their float32 rate (L4, A10G, T4).
+On the CPU this is the very computation it always was: same modules, same dtype, same threads.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from latentsweep.codec.model import CODEC_NAME, TENSOR_STRIDES
 BRANCHES = ("luma", "chroma")
 STREAMS = (("z", "luma"), ("z", "chroma"), ("r", "luma"), ("r", "chroma"))  # the container's order
 DECODED_TENSORS = ("z_hat", "psi", "mu", "scale", "residual_quant", "residual", "y_hat")
+LEVELS_DEVICE = torch.device("cpu")  # where the float64 scale levels run, whatever the codec's device
 PREDICTION_BATCH = 8  # files of one size per hyper-decoder pass; below 16, where torch would switch a
 # single-threaded 1x1 convolution's kernel and so its last bits
 
@@ -69,7 +77,7 @@ class BitstreamCodec:
             predictor = getattr(self.model, f"{branch}_predictor")
             modules = torch.nn.Sequential(copy.deepcopy(predictor.hyper_decoder),
                                           copy.deepcopy(predictor.scale_decoder))
-            self._levels[branch] = modules.to(self.device, torch.float64,
+            self._levels[branch] = modules.to(LEVELS_DEVICE, torch.float64,
                                               memory_format=torch.contiguous_format).eval()
 
     # -- encoder ---------------------------------------------------------------------------------
@@ -101,9 +109,10 @@ class BitstreamCodec:
 
     @torch.inference_mode()
     def levels(self, branch: str, z_hat: torch.Tensor) -> np.ndarray:
-        """Scale level of every residual position (B, C, h, w), from ``z_hat`` (B, C, h/4, w/4) in float64."""
-        log_scale = _in_batch_of_two(self._levels[branch], z_hat.to(self.device, torch.float64).contiguous())
-        return coding.level_of(log_scale.cpu().numpy())
+        """Scale level of every residual position (B, C, h, w), from ``z_hat`` (B, C, h/4, w/4) in float64, on
+        the CPU (:data:`LEVELS_DEVICE`) wherever ``z_hat`` lives: its integers move exactly."""
+        log_scale = _in_batch_of_two(self._levels[branch], z_hat.to(LEVELS_DEVICE, torch.float64).contiguous())
+        return coding.level_of(log_scale.numpy())
 
     # -- decoder ---------------------------------------------------------------------------------
 

@@ -18,6 +18,33 @@ from latentsweep.codec.model import CODEC_NAME, TENSOR_STRIDES
 from latentsweep.errors import UsageError
 
 
+_TF32_WARNING = ".*(new API settings|TF32).*"  # torch 2.9-2.11 warn on the legacy setters used below
+
+
+def full_float32() -> None:
+    """TF32 off for CUDA convolutions (cuDNN) and matmuls (cuBLAS), process-wide: one embedding space
+    on every device. torch allows TF32 in cuDNN convolutions by default (``cudnn.allow_tf32`` is True),
+    so on Ampere and newer GPUs the analysis transforms would read 10-bit mantissas and round ``z_hat``
+    and ``residual_quant`` (integers: a whole step apart) differently from the CPU, and rows ingested on
+    a GPU would drift from those of CPU nodes in the same index. The legacy switches are set first (the
+    only ones torch 2.2-2.8 have, and what ``torch.backends.cudnn.allow_tf32`` reads back without
+    complaint on 2.9+, which refuses to read it after a mix of the two APIs); on 2.9+ cuDNN's conv and
+    RNN precisions are then pinned to ``"ieee"`` too: the legacy setter leaves them ``"none"`` (inherit),
+    through which a process-wide ``torch.backends.fp32_precision = "tf32"`` would reach the codec. No
+    effect on the CPU (bit-identical there). Called by :class:`Embedder`, which ingest, queries,
+    compress and decompress all build."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TF32_WARNING, category=UserWarning)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        if conv is not None and hasattr(conv, "fp32_precision"):
+            torch.backends.cudnn.conv.fp32_precision = "ieee"
+            torch.backends.cudnn.rnn.fp32_precision = "ieee"
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -45,6 +72,7 @@ class Embedder:
 
     def __init__(self, settings: EmbedSettings = EmbedSettings()):
         self.settings = settings
+        full_float32()  # before any convolution runs: TF32 would move GPU rows out of the CPU's space
         self.columns = pooling.column_dims(settings.feature_set, settings.pooling)
         self.device = resolve_device(settings.device)
         model, self.base_digest, self.meta = weights.load(settings.weights)
