@@ -499,31 +499,7 @@ def test_a_rebuild_mid_sweep_leaves_the_sweep_on_its_version(tmp_path, ray_sessi
         pq.read_table(tmp_path / "clean" / "date=2026-11-23" / first.name, columns=["neighbor_ids"]))
 
 
-# ---- query memory model (issue 14, point 5): placement, memory requests, references, shards, evaluate --
-
-def test_gpu_placement_follows_faiss_gpu_limits():
-    """FAISS has no GPU HNSW; GPU k-selection (and nprobe) stops at 2048; GPU IVF-PQ takes <= 8 bits and
-    1..48 sub-quantizers of a fixed list; shards go round-robin over the GPUs (one resource per GPU)."""
-    from latentsweep.index.placement import GPU_MAX_K, place
-
-    assert GPU_MAX_K == 2048
-    assert place("Flat", 10, 0, 3).devices == (None, None, None)
-    flat = place("Flat", 10, 2, 5)
-    assert flat.devices == (0, 1, 0, 1, 0) and flat.gpus_used == (0, 1) and "one StandardGpuResources per GPU" in flat.reason
-    assert place("Flat", 10, 4, 2).gpus_used == (0, 1)
-    for spec in ("HNSW32", "HNSW64", "IVF1024_HNSW32,Flat"):
-        hnsw = place(spec, 10, 2, 4)
-        assert hnsw.devices == (None,) * 4 and "no GPU HNSW" in hnsw.reason, spec
-    assert place("Flat", 2048, 1, 2).devices == (0, 0)
-    deep = place("Flat", 2049, 1, 2)
-    assert deep.devices == (None, None) and "2048" in deep.reason and "on the CPU" in deep.reason
-    assert place("IVF1024,Flat", 10, 1, 1, "nprobe=64").devices == (0,)
-    assert place("IVF65536,Flat", 10, 1, 1, "nprobe=4096").devices == (None,)
-    for spec, on_gpu in [("IVF256,PQ32", True), ("IVF256,PQ48", True), ("IVF256,PQ64", False), ("IVF256,PQ7", False),
-                         ("IVF256,PQ16x10", False), ("IVF256,PQ16x4", True), ("PQ32", False), ("IVF256,SQ8", True),
-                         ("SQ8", False), ("LSH", False)]:
-        assert bool(place(spec, 10, 1, 1).gpus_used) is on_gpu, spec
-
+# ---- query memory model: memory requests, references, shards, evaluate (GPU placement: test_placement.py)
 
 def test_query_actor_memory_arithmetic():
     """memory= of a query actor: fixed + the index by type + per reference its id, label and shard codes
@@ -709,35 +685,6 @@ def shards_sha(path) -> str:
     from latentsweep.index.cache import file_sha256
 
     return file_sha256(str(path))
-
-
-def test_shards_move_to_gpus_by_placement_one_resource_per_device(reference, monkeypatch):
-    """The GPU path without a GPU: faiss's GPU calls are stand-ins that record what they were asked."""
-    import faiss
-
-    from latentsweep.errors import UsageError
-    from latentsweep.index import shards
-
-    made, moved = [], []
-
-    class Resources:
-        def __init__(self):
-            made.append(self)
-
-    monkeypatch.setattr(shards, "gpu_count", lambda: 2)
-    monkeypatch.setattr(faiss, "StandardGpuResources", Resources, raising=False)
-    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, device, index: moved.append((res, device)) or index,
-                        raising=False)
-    index = ShardedIndex.load(str(reference["index"]), k=10)
-    assert len(made) == 2 and [device for _, device in moved] == [0, 1, 0]
-    assert [res for res, _ in moved] == [made[0], made[1], made[0]]  # per device, not per shard
-    with pytest.raises(UsageError, match="above FAISS-GPU's limit of 2048"):
-        index.search(index.prepare(reference["vectors"][:2]), 3000)
-    made.clear()
-    moved.clear()
-    deep = ShardedIndex.load(str(reference["index"]), k=5000)  # evaluate's exhaustive ranking: on the CPU
-    assert made == [] and moved == [] and "k=5000" in deep.placement.reason
-    assert deep.search(deep.prepare(reference["vectors"][:2]), 1100)[1].shape == (2, 1100)
 
 
 def test_evaluate_samples_deterministically_and_searches_through_index_parts(reference, tmp_path):

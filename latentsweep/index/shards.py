@@ -1,8 +1,9 @@
 """Load a sharded index (checksums verified), search every shard and merge the results.
 
 Merging keeps each shard's global int64 ids, so search over the shards equals one index over all
-vectors (exact for Flat). Shards move to GPUs when the installed faiss has them and
-:func:`latentsweep.index.placement.place` says FAISS can search them there. Loading runs in threads,
+vectors (exact for Flat). Shards move to the GPUs this engine may use (:func:`gpu_count`) when
+:func:`latentsweep.index.placement.place` says FAISS can search them there and they fit the devices'
+memory (:func:`device_memory`); one StandardGpuResources per device. Loading runs in threads,
 one shard each: files come verified (and memory-mapped) from :mod:`latentsweep.index.cache`, labels
 and URIs are served by :mod:`latentsweep.index.lookup`.
 """
@@ -18,7 +19,7 @@ from latentsweep.index import factory
 from latentsweep.index.cache import cache_dir, clean_cache, read_flags, release_mapped_pages, verified_file
 from latentsweep.index.lookup import MISSING, References, _ReferenceBuilder, lookup_file
 from latentsweep.index.manifest import Manifest, ShardEntry, locate
-from latentsweep.index.placement import GPU_MAX_K, place
+from latentsweep.index.placement import GPU_MAX_K, Placement, place, usable_gpus
 from latentsweep.index.scaler import Scaler
 
 LOAD_THREADS = 8                        # shards downloaded, verified and mapped at once
@@ -40,10 +41,42 @@ def merge(results: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndar
     return top_scores.astype(np.float32), top_ids
 
 
+def ray_gpu_assignment() -> tuple[bool, list]:
+    """(whether this process is a Ray worker, the GPU ids Ray assigned it: ``ray.get_gpu_ids()``)."""
+    import sys
+
+    ray = sys.modules.get("ray")  # a Ray worker has imported Ray before it runs any of our code
+    if ray is None or not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return False, []
+    return True, list(ray.get_gpu_ids())
+
+
 def gpu_count() -> int:
+    """GPUs this process may put shards on (:func:`latentsweep.index.placement.usable_gpus`): in a Ray
+    worker the ones Ray assigned it, elsewhere every GPU the installed faiss sees (none with faiss-cpu)."""
     import faiss
 
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    in_worker, assigned = ray_gpu_assignment()
+    return usable_gpus(in_worker, assigned, faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0)
+
+
+def device_memory(gpus: int) -> list[int]:
+    """Total memory of each of this process's first ``gpus`` CUDA devices, in FAISS's numbering (both
+    follow CUDA_VISIBLE_DEVICES), read through torch; empty when torch cannot see them (a CPU build)."""
+    if gpus <= 0:
+        return []
+    import torch
+
+    if torch.cuda.device_count() < gpus:
+        return []
+    return [torch.cuda.get_device_properties(device).total_memory for device in range(gpus)]
+
+
+def placement_of(manifest: Manifest, entries: list[ShardEntry], k: int | None, memory: list[int]) -> Placement:
+    """Where ``entries`` of ``manifest`` live for searches of up to ``k`` neighbours with GPUs of
+    ``memory`` bytes each (:func:`device_memory`)."""
+    return place(manifest.index_spec, k or 1, manifest.dimension, [entry.count for entry in entries], memory,
+                 manifest.search_params)
 
 
 class ShardedIndex:
@@ -76,7 +109,11 @@ class ShardedIndex:
         cache = cache_dir()
         clean_cache(cache)
         gpus = gpu_count() if use_gpu and load_vectors else 0
-        placement = place(manifest.index_spec, k or 1, gpus, len(entries), manifest.search_params)
+        memory = device_memory(gpus)
+        placement = placement_of(manifest, entries, k, memory)
+        if gpus and not memory:
+            placement = Placement(placement.devices, f"faiss sees {gpus} GPU{'s' if gpus != 1 else ''} but torch "
+                                  f"cannot read their memory (a CPU build of torch): every shard on the CPU")
         builder = _ReferenceBuilder([entry.count for entry in entries], sorted(manifest.labels)) \
             if load_metadata else None
 
@@ -96,9 +133,13 @@ class ShardedIndex:
         with ThreadPoolExecutor(max(1, min(threads, len(entries)))) as pool:
             indices = [index for index in pool.map(load_shard, range(len(entries)), entries) if index is not None]
         resources = {device: faiss.StandardGpuResources() for device in placement.gpus_used}
+        options = None
+        if resources:
+            options = faiss.GpuClonerOptions()
+            options.useFloat16 = placement.float16_lookup_tables  # IVF-PQ: float16 lookup tables, nothing else
         for position, device in enumerate(placement.devices if indices else ()):
             if device is not None:  # one shard at a time: its mapped pages are copied to the GPU, then unmapped
-                indices[position] = faiss.index_cpu_to_gpu(resources[device], device, indices[position])
+                indices[position] = faiss.index_cpu_to_gpu(resources[device], device, indices[position], options)
         references = builder.finish() if builder is not None else None
         import pyarrow as pa
 

@@ -5,13 +5,16 @@ pool (the sweep) or directly (evaluation, tests) with the same code. Per referen
 vectors (memory-mapped where the type allows), a sorted int64 id, a label code and a shard code
 (``lookup.References``): no URI, no Python object. URIs are read for the neighbours a batch returns.
 The memory it needs is :func:`latentsweep.index.placement.engine_memory` of the manifest; the sweep
-and the index parts request it from Ray (``memory=``).
+and the index parts request it from Ray (``memory=``), and their GPUs by :func:`gpu_requests`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from latentsweep.errors import UsageError
 from latentsweep.index import placement
 from latentsweep.index.shards import ShardedIndex, merge
 
@@ -122,16 +125,50 @@ def _largest_node_memory() -> int:
     return int(max((node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")), default=0))
 
 
-def request(wanted: int, what: str, log=None) -> int:
-    """``wanted`` bytes, or the largest node's memory when no node offers that much (Ray would never
-    place the actor), saying so."""
+PARTS_REMEDY = "more --index-parts make each part hold fewer shards"
+
+
+def request(wanted: int, what: str, remedy: str = PARTS_REMEDY) -> int:
+    """``wanted`` bytes, refused with a :class:`UsageError` when no alive node offers that much memory:
+    Ray would never place the actor (and waits forever, saying so only in its logs), and asking for
+    less would let it start and be killed for memory once its shards are in."""
     largest = _largest_node_memory()
     if largest and wanted > largest:
-        if log:
-            log(f"{what} needs about {wanted / 2**30:.2f} GiB by placement.engine_memory; the largest Ray node "
-                f"offers {largest / 2**30:.2f} GiB: requesting that (more --index-parts make parts smaller)")
-        return largest
+        raise UsageError(f"{what} needs about {wanted / 2**30:.2f} GiB of memory (placement.engine_memory) and the "
+                         f"largest Ray node offers {largest / 2**30:.2f} GiB: {remedy}")
     return wanted
+
+
+@dataclass(frozen=True)
+class GpuRequests:
+    """``num_gpus`` for each actor of a search: ``parts`` in :func:`start_parts`' order, ``actors`` for
+    the sweep's query actors."""
+    parts: tuple[int, ...]
+    actors: tuple[int, ...]
+    reason: str
+
+
+def gpu_requests(manifest, k: int, gpus: int, parts: int = 0, actors: int = 1) -> GpuRequests:
+    """How many GPUs each of ``parts`` index parts (0: none, the query actors hold the vectors) and each
+    of ``actors`` sweep query actors requests, for searches of ``k`` neighbours on a cluster of ``gpus``
+    GPUs.
+
+    Only actors that hold vectors request a GPU (query actors over index parts hold none), and only
+    where FAISS can search the index there (:func:`placement.gpu_searchable`: no HNSW, k and nprobe at
+    most 2048 ...): one each, in order, while the cluster's GPUs last; the others request none and
+    search on the CPU, where a request beyond the cluster's GPUs would keep them pending forever."""
+    holders = parts or actors
+    searchable, why = placement.gpu_searchable(manifest.index_spec, k, manifest.dimension, manifest.search_params)
+    granted = min(holders, gpus) if searchable else 0
+    ones = (1,) * granted + (0,) * (holders - granted)
+    if not gpus:
+        reason = "no GPU in the cluster"
+    elif not searchable:
+        reason = f"{why}: no GPU requested"
+    else:
+        reason = (f"{why}: {granted} of {holders} {'index parts' if parts else 'query actors'} request a GPU "
+                  f"(the cluster has {gpus})")
+    return GpuRequests(ones if parts else (), (0,) * actors if parts else ones, reason)
 
 
 def part_memory(manifest, shard_ids: list[int], on_gpu: bool = False) -> int:
@@ -149,15 +186,20 @@ def front_memory(manifest, holds_vectors: bool = True, on_gpu: bool = False) -> 
 
 def pool_plan(manifest, size: int, holds_vectors: bool, gpus: int, k: int, parts: int = 1,
               log=None) -> tuple[int, int]:
-    """(memory per sweep actor, pool size): the actor's :func:`front_memory` (capped to the largest node)
-    and at most as many actors as the cluster's memory holds beside the index parts (at least one)."""
+    """(memory per sweep actor, pool size): the actor's :func:`front_memory` (refused by :func:`request`
+    when no node has that much) and at most as many actors as the cluster's memory holds beside the
+    ``parts`` index parts (at least one). The actors share one memory request: their index counts as
+    on a GPU only when :func:`gpu_requests` gives every one of them a GPU."""
     import ray
 
-    on_gpu = bool(gpus) and bool(placement.place(manifest.index_spec, k, 1, 1, manifest.search_params).gpus_used)
-    memory = request(front_memory(manifest, holds_vectors, on_gpu), "a sweep actor", log)
+    started = 0 if holds_vectors else min(parts, len(manifest.shards))
+    requests = gpu_requests(manifest, k, gpus, started, size)
+    remedy = ("more --index-parts move the vectors to part actors, leaving the query actors the references"
+              if holds_vectors else "the references alone need this much: it takes a node with more memory")
+    memory = request(front_memory(manifest, holds_vectors, holds_vectors and all(requests.actors)),
+                     "a sweep query actor", remedy)
     shard_ids = [entry.shard_id for entry in manifest.shards]
-    reserved = sum(part_memory(manifest, shard_ids[i::parts], on_gpu) for i in range(min(parts, len(shard_ids)))) \
-        if not holds_vectors else 0
+    reserved = sum(part_memory(manifest, shard_ids[i::parts], bool(gpu)) for i, gpu in enumerate(requests.parts))
     total = max(0, int(ray.cluster_resources().get("memory", 0)) - reserved)
     fits = max(1, total // memory) if total else size
     if fits < size and log:
@@ -166,10 +208,12 @@ def pool_plan(manifest, size: int, holds_vectors: bool, gpus: int, k: int, parts
     return memory, min(size, fits)
 
 
-def start_parts(index_uri: str, count: int, num_gpus: float = 0, num_cpus: float = PART_CPUS,
+def start_parts(index_uri: str, count: int, gpus: int = 0, num_cpus: float = PART_CPUS,
                 k: int | None = None, log=None) -> list:
     """``count`` actors, each holding every count-th shard of the index (part i: shards i, i+count, ...),
-    each requesting the memory its shards need (:func:`part_memory`).
+    each requesting the memory its shards need (:func:`part_memory`) and, on a cluster of ``gpus``
+    GPUs, one GPU where :func:`gpu_requests` grants it. Every request is checked (:func:`request`)
+    before the first actor starts.
 
     Part actors reserve little CPU: they search only while a sweep worker waits on them, and a pool
     that reserved whole CPUs next to the sweep workers would starve them on small machines."""
@@ -177,11 +221,11 @@ def start_parts(index_uri: str, count: int, num_gpus: float = 0, num_cpus: float
 
     manifest = load(index_uri)
     shard_ids = [entry.shard_id for entry in manifest.shards]
-    on_gpu = bool(num_gpus) and bool(placement.place(manifest.index_spec, k or 1, 1, 1,
-                                                     manifest.search_params).gpus_used)
-    actors = []
-    for i in range(min(count, len(shard_ids))):
-        mine = shard_ids[i::count]
-        memory = request(part_memory(manifest, mine, on_gpu), f"index part {i}", log)
-        actors.append(query_actor(num_gpus, num_cpus, memory).remote(index_uri, shard_ids=mine, metadata=False, k=k))
-    return actors
+    requests = gpu_requests(manifest, k or 1, gpus, parts=min(count, len(shard_ids)), actors=0)
+    mine = [shard_ids[i::count] for i in range(len(requests.parts))]
+    memory = [request(part_memory(manifest, ids, bool(gpu)), f"index part {i} ({len(ids)} of {len(shard_ids)} shards)")
+              for i, (ids, gpu) in enumerate(zip(mine, requests.parts))]
+    if log:
+        log(f"index parts: {requests.reason}")
+    return [query_actor(gpu, num_cpus, size).remote(index_uri, shard_ids=ids, metadata=False, k=k)
+            for ids, gpu, size in zip(mine, requests.parts, memory)]
