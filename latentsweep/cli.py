@@ -206,7 +206,10 @@ PoolingOption = Annotated[str, typer.Option(
     "--pooling", help="gap (the paper's global average) or gap+std (adds per-channel std).")]
 WeightsOption = Annotated[Optional[str], typer.Option(
     "--weights", help="Codec checkpoint (.pt with its .json checksum); default: the shipped weights.")]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+DeviceOption = Annotated[str, typer.Option(
+    "--device", help="auto (GPUs where the cluster has or can add them, else CPU) | cpu | cuda (never falls back)")]
+WaitForGpusOption = Annotated[float, typer.Option(
+    "--wait-for-gpus", help="Seconds to wait for GPU nodes an autoscaler starts before exit 3.")]
 AdaptersOption = Annotated[Optional[str], typer.Option(
     "--adapters", help="SFMA adapters in the analysis transforms: 'default' (the shipped ones) or a .pt with its "
                        ".json checksum; default: none. Their digest joins the weights digest of every row.")]
@@ -236,6 +239,7 @@ def ingest(
     descriptors: DescriptorsOption = True,
     shard_size: Annotated[int, typer.Option(help="Images per output shard (the unit of resume).")] = 256,
     workers: Annotated[Optional[int], typer.Option(help="Encoder actors (default: one per GPU, or from the CPUs).")] = None,
+    wait_for_gpus: WaitForGpusOption = 300.0,
     max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = 64_000_000,
     min_side: Annotated[int, typer.Option(help="Refuse images whose shorter side is below this.")] = 16,
     overwrite: Annotated[bool, typer.Option(help="Redo every shard instead of resuming.")] = False,
@@ -259,7 +263,7 @@ def ingest(
     job = IngestJob(source, out, EmbedSettings(weights, feature_set, pooling, device, half, batch_size, descriptors,
                                                _adapters(adapters)),
                     shard_size, labels_from_folders, parse_families(families), max_pixels, min_side,
-                    workers, overwrite, quiet, address)
+                    workers, wait_for_gpus, overwrite, quiet, address)
     if dry_run:
         typer.echo(json.dumps(plan_only(job)))
         return

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import tempfile
+import time
+import uuid
+
+from latentsweep.errors import JobFailed, UsageError
+from latentsweep.resources import DeviceChoice, Node, alive, choose_device, pool_layout, shapes
 
 LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -20,6 +26,27 @@ LOCAL_OBJECT_STORE_BYTES = 1 << 30
 # Non-secret S3 settings handed to the workers of a run started outside a Ray job. Never credentials.
 FORWARDED_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
                        "AWS_MAX_ATTEMPTS")
+# How long the driver tries to open a TCP connection to a cluster's address before saying it is unreachable.
+REACH_SECONDS = 10
+# GPUs asked of an autoscaler when the job does not say how many workers (it stops at its own max_workers),
+# and how long a job waits for them by default (--wait-for-gpus).
+MAX_GPU_REQUEST = 64
+WAIT_FOR_GPUS_SECONDS = 300.0
+# A GPU node the autoscaler was asked for: how often the wait prints a line, and how many of the
+# autoscaler's status updates in a row may show nothing launching before the request counts as one it
+# cannot meet (no GPU node type, or max_workers reached).
+WAIT_LINE_SECONDS = 15
+IDLE_UPDATES = 3
+# Once one GPU node is up, how long a job waits for the others it asked for before it starts on those up.
+MORE_GPUS_SECONDS = 60
+# The autoscaler's status record in Ray's internal key-value store (autoscaler/_private/monitor.py,
+# DEBUG_AUTOSCALING_STATUS), rewritten at every update (AUTOSCALER_UPDATE_INTERVAL_S, 5 s by default).
+AUTOSCALER_STATUS_KEY = b"__autoscaling_status"
+STATUS_FRESH_SECONDS = 60
+# Set only where Ray nodes declare GPUs the machine does not have (tests on CPU machines): encoder
+# actors that reserved such a GPU compute on the CPU. Production never sets it: there, a GPU Ray
+# assigned that torch cannot see stops the job.
+CPU_FOR_DECLARED_GPUS = "LATENTSWEEP_CPU_FOR_DECLARED_GPUS"
 # Set by Ray's job supervisor for the entrypoint of a job (`ray job submit`), holding the job's runtime
 # env and metadata (ray/dashboard/modules/job/job_supervisor.py, _get_driver_env_vars). The job's
 # tasks and actors do not get it; processes the entrypoint starts inherit it.
@@ -34,9 +61,12 @@ def in_ray_job() -> bool:
 
 def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
             quiet: bool = False) -> dict:
-    """Initialise Ray once per process and return its cluster resources."""
+    """Initialise Ray once per process and return its cluster resources. An address nothing answers
+    on, or a cluster of another Ray version, is one error (exit 3), never a wait."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and not _initialized():
+        require_reachable(address)
     if not address:
         # Ray's single-machine mode: every component takes 127.0.0.1 as the node address. Without
         # it Ray resolves even an explicit 127.0.0.1 to the routable address and listens there.
@@ -66,7 +96,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
         log = RayLog.begin()
         try:
             if address:
-                ray.init(address=address, **common)
+                _join(address, common)
             else:
                 # address="local": always a new private instance, never a cluster found on this machine
                 ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=False,
@@ -77,6 +107,240 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
             if not quiet:
                 print(f"ray: Ray's messages go to its logs: {log.path}", file=sys.stderr)
     return ray.cluster_resources()
+
+
+def _initialized() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def _join(address: str, options: dict) -> None:
+    """``ray.init`` of an existing cluster; a version mismatch between this driver and the cluster
+    (Ray refuses it at connect) becomes one line naming both versions."""
+    import ray
+
+    try:
+        ray.init(address=address, **options)
+    except (RuntimeError, ConnectionError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "version mismatch" in str(error).lower():
+            raise JobFailed(f"the Ray cluster at {address} runs another Ray or Python than this driver "
+                            f"(Ray {ray.__version__}): {first}; install the cluster's versions "
+                            f"(pyproject.toml pins Ray)") from None
+        raise JobFailed(f"could not join the Ray cluster at {address}: {first}") from None
+
+
+def host_and_port(address: str) -> tuple[str, int] | None:
+    """The (host, port) a cluster address connects to: ``host:port``, ``ray://host:port`` (the Ray client,
+    port 10001 by default) or ``http://host:port`` (the dashboard); None for ``auto`` and ``local``, which Ray
+    resolves on this machine."""
+    if address in ("auto", "local"):
+        return None
+    scheme, _, rest = address.rpartition("://")
+    rest = rest.split("/", 1)[0]
+    host, _, port = rest.rpartition(":")
+    if not host:
+        host, port = rest, {"ray": "10001", "http": "80", "https": "443"}.get(scheme, "6379")
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        raise UsageError(f"--address {address!r} is not host:port, ray://host:port or auto") from None
+
+
+def require_reachable(address: str, seconds: float = REACH_SECONDS) -> None:
+    """One TCP connection to the cluster's address, bounded: ``ray.init`` itself retries a dead address
+    for minutes without a word."""
+    target = host_and_port(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=seconds).close()
+    except OSError as error:
+        reason = "timed out" if isinstance(error, socket.timeout) else (error.strerror or str(error))
+        raise JobFailed(f"cannot reach the Ray cluster at {address}: {reason} (is the head node up, and the "
+                        f"port forwarded?)") from None
+
+
+def nodes() -> list[Node]:
+    """The alive nodes of the cluster this process joined, each with its own resources."""
+    import ray
+
+    return alive(ray.nodes())
+
+
+def autoscaler_status() -> dict | None:
+    """The autoscaler's last status record, or None when nothing can add nodes: no record or a stale one,
+    or the read-only provider every head runs without ``--autoscaling-config`` (a local Ray, a cluster
+    started by hand), which names each node's type after the node (``format_readonly_node_type`` in
+    ray/autoscaler/_private/util.py: ``node_<id>``)."""
+    import json
+
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALER_STATUS_KEY)
+    if not raw:
+        return None
+    status = json.loads(raw)
+    if time.time() - float(status.get("time", 0)) > STATUS_FRESH_SECONDS:
+        return None
+    types = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    if all(name == f"node_{node}" for node, name in types.items()):  # also no types at all: nothing to launch
+        return None
+    return status
+
+
+def launching(status: dict) -> dict:
+    """What the autoscaler is starting now: ``{node type: count}`` of pending launches and pending nodes."""
+    report = status.get("autoscaler_report") or {}
+    found = dict(report.get("pending_launches") or {})
+    for entry in report.get("pending_nodes") or []:
+        node_type = entry[1] if isinstance(entry, (list, tuple)) and len(entry) > 1 else "node"
+        found[node_type] = found.get(node_type, 0) + 1
+    return found
+
+
+def acquire_gpus(wanted: int, wait_seconds: float, log) -> list[Node]:
+    """Ask the autoscaler for ``wanted`` one-GPU bundles and wait, at most ``wait_seconds``, until they
+    are up, or until at least one is and the autoscaler launches nothing more (its max_workers) or
+    :data:`MORE_GPUS_SECONDS` have passed since the first; returns the nodes then. The request stays
+    until :func:`release_request`. Raises :class:`JobFailed` when no GPU node came in time, or
+    :class:`UsageError` when the autoscaler starts none (no GPU node type, or max_workers reached)."""
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[{"GPU": 1}] * wanted)
+    asked, started = time.time(), time.monotonic()
+    last_line, first_gpu, seen, idle = started, None, None, 0
+    while True:
+        present = nodes()
+        gpus = sum(node.gpus for node in present)
+        status = autoscaler_status() or {}
+        pending = launching(status)
+        if float(status.get("time", 0)) > asked and status.get("time") != seen:  # an update after the request
+            seen = status.get("time")
+            idle = idle + 1 if not pending else 0
+        now = time.monotonic()
+        first_gpu = first_gpu or (now if gpus else None)
+        if gpus >= wanted or (gpus and (idle >= IDLE_UPDATES or now - first_gpu >= MORE_GPUS_SECONDS)):
+            log(f"cluster: {gpus:g} GPUs up after {now - started:.0f} s"
+                + (f" (the autoscaler is still launching {pending})" if pending else ""))
+            return present
+        if not gpus and idle >= IDLE_UPDATES:
+            failed = (status.get("autoscaler_report") or {}).get("failed_nodes") or []
+            raise UsageError("no GPU node can start: the autoscaler launches none for a 1-GPU request (no GPU "
+                             f"node type, or max_workers reached{'; failed launches: ' + str(failed) if failed else ''}); "
+                             f"nodes now: {shapes(present)}")
+        if now - started > wait_seconds:
+            raise JobFailed(f"no GPU node came up within --wait-for-gpus {wait_seconds:g} s (autoscaler "
+                            f"launching: {pending or 'nothing'}); rerun to resume, or raise --wait-for-gpus")
+        if now - last_line >= WAIT_LINE_SECONDS:
+            log(f"cluster: waiting for GPU nodes: {gpus:g} of {wanted} up, autoscaler launching "
+                f"{pending or 'nothing yet'} ({now - started:.0f} s of {wait_seconds:g} s)")
+            last_line = now
+        time.sleep(1)
+
+
+def release_request() -> None:
+    """Withdraw this driver's standing request to the autoscaler (idle GPU nodes may then go)."""
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[])
+
+
+def device_choice(device: str) -> DeviceChoice:
+    """``--device`` against the cluster joined (:func:`~latentsweep.resources.choose_device`)."""
+    return choose_device(device, sum(node.gpus for node in nodes()), autoscaler_status() is not None)
+
+
+def encoder_pool(choice: DeviceChoice, workers: int | None, wanted: int, wait_seconds: float, log) -> dict:
+    """The encoder pool's layout (:func:`~latentsweep.resources.pool_layout`) on the nodes up once the
+    GPUs it wants are: with an autoscaler, ``workers`` (else ``wanted``) GPUs are asked for and waited
+    for; without one, the GPUs present are what there is."""
+    present = nodes()
+    if choice.device == "cuda" and autoscaler_status() is not None:
+        target = workers or wanted
+        if sum(node.gpus for node in present) < target:
+            present = acquire_gpus(target, wait_seconds, log)
+    return pool_layout(present, choice.device, workers)
+
+
+def require_shared(paths: dict[str, str], seconds: float = 60) -> None:
+    """Local paths on a cluster of several nodes must be the same files on every node (a shared mount):
+    a worker elsewhere would read nothing and write to its own disk. For each ``{role: path}`` the
+    driver stats the input (or writes a probe file into the output folder), and a task on every node
+    must see the same; otherwise the job is refused before anything else is written."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    present = nodes()
+    if len(present) < 2 or not paths:
+        return
+    expected, probes, made = {}, [], None
+    for role, path in paths.items():
+        if role == "output":
+            if not os.path.isdir(path):
+                made = path
+            os.makedirs(path, exist_ok=True)
+            probe = os.path.join(path, f".latentsweep-probe-{uuid.uuid4().hex}")
+            token = uuid.uuid4().hex
+            with open(probe, "w") as handle:
+                handle.write(token)
+            probes.append(probe)
+            expected[role] = (probe, token)
+        else:
+            expected[role] = (path, _stat(path))
+    check = ray.remote(num_cpus=0)(_node_sees)
+    try:
+        calls = {node.node_id: check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node.node_id, soft=False)).remote(expected) for node in present}
+        ready, _ = ray.wait(list(calls.values()), num_returns=len(calls), timeout=seconds)
+        for node_id, call in calls.items():
+            missing = ray.get(call) if call in ready else list(paths)
+            if missing:
+                role = missing[0]
+                raise UsageError(f"the {role} {paths[role]} is a local path that node {node_id[:12]} of this "
+                                 f"{len(present)}-node cluster does not see: use s3:// URIs or a folder "
+                                 f"mounted on every node")
+    except UsageError:
+        if made:  # a refused job leaves nothing behind
+            for probe in probes:
+                os.unlink(probe)
+            probes = []
+            _remove_made(made)
+        raise
+    finally:
+        for probe in probes:
+            os.unlink(probe)
+
+
+def _remove_made(path: str) -> None:
+    """Remove the folder :func:`require_shared` made for its probe, and the empty parents it made."""
+    try:
+        os.removedirs(path)
+    except OSError:
+        pass
+
+
+def _stat(path: str) -> str:
+    info = os.stat(path)
+    return "folder" if os.path.isdir(path) else f"{info.st_size}"
+
+
+def _node_sees(expected: dict) -> list[str]:
+    """Roles whose path this node does not see as the driver does (run on each node)."""
+    missing = []
+    for role, (path, seen) in expected.items():
+        try:
+            if role == "output":
+                with open(path) as handle:
+                    same = handle.read() == seen
+            else:
+                same = _stat(path) == seen
+        except OSError:
+            same = False
+        if not same:
+            missing.append(role)
+    return missing
 
 
 class RayLog:
@@ -161,11 +425,6 @@ class RayLog:
                     logger.removeHandler(handler)
                     if self.handler not in logger.handlers:
                         logger.addHandler(self.handler)
-
-
-def cpus_and_gpus(resources: dict) -> tuple[int, int]:
-    """Whole CPUs (at least one) and GPUs in ``connect``'s resources."""
-    return max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
 
 
 def quiet_data_context() -> None:

@@ -75,7 +75,7 @@ class CodecSummary:
 
 def check(job: CodecJob) -> None:
     from latentsweep.codec import weights
-    from latentsweep.ingest.run import DEVICES
+    from latentsweep.resources import DEVICES
 
     if job.mode not in MODES:
         raise UsageError(f"unknown mode {job.mode!r}")
@@ -188,13 +188,16 @@ def _process(job: CodecJob, items: list, summary: CodecSummary, log, held) -> li
     from ray.util import ActorPool
     from tqdm import tqdm
 
-    from latentsweep.cluster import connect
-    from latentsweep.codec.embed import EmbedSettings
-    from latentsweep.ingest.run import pool_layout
+    from latentsweep.cluster import (MAX_GPU_REQUEST, WAIT_FOR_GPUS_SECONDS, connect, device_choice, encoder_pool,
+                                     release_request)
 
-    resources = connect(job.address, quiet=job.quiet)
+    connect(job.address, quiet=job.quiet)
+    choice = device_choice(job.device)
+    log(f"{job.mode}: {choice.reason}")
     chunks = [items[start:start + CHUNK] for start in range(0, len(items), CHUNK)]
-    layout = pool_layout(resources, EmbedSettings(device=job.device), job.workers)
+    layout = encoder_pool(choice, job.workers, min(len(chunks), MAX_GPU_REQUEST), WAIT_FOR_GPUS_SECONDS, log)
+    if layout["device"] == "cuda":
+        release_request()
     size = min(layout["size"], len(chunks))
     summary.workers = size
     worker = ray.remote(CodecWorker).options(num_cpus=layout["num_cpus"], num_gpus=layout["num_gpus"])
@@ -222,8 +225,11 @@ class CodecWorker:
         from latentsweep.codec.bitstream import BitstreamCodec
         from latentsweep.codec.embed import EmbedSettings, Embedder
 
+        from latentsweep.accelerator import compute_device
+
         if threads:
             torch.set_num_threads(threads)
+        device = compute_device(device)
         self.mode, self.max_pixels, self.min_side, self.overwrite = mode, max_pixels, min_side, overwrite
         self.codec = BitstreamCodec(Embedder(EmbedSettings(weights=weights, device=device, descriptors=False,
                                                            adapters=adapters)))

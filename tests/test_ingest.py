@@ -24,7 +24,7 @@ from latentsweep import schema, storage
 from latentsweep.codec.embed import EmbedSettings
 from latentsweep.ingest import plan as planning
 from latentsweep.ingest.decode import DecodeError, decode_image
-from latentsweep.ingest.run import IngestJob, pool_layout, run
+from latentsweep.ingest.run import IngestJob, run
 from latentsweep.ingest.sources import listing_table, parse_families
 
 UNTRAINED = EmbedSettings(weights="untrained", feature_set="selected", device="cpu")
@@ -187,20 +187,6 @@ def test_families_parse_from_flags_and_file(tmp_path):
     assert parse_families([str(spec)]) == {"sg2": "gan", "sana": "dm", "sd": "dm"}
     with pytest.raises(ValueError, match="bad family entry"):
         parse_families(["gan=", "x"])
-
-
-def test_pool_layout_never_takes_every_cpu():
-    cpu = pool_layout({"CPU": 2.0}, UNTRAINED, None)
-    assert cpu["size"] == 2 and cpu["size"] * cpu["num_cpus"] <= 1 and cpu["threads"] == 1 and cpu["num_gpus"] == 0
-    big = pool_layout({"CPU": 16.0}, UNTRAINED, None)
-    assert big["size"] == 16 and big["size"] * big["num_cpus"] <= 15
-    one = pool_layout({"CPU": 2.0}, UNTRAINED, 1)
-    assert one["size"] == 1 and one["threads"] == 2 and one["num_cpus"] <= 1
-    gpu = pool_layout({"CPU": 8.0, "GPU": 4.0}, EmbedSettings(), None)
-    assert gpu == {"size": 4, "num_gpus": 1, "num_cpus": 1, "threads": None, "device": "cuda", "fetch_threads": 2}
-    # a GPU actor's share of the CPUs feeds its fetch-and-decode threads; one CPU a GPU stays free
-    wide = pool_layout({"CPU": 64.0, "GPU": 4.0}, EmbedSettings(), None)
-    assert wide["num_cpus"] == 15 and wide["fetch_threads"] == 30 and wide["size"] * wide["num_cpus"] < 64
 
 
 # ---- decoding ---------------------------------------------------------------------------------

@@ -1,12 +1,16 @@
 """Fetched inputs -> vectors: images through the codec and the pixel descriptors, exported latents
 (``.pt``) pooled directly, bitstreams (``.jai``) entropy-decoded and through the hyperprior only (neither
 has pixels: their descriptor rows stay empty and are written as null). Loads the codec once; a bad
-image never sinks its batch (the batch is retried one by one)."""
+image never sinks its batch (the batch is retried one by one). Device faults are never an item's
+error: out of memory halves the batch (and keeps it halved), down to one image; any other device
+fault, or out of memory on one image, is raised as :class:`~latentsweep.accelerator.AcceleratorFault`
+for the worker to end its process."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from latentsweep.accelerator import AcceleratorFault, is_fault, out_of_memory
 from latentsweep.codec.embed import EmbedSettings
 from latentsweep.descriptors import columns as descriptor_columns, describe
 from latentsweep.ingest.decode import Fetched
@@ -24,6 +28,7 @@ class Encoder:
         self.descriptors = descriptor_columns() if settings.descriptors else {}
         self.columns = {**self.embedder.columns, **self.descriptors}
         self.bitstreams = None  # the entropy decoder (codec.bitstream), made at the first .jai input
+        self.fits = settings.max_batch  # images per codec call; halved by each out-of-memory
 
     def encode(self, items: list[Fetched]) -> dict[str, np.ndarray]:
         """``{column: float32 (n, dim)}`` for ``items``; items that fail here get their
@@ -32,12 +37,13 @@ class Encoder:
         images = [i for i, item in enumerate(items) if not item.error_type and item.source == "image"]
         if images:
             try:
-                pooled = self.embedder.embed([items[i].image for i in images])
+                pooled = self._embed([items[i].image for i in images])
                 for name, values in pooled.items():
                     vectors[name][images] = values
                 for i in images:
                     self._describe(items[i], i, vectors)
-            except Exception:  # one bad image must not sink its batch: retry one by one
+            except Exception as error:  # one bad image must not sink its batch: retry one by one
+                _raise_fault(error)
                 for i in images:
                     self._embed_one(items[i], i, vectors)
         for i, item in enumerate(items):
@@ -47,6 +53,21 @@ class Encoder:
         if bitstreams:
             self._pool_bitstreams([items[i] for i in bitstreams], bitstreams, vectors)
         return vectors
+
+    def _embed(self, images: list) -> dict[str, np.ndarray]:
+        """The codec's pooled columns of ``images``, at most :attr:`fits` a call; out of memory halves
+        :attr:`fits` and retries, and is a fault once a single image does not fit."""
+        start, parts = 0, []
+        while start < len(images):
+            try:
+                parts.append(self.embedder.embed(images[start:start + self.fits]))
+                start += self.fits
+            except Exception as error:
+                if not out_of_memory(error) or self.fits == 1:
+                    raise
+                self.fits //= 2
+                _free_device_memory()
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     def _describe(self, item: Fetched, i: int, vectors: dict) -> None:
         if self.descriptors:
@@ -59,6 +80,7 @@ class Encoder:
                 vectors[name][i] = values[0]
             self._describe(item, i, vectors)
         except Exception as error:
+            _raise_fault(error)
             item.error_type, item.message = "encode_failed", f"{type(error).__name__}: {error}"
 
     def _pool_latents(self, item: Fetched, i: int, vectors: dict) -> None:
@@ -95,9 +117,11 @@ class Encoder:
             self.bitstreams = BitstreamCodec(self.embedder)
         try:
             results = self.bitstreams.latents_batch([item.latents for item in items])
-        except Exception:  # one odd file must not sink its batch: retry one by one
+        except Exception as error:  # one odd file must not sink its batch: retry one by one
+            _raise_fault(error)
             results = [self._latents_one(item) for item in items]
         for item, i, result in zip(items, rows, results):
+            _raise_fault(result)
             if isinstance(result, BitstreamError):
                 item.error_type, item.message = result.error_type, str(result)
             elif isinstance(result, Exception):
@@ -115,3 +139,16 @@ class Encoder:
     def _pool_decoded(self, tensors: dict, header, i: int, vectors: dict) -> None:
         for name, values in self.embedder.pool(tensors, [(header.height, header.width)]).items():
             vectors[name][i] = values[0]
+
+
+def _raise_fault(error) -> None:
+    """Raise ``error`` as an :class:`AcceleratorFault` when it is the device's, not the input's."""
+    if isinstance(error, BaseException) and is_fault(error):
+        raise AcceleratorFault(f"{type(error).__name__}: {error}") from error
+
+
+def _free_device_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,19 +24,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from latentsweep import lock, storage
-from latentsweep.cluster import cpus_and_gpus
+from latentsweep.cluster import MAX_GPU_REQUEST, WAIT_FOR_GPUS_SECONDS
 from latentsweep.codec.embed import EmbedSettings
 from latentsweep.console import stage_log
-from latentsweep.errors import UsageError
+from latentsweep.errors import JobFailed, UsageError
 from latentsweep.ingest import manifest, plan as planning
 from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from latentsweep.ingest.sources import Listing, list_source
 from latentsweep.ingest.write import DONE_FOLDER, DONE_INDEX, done_records, shard_files, write_done_index
+from latentsweep.resources import DEVICES
 from latentsweep.schema import DESCRIPTORS
 
-DEVICES = ("auto", "cpu", "cuda")
 PLAN_VERSION = 2  # stable shards (manifest parts + shards.parquet); version 1 re-hashed every run
 MAX_BLOCKS = 20_000  # Ray Data blocks of the shard list: one shard each up to this many
+ACTOR_RESTARTS = 3  # an encoder actor that exits on an accelerator fault is restarted, its shard retried, this often
 
 
 @dataclass
@@ -49,6 +51,7 @@ class IngestJob:
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = DEFAULT_MIN_SIDE
     workers: int | None = None  # encoder actors; default from the cluster's resources
+    wait_for_gpus: float = WAIT_FOR_GPUS_SECONDS  # bound on the wait for GPU nodes an autoscaler starts
     overwrite: bool = False
     quiet: bool = False
     address: str | None = None
@@ -74,30 +77,11 @@ class IngestSummary:
     workers: int = 0
     device: str = ""
     images_per_node: dict[str, int] = field(default_factory=dict)  # this run's encoded items per Ray node
+    gpus_per_node: dict[str, list[str]] = field(default_factory=dict)  # the GPU ids Ray gave the encoders, per node
 
     @property
     def failed(self) -> int:
         return sum(self.errors.values())
-
-
-def pool_layout(resources: dict, embed: EmbedSettings, workers: int | None) -> dict:
-    """How many encoder actors, what each reserves, and how many fetch threads each runs.
-
-    GPU nodes: one actor per GPU (``num_gpus=1``) with a share of the CPUs for its fetch-and-decode
-    threads. CPU only: one single-threaded actor per core (on 2 cores two 1-thread actors run 1.24x
-    faster than one 2-thread actor, benchmarks/bench_ingest.py), whose reservations together leave a
-    CPU free: a pool that reserves every CPU starves Ray Data's own tasks and hangs.
-    """
-    cpus, gpus = cpus_and_gpus(resources)
-    if gpus and embed.device != "cpu":
-        share = max(1, cpus // gpus - 1)
-        return {"size": workers or gpus, "num_gpus": 1, "num_cpus": share, "threads": None, "device": "cuda",
-                "fetch_threads": 2 * share}
-    size = workers or cpus
-    per_actor = min(1.0, max(0.25, (cpus - 1) / size))
-    threads = max(1, cpus // size)
-    return {"size": size, "num_gpus": 0, "num_cpus": per_actor, "threads": threads, "device": "cpu",
-            "fetch_threads": 2 * threads}
 
 
 def check(job: IngestJob) -> None:
@@ -112,6 +96,8 @@ def check(job: IngestJob) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(job, name)}")
     if job.embed.max_batch < 1 or (job.workers is not None and job.workers < 1):
         raise UsageError("--batch-size and --workers must be at least 1")
+    if job.wait_for_gpus < 0:
+        raise UsageError(f"--wait-for-gpus is a number of seconds, got {job.wait_for_gpus}")
 
 
 def _plan_settings(job: IngestJob, weights_digest: str) -> dict:
@@ -259,12 +245,13 @@ def run(job: IngestJob, log=None) -> IngestSummary:
     out = storage.Location.parse(job.out)
     summary = IngestSummary(job.source, out.uri)
     space = _space(job)
+    choice = _join(job, out, log)
     with _scratch() as scratch:
         listing, listed = _list(job, scratch, space)
         summary.skipped_unsupported = listing.skipped
         settings = _settings(job, space)
         with lock.hold(out, "ingest") as held:
-            _plan_and_process(job, out, listed, settings, summary, log, held, scratch)
+            _plan_and_process(job, out, listed, settings, summary, log, held, scratch, choice)
             write_done_index(out)
             summary.seconds = round(time.monotonic() - started, 2)
             summary.images_per_second = round(summary.items_encoded / summary.seconds, 2) if summary.seconds else 0.0
@@ -272,8 +259,24 @@ def run(job: IngestJob, log=None) -> IngestSummary:
     return summary
 
 
+def _join(job: IngestJob, out: storage.Location, log):
+    """Join (or start) Ray and decide the device before anything is listed or written: the first line
+    says where the work runs; local paths on a cluster of several nodes are refused unless every node
+    sees them."""
+    from latentsweep.cluster import connect, device_choice, require_shared
+
+    connect(job.address, quiet=job.quiet)
+    choice = device_choice(job.embed.device)
+    log(f"ingest: {choice.reason}")
+    local = {} if "://" in job.source else {"input": os.path.abspath(job.source)}
+    if not out.is_s3:
+        local["output"] = out.fs_path
+    require_shared(local)
+    return choice
+
+
 def _plan_and_process(job: IngestJob, out: storage.Location, listed: planning.Spill, settings: dict,
-                      summary: IngestSummary, log, held: lock.Held, scratch: str) -> None:
+                      summary: IngestSummary, log, held: lock.Held, scratch: str, choice) -> None:
     """Plan against what ``out`` already holds, store the plan, and process the shards left."""
     plan, previous_shards = _plan(job, out, listed, settings, scratch)
     if job.overwrite:
@@ -301,7 +304,7 @@ def _plan_and_process(job: IngestJob, out: storage.Location, listed: planning.Sp
         log(f"ingest: {items} items in {todo.num_rows} of {stored.num_rows} shards to process "
             f"({len(finished)} already done; {plan.counts['new']} new, {plan.counts['changed']} changed, "
             f"{plan.counts['removed']} removed items)")
-        _process(job, out, todo, items, settings, summary, errors, log, held)
+        _process(job, out, todo, items, settings, summary, errors, log, held, choice)
     else:
         log(f"ingest: all {stored.num_rows} shards of {out.uri} are already done; nothing to do")
     summary.errors = dict(sorted(errors.items()))
@@ -316,15 +319,28 @@ def _clear(out: storage.Location) -> None:
 
 
 def _process(job: IngestJob, out: storage.Location, todo, items: int, settings: dict, summary: IngestSummary,
-             errors: Counter, log, held: lock.Held) -> None:
+             errors: Counter, log, held: lock.Held, choice) -> None:
+    from latentsweep.cluster import encoder_pool, release_request
+
+    layout = encoder_pool(choice, job.workers, min(todo.num_rows, MAX_GPU_REQUEST), job.wait_for_gpus, log)
+    try:
+        _encode(job, out, todo, items, settings, summary, errors, log, held, layout)
+    finally:
+        if layout["device"] == "cuda":
+            release_request()
+
+
+def _encode(job: IngestJob, out: storage.Location, todo, items: int, settings: dict, summary: IngestSummary,
+            errors: Counter, log, held: lock.Held, layout: dict) -> None:
+    import uuid
+
     import ray
     from tqdm import tqdm
 
-    from latentsweep.cluster import connect, quiet_data_context
+    from latentsweep.accelerator import last_fault
+    from latentsweep.cluster import quiet_data_context
     from latentsweep.ingest.worker import ShardWorker
 
-    resources = connect(job.address, quiet=job.quiet)
-    layout = pool_layout(resources, job.embed, job.workers)
     layout["size"] = min(layout["size"], todo.num_rows)  # an actor without a shard would only load the codec
     summary.workers, summary.device = layout["size"], layout["device"]
     quiet_data_context()
@@ -332,31 +348,48 @@ def _process(job: IngestJob, out: storage.Location, todo, items: int, settings: 
     sizes = dict(zip(todo.column("shard").to_pylist(), todo.column("items").to_pylist()))
     dataset = ray.data.from_items(units, override_num_blocks=min(len(units), MAX_BLOCKS))
     embed = EmbedSettings(**{**asdict(job.embed), "device": layout["device"]})
+    run_id = f"{out.uri}:{uuid.uuid4().hex}"  # the key under which its actors report device faults
     provenance = {key: settings[key] for key in ("codec", "weights_digest", "feature_set", "pooling")}
-    dataset = dataset.map_batches(
-        ShardWorker, fn_constructor_kwargs={
-            "out": out.uri, "settings": embed, "provenance": provenance,
-            "decode": {"max_pixels": job.max_pixels, "min_side": job.min_side},
-            "torch_threads": layout["threads"], "fetch_threads": layout["fetch_threads"]},
-        batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=layout["size"]),
-        num_gpus=layout["num_gpus"], num_cpus=layout["num_cpus"])
+    with warnings.catch_warnings():  # Ray 2.60 (pinned) has no named parameter for the restart arguments yet
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dataset = dataset.map_batches(
+            ShardWorker, fn_constructor_kwargs={
+                "out": out.uri, "settings": embed, "provenance": provenance,
+                "decode": {"max_pixels": job.max_pixels, "min_side": job.min_side},
+                "torch_threads": layout["threads"], "fetch_threads": layout["fetch_threads"], "run_id": run_id},
+            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=layout["size"]),
+            num_gpus=layout["num_gpus"], num_cpus=layout["num_cpus"],
+            # an actor that hit an accelerator fault exits (worker.py); Ray restarts it and retries its shard,
+            # and a fault that outlasts the restarts ends the job (Ray Data's default is to retry forever)
+            max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
     bar = tqdm(total=items, unit="img", desc="ingest", disable=job.quiet, file=sys.stderr)
     started = last_line = time.monotonic()
     per_node: Counter = Counter()
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        held.check()  # a run that lost its lease stops handing out shards
-        for shard, embedded, encoded, shard_errors, node in zip(
-                batch["shard"], batch["embedded"], batch["encoded"], batch["errors"], batch["node"]):
-            summary.shards_processed += 1
-            summary.embedded += int(embedded)
-            summary.items_encoded += int(encoded)
-            errors.update(json.loads(shard_errors))
-            per_node[node] += int(encoded)
-            bar.update(sizes[int(shard)])
-        now = time.monotonic()
-        if not job.quiet and now - last_line > 30:
-            log(f"ingest: {bar.n}/{items} images, {bar.n / (now - started):.1f} images/s, "
-                f"{summary.shards_processed}/{todo.num_rows} shards written")
-            last_line = now
-    bar.close()
+    gpus: dict[str, set] = {}
+    try:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            held.check()  # a run that lost its lease stops handing out shards
+            for shard, embedded, encoded, shard_errors, node, node_gpus in zip(
+                    batch["shard"], batch["embedded"], batch["encoded"], batch["errors"], batch["node"],
+                    batch["gpus"]):
+                summary.shards_processed += 1
+                summary.embedded += int(embedded)
+                summary.items_encoded += int(encoded)
+                errors.update(json.loads(shard_errors))
+                per_node[node] += int(encoded)
+                gpus.setdefault(node, set()).update(json.loads(node_gpus))
+                bar.update(sizes[int(shard)])
+            now = time.monotonic()
+            if not job.quiet and now - last_line > 30:
+                log(f"ingest: {bar.n}/{items} images, {bar.n / (now - started):.1f} images/s, "
+                    f"{summary.shards_processed}/{todo.num_rows} shards written")
+                last_line = now
+    except ray.exceptions.RayActorError as error:
+        fault = last_fault(run_id)
+        raise JobFailed(f"an encoder actor died {ACTOR_RESTARTS + 1} times"
+                        + (f"; its last accelerator fault: {fault}" if fault else f" ({type(error).__name__})")
+                        + f"; {summary.shards_processed} shards were written: rerun to resume") from None
+    finally:
+        bar.close()
     summary.images_per_node = dict(sorted(per_node.items()))
+    summary.gpus_per_node = {node: sorted(ids) for node, ids in sorted(gpus.items()) if ids}

@@ -247,31 +247,36 @@ def _attribute(job: SweepJob, todo: list, total: int, location: storage.Location
     blocks through the object store, no runtime env (a fresh worker process) per actor."""
     import ray
 
-    from latentsweep.cluster import connect, cpus_and_gpus
+    from latentsweep.cluster import connect, nodes
     from latentsweep.index.manifest import version_uri
-    from latentsweep.query.actor import pool_plan, start_parts
+    from latentsweep.query.actor import gpu_requests, pool_plan, start_parts
 
-    cpus, gpus = cpus_and_gpus(connect(job.address, quiet=job.quiet))
+    connect(job.address, quiet=job.quiet)
+    present = nodes()  # each actor must fit one node: pool_plan and start_parts refuse what none holds
+    cpus = max(1, int(sum(node.cpus for node in present)))
+    gpus = int(sum(node.gpus for node in present))
     pinned = version_uri(job.index, manifest)  # every actor loads this version, even if INDEX is rebuilt meanwhile
-    index_parts = (start_parts(pinned, job.index_parts, num_gpus=1 if gpus else 0, k=job.k, log=log)
+    # memory= per actor from the manifest (placement.engine_memory), refused before any actor starts when no
+    # node holds it; no more actors than the cluster's memory holds
+    memory, size = pool_plan(manifest, min(job.workers or gpus or cpus, len(todo)), job.index_parts <= 1, gpus,
+                             job.k, parts=job.index_parts, log=log)
+    index_parts = (start_parts(pinned, job.index_parts, gpus=gpus, k=job.k, log=log)
                    if job.index_parts > 1 else [])
+    gpu_plan = gpu_requests(manifest, job.k, gpus, parts=len(index_parts), actors=size)  # parts hold the GPUs
     actors: list = []
     try:
-        # memory= per actor from the manifest (placement.engine_memory); no more actors than memory holds
-        memory, size = pool_plan(manifest, min(job.workers or gpus or cpus, len(todo)), not index_parts, gpus,
-                                 job.k, parts=job.index_parts, log=log)
         log(f"sweep: {len(todo)} of {total} query files to attribute with {size} query actors"
-            + (f" over {len(index_parts)} index parts" if index_parts else ""))
+            + (f" over {len(index_parts)} index parts" if index_parts else f"; {gpu_plan.reason}"))
         if calibration.table_key(job.k, job.weighted) not in manifest.confidence:
             log(f"sweep: confidence is NULL: the index calibrated its votes for k <= 10 at build, not for "
                 f"k={job.k}{' weighted' if job.weighted else ''} (indices built before calibration have none)")
-        worker = ray.remote(SweepWorker).options(
-            num_cpus=_actor_cpus(cpus, size, gpus, len(index_parts)), memory=memory,
-            num_gpus=1 if gpus and not index_parts else 0,  # with parts, the part actors hold the GPUs
-            max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+        worker = ray.remote(SweepWorker)
+        options = dict(num_cpus=_actor_cpus(cpus, size, gpus, len(index_parts)), memory=memory,
+                       max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
         threads = max(1, cpus // size)  # each actor searches with its share of the cores
-        actors = [worker.remote(pinned, _settings(job), location.uri, index_parts or None, threads)
-                  for _ in range(size)]
+        actors = [worker.options(num_gpus=num_gpus, **options)
+                  .remote(pinned, _settings(job), location.uri, index_parts or None, threads)
+                  for num_gpus in gpu_plan.actors]
         threading.Thread(target=report.warm_up, daemon=True).start()  # the report's imports, while actors load
         for rows, name in _dispatch(actors, todo):
             held.check()  # a run that lost its lease stops here
