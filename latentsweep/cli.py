@@ -564,7 +564,7 @@ def embeddings_for(job, weights: Optional[str], adapters: Optional[str], manifes
     from latentsweep.codec.embed import EmbedSettings
     from latentsweep.errors import UsageError
     from latentsweep.index import features
-    from latentsweep.ingest.run import IngestJob, run as run_ingest
+    from latentsweep.ingest.run import HALF_SUFFIX, IngestJob, run as run_ingest
     from latentsweep.schema import DESCRIPTORS, FEATURE_SETS
 
     from latentsweep.storage import Location
@@ -574,11 +574,13 @@ def embeddings_for(job, weights: Optional[str], adapters: Optional[str], manifes
         return job.queries
     except UsageError:
         pass
-    if adapters is None and manifest.weights_digest.endswith(
+    half = manifest.weights_digest.endswith(HALF_SUFFIX)  # an index of fp16 rows: queries in fp16 too
+    space = manifest.weights_digest.removesuffix(HALF_SUFFIX)
+    if adapters is None and space.endswith(
             codec_weights.combined_digest("", codec_weights.adapters_digest(codec_weights.ADAPTERS_DEFAULT_NAME))):
         adapters = codec_weights.ADAPTERS_DEFAULT_NAME
     digest = codec_weights.digest(weights, adapters)
-    if digest != manifest.weights_digest:
+    if digest != space:
         raise UsageError(f"the index was built with {_space(manifest.weights_digest)}, these are {_space(digest)}: "
                          "pass the index's checkpoint with --weights and its adapters with --adapters")
     tensors = set(manifest.columns) - set(DESCRIPTORS)
@@ -587,7 +589,7 @@ def embeddings_for(job, weights: Optional[str], adapters: Optional[str], manifes
     outputs = [embedded.join(f"source-{number}").uri for number in range(len(job.queries))]
     for source, output in zip(job.queries, outputs):
         summary = run_ingest(IngestJob(source, output, EmbedSettings(weights, feature_set, manifest.pooling,
-                                                                     adapters=adapters),
+                                                                     half=half, adapters=adapters),
                                        quiet=job.quiet, address=job.address))
         report_summary("ingest", summary)
     return outputs
@@ -595,8 +597,12 @@ def embeddings_for(job, weights: Optional[str], adapters: Optional[str], manifes
 
 def _space(weights_digest: str) -> str:
     """A weights digest in words: 'codec weights 1a2b3c4d5e6f... with adapters sfma-...' or without."""
-    codec, _, adapters = weights_digest.partition("+")
-    return f"codec weights {codec[:12]}... " + (f"with adapters {adapters}" if adapters else "without adapters")
+    from latentsweep.ingest.run import HALF_SUFFIX
+
+    space = weights_digest.removesuffix(HALF_SUFFIX)
+    codec, _, adapters = space.partition("+")
+    return (f"codec weights {codec[:12]}... " + (f"with adapters {adapters}" if adapters else "without adapters")
+            + (" in fp16" if space != weights_digest else ""))
 
 
 @command()

@@ -190,13 +190,16 @@ def autoscaler_status() -> dict | None:
     return status
 
 
-def launching(status: dict) -> dict:
-    """What the autoscaler is starting now: ``{node type: count}`` of pending launches and pending nodes."""
+def launching(status: dict, joined: set[str]) -> dict:
+    """What the autoscaler is starting: ``{node type: count}`` of pending launches and of pending nodes
+    whose Ray has not joined yet (``joined``: the node ids and addresses of alive nodes; a node stays
+    "pending" in the report until its set-up commands finish, which a node up in Ray no longer waits for)."""
     report = status.get("autoscaler_report") or {}
     found = dict(report.get("pending_launches") or {})
     for entry in report.get("pending_nodes") or []:
-        node_type = entry[1] if isinstance(entry, (list, tuple)) and len(entry) > 1 else "node"
-        found[node_type] = found.get(node_type, 0) + 1
+        address, node_type = (entry[0], entry[1]) if isinstance(entry, (list, tuple)) and len(entry) > 1 else ("", "node")
+        if address not in joined:
+            found[node_type] = found.get(node_type, 0) + 1
     return found
 
 
@@ -212,10 +215,13 @@ def acquire_gpus(wanted: int, wait_seconds: float, log) -> list[Node]:
     asked, started = time.time(), time.monotonic()
     last_line, first_gpu, seen, idle = started, None, None, 0
     while True:
-        present = nodes()
+        import ray
+
+        entries = [entry for entry in ray.nodes() if entry.get("Alive")]
+        present = alive(entries)
         gpus = sum(node.gpus for node in present)
         status = autoscaler_status() or {}
-        pending = launching(status)
+        pending = launching(status, {entry.get(key) for entry in entries for key in ("NodeID", "NodeManagerAddress")})
         if float(status.get("time", 0)) > asked and status.get("time") != seen:  # an update after the request
             seen = status.get("time")
             idle = idle + 1 if not pending else 0

@@ -14,7 +14,7 @@ from latentsweep.accelerator import is_fault, out_of_memory
 from latentsweep.cluster import host_and_port
 from latentsweep.errors import UsageError
 from latentsweep.resources import Node, choose_device, pool_layout, require_fit
-from processes import LATENTSWEEP, run_command
+from processes import LATENTSWEEP, refused_before_writing, run_command
 
 GIB = 2**30
 HEAD = Node("head", 4, 0, 16 * GIB)          # cluster.yaml: m6i.xlarge head
@@ -99,3 +99,10 @@ def test_an_unreachable_address_is_one_line_and_exit_3_within_30_seconds(tmp_pat
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "cannot reach the Ray cluster" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_half_precision_on_the_cpu_is_refused_before_anything_is_written(tmp_path):
+    photo_corpus(tmp_path / "corpus", per_label=1)
+    line = refused_before_writing([*LATENTSWEEP, "ingest", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"),
+                                   "--half", "--device", "cpu", "--weights", "untrained"], tmp_path / "out")
+    assert "--half" in line and "CPU" in line

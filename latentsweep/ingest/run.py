@@ -96,6 +96,8 @@ def check(job: IngestJob) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(job, name)}")
     if job.embed.max_batch < 1 or (job.workers is not None and job.workers < 1):
         raise UsageError("--batch-size and --workers must be at least 1")
+    if job.embed.half and job.embed.device == "cpu":
+        raise UsageError("--half is fp16 inference on GPUs, and --device cpu runs on the CPU")
     if job.wait_for_gpus < 0:
         raise UsageError(f"--wait-for-gpus is a number of seconds, got {job.wait_for_gpus}")
 
@@ -136,10 +138,16 @@ def _space(job: IngestJob) -> tuple[str, str | None]:
     return weights.digest(job.embed.weights), weights.adapters_digest(job.embed.adapters)
 
 
+HALF_SUFFIX = "+fp16"
+
+
 def _settings(job: IngestJob, space: tuple[str, str | None]) -> dict:
+    """The plan's settings; the digest every row carries names the embedding space: the codec weights,
+    the adapters, and fp16 inference (its pooled values differ from fp32 beyond the CPU/GPU tolerance,
+    docs/performance.md), so that an index and its queries are compared within one space."""
     from latentsweep.codec import weights
 
-    return _plan_settings(job, weights.combined_digest(*space))  # adapters: a space of their own
+    return _plan_settings(job, weights.combined_digest(*space) + (HALF_SUFFIX if job.embed.half else ""))
 
 
 SCRATCH_PREFIX = "latentsweep-plan-"
@@ -267,6 +275,8 @@ def _join(job: IngestJob, out: storage.Location, log):
 
     connect(job.address, quiet=job.quiet)
     choice = device_choice(job.embed.device)
+    if job.embed.half and choice.device != "cuda":
+        raise UsageError(f"--half is fp16 inference on GPUs, and this job runs on the CPU ({choice.reason})")
     log(f"ingest: {choice.reason}")
     local = {} if "://" in job.source else {"input": os.path.abspath(job.source)}
     if not out.is_s3:
