@@ -37,6 +37,8 @@ WAIT_FOR_GPUS_SECONDS = 300.0
 # cannot meet (no GPU node type, or max_workers reached).
 WAIT_LINE_SECONDS = 15
 IDLE_UPDATES = 3
+# A stage that finished nothing for this long says what Ray is waiting for (StallWatch).
+STALL_SECONDS = 120
 # Once one GPU node is up, how long a job waits for the others it asked for before it starts on those up.
 MORE_GPUS_SECONDS = 60
 # The autoscaler's status record in Ray's internal key-value store (autoscaler/_private/monitor.py,
@@ -246,6 +248,56 @@ def acquire_gpus(wanted: int, wait_seconds: float, log) -> list[Node]:
         time.sleep(1)
 
 
+def waiting_demands() -> str | None:
+    """What Ray is waiting to place, as its monitor reports it (resource shapes of actors and tasks
+    that no node can take now), or None: Ray itself writes this only to its logs."""
+    import json
+
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALER_STATUS_KEY)
+    report = (json.loads(raw).get("load_metrics_report") or {}) if raw else {}
+    demands = [f"{count} x {shape}" for shape, count in report.get("resource_demand") or []]
+    return ", ".join(demands) or None
+
+
+class StallWatch:
+    """While a stage waits on Ray, say so when nothing finished for :data:`STALL_SECONDS`: what Ray
+    is waiting to place and what the autoscaler launches, the lines Ray keeps in its logs."""
+
+    def __init__(self, what: str, log, seconds: float = STALL_SECONDS):
+        import threading
+
+        self.what, self.log, self.seconds, self.last = what, log, seconds, time.monotonic()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> "StallWatch":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+
+    def progressed(self) -> None:
+        self.last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(self.seconds / 4):
+            idle = time.monotonic() - self.last
+            if idle < self.seconds:
+                continue
+            try:
+                demands, status = waiting_demands(), autoscaler_status()
+            except Exception:  # the cluster's state store is unreachable: the stage's own error will say
+                continue
+            pending = launching(status, set()) if status else {}
+            self.log(f"{self.what}: nothing finished for {idle:.0f} s; Ray is waiting to place "
+                     f"{demands or 'nothing'}" + (f"; the autoscaler is launching {pending}" if pending else "")
+                     + f"; nodes: {shapes(nodes())}")
+            self.last = time.monotonic()
+
+
 def release_request() -> None:
     """Withdraw this driver's standing request to the autoscaler (idle GPU nodes may then go)."""
     from ray.autoscaler.sdk import request_resources
@@ -325,6 +377,15 @@ def _remove_made(path: str) -> None:
         os.removedirs(path)
     except OSError:
         pass
+
+
+def require_shared_io(source: str, out) -> None:
+    """:func:`require_shared` for a job's ``source`` (a folder, a manifest or a URI) and its output
+    (a :class:`~latentsweep.storage.Location`); object storage needs no check."""
+    local = {} if "://" in source else {"input": os.path.abspath(source)}
+    if not out.is_s3:
+        local["output"] = out.fs_path
+    require_shared(local)
 
 
 def _stat(path: str) -> str:

@@ -160,9 +160,10 @@ def run(job: CodecJob, log=None) -> CodecSummary:
     if not summary.inputs:
         kind = "images" if job.mode == "compress" else "bitstreams (.jai)"
         raise UsageError(f"no {kind} found in {job.source}")
+    choice = _join(job, log) if items else None
     with lock.hold(storage.Location.parse(job.out), job.mode) as held:
         if items:
-            results += _process(job, items, summary, log, held)
+            results += _process(job, items, summary, log, held, choice)
     errors: Counter = Counter()
     for result in results:
         if result["status"] == "error":  # no error table here: failed inputs are named, even with -q
@@ -183,17 +184,26 @@ def run(job: CodecJob, log=None) -> CodecSummary:
     return summary
 
 
-def _process(job: CodecJob, items: list, summary: CodecSummary, log, held) -> list[dict]:
-    import ray
-    from ray.util import ActorPool
-    from tqdm import tqdm
-
-    from latentsweep.cluster import (MAX_GPU_REQUEST, WAIT_FOR_GPUS_SECONDS, connect, device_choice, encoder_pool,
-                                     release_request)
+def _join(job: CodecJob, log):
+    """Join (or start) Ray, decide the device and check that every node sees local paths, before the
+    output is claimed (as ingest does)."""
+    from latentsweep.cluster import connect, device_choice, require_shared_io
 
     connect(job.address, quiet=job.quiet)
     choice = device_choice(job.device)
     log(f"{job.mode}: {choice.reason}")
+    out = storage.Location.parse(job.out)
+    require_shared_io(job.source, out)
+    return choice
+
+
+def _process(job: CodecJob, items: list, summary: CodecSummary, log, held, choice) -> list[dict]:
+    import ray
+    from ray.util import ActorPool
+    from tqdm import tqdm
+
+    from latentsweep.cluster import MAX_GPU_REQUEST, WAIT_FOR_GPUS_SECONDS, encoder_pool, release_request
+
     chunks = [items[start:start + CHUNK] for start in range(0, len(items), CHUNK)]
     layout = encoder_pool(choice, job.workers, min(len(chunks), MAX_GPU_REQUEST), WAIT_FOR_GPUS_SECONDS, log)
     if layout["device"] == "cuda":

@@ -106,3 +106,20 @@ def test_half_precision_on_the_cpu_is_refused_before_anything_is_written(tmp_pat
     line = refused_before_writing([*LATENTSWEEP, "ingest", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"),
                                    "--half", "--device", "cpu", "--weights", "untrained"], tmp_path / "out")
     assert "--half" in line and "CPU" in line
+
+
+def test_a_stalled_stage_says_what_ray_waits_to_place(ray_session):
+    import ray
+
+    from latentsweep.cluster import StallWatch
+
+    lines: list[str] = []
+    stuck = ray.remote(num_gpus=4)(type("Stuck", (), {"ping": lambda self: 1})).remote()  # no node has 4 GPUs
+    try:
+        with StallWatch("ingest", lines.append, seconds=2):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any("GPU" in line for line in lines):
+                time.sleep(0.5)
+    finally:
+        ray.kill(stuck)
+    assert any(line.startswith("ingest: nothing finished for") and "'GPU': 4" in line for line in lines), lines

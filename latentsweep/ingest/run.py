@@ -271,17 +271,14 @@ def _join(job: IngestJob, out: storage.Location, log):
     """Join (or start) Ray and decide the device before anything is listed or written: the first line
     says where the work runs; local paths on a cluster of several nodes are refused unless every node
     sees them."""
-    from latentsweep.cluster import connect, device_choice, require_shared
+    from latentsweep.cluster import connect, device_choice, require_shared_io
 
     connect(job.address, quiet=job.quiet)
     choice = device_choice(job.embed.device)
     if job.embed.half and choice.device != "cuda":
         raise UsageError(f"--half is fp16 inference on GPUs, and this job runs on the CPU ({choice.reason})")
     log(f"ingest: {choice.reason}")
-    local = {} if "://" in job.source else {"input": os.path.abspath(job.source)}
-    if not out.is_s3:
-        local["output"] = out.fs_path
-    require_shared(local)
+    require_shared_io(job.source, out)
     return choice
 
 
@@ -348,7 +345,7 @@ def _encode(job: IngestJob, out: storage.Location, todo, items: int, settings: d
     from tqdm import tqdm
 
     from latentsweep.accelerator import last_fault
-    from latentsweep.cluster import quiet_data_context
+    from latentsweep.cluster import StallWatch, quiet_data_context
     from latentsweep.ingest.worker import ShardWorker
 
     layout["size"] = min(layout["size"], todo.num_rows)  # an actor without a shard would only load the codec
@@ -377,23 +374,25 @@ def _encode(job: IngestJob, out: storage.Location, todo, items: int, settings: d
     per_node: Counter = Counter()
     gpus: dict[str, set] = {}
     try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            held.check()  # a run that lost its lease stops handing out shards
-            for shard, embedded, encoded, shard_errors, node, node_gpus in zip(
-                    batch["shard"], batch["embedded"], batch["encoded"], batch["errors"], batch["node"],
-                    batch["gpus"]):
-                summary.shards_processed += 1
-                summary.embedded += int(embedded)
-                summary.items_encoded += int(encoded)
-                errors.update(json.loads(shard_errors))
-                per_node[node] += int(encoded)
-                gpus.setdefault(node, set()).update(json.loads(node_gpus))
-                bar.update(sizes[int(shard)])
-            now = time.monotonic()
-            if not job.quiet and now - last_line > 30:
-                log(f"ingest: {bar.n}/{items} images, {bar.n / (now - started):.1f} images/s, "
-                    f"{summary.shards_processed}/{todo.num_rows} shards written")
-                last_line = now
+        with StallWatch("ingest", log) as watch:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                held.check()  # a run that lost its lease stops handing out shards
+                watch.progressed()
+                for shard, embedded, encoded, shard_errors, node, node_gpus in zip(
+                        batch["shard"], batch["embedded"], batch["encoded"], batch["errors"], batch["node"],
+                        batch["gpus"]):
+                    summary.shards_processed += 1
+                    summary.embedded += int(embedded)
+                    summary.items_encoded += int(encoded)
+                    errors.update(json.loads(shard_errors))
+                    per_node[node] += int(encoded)
+                    gpus.setdefault(node, set()).update(json.loads(node_gpus))
+                    bar.update(sizes[int(shard)])
+                now = time.monotonic()
+                if not job.quiet and now - last_line > 30:
+                    log(f"ingest: {bar.n}/{items} images, {bar.n / (now - started):.1f} images/s, "
+                        f"{summary.shards_processed}/{todo.num_rows} shards written")
+                    last_line = now
     except ray.exceptions.RayActorError as error:
         fault = last_fault(run_id)
         raise JobFailed(f"an encoder actor died {ACTOR_RESTARTS + 1} times"
