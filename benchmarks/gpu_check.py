@@ -44,7 +44,6 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,21 +268,9 @@ def section_encode(ctx: Context, budget: Budget) -> None:
 
 
 def _tf32(on: bool) -> None:
-    import torch
-
     from latentsweep.codec.embed import full_float32
 
-    if not on:
-        full_float32()
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        conv = getattr(torch.backends.cudnn, "conv", None)
-        if conv is not None and hasattr(conv, "fp32_precision"):
-            torch.backends.cudnn.conv.fp32_precision = "tf32"
-            torch.backends.cudnn.rnn.fp32_precision = "tf32"
+    full_float32(tf32=on)
 
 
 ROUNDED = ("z_hat_luma", "z_hat_chroma", "residual_quant_luma", "residual_quant_chroma")

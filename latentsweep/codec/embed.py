@@ -21,7 +21,7 @@ from latentsweep.errors import UsageError
 _TF32_WARNING = ".*(new API settings|TF32).*"  # torch 2.9-2.11 warn on the legacy setters used below
 
 
-def full_float32() -> None:
+def full_float32(tf32: bool = False) -> None:
     """TF32 off for CUDA convolutions (cuDNN) and matmuls (cuBLAS), process-wide: one embedding space
     on every device. torch allows TF32 in cuDNN convolutions by default (``cudnn.allow_tf32`` is True),
     so on Ampere and newer GPUs the analysis transforms would read 10-bit mantissas and round ``z_hat``
@@ -32,17 +32,18 @@ def full_float32() -> None:
     RNN precisions are then pinned to ``"ieee"`` too: the legacy setter leaves them ``"none"`` (inherit),
     through which a process-wide ``torch.backends.fp32_precision = "tf32"`` would reach the codec. No
     effect on the CPU (bit-identical there). Called by :class:`Embedder`, which ingest, queries,
-    compress and decompress all build."""
+    compress and decompress all build. ``tf32=True`` turns it back on, for ``make gpu-check`` to show
+    what it would change."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_TF32_WARNING, category=UserWarning)
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
         conv = getattr(torch.backends.cudnn, "conv", None)
         if conv is not None and hasattr(conv, "fp32_precision"):
-            torch.backends.cudnn.conv.fp32_precision = "ieee"
-            torch.backends.cudnn.rnn.fp32_precision = "ieee"
+            torch.backends.cudnn.conv.fp32_precision = "tf32" if tf32 else "ieee"
+            torch.backends.cudnn.rnn.fp32_precision = "tf32" if tf32 else "ieee"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
