@@ -45,6 +45,9 @@ def _options(debug: Annotated[bool, typer.Option(
         os.environ[DEBUG_VARIABLE] = "1"
 
 
+AllowPartialOption = Annotated[bool, typer.Option(
+    "--allow-partial", help="Also take ingest outputs that have not finished (running or stopped): their "
+                            "written shards only, saying what is missing. Default: refuse them.")]
 ConfigOption = Annotated[Optional[Path], typer.Option(
     "--config", callback=apply_config, is_eager=True, exists=False,
     help="YAML file whose keys mirror this command's flags (flags on the command line win).")]
@@ -481,6 +484,7 @@ def index_build(
     open_set_target: Annotated[float, typer.Option(
         help="Calibrate the open-set threshold (stored in the manifest, used by sweeps) so that this share "
              "of the index's own references, each searched against the others, would be called unknown.")] = 0.05,
+    allow_partial: AllowPartialOption = False,
     address: AddressOption = None,
     quiet: QuietOption = False,
     config: ConfigOption = None,
@@ -490,7 +494,7 @@ def index_build(
 
     manifest = build(IndexJob(list(embeddings), out, features, index_type, auto, int(memory_budget * 2**30),
                               shards, train_sample, quiet, address, min_recall=min_recall,
-                              open_set_target=open_set_target))
+                              open_set_target=open_set_target, allow_partial=allow_partial))
 
     typer.echo(f"index: {manifest.vectors} vectors, {manifest.dimension} dims, {len(manifest.shards)} shards, "
                f"type {manifest.index_spec}, labels {len(manifest.labels)} -> {out}")
@@ -501,6 +505,7 @@ def index_add(
     embeddings: IndexSourcesArgument,
     out: Annotated[str, typer.Option("--index", help="The index to extend.")],
     shards: Annotated[int, typer.Option(help="New shards to add.")] = 1,
+    allow_partial: AllowPartialOption = False,
     address: AddressOption = None,
     quiet: QuietOption = False,
     config: ConfigOption = None,
@@ -508,7 +513,8 @@ def index_add(
     """Append new reference embeddings as new shards; old shards and the scaler stay as they are."""
     from latentsweep.index.build import IndexJob, add
 
-    manifest = add(IndexJob(list(embeddings), out, shards=shards, quiet=quiet, address=address))
+    manifest = add(IndexJob(list(embeddings), out, shards=shards, quiet=quiet, address=address,
+                            allow_partial=allow_partial))
     typer.echo(f"index: now {manifest.vectors} vectors in {len(manifest.shards)} shards -> {out}")
 
 
@@ -534,6 +540,7 @@ def sweep(
         "--adapters", help="SFMA adapters to embed image queries with: 'default' or a .pt; default: those the "
                            "index was built with, when they are the shipped ones.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo the whole partition.")] = False,
+    allow_partial: AllowPartialOption = False,
     address: AddressOption = None,
     quiet: QuietOption = False,
     config: ConfigOption = None,
@@ -542,7 +549,8 @@ def sweep(
     from latentsweep.query.sweep import SweepJob, check, sweep as run_sweep
 
     job = SweepJob(list(queries), index, out, k=k, weighted=weighted, open_set_threshold=open_set_threshold,
-                   workers=workers, index_parts=index_parts, overwrite=overwrite, quiet=quiet, address=address)
+                   workers=workers, index_parts=index_parts, overwrite=overwrite, quiet=quiet, address=address,
+                   allow_partial=allow_partial)
     if date:
         job.date = date
     manifest = check(job)  # before the night's images are ingested
@@ -570,9 +578,11 @@ def embeddings_for(job, weights: Optional[str], adapters: Optional[str], manifes
     from latentsweep.storage import Location
 
     try:
-        features.embedding_files(job.queries)
+        features.embedding_files(job.queries, job.allow_partial)
         return job.queries
-    except UsageError:
+    except features.IncompleteIngest:
+        raise
+    except UsageError:  # not embeddings: images to ingest first
         pass
     half = manifest.weights_digest.endswith(HALF_SUFFIX)  # an index of fp16 rows: queries in fp16 too
     space = manifest.weights_digest.removesuffix(HALF_SUFFIX)

@@ -106,6 +106,10 @@ ERROR_SCHEMA = pa.schema([
 # Readers take DEST/embeddings/shard-NNNNN.parquet of these shards only, never a glob.
 INGEST_SHARDS_FILE = "shards.parquet"
 INGEST_PLAN_FILES = ("manifest", INGEST_SHARDS_FILE, "manifest.parquet", "errors")  # not embeddings
+# Written by an ingest that finished every shard of its plan, removed when a run starts: readers
+# (index build, index add, sweep) take an ingest output only when it holds this record and its
+# ``plan_sha256`` is the SHA-256 of the current DEST/shards.parquet.
+INGEST_COMPLETE_FILE = "_COMPLETE.json"
 
 def shard_name(shard_id: int) -> str:
     """The name of a shard's files: ``embeddings/shard-NNNNN.parquet``, ``errors/...``, ``_done/...``."""

@@ -71,6 +71,7 @@ class IndexJob:
     log: object = field(default=None, repr=False)
     min_recall: float = DEFAULT_MIN_RECALL  # recall@10 an ANN type must reach (--auto refuses below it)
     open_set_target: float = DEFAULT_OPEN_SET_TARGET  # false-unknown rate the calibrated threshold aims at
+    allow_partial: bool = False  # take ingest outputs that have not finished their plan (what is missing is said)
 
 
 def shard_memory(spec: str, dimension: int, vectors: int, largest_file: int, queries: int = 0) -> int:
@@ -306,7 +307,7 @@ def check(job: IndexJob, existing: Manifest | None) -> list[str]:
     if existing and locate(job.out)[0] != storage.Location.parse(job.out).uri:
         raise UsageError(f"{job.out} is one version of an index, kept for its readers: add to the index "
                          f"folder above it")
-    files = features.embedding_files(job.sources)
+    files = features.embedding_files(job.sources, job.allow_partial, stage_log(job.quiet))
     dimension = sum(features.columns_of(files[0], _feature_spec(job, existing)).values())
     if not existing and not job.auto:
         factory.check(job.index_spec, dimension)

@@ -12,20 +12,27 @@ from latentsweep.errors import UsageError
 from latentsweep.schema import FEATURE_SETS
 
 PROVENANCE = ("codec", "weights_digest", "pooling")
+
+
+class IncompleteIngest(UsageError):
+    """An ingest output that has not finished its plan, read without ``--allow-partial``."""
+
 METADATA_COLUMNS = ("id", "uri", "label", "family")
 
 
-def embedding_files(sources: list[str]) -> list[str]:
+def embedding_files(sources: list[str], allow_partial: bool = False, log=None) -> list[str]:
     """Parquet files of one or many ingest outputs (``DEST``), folders of Parquet, or files. An
     ingest output contributes the shard files of its current plan only (``DEST/shards.parquet``):
-    files of shards an earlier plan had and this one dropped are never read."""
+    files of shards an earlier plan had and this one dropped are never read. An ingest output that
+    is running, or stopped before its end, is refused (an index of part of a corpus would report
+    success); ``allow_partial`` takes the shards it has written, saying what is missing."""
     files: list[str] = []
     for source in sources:
         location = storage.Location.parse(source)
         if source.endswith(".parquet"):
             files.append(location.uri)
             continue
-        found = _planned(location)
+        found = _planned(location, allow_partial, log)
         if found is None:
             found = [info.uri for info in _list(location) if info.uri.endswith(".parquet")
                      and not set(location.relative(info.uri).split("/")) & set(schema.INGEST_PLAN_FILES)]
@@ -35,14 +42,30 @@ def embedding_files(sources: list[str]) -> list[str]:
     return sorted(set(files))
 
 
-def _planned(location: storage.Location) -> list[str] | None:
-    """The embedding files of the ingest output at ``location`` (None when it is not one)."""
+def _planned(location: storage.Location, allow_partial: bool = False, log=None) -> list[str] | None:
+    """The embedding files of the ingest output at ``location`` (None when it is not one), refused
+    unless the ingest finished its plan (``schema.INGEST_COMPLETE_FILE``) or ``allow_partial``."""
+    import hashlib
+    import json
+
     shards = location.join(schema.INGEST_SHARDS_FILE)
     if not storage.exists(shards):
         return None
+    data = storage.read_bytes(shards)
     names = {f"{schema.shard_name(shard)}.parquet" for shard in
-             storage.read_table(shards, columns=["shard"]).column("shard").to_pylist()}
-    return [info.uri for info in _list(location.join("embeddings")) if info.uri.rsplit("/", 1)[-1] in names]
+             storage.parse_table(data, shards).column("shard").to_pylist()}
+    found = [info.uri for info in _list(location.join("embeddings")) if info.uri.rsplit("/", 1)[-1] in names]
+    complete = location.join(schema.INGEST_COMPLETE_FILE)
+    record = json.loads(storage.read_bytes(complete)) if storage.exists(complete) else {}
+    if record.get("plan_sha256") != hashlib.sha256(data).hexdigest():
+        state = (f"{len(found)} of its {len(names)} planned shards are written; the ingest is running or "
+                 f"stopped before its end")
+        if not allow_partial:
+            raise IncompleteIngest(f"{location.uri} is not a complete ingest: {state}. Rerun the ingest to finish "
+                             f"it, or pass --allow-partial to use the shards written so far")
+        if log:
+            log(f"--allow-partial: {location.uri}: {state}; using those {len(found)} shards")
+    return found
 
 
 def _list(location: storage.Location):

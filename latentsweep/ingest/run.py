@@ -33,7 +33,7 @@ from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from latentsweep.ingest.sources import Listing, list_source
 from latentsweep.ingest.write import DONE_FOLDER, DONE_INDEX, done_records, shard_files, write_done_index
 from latentsweep.resources import DEVICES
-from latentsweep.schema import DESCRIPTORS
+from latentsweep.schema import DESCRIPTORS, INGEST_COMPLETE_FILE
 
 PLAN_VERSION = 2  # stable shards (manifest parts + shards.parquet); version 1 re-hashed every run
 MAX_BLOCKS = 20_000  # Ray Data blocks of the shard list: one shard each up to this many
@@ -259,12 +259,25 @@ def run(job: IngestJob, log=None) -> IngestSummary:
         summary.skipped_unsupported = listing.skipped
         settings = _settings(job, space)
         with lock.hold(out, "ingest") as held:
+            storage.delete(out.join(INGEST_COMPLETE_FILE))  # readers refuse this output until it is whole again
             _plan_and_process(job, out, listed, settings, summary, log, held, scratch, choice)
             write_done_index(out)
+            _mark_complete(out, summary)
             summary.seconds = round(time.monotonic() - started, 2)
             summary.images_per_second = round(summary.items_encoded / summary.seconds, 2) if summary.seconds else 0.0
             storage.write_bytes(out.join("summary.json"), json.dumps(asdict(summary), indent=2).encode())
     return summary
+
+
+def _mark_complete(out: storage.Location, summary: IngestSummary) -> None:
+    """Every shard of the plan is done (with or without error rows): record it against the plan's
+    shard list, for readers to check (schema.INGEST_COMPLETE_FILE)."""
+    import hashlib
+
+    plan = storage.read_bytes(out.join(manifest.SHARDS_FILE))
+    record = {"plan_sha256": hashlib.sha256(plan).hexdigest(), "shards": summary.shards,
+              "embedded": summary.embedded, "failed": summary.failed}
+    storage.write_bytes(out.join(INGEST_COMPLETE_FILE), json.dumps(record, indent=2).encode())
 
 
 def _join(job: IngestJob, out: storage.Location, log):

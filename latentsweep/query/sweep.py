@@ -47,6 +47,7 @@ class SweepJob:
     overwrite: bool = False
     quiet: bool = False
     address: str | None = None
+    allow_partial: bool = False  # take query ingests that have not finished their plan (what is missing is said)
 
 
 @dataclass
@@ -194,7 +195,7 @@ def _done(location: storage.Location) -> dict[str, dict]:
 def sweep(job: SweepJob, log=None) -> SweepSummary:
     """Attribute every query file of ``job`` into its date partition; one sweep per partition at a time."""
     manifest = check(job)
-    files = features.embedding_files(job.queries)
+    files = features.embedding_files(job.queries, job.allow_partial, log or stage_log(job.quiet))
     check_queries(files, manifest)
     location = partition(job)
     with lock.hold(location, "sweep") as held:
@@ -205,6 +206,7 @@ def _sweep(job: SweepJob, files: list[str], location: storage.Location, manifest
            held: lock.Held) -> SweepSummary:
     started = time.monotonic()
     summary = SweepSummary(location.uri)
+    storage.delete(location.join(SUCCESS))  # the partition is not complete again until this run's record
     parts, todo = _plan(job, files, location, manifest)
     summary.parts, summary.parts_already_done = len(parts), len(parts) - len(todo)
     if todo:
@@ -232,8 +234,20 @@ def _plan(job: SweepJob, files: list[str], location: storage.Location, manifest)
         for info in list(storage.list_files(location, missing_ok=True)):
             if not lock.is_lock_file(info.uri):
                 storage.delete(info.uri)
+    _remove_stale(location, {name for _, name, _ in parts})
     done = _done(location)
     return parts, [p for p in parts if done.get(p[1], {}).get("digest") != p[2]]
+
+
+def _remove_stale(location: storage.Location, current: set[str]) -> None:
+    """Result parts (and their done markers) of query files that are no longer in the night: the
+    partition holds exactly the parts its ``_SUCCESS.json`` lists."""
+    for info in list(storage.list_files(location, missing_ok=True)):
+        relative = location.relative(info.uri)
+        folder, _, name = relative.rpartition("/")
+        stem = name.rsplit(".", 1)[0]
+        if stem.startswith("part-") and folder in ("", DONE_FOLDER) and stem not in current:
+            storage.delete(info.uri)
 
 
 def _settings(job: SweepJob) -> dict:
