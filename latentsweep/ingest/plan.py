@@ -171,7 +171,7 @@ def plan(listed: Spill, shard_size: int, settings: dict, previous: Iterable[pa.T
         old_shards.update(np.unique(part.column("shard").to_numpy()).tolist())
     ranges |= set(before.buckets())
     planned, kept_shards = Spill(folder, "planned"), set()
-    counts = {"inputs": 0, "unchanged": 0, "new": 0, "changed": 0, "removed": 0}
+    counts = {"inputs": 0, "unchanged": 0, "new": 0, "changed": 0, "removed": 0, "collisions": 0}
     next_shard = max(old_shards, default=-1) + 1
     for bucket in sorted(ranges):  # in id order, so that new shards fill in id order
         rows, old = listed.read(bucket), before.read(bucket)
@@ -192,7 +192,9 @@ def _plan_range(listed: pa.Table, old: pa.Table | None, counts: dict, next_shard
     Known items keep their shard and are fresh only if changed; new ones take the next places in
     the new shards (``counts["new"]``, the new items of the ranges before, says which). Returns the
     planned rows (the manifest's columns and ``fresh``) and the old shards still holding an item."""
-    ids, first = np.unique(listed.column("id").to_numpy(), return_index=True)
+    resolved, collisions = resolve_collisions(listed.column("id").to_numpy(), listed.column("uri"))
+    counts["collisions"] += collisions
+    ids, first = np.unique(resolved, return_index=True)
     rows = listed.take(pa.array(first))  # one per URI, the first listed, sorted by id
     shards, fresh, kept = np.full(len(ids), -1, np.int32), np.ones(len(ids), bool), set()
     if old is not None:
@@ -216,6 +218,43 @@ def _plan_range(listed: pa.Table, old: pa.Table | None, counts: dict, next_shard
     planned = {"id": pa.array(ids, pa.int64()), "shard": pa.array(shards, pa.int32())}
     planned.update({name: rows.column(name) for name in MANIFEST_SCHEMA.names[2:]})
     return pa.table({**planned, "fresh": pa.array(fresh)}), kept
+
+
+LOW_BITS = 64 - PARTITION_BITS
+LOW_MASK = (1 << LOW_BITS) - 1
+
+
+def alternative_id(base: int, uri: str, attempt: int) -> int:
+    """The id a URI takes when ``base`` (its :func:`stable_id`) belongs to another URI: its top bits
+    (the id range it is planned in) kept, the rest from the SHA-256 of the URI and the attempt number.
+    A pure function of its arguments, so the same URI gets the same id every run."""
+    low = stable_id(f"{uri}\n#{attempt}") & LOW_MASK
+    value = (base >> LOW_BITS << LOW_BITS) & (2**64 - 1) | low  # as unsigned 64 bits, then back to int64
+    return value - 2**64 if value >= 2**63 else value
+
+
+def resolve_collisions(ids: np.ndarray, uris) -> tuple[np.ndarray, int]:
+    """``ids`` with those that two different URIs share resolved: of the URIs behind one id, the first in
+    string order keeps it and each other takes the next :func:`alternative_id` free in this listing
+    (64-bit hashes of URIs collide once in ~37 at 1B items). Rows of the same URI keep one id (listed
+    twice is one item). Returns (ids, how many URIs moved)."""
+    values, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    shared = np.flatnonzero(counts[inverse] > 1)
+    if not len(shared):
+        return ids, 0
+    resolved, taken, moved = ids.copy(), set(values.tolist()), 0
+    groups: dict[int, dict[str, list[int]]] = {}
+    for row in shared.tolist():
+        groups.setdefault(int(ids[row]), {}).setdefault(uris[row].as_py(), []).append(row)
+    for base, by_uri in groups.items():
+        for uri in sorted(by_uri)[1:]:
+            attempt = 1
+            while (candidate := alternative_id(base, uri, attempt)) in taken:
+                attempt += 1
+            taken.add(candidate)
+            resolved[by_uri[uri]] = candidate
+            moved += 1
+    return resolved, moved
 
 
 def _text(column) -> pa.Array:

@@ -65,6 +65,7 @@ class IngestSummary:
     new: int = 0
     changed: int = 0
     removed: int = 0
+    collisions: int = 0  # URIs whose 64-bit id another URI has: given an alternative id (ingest/plan.py)
     embedded: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     skipped_unsupported: int = 0
@@ -301,7 +302,7 @@ def _plan_and_process(job: IngestJob, out: storage.Location, listed: planning.Sp
     plan, previous_shards = _plan(job, out, listed, settings, scratch)
     if job.overwrite:
         _clear(out)
-    for name in ("inputs", "new", "changed", "removed"):
+    for name in ("inputs", "new", "changed", "removed", "collisions"):
         setattr(summary, name, plan.counts[name])
     stored = manifest.write(out, plan, previous_shards)
     storage.write_bytes(out.join("plan.json"), json.dumps(
