@@ -329,3 +329,43 @@ def test_unlabelled_night_has_no_metrics_and_neutral_frames(photos):
     assert not any(row["attrs"].get("class") == "miss" for row in rows)
     pixels = screenshot(page, photos / "night.png")
     assert pixels.std() > 20
+
+
+def test_the_page_from_per_part_aggregates_equals_the_page_from_every_row(synthetic, monkeypatch):
+    """The driver builds the page from each part's candidates, reduced as parts come in: the same page
+    as the one made of every result row, even when the caps are far below the night's size."""
+    from functools import reduce
+
+    from latentsweep.query.sweep import AGGREGATE_KEY, AGGREGATES
+
+    record = json.loads((synthetic["partition"] / "_SUCCESS.json").read_text())
+    results = results_of(synthetic["partition"])
+    monkeypatch.setattr(report, "TABLE_ROWS", 7)
+    monkeypatch.setattr(report, "STRIPS_LEAST_CONFIDENT", 2)
+    monkeypatch.setattr(report, "STRIPS_RANDOM", 3)
+    monkeypatch.setattr(report, "thumbnail", lambda uri: "data:image/jpeg;base64,AAAA" if uri else None)
+    parts = sorted((synthetic["partition"]).glob("part-*.parquet"))
+    assert len(parts) == 2
+    merged = report.candidates(results.slice(0, 0))
+    for part in parts:  # as the driver merges them, one part at a time
+        merged = report.candidates(pa.concat_tables([merged, report.candidates(storage.read_table(str(part)))]))
+    assert merged.num_rows < results.num_rows
+    predicted = report.predicted_counts(results.column("predicted_label").to_pylist())
+    whole = report.render(results, record["summary"], record["provenance"], FAMILIES)
+    assert report.render(merged, record["summary"], record["provenance"], FAMILIES, predicted=predicted) == whole
+    # the metrics added up from the parts' tallies are the metrics of every labelled row
+    tallies = [json.loads(pq.read_schema(str(path)).metadata[AGGREGATE_KEY.encode()])["tally"]
+               for path in sorted((synthetic["partition"] / AGGREGATES).glob("*.parquet"))]
+    added = metrics.summarise_tally(reduce(metrics.merge_tallies, tallies), FAMILIES)
+    for name, value in record["summary"]["metrics"]["overall"].items():
+        assert added["overall"][name] == pytest.approx(value)
+    labelled = results.filter(results.column("label").is_valid())
+    labels = labelled.column("label").to_pylist()
+    rows = metrics.per_queries(labels, labelled.column("neighbor_labels").to_pylist(),
+                               [json.loads((synthetic["root"] / "index" / "manifest.json").read_text())["labels"]
+                                .get(label, 0) for label in labels], FAMILIES, 10,
+                               predicted=labelled.column("predicted_label").to_pylist())
+    direct = metrics.summarise(labels, rows, FAMILIES)
+    assert direct["confusion"] == added["confusion"]
+    for name, value in direct["overall"].items():
+        assert added["overall"][name] == pytest.approx(value)

@@ -99,29 +99,64 @@ def summarise(labels: list[str], rows: list[dict], families: dict[str, str]) -> 
     (the vote in a sweep, the top-1 neighbour's label in the paper's protocol). When no query's label
     has a family (labels from folders), Top-1 Type and the by-family means are left out: they would
     read 0 and "unassigned", which says nothing."""
-    typed = any(label in families for label in labels)
-    names = [name for name in (rows[0] if rows else ("top1", precision_key(10), ap_key(10), "ap_full", "type_top1"))
-             if name not in LABELS_OF_ROWS and (typed or name != "type_top1")]
+    return summarise_tally(tally(labels, rows), families)
 
-    def mean(selected: list[dict]) -> dict:
+
+def tally(labels: list[str], rows: list[dict]) -> dict:
+    """What :func:`summarise` needs of ``rows``, in a form that adds up (:func:`merge_tallies`): per
+    label, the number of queries and the sum of each metric; the confusion counts. A sweep tallies
+    each part where it is written, and the driver adds the tallies: it never holds the queries."""
+    by_label: dict = {}
+    for label, row in zip(labels, rows):
+        entry = by_label.setdefault(label, {"queries": 0, "sums": {}, "confusion": {}})
+        entry["queries"] += 1
+        for name, value in row.items():
+            if name not in LABELS_OF_ROWS:
+                entry["sums"][name] = entry["sums"].get(name, 0.0) + value
+        predicted = row["predicted"] or "none"
+        entry["confusion"][predicted] = entry["confusion"].get(predicted, 0) + 1
+    return {"names": [name for name in (rows[0] if rows else ()) if name not in LABELS_OF_ROWS],
+            "by_label": by_label}
+
+
+def merge_tallies(first: dict, second: dict) -> dict:
+    """The tally of two sets of queries."""
+    merged = {"names": first["names"] or second["names"], "by_label": {}}
+    for part in (first, second):
+        for label, entry in part["by_label"].items():
+            target = merged["by_label"].setdefault(label, {"queries": 0, "sums": {}, "confusion": {}})
+            target["queries"] += entry["queries"]
+            for name, value in entry["sums"].items():
+                target["sums"][name] = target["sums"].get(name, 0.0) + value
+            for name, count in entry["confusion"].items():
+                target["confusion"][name] = target["confusion"].get(name, 0) + count
+    return merged
+
+
+def summarise_tally(counts: dict, families: dict[str, str]) -> dict:
+    """:func:`summarise` of a :func:`tally`."""
+    by_label = counts["by_label"]
+    typed = any(label in families for label in by_label)
+    names = [name for name in (counts["names"] or ("top1", precision_key(10), ap_key(10), "ap_full", "type_top1"))
+             if typed or name != "type_top1"]
+
+    def mean(entries: list[dict]) -> dict:
+        queries = sum(entry["queries"] for entry in entries)
         result = {("m" + name if name.startswith("ap_") else name):  # ap_at_<k> -> map_at_<k>, ap_full -> map_full
-                  float(np.mean([r[name] for r in selected])) if selected else 0.0 for name in names}
-        result["queries"] = len(selected)
+                  sum(entry["sums"].get(name, 0.0) for entry in entries) / queries if queries else 0.0
+                  for name in names}
+        result["queries"] = queries
         return result
 
-    by_label, by_family = defaultdict(list), defaultdict(list)
-    confusion: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for label, row in zip(labels, rows):
-        by_label[label].append(row)
-        by_family[families.get(label, "unassigned")].append(row)
-        confusion[label][row["predicted"] or "none"] += 1
-    voted = bool(rows) and "vote_accuracy" in rows[0]
-    overall = mean(rows)
-    return {"overall": overall,
+    by_family: dict[str, list[dict]] = defaultdict(list)
+    for label, entry in by_label.items():
+        by_family[families.get(label, "unassigned")].append(entry)
+    voted = "vote_accuracy" in names
+    return {"overall": mean(list(by_label.values())),
             "confusion_of": "predicted_label (k-NN vote)" if voted else "top-1 neighbour's label",
-            "by_family": {family: mean(selected) for family, selected in sorted(by_family.items())} if typed else {},
-            "by_label": {label: mean(selected) for label, selected in sorted(by_label.items())},
-            "confusion": {label: dict(sorted(row.items())) for label, row in sorted(confusion.items())}}
+            "by_family": {family: mean(entries) for family, entries in sorted(by_family.items())} if typed else {},
+            "by_label": {label: mean([entry]) for label, entry in sorted(by_label.items())},
+            "confusion": {label: dict(sorted(entry["confusion"].items())) for label, entry in sorted(by_label.items())}}
 
 
 def precision_name(values: dict) -> str | None:

@@ -13,10 +13,15 @@ seeded random set.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from latentsweep import storage
 from latentsweep.query.metrics import at_k, map_name, precision_name
@@ -29,6 +34,9 @@ TABLE_ROWS = 5000           # per-query rows embedded in the page (the least con
 FRAME = {"label": "#1a9850", "family": "#fdae61", "wrong": "#d73027"}
 NEUTRAL = "#9e9e9e"         # a neighbour of a query without a label: nothing to judge
 MISSING = "\u2014"          # shown for NULL (no label, no family)
+CANDIDATE_COLUMNS = ("uri", "predicted_label", "predicted_family", "vote_share", "confidence", "top_score", "unknown",
+                     "label")
+NEIGHBOUR_COLUMNS = ("neighbor_uris", "neighbor_labels", "neighbor_scores")
 
 
 def warm_up() -> None:
@@ -205,8 +213,7 @@ def _confidence_order(rows: dict) -> list[int]:
                                                           rows["uri"][i]))
 
 
-def _query_table(rows: dict, order: list[int]) -> str:
-    total = len(order)
+def _query_table(rows: dict, order: list[int], total: int) -> str:
     shown = order[:TABLE_ROWS]
     labelled = any(label is not None for label in rows["label"])
     predicted = sorted({label for label in rows["predicted_label"] if label is not None})
@@ -296,18 +303,44 @@ SCRIPT = """<script>
 </script>"""
 
 
-def _sample(order: list[int]) -> tuple[list[int], list[int]]:
-    """The strips' sample: the least confident queries, then others drawn with a fixed seed."""
-    import numpy as np
+def _sample_keys(uris: list[str]) -> np.ndarray:
+    """A seeded pseudo-random key per query, a function of its URI alone: the strips' random queries
+    are those of smallest key, so a part's candidates (:func:`candidates`) always hold the night's."""
+    return np.array([int.from_bytes(hashlib.sha256(f"{STRIP_SEED}:{uri}".encode()).digest()[:8], "big")
+                     for uri in uris], dtype=np.uint64)
 
+
+def _sample(order: list[int], keys: np.ndarray) -> tuple[list[int], list[int]]:
+    """The strips' sample: the least confident queries, then the others of smallest key."""
     least = order[:STRIPS_LEAST_CONFIDENT]
     rest = order[STRIPS_LEAST_CONFIDENT:]
-    drawn = np.random.default_rng(STRIP_SEED).choice(len(rest), size=min(STRIPS_RANDOM, len(rest)), replace=False)
-    return least, [rest[i] for i in sorted(drawn)]
+    drawn = set(sorted(rest, key=lambda i: keys[i])[:STRIPS_RANDOM])
+    return least, [i for i in rest if i in drawn]
 
 
-def _strips(results, order: list[int], families: dict[str, str]) -> str:
-    least, drawn = _sample(order)
+def candidates(results: pa.Table) -> pa.Table:
+    """The rows of ``results`` a report can show, whatever other rows the night holds: the
+    :data:`TABLE_ROWS` least confident, and the rows either strip could draw (the least confident and
+    those of smallest key), only these with their neighbours. Candidates of candidates are the same
+    rows, so a sweep keeps each part's candidates and reduces them as parts are merged: the driver
+    never holds a night's results."""
+    rows = results.select(list(CANDIDATE_COLUMNS)).to_pydict()
+    order = _confidence_order(rows)
+    keys = _sample_keys(rows["uri"])
+    keyed = np.argsort(keys, kind="stable")[:STRIPS_LEAST_CONFIDENT + STRIPS_RANDOM].tolist()
+    strips = set(order[:STRIPS_LEAST_CONFIDENT]) | set(keyed)
+    keep = sorted(set(order[:TABLE_ROWS]) | strips)
+    chosen = results.select(list(CANDIDATE_COLUMNS) + list(NEIGHBOUR_COLUMNS)).take(pa.array(keep, pa.int64()))
+    mask = pa.array([i in strips for i in keep])
+    for name in NEIGHBOUR_COLUMNS:
+        column = chosen.column(name)
+        chosen = chosen.set_column(chosen.schema.get_field_index(name), name,
+                                   pc.if_else(mask, column, pa.nulls(len(keep), column.type)))
+    return chosen
+
+
+def _strips(results, order: list[int], families: dict[str, str], total: int) -> str:
+    least, drawn = _sample(order, _sample_keys(results.column("uri").to_pylist()))
     sample = results.take(least + drawn).select(["uri", "label", "predicted_label", "vote_share",
                                                   "neighbor_uris", "neighbor_labels", "neighbor_scores"]).to_pylist()
     uris = {row["uri"] for row in sample} | {uri for row in sample for uri in row["neighbor_uris"] or [] if uri}
@@ -324,7 +357,8 @@ def _strips(results, order: list[int], families: dict[str, str]) -> str:
                    f"({_number(row['vote_share'], 2)})" + (f"<br>label {_text(label)}" if label is not None else ""))
         cells = [f'<figure><img src="{query}" style="border:3px solid #333" title="{html.escape(row["uri"])}">'
                  f"<figcaption>query<br>{caption}</figcaption></figure>"]
-        for uri, neighbour, score in zip(row["neighbor_uris"], row["neighbor_labels"], row["neighbor_scores"]):
+        for uri, neighbour, score in zip(row["neighbor_uris"] or [], row["neighbor_labels"] or [],
+                                         row["neighbor_scores"] or []):
             if label is None:
                 colour, verdict, neutral = NEUTRAL, "query has no label", True
             else:
@@ -340,7 +374,6 @@ def _strips(results, order: list[int], families: dict[str, str]) -> str:
                          f"<figcaption>{_text(neighbour)}<br>{_number(score)}</figcaption></figure>")
         blocks[group].append(f'<div class="strip">{"".join(cells)}</div>')
         rendered[group] += 1
-    total = len(order)
     strips = rendered["least"] + rendered["random"]
     statement = (f"Neighbour strips for {strips} of {total} queries: the {rendered['least']} least confident and "
                  f"{rendered['random']} chosen at random (seed {STRIP_SEED}).")
@@ -362,6 +395,14 @@ def _strips(results, order: list[int], families: dict[str, str]) -> str:
     return "".join(parts)
 
 
+def predicted_counts(labels) -> dict[str, int]:
+    """Queries per predicted label (NULL shown as a dash)."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label or MISSING] = counts.get(label or MISSING, 0) + 1
+    return counts
+
+
 STYLE = ("body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}"
          "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}"
          "table.kv th,table.kv td{text-align:left}#query-table th{cursor:pointer}"
@@ -373,24 +414,24 @@ STYLE = ("body{font-family:sans-serif;margin:24px;color:#222}table{border-collap
          ".missing{width:72px;height:72px;background:#eee}")
 
 
-def render(results, summary: dict, provenance: dict, families: dict[str, str]) -> bytes:
-    """The report page of a sweep partition from its results (every part, one Arrow table), its
-    summary and its provenance."""
-    rows = results.select(["uri", "predicted_label", "predicted_family", "vote_share", "confidence", "top_score", "unknown",
-                           "label"]).to_pydict()
+def render(results, summary: dict, provenance: dict, families: dict[str, str],
+           predicted: dict[str, int] | None = None) -> bytes:
+    """The report page of a sweep partition from its results (every part, or their :func:`candidates`
+    with ``predicted``, the night's count of queries per predicted label), its summary and its
+    provenance."""
+    rows = results.select(list(CANDIDATE_COLUMNS)).to_pydict()
     order = _confidence_order(rows)
+    total = len(order) if predicted is None else sum(predicted.values())
     date = provenance.get("date") or ""
     sections = [f"<h1>latentsweep sweep report {html.escape(date)}</h1><p>{html.escape(summary['out'])}</p>",
                 _provenance(provenance, summary)]
     if summary.get("metrics") and summary.get("labelled"):
         sections += _metrics(summary["metrics"], summary)
-    predicted: dict[str, int] = {}
-    for label in rows["predicted_label"]:
-        predicted[label or MISSING] = predicted.get(label or MISSING, 0) + 1
+    predicted = predicted_counts(rows["predicted_label"]) if predicted is None else predicted
     if predicted:
         sections.append(f'<h2>Predicted labels</h2><img src="{bars_figure(dict(sorted(predicted.items())), "queries per predicted label")}">')
-    sections.append(_query_table(rows, order))
-    sections.append(_strips(results, order, families))
+    sections.append(_query_table(rows, order, total))
+    sections.append(_strips(results, order, families, total))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>latentsweep report "
             f"{html.escape(date)}</title><style>{STYLE}</style></head><body>"
             + "".join(sections) + SCRIPT + "</body></html>")

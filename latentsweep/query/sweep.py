@@ -30,6 +30,8 @@ DONE_FOLDER = "_done"
 QUEUED = 2          # calls waiting on each query actor at once
 ACTOR_RESTARTS = 3  # a query actor whose process dies is restarted and its calls retried this often
 SUCCESS = "_SUCCESS.json"
+AGGREGATES = "_aggregates"  # per part: its report candidates and counts (write_aggregate)
+AGGREGATE_KEY = "latentsweep.aggregate"
 REPORT = "report.html"
 
 
@@ -109,7 +111,9 @@ class SweepWorker:
         batch = features.read_columns(uri, list(self.engine.manifest.columns), with_uri=True)
         require_index_space(batch.provenance, self.expected, uri)
         table = self.results(batch)
-        storage.write_table(self.partition.join(f"{name}.parquet"), table)
+        data = storage.table_bytes(table)
+        storage.write_bytes(self.partition.join(f"{name}.parquet"), data)
+        write_aggregate(self.partition, name, table, data, self.engine.manifest, self.settings["k"])
         unknown = int(np.count_nonzero(table.column("unknown").to_numpy()))
         marker = {"part": name, "digest": digest, "rows": table.num_rows, "unknown": unknown}
         storage.write_bytes(self.partition.join(DONE_FOLDER, f"{name}.json"), json.dumps(marker).encode())
@@ -246,7 +250,7 @@ def _remove_stale(location: storage.Location, current: set[str]) -> None:
         relative = location.relative(info.uri)
         folder, _, name = relative.rpartition("/")
         stem = name.rsplit(".", 1)[0]
-        if stem.startswith("part-") and folder in ("", DONE_FOLDER) and stem not in current:
+        if stem.startswith("part-") and folder in ("", DONE_FOLDER, AGGREGATES) and stem not in current:
             storage.delete(info.uri)
 
 
@@ -333,50 +337,80 @@ def _dispatch(actors: list, todo: list):
         yield rows, name
 
 
+def write_aggregate(partition: storage.Location, name: str, table: pa.Table, data: bytes, manifest, k: int) -> dict:
+    """What the partition's summary, metrics and report need of one result part (``data``, the bytes of
+    ``table``), computed where the part is written and stored beside it (``_aggregates/<part>.parquet``):
+    its report :func:`~latentsweep.query.report.candidates`, with, in the file's metadata, its size,
+    SHA-256 and counts, the queries per predicted label and the metrics' tally of its labelled queries."""
+    from latentsweep.index.manifest import sha256
+
+    labelled = table.filter(table.column("label").is_valid())  # NULL label: not scored
+    tally = None
+    if labelled.num_rows:
+        labels = labelled.column("label").to_pylist()
+        rows = metrics.per_queries(labels, labelled.column("neighbor_labels").to_pylist(),
+                                   [manifest.labels.get(label, 0) for label in labels], manifest.families, k,
+                                   predicted=labelled.column("predicted_label").to_pylist())
+        tally = metrics.tally(labels, rows)
+    stats = {"file": f"{name}.parquet", "bytes": len(data), "sha256": sha256(data), "rows": table.num_rows,
+             "unknown": int(np.count_nonzero(table.column("unknown").to_numpy())), "labelled": labelled.num_rows,
+             "predicted": report.predicted_counts(table.column("predicted_label").to_pylist()), "tally": tally}
+    storage.write_table(partition.join(AGGREGATES, f"{name}.parquet"), report.candidates(table),
+                        metadata={AGGREGATE_KEY: json.dumps(stats)})
+    return stats
+
+
+def _aggregate(location: storage.Location, name: str, manifest, k: int) -> tuple[dict, pa.Table]:
+    """A part's aggregate, read; made from the part when it has none (a partition of an older version)."""
+    uri = location.join(AGGREGATES, f"{name}.parquet")
+    if not storage.exists(uri):
+        data = storage.read_bytes(location.join(f"{name}.parquet"))
+        table = storage.parse_table(data, location.join(f"{name}.parquet"))
+        schema.check(table.schema, "results", location.join(f"{name}.parquet").uri)
+        write_aggregate(location, name, table, data, manifest, k)
+    table = storage.read_table(uri)
+    return json.loads(table.schema.metadata[AGGREGATE_KEY.encode()]), table
+
+
 def _finish(location: storage.Location, parts: list, manifest, job: SweepJob, summary: SweepSummary,
             started: float) -> None:
-    """Totals and metrics over every part of the partition, the report, then ``_SUCCESS.json`` with
-    checksums, the summary (timing included: measured up to this record) and the provenance."""
+    """Totals and metrics of the partition added up from its parts' aggregates, the report from their
+    candidates (reduced as they come: the driver holds O(parts) numbers and a bounded table, never the
+    night's results), then ``_SUCCESS.json`` with checksums, the summary (timing included: measured up
+    to this record) and the provenance."""
     from concurrent.futures import ThreadPoolExecutor
 
     from latentsweep.index.manifest import sha256
 
-    with ThreadPoolExecutor(storage.LISTING_THREADS) as pool:  # result parts only: the report is made of them
-        read = list(pool.map(lambda part: _read_part(location, part[1]), parts))
-    listing = [entry for entry, _ in read]
-    results = pa.concat_tables([table for _, table in read]) if read else schema.RESULT_SCHEMA.empty_table()
-    summary.queries = results.num_rows
-    summary.unknown = int(np.count_nonzero(results.column("unknown").to_numpy()))
+    listing, predicted, tally = [], {}, None
+    shown = report.candidates(schema.RESULT_SCHEMA.empty_table())
+    window = storage.LISTING_THREADS  # aggregates read in flight: a window, never every part's at once
+    with ThreadPoolExecutor(window) as pool:
+        read = (item for start in range(0, len(parts), window)
+                for item in pool.map(lambda part: _aggregate(location, part[1], manifest, job.k),
+                                     parts[start:start + window]))
+        for stats, table in read:
+            listing.append({key: stats[key] for key in ("file", "bytes", "sha256", "rows")})
+            summary.queries += stats["rows"]
+            summary.unknown += stats["unknown"]
+            summary.labelled += stats["labelled"]
+            for label, count in stats["predicted"].items():
+                predicted[label] = predicted.get(label, 0) + count
+            if stats["tally"]:
+                tally = stats["tally"] if tally is None else metrics.merge_tallies(tally, stats["tally"])
+            shown = report.candidates(pa.concat_tables([shown, table]))
     summary.attributed = summary.queries - summary.unknown
-    labelled = results.filter(results.column("label").is_valid())  # NULL label: not scored
-    summary.labelled = labelled.num_rows
-    if labelled.num_rows:
-        labels = labelled.column("label").to_pylist()
-        rows = metrics.per_queries(labels, labelled.column("neighbor_labels").to_pylist(),
-                                   [manifest.labels.get(label, 0) for label in labels], manifest.families, job.k,
-                                   predicted=labelled.column("predicted_label").to_pylist())
-        summary.metrics = metrics.summarise(labels, rows, manifest.families)
+    if tally:
+        summary.metrics = metrics.summarise_tally(tally, manifest.families)
         summary.metrics["map_truncated_at"] = job.k
     provenance = _provenance(location, manifest, job)
-    page = report.render(results, asdict(summary), provenance, manifest.families)
+    page = report.render(shown, asdict(summary), provenance, manifest.families, predicted=dict(sorted(predicted.items())))
     storage.write_bytes(location.join(REPORT), page)
     listing.append({"file": REPORT, "bytes": len(page), "sha256": sha256(page), "rows": 0})
     summary.seconds = round(time.monotonic() - started, 2)
     summary.queries_per_second = round(summary.queries / summary.seconds, 1) if summary.seconds else 0.0
     record = {"parts": listing, "summary": asdict(summary), "provenance": provenance}
     storage.write_bytes(location.join(SUCCESS), json.dumps(record, indent=2).encode())
-
-
-def _read_part(location: storage.Location, name: str) -> tuple[dict, pa.Table]:
-    """One result part, checked, with its entry of ``_SUCCESS.json`` (size, SHA-256, rows). Parts are
-    read in threads: on S3 each is a GET, and Parquet decodes outside the GIL."""
-    from latentsweep.index.manifest import sha256
-
-    uri = location.join(f"{name}.parquet")
-    data = storage.read_bytes(uri)
-    table = storage.parse_table(data, uri)
-    schema.check(table.schema, "results", uri.uri)
-    return {"file": f"{name}.parquet", "bytes": len(data), "sha256": sha256(data), "rows": table.num_rows}, table
 
 
 def _provenance(location: storage.Location, manifest, job: SweepJob) -> dict:
