@@ -4,7 +4,9 @@
 Runs from the source tree with only torch, numpy, pillow and pyarrow (``PYTHONPATH=. python3
 benchmarks/gpu_check.py``: a GPU machine with a CUDA torch and nothing else) or from the project's
 environment (``make gpu-check``: a production node with Ray and faiss-gpu). Sections, each with a time
-budget (its loops stop starting new work once it is spent) and its elapsed time printed:
+budget (its loops stop starting new work once it is spent) and its elapsed time printed; a section still
+running at :data:`HARD_SECONDS` is cut by a watchdog, which prints the table as it stands and exits 1.
+Every timer synchronises CUDA on both ends and starts after a warm-up of each batch shape it times:
 
 - ``encode``: the codec's analysis transforms, hyperprior and pooling (feature set ``all``, shipped
   weights, fp32) on CUDA against the CPU: max |diff| per pooled column, images/s of both.
@@ -18,8 +20,10 @@ budget (its loops stop starting new work once it is spent) and its elapsed time 
 - ``ray``: ingest through Ray (``num_gpus=1`` actors on a GPU node) against the bare loop (fetch,
   decode, encode in one process) on the same device, same images; its own local Ray.
 - ``faiss``: Flat, IVF-Flat and IVF-PQ (8-bit codes) searched on the GPU (the CPU-built index copied
-  there, as query actors load shards) and built there, against the CPU index: recall@10, queries/s,
-  build seconds, and the placement ``latentsweep.index.placement.gpu_capable`` gives each type.
+  there with the query actors' cloner options) and built there, against the CPU index: recall@10 (and
+  for IVF, both sides' recall@10 against exact search), queries/s (the GPU's include copying queries in
+  and results out), build seconds, and the placement ``latentsweep.index.placement.gpu_capable`` gives
+  each type.
 - ``sweep``: a sweep with GPU placement against bare faiss-gpu (skipped, with the reason).
 
 Inputs (:data:`PROFILES`): with CUDA 16 crops of 256x256 and 16 of 512x512 of scikit-image's photos, FAISS
@@ -29,7 +33,8 @@ Inputs (:data:`PROFILES`): with CUDA 16 crops of 256x256 and 16 of 512x512 of sc
 Without a CUDA device every section runs on the CPU against the CPU (the same code, smaller sizes) and
 the run says "no CUDA device: CPU half only". What is not installed is skipped with a line saying so.
 ``--quick`` (or ``GPU_CHECK_QUICK=1``): tiny sizes, Ray skipped, for tests. Exit status 0, or 1 when a
-section failed with an error (its row says which).
+section failed with an error (its row says which) or was cut at the hard limit; Ctrl-C ends the section
+running, prints the table and exits 130.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections import defaultdict
@@ -55,6 +61,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the source tree, installed or not
 
 TOTAL_SECONDS = 450  # the sections' share of the 8 minutes; the rest is start-up and model loading
+HARD_SECONDS = 465   # a section still running then is cut: the table so far is printed and the run exits 1
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,18 @@ def available(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def synchronize(device) -> None:
+    """Wait until the device has run every kernel queued so far. CUDA kernels run asynchronously (torch's
+    CUDA semantics notes, "Asynchronous execution"), so a clock read right after a call may stop before
+    the work it times has run; every timer here reads the clock after this on both ends. The codec's and
+    the descriptors' calls end in ``.cpu().numpy()``, which waits too; this keeps the rates right if one
+    ever returns device tensors. No-op on the CPU."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
 # -- inputs -----------------------------------------------------------------------------------------
 
 CROP_PLACES = ((0.0, 0.0), (1.0, 1.0), (0.5, 0.5), (0.0, 1.0), (1.0, 0.0))  # of the room left by the crop
@@ -199,39 +218,47 @@ class Context:
 
 def embed_pass(embedder, chunks, budget: Budget) -> tuple[dict[str, np.ndarray], int, float]:
     """One pass over ``chunks`` (stopping early when ``budget`` is spent): (vectors, images, seconds)."""
-    parts, count, started = defaultdict(list), 0, time.perf_counter()
+    parts, count = defaultdict(list), 0
+    synchronize(embedder.device)
+    started = time.perf_counter()
     for chunk in chunks:
         for name, values in embedder.embed(chunk).items():
             parts[name].append(values)
         count += len(chunk)
         if budget.spent():
             break
+    synchronize(embedder.device)
     return {name: np.concatenate(values) for name, values in parts.items()}, count, time.perf_counter() - started
 
 
-def throughput(step, chunks, budget: Budget, at_least: float, first: tuple[int, float]) -> tuple[int, float]:
-    """Images and seconds of ``step(chunk)`` over ``chunks``, repeated until ``at_least`` seconds (or the
-    budget) after the ``first`` (images, seconds) already measured."""
+def throughput(embedder, chunks, budget: Budget, at_least: float, first: tuple[int, float]) -> tuple[int, float]:
+    """Images and seconds of ``embedder.embed(chunk)`` over ``chunks``, repeated until ``at_least`` seconds
+    (or the budget) after the ``first`` (images, seconds) already measured."""
     count, seconds = first
     while seconds < at_least and not budget.spent():
+        synchronize(embedder.device)
         started = time.perf_counter()
         for chunk in chunks:
-            step(chunk)
+            embedder.embed(chunk)
             count += len(chunk)
             if budget.spent():
                 break
+        synchronize(embedder.device)
         seconds += time.perf_counter() - started
     return count, seconds
 
 
 def warm(embedder, chunks) -> None:
-    """One forward pass per distinct batch shape: CUDA start-up, kernel selection, oneDNN primitives."""
+    """One forward pass per distinct batch shape, before any timer: the CUDA context, cuDNN and cuBLAS
+    handles, cuDNN's algorithm choice per shape (heuristics: ``cudnn.benchmark`` stays False, as in
+    production, so nothing is autotuned later) and oneDNN's primitives on the CPU."""
     seen = set()
     for chunk in chunks:
         shape = (len(chunk), *chunk[0].shape)
         if shape not in seen:
             seen.add(shape)
             embedder.embed(chunk)
+    synchronize(embedder.device)
 
 
 def column_rows(ctx: Context, section: str, tested: dict, reference: dict, what: str, prefix: str = "") -> float:
@@ -259,9 +286,9 @@ def section_encode(ctx: Context, budget: Budget) -> None:
     what = f"{ctx.device} vs cpu, fp32"
     worst = column_rows(ctx, "encode", got, want, what)
     at_least = ctx.profile.min_rate_seconds
-    n_got, s_got = throughput(tested.embed, ctx.chunks, Budget(min(budget.left() / 2, 2 * at_least)), at_least,
+    n_got, s_got = throughput(tested, ctx.chunks, Budget(min(budget.left() / 2, 2 * at_least)), at_least,
                               (n_got, s_got))
-    n_want, s_want = throughput(reference.embed, ctx.chunks, Budget(min(budget.left(), 2 * at_least)), at_least,
+    n_want, s_want = throughput(reference, ctx.chunks, Budget(min(budget.left(), 2 * at_least)), at_least,
                                 (n_want, s_want))
     ctx.table.add("encode", "images/s (encode + pool, batches of 8)", "", rate(n_got, s_got), rate(n_want, s_want),
                   f"worst column diff {_cell(worst)}; {len(got['y_luma'])} images compared")
@@ -271,6 +298,36 @@ def _tf32(on: bool) -> None:
     from latentsweep.codec.embed import full_float32
 
     full_float32(tf32=on)
+
+
+def precision_flags() -> str:
+    """torch's float32 switches as they stand: the legacy ones (``cudnn.allow_tf32``,
+    ``cuda.matmul.allow_tf32``), then on torch 2.9+ the per-backend ``fp32_precision`` values that cuDNN
+    convolutions and cuBLAS matmuls actually read, and ``cudnn.benchmark`` (autotuning, off by default).
+    A legacy getter that refuses to read (torch 2.9+ raises when the two APIs were mixed) is reported,
+    not raised; its deprecation warning on torch 2.9-2.11 is silenced."""
+    import warnings
+
+    import torch
+
+    def read(getter) -> str:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return str(getter())
+        except RuntimeError as error:
+            return f"unreadable ({str(error).split(',')[0][:60]})"
+
+    backends = torch.backends
+    parts = [f"cudnn.allow_tf32={read(lambda: backends.cudnn.allow_tf32)}",
+             f"matmul.allow_tf32={read(lambda: backends.cuda.matmul.allow_tf32)}"]
+    conv = getattr(backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        parts.append("fp32_precision conv={}, rnn={}, matmul={}".format(
+            read(lambda: backends.cudnn.conv.fp32_precision), read(lambda: backends.cudnn.rnn.fp32_precision),
+            read(lambda: backends.cuda.matmul.fp32_precision)))
+    parts.append(f"cudnn.benchmark={backends.cudnn.benchmark}")
+    return ", ".join(parts)
 
 
 ROUNDED = ("z_hat_luma", "z_hat_chroma", "residual_quant_luma", "residual_quant_chroma")
@@ -285,21 +342,21 @@ def _rounded(embedder, chunk) -> dict[str, np.ndarray]:
 
 
 def section_tf32(ctx: Context, budget: Budget) -> None:
-    import torch
-
     tested = ctx.embedder(ctx.device)
     reference = ctx.embedder("cpu", role="reference")
-    flags = f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}"
+    flags = precision_flags()  # after the codec is built: what every section's tested side runs with
     first = {}
     for chunk in ctx.chunks:  # the first batch of each size
         first.setdefault(chunk[0].shape, chunk)
     counts = {key: [0, 0, 0.0] for key in ("on_cpu", "off_cpu", "on_off")}  # differing, total, max |diff|
+    on_flags = ""
     for chunk in first.values():
         if budget.spent():
             break
         cpu = _rounded(reference, chunk)
         try:
             _tf32(True)
+            on_flags = on_flags or precision_flags()
             on = _rounded(tested, chunk)
         finally:
             _tf32(False)
@@ -315,6 +372,8 @@ def section_tf32(ctx: Context, budget: Budget) -> None:
               "on_off": f"TF32 allowed vs off ({ctx.device})"}
     for key, (differing, total, largest) in counts.items():
         share = f"{differing:,} of {total:,} integers differ ({differing / total:.2%})" if total else "nothing compared"
+        if key == "on_cpu" and on_flags:
+            share += f"; switches while allowed: {on_flags}"
         ctx.table.add("tf32", f"z_hat + residual_quant max abs diff, {labels[key]}", float(largest), note=share)
     ctx.table.add("tf32", "switches after the codec is built", flags, note=note)
 
@@ -328,7 +387,7 @@ def section_half(ctx: Context, budget: Budget) -> None:
     got, n, seconds = embed_pass(half, ctx.chunks, budget)
     note = "fp16 autocast vs fp32" if ctx.cuda else "CPU: --half is CUDA-only, the Embedder runs fp32 on both sides"
     worst = column_rows(ctx, "half", got, fp32, note)
-    n, seconds = throughput(half.embed, ctx.chunks, Budget(min(budget.left(), 2 * ctx.profile.min_rate_seconds)),
+    n, seconds = throughput(half, ctx.chunks, Budget(min(budget.left(), 2 * ctx.profile.min_rate_seconds)),
                             ctx.profile.min_rate_seconds, (n, seconds))
     ctx.table.add("half", "images/s with --half", "", rate(n, seconds), "",
                   f"worst column diff {_cell(worst)} against fp32 on {ctx.device}")
@@ -343,10 +402,12 @@ def section_descriptors(ctx: Context, budget: Budget) -> None:
         describe(sample, ctx.device), describe(sample, "cpu")
     results = {"tested": defaultdict(list), "reference": defaultdict(list)}
     seconds = {"tested": 0.0, "reference": 0.0}
+    synchronize(ctx.device)
     for image in images:
         for side, device in (("tested", ctx.device), ("reference", "cpu")):
             started = time.perf_counter()
-            described = describe(image, device)  # returns numpy: synchronised
+            described = describe(image, device)  # numpy, copied back from the device
+            synchronize(device)
             seconds[side] += time.perf_counter() - started
             for name, values in described.items():
                 results[side][name].append(values)
@@ -420,12 +481,16 @@ def section_bitstream(ctx: Context, budget: Budget) -> None:
     vectors, seconds = {}, {}
     for side, device in (("tested", ctx.device), ("reference", "cpu")):  # both ingest the CPU encoder's files
         encoder = Encoder(EmbedSettings(device=device, descriptors=False, max_batch=BATCH, **settings))
-        encoder.encode([Fetched(item.uri, latents=item.latents, source="bitstream", height=item.height,
-                                width=item.width) for item in batches[0]])  # warm-up: entropy tables, kernels
-        parts, started = defaultdict(list), time.perf_counter()
+        for group in groups.values():  # warm-up, one batch of each size: entropy tables, kernels
+            encoder.encode([Fetched(item.uri, latents=item.latents, source="bitstream", height=item.height,
+                                    width=item.width) for item in group[:BATCH]])
+        parts = defaultdict(list)
+        synchronize(device)
+        started = time.perf_counter()
         for batch in batches:
             for name, values in encoder.encode(batch).items():
                 parts[name].append(values)
+        synchronize(device)
         seconds[side] = time.perf_counter() - started
         vectors[side] = {name: np.concatenate(values) for name, values in parts.items()}
         failed = [item.message for item in (i for b in batches for i in b) if item.error_type]
@@ -452,7 +517,10 @@ def section_ray(ctx: Context, budget: Budget) -> None:
     from latentsweep.ingest.encode import Encoder
     from latentsweep.ingest.run import IngestJob, run as run_ingest
 
-    os.environ.pop("RAY_ADDRESS", None)  # its own local Ray on this machine, never a cluster's
+    # Its own local Ray, never a cluster's: ray.init() joins RAY_ADDRESS's cluster, or without it the
+    # latest `ray start` instance on this machine (a production node runs one); cluster.connect passes
+    # address="local" when neither --address nor RAY_ADDRESS names one, which always starts a new instance.
+    os.environ.pop("RAY_ADDRESS", None)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     settings = EmbedSettings(feature_set="all", device=ctx.device, descriptors=True, max_batch=BATCH)
     scratch = Path(tempfile.mkdtemp(prefix="gpu-check-"))
@@ -473,22 +541,33 @@ def section_ray(ctx: Context, budget: Budget) -> None:
 
         try:
             # a warm-up job starts Ray (not timed); then the timed job, actors and codec loading included
+            warm_started = time.perf_counter()
             run_ingest(IngestJob(source=str(warm_source), out=str(scratch / "warm-out"), embed=settings, quiet=True))
+            warm_seconds = time.perf_counter() - warm_started
+            if budget.left() < warm_seconds:  # the timed job starts its actors again: it cannot end in time
+                ctx.table.add("ray", "skipped: the timed Ray job", note=(
+                    f"the warm-up job (Ray start, one actor, one image) took {warm_seconds:.0f} s and "
+                    f"{max(budget.left(), 0):.0f} s of the section's budget are left"))
+                return
             summary = run_ingest(IngestJob(source=str(source), out=str(scratch / "out"), embed=settings, quiet=True))
         finally:
             ray.shutdown()
         encoder = Encoder(settings)
-        encoder.encode([fetch(str(paths[0]))])  # warm-up
-        started, bare = time.perf_counter(), {}
         by_size = defaultdict(list)
         for path in paths:
             by_size[path.parent.name].append(path)
+        for group in by_size.values():  # warm-up, one batch of each size: kernels, cuFFT plans of the descriptors
+            encoder.encode([fetch(str(path)) for path in group[:BATCH]])
+        bare = {}
+        synchronize(ctx.device)
+        started = time.perf_counter()
         for group in by_size.values():
             for start in range(0, len(group), BATCH):
                 items = [fetch(str(path)) for path in group[start:start + BATCH]]
                 for name, values in encoder.encode(items).items():
                     for item, row in zip(items, values):
                         bare.setdefault(_relative(item.uri, source), {})[name] = row
+        synchronize(ctx.device)
         bare_seconds = time.perf_counter() - started
         table = pq.read_table(str(scratch / "out" / "embeddings"))
         uris = [_relative(uri, source) for uri in table.column("uri").to_pylist()]
@@ -528,7 +607,7 @@ def section_faiss(ctx: Context, budget: Budget) -> None:
     import faiss
     import torch
 
-    from latentsweep.index import factory
+    from latentsweep.index import factory, placement
 
     faiss.omp_set_num_threads(torch.get_num_threads())  # the CPU side's threads: torch's (--threads)
     gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
@@ -545,13 +624,22 @@ def section_faiss(ctx: Context, budget: Budget) -> None:
     queries = _clustered(rng, p.queries, p.dimension, centres)
     ids = np.arange(p.vectors, dtype=np.int64) * 7 + 3  # stable ids, not row positions
     nlist = min(factory.nlist_for(p.vectors), 2 ** int(math.log2(max(p.vectors // factory.POINTS_PER_CENTROID, 2))))
-    resources = faiss.StandardGpuResources() if on_gpu else None
+    resources = faiss.StandardGpuResources() if on_gpu else None  # one per device, as the query actors hold
     label = ctx.device if on_gpu else "cpu copy"
 
-    def to_device(index):
-        return faiss.index_cpu_to_gpu(resources, 0, index) if on_gpu else faiss.clone_index(index)
+    def to_device(index, spec: str):
+        """The copy the query actors make (index/shards.py): GpuClonerOptions with ``useFloat16`` (for IVF-PQ
+        exactly ``useFloat16LookupTables``) only where placement asks for it, INDICES_64_BIT ids, cuVS off
+        (faiss-gpu is built without it); device 0 of the devices this process sees."""
+        if not on_gpu:
+            return faiss.clone_index(index)
+        options = faiss.GpuClonerOptions()
+        options.useFloat16 = placement.float16_lookup_tables(spec)
+        return faiss.index_cpu_to_gpu(resources, 0, index, options)
 
     def set_params(index, params: str):
+        """nprobe on a GPU IVF index: GpuParameterSpace sets GpuIndexIVF.nprobe (index_cpu_to_gpu already
+        copies the CPU index's nprobe, GpuIndexIVF::copyFrom); at most 2048 on GPUs, as k is."""
         if not params:
             return
         if on_gpu:
@@ -567,36 +655,55 @@ def section_faiss(ctx: Context, budget: Budget) -> None:
         index.add_with_ids(base, ids)
         return time.perf_counter() - started
 
+    k = 10
+    assert k <= placement.GPU_MAX_K  # FAISS-GPU's top-k limit (GPU_MAX_SELECTION_K)
+
     def search(index, rows):
+        """Queries from host memory, results back in host memory: a GPU index's search copies both ways
+        and returns once its results are on the host, so the seconds include those transfers."""
         started = time.perf_counter()
-        _, found = index.search(queries[:rows], 10)
+        _, found = index.search(queries[:rows], k)
         return found, time.perf_counter() - started
 
     def recall(found, truth) -> float:
+        """Share of ``truth``'s ids among ``found``'s, per query, over the queries both searched; -1 (fewer
+        than k results) is no id and never matches."""
         n = min(len(found), len(truth))
-        return float(np.mean([len(set(found[i]) & set(truth[i])) / 10 for i in range(n)]))
+        hits = [len((set(found[i].tolist()) & set(truth[i].tolist())) - {-1}) / max(int((truth[i] >= 0).sum()), 1)
+                for i in range(n)]
+        return float(np.mean(hits)) if hits else float("nan")
 
     pq = f"PQ{p.dimension // 8}"  # 8 dimensions per sub-quantizer, 8-bit codes (GPU IVF-PQ's limit)
+    exact = None  # the CPU Flat index's results: exact search, the ground truth of the IVF rows' notes
+    previous = 0.0  # seconds the previous kind took: the next one (a larger build) takes at least as long
     for kind, spec in (("Flat", "Flat"), ("IVF-Flat", f"IVF{nlist},Flat"), ("IVF-PQ", f"IVF{nlist},{pq}")):
-        if budget.spent():
-            ctx.table.add("faiss", f"skipped: {kind}", note="the section's time budget is spent")
+        if budget.spent() or budget.left() < previous:
+            ctx.table.add("faiss", f"skipped: {kind}", note=(
+                "the section's time budget is spent" if budget.spent() else
+                f"{budget.left():.0f} s of the section's budget left, the previous index type took {previous:.0f} s"))
             continue
+        kind_started = time.perf_counter()
         params = factory.default_search_params(spec)
         cpu_index = factory.create(spec, p.dimension)
         cpu_build = build(cpu_index, spec)
         factory.apply_search_params(cpu_index, params)
         truth, cpu_seconds = search(cpu_index, p.cpu_queries)
-        copied = to_device(cpu_index)
+        if spec == "Flat":
+            exact = truth
+        copied = to_device(cpu_index, spec)
         set_params(copied, params)
-        search(copied, min(100, p.queries))  # warm-up
+        search(copied, min(100, p.queries))  # warm-up: GPU resources' first use, kernels
         found, seconds = search(copied, p.queries)
+        against_exact = "" if exact is None or spec == "Flat" else (
+            f"; recall@10 vs exact search: {label} {_cell(recall(found, exact))}, CPU {_cell(recall(truth, exact))}")
         ctx.table.add("faiss", f"{kind} {spec}: recall@10 of the {label} vs the CPU index", recall(found, truth),
                       rate(p.queries, seconds, "q/s"), rate(p.cpu_queries, cpu_seconds, "q/s"),
-                      f"{p.vectors:,} x {p.dimension} clustered, {params or 'exact'}, the CPU-built index moved "
-                      f"({'index_cpu_to_gpu' if on_gpu else 'clone_index'})")
+                      f"{p.vectors:,} x {p.dimension} clustered, {params or 'exact'}, k={k}, the CPU-built index "
+                      f"moved ({'index_cpu_to_gpu' if on_gpu else 'clone_index'})"
+                      f"{'; its q/s include the transfers of queries and results' if on_gpu else ''}{against_exact}")
         del copied
         if budget.left() > cpu_build + 5:
-            fresh = to_device(factory.create(spec, p.dimension))
+            fresh = to_device(factory.create(spec, p.dimension), spec)  # untrained: copied as is, trained there
             device_build = build(fresh, spec)
             set_params(fresh, params)
             found, _ = search(fresh, p.cpu_queries)
@@ -605,6 +712,7 @@ def section_faiss(ctx: Context, budget: Budget) -> None:
                           "k-means on another device gives other centroids: IVF recall below 1 is expected"
                           if factory.needs_training(spec) else "")
             del fresh
+        previous = time.perf_counter() - kind_started
     _placement_rows(ctx, nlist, p.dimension)
     ctx.table.add("faiss", f"GPUs faiss sees: {gpus}", "", note=f"faiss {getattr(faiss, '__version__', '?')}")
 
@@ -659,6 +767,55 @@ SECTIONS = (("encode", section_encode), ("tf32", section_tf32), ("half", section
 
 # -- main -------------------------------------------------------------------------------------------
 
+class Watchdog:
+    """The hard end of the 8 minutes. A section's budget only stops its loops from starting new work; one
+    call can outlast it (a FAISS build, a Ray job, a hung device). At ``deadline`` this thread adds a row
+    naming the section still running, prints the table as it stands, stops a local Ray this process
+    started (at most 10 s) and ends the process with exit status 1. It runs while the main thread is inside
+    torch, FAISS or Ray calls, which release the GIL."""
+
+    def __init__(self, table: Table, deadline: float):
+        self.table, self.lock, self.printed = table, threading.Lock(), False
+        self.section, self.section_started = "", 0.0
+        self.timer = threading.Timer(max(deadline - time.perf_counter(), 0.0), self._expire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def enter(self, name: str) -> None:
+        self.section, self.section_started = name, time.perf_counter()
+
+    def print_table(self) -> bool:
+        """Print the table once (the main thread at the end, or the watchdog); False when already printed."""
+        with self.lock:
+            if self.printed:
+                return False
+            self.printed = True
+            self.timer.cancel()
+            print(self.table.markdown(), flush=True)
+            return True
+
+    def _expire(self) -> None:
+        with self.lock:  # the main thread may be printing the table right now: then nothing is cut
+            if self.printed:
+                return
+            self.printed = True
+            name = self.section or "check"
+            elapsed = time.perf_counter() - self.section_started if self.section else 0.0
+            self.table.add(name, f"stopped: still running at {HARD_SECONDS} s, the check's hard limit",
+                           note=f"{elapsed:.0f} s into the section; the sections after it did not run")
+            self.table.seconds(name, elapsed)
+            print(f"\n[{name}] stopped at the {HARD_SECONDS} s limit\n", flush=True)
+            print(self.table.markdown(), flush=True)
+        ray = sys.modules.get("ray")
+        if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+            stopper = threading.Thread(target=ray.shutdown, daemon=True)
+            stopper.start()
+            stopper.join(10)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
 def _load() -> str:
     """The 1-minute load average (other work on the machine moves every rate), where the OS has one."""
     return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
@@ -690,7 +847,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu-check: python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"{torch.get_num_threads()} CPU threads, {os.cpu_count()} CPUs, load {_load()}", flush=True)
     if cuda:
-        print(f"device: {torch.cuda.get_device_name(0)}", flush=True)
+        major, minor = torch.cuda.get_device_capability(0)
+        print(f"device: {torch.cuda.get_device_name(0)}, compute capability {major}.{minor} "
+              f"({'TF32 tensor cores' if major >= 8 else 'no TF32'}), cuDNN {torch.backends.cudnn.version()}", flush=True)
     else:
         print("no CUDA device: CPU half only" if not args.cpu else "--cpu: CPU half only", flush=True)
     sizes = ", ".join(f"{count} x {side}x{side}" for side, count in profile.sizes.items())
@@ -706,7 +865,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(device, profile, images, table)
     only = {name.strip() for name in args.only.split(",") if name.strip()}
     deadline = started + TOTAL_SECONDS
-    failed = False
+    watchdog = Watchdog(table, started + HARD_SECONDS)
+    failed = interrupted = False
     for name, function in SECTIONS:
         if only and name not in only:
             continue
@@ -715,18 +875,24 @@ def main(argv: list[str] | None = None) -> int:
             table.add(name, "skipped: the check's time budget is spent")
             continue
         section_started = time.perf_counter()
+        watchdog.enter(name)
         try:
             function(ctx, Budget(allowed))
-        except Exception as error:  # noqa: BLE001 - one failed section must not hide the others
+        except BaseException as error:  # noqa: BLE001 - one failed section must not hide the others or the table
             failed = True
-            table.add(name, f"error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300])
+            interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+            message = str(error).splitlines()[0] if str(error).strip() else ""
+            table.add(name, f"error: {type(error).__name__}{': ' + message if message else ''}"[:300])
             traceback.print_exc()
         elapsed = time.perf_counter() - section_started
         table.seconds(name, elapsed)
         print(f"[{name}] {elapsed:.1f} s (budget {allowed:.0f} s)", flush=True)
+        if interrupted:  # Ctrl-C (or an exit inside a section): the table of what ran, then stop
+            break
+    watchdog.timer.cancel()  # every section has returned: nothing left to cut
     print(f"\ntotal {time.perf_counter() - started:.1f} s, load {_load()}\n", flush=True)
-    print(table.markdown(), flush=True)
-    return 1 if failed else 0
+    watchdog.print_table()
+    return 130 if interrupted else 1 if failed else 0
 
 
 if __name__ == "__main__":
