@@ -174,8 +174,10 @@ def check(job: SweepJob):
     if job.open_set_threshold is not None and not -1.0 <= job.open_set_threshold <= 1.0:
         raise UsageError(f"--open-set-threshold is a cosine similarity in [-1, 1], got {job.open_set_threshold}")
     manifest = load(job.index)
-    if job.open_set_threshold is None:  # the threshold the index calibrated at build (None before)
-        job.open_set_threshold = manifest.open_set_threshold
+    if job.open_set_threshold is None and manifest.open_set_threshold is not None:
+        # the threshold the index calibrated at build (None before), a float32 similarity: within
+        # [-1, 1] up to rounding, which must not fail the check above when the job is checked again
+        job.open_set_threshold = min(1.0, max(-1.0, manifest.open_set_threshold))
     return manifest
 
 
