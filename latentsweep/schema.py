@@ -73,6 +73,8 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
 DESCRIPTORS: dict[str, tuple[int, str]] = {
     "fingerprint": (251, "2"),
     "residual_spectrum": (32, "1"),
+    # learned filters + per-image self-description; the version names the shipped weights' SHA-256
+    "self_description": (515, "1-wb4c077d71ac2782b"),
 }
 
 # Identity and provenance columns of an embedding row; one float32 column per pooled tensor follows.
