@@ -77,13 +77,13 @@ def gpus(work: Path) -> dict:
     images = corpus(work / "corpus")
     report = {"gpu_nodes": sorted(workers)}
 
-    def ingest(out: str, fault: str | None):
+    def ingest(out: str, fault: str | None, shard_size: int = 4):
         env = {"env_vars": {"LATENTSWEEP_TEST_FAULT": fault}, "worker_process_setup_hook": "gpu_faults.install"}
         ray.init(address=cluster.address, runtime_env=env if fault else None, log_to_driver=False)
         try:
             job = IngestJob(str(images), out, EmbedSettings(weights="untrained", feature_set="selected",
                                                             device="cuda"),
-                            shard_size=4, labels_from_folders=True, quiet=True, address=cluster.address)
+                            shard_size=shard_size, labels_from_folders=True, quiet=True, address=cluster.address)
             return run(job)
         finally:
             ray.shutdown()
@@ -93,13 +93,13 @@ def gpus(work: Path) -> dict:
                      "workers": summary.workers, "per_node": summary.images_per_node,
                      "gpus_per_node": summary.gpus_per_node}
     try:
-        ingest(str(work / "fault"), "oom-always")
+        ingest(str(work / "fault"), "oom-always", shard_size=12)  # one shard: one actor, restarted
         report["fault"] = {"raised": None}
     except JobFailed as error:
         done = list((work / "fault" / "_done").glob("*.json")) if (work / "fault" / "_done").exists() else []
         rows = list((work / "fault" / "errors").glob("*.parquet")) if (work / "fault" / "errors").exists() else []
         report["fault"] = {"raised": str(error), "done_markers": len(done), "error_files": len(rows)}
-    resumed = ingest(str(work / "fault"), None)
+    resumed = ingest(str(work / "fault"), None, shard_size=12)
     report["resumed"] = {"embedded": resumed.embedded, "errors": resumed.errors}
 
     built = cli("index", "build", str(work / "oom"), "--out", str(work / "index"), "--features", "2lat",
