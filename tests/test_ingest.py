@@ -254,7 +254,8 @@ def test_local_folder_to_parquet(reference_run):
     assert families == {"alpha": "gan", "beta": "gan", "gamma": "dm"}
     assert schema.tensor_columns(embeddings.schema) == {
         "y_hat_luma": 160, "y_hat_chroma": 96, "residual_luma": 160, "residual_chroma": 96,
-        "residual_quant_luma": 160, "residual_quant_chroma": 96, "fingerprint": 251, "residual_spectrum": 32}
+        "residual_quant_luma": 160, "residual_quant_chroma": 96, "fingerprint": 251, "residual_spectrum": 32,
+        "self_description": 515}
     assert embeddings.column("fingerprint").null_count == 0
     assert set(embeddings.column("weights_digest").to_pylist()) == {"untrained-seed0"}
     assert embeddings.column("id").to_pylist() == [schema.stable_id(u) for u in embeddings.column("uri").to_pylist()]

@@ -60,7 +60,8 @@ def test_unlabelled_night_on_s3_keeps_labels_null_and_scores_nothing(s3_env, tmp
     assert "labelled=0" in sweep.stdout and "sweep metrics" not in sweep.stdout
     night = storage.read_table(f"{root}/results/_embeddings/date=2026-11-23/source-0/embeddings")
     parts = [info.uri for info in storage.list_files(f"{root}/results/date=2026-11-23")
-             if info.uri.rsplit("/", 1)[-1].startswith("part-") and info.uri.endswith(".parquet")]
+             if info.uri.rsplit("/", 1)[-1].startswith("part-") and info.uri.endswith(".parquet")
+             and "/_" not in info.uri.rsplit("date=", 1)[-1]]  # not the _aggregates/ beside the parts
     results = pa.concat_tables([storage.read_table(uri, columns=["label", "family", "predicted_label"])
                                 for uri in parts])
     assert night.num_rows == results.num_rows == 4
@@ -77,7 +78,10 @@ def test_unlabelled_night_on_s3_keeps_labels_null_and_scores_nothing(s3_env, tmp
     success = json.loads(storage.read_bytes(f"{root}/results/date=2026-11-23/_SUCCESS.json"))
     assert success["summary"]["labelled"] == 0 and not success["summary"]["metrics"]
     # no --open-set-threshold: the sweep used the one the index calibrated on its references
-    calibrated = json.loads(storage.read_bytes(f"{root}/index/manifest.json"))["open_set_threshold"]
+    index_manifest = json.loads(storage.read_bytes(f"{root}/index/manifest.json"))
+    # no --features: the learned forensic descriptor the default ingest stored, not the paper's 2lat
+    assert index_manifest["features"] == "self_description" and index_manifest["dimension"] == 515
+    calibrated = index_manifest["open_set_threshold"]
     assert calibrated is not None and success["provenance"]["open_set_threshold"] == calibrated
     scored = pa.concat_tables([storage.read_table(uri, columns=["top_score", "unknown"]) for uri in parts])
     assert scored.column("unknown").to_pylist() == [s < calibrated for s in scored.column("top_score").to_pylist()]

@@ -60,7 +60,7 @@ ID_CHECK_BYTES = 24         # per id in the duplicate check: the ids (8), their 
 class IndexJob:
     sources: list[str]
     out: str
-    features: str = "2lat"
+    features: str = features.DEFAULT_FEATURES
     index_spec: str = "Flat"
     auto: bool = False
     memory_budget: int = DEFAULT_BUDGET
@@ -308,6 +308,8 @@ def check(job: IndexJob, existing: Manifest | None) -> list[str]:
         raise UsageError(f"{job.out} is one version of an index, kept for its readers: add to the index "
                          f"folder above it")
     files = features.embedding_files(job.sources, job.allow_partial, stage_log(job.quiet))
+    if not existing:
+        job.features = features.concrete(files[0], job.features)  # the manifest records what was built
     dimension = sum(features.columns_of(files[0], _feature_spec(job, existing)).values())
     if not existing and not job.auto:
         factory.check(job.index_spec, dimension)

@@ -72,8 +72,22 @@ def _list(location: storage.Location):
     return list(storage.list_files(location, missing_ok=True))
 
 
+# ``index build`` without --features: the descriptor measured best on software no choice ever saw
+# (docs/descriptors.md), where the embeddings hold it; else the paper's 2lat (exported .pt latents,
+# --no-descriptors, ingests made before the descriptor existed).
+DEFAULT_FEATURES = "default"
+BEST_DESCRIPTOR = "self_description"
+
+
+def default_features(tensor_columns: dict[str, int]) -> str:
+    """What :data:`DEFAULT_FEATURES` builds for embeddings holding ``tensor_columns``."""
+    return BEST_DESCRIPTOR if BEST_DESCRIPTOR in tensor_columns else "2lat"
+
+
 def resolve_columns(tensor_columns: dict[str, int], features: str) -> list[str]:
-    """A feature set name (2lat, selected, all) or a comma list of columns -> columns present."""
+    """A feature set name (2lat, selected, all, default) or a comma list of columns -> columns present."""
+    if features == DEFAULT_FEATURES:
+        features = default_features(tensor_columns)
     if features in FEATURE_SETS:
         wanted = list(FEATURE_SETS[features]) if features != "all" else [
             name for name in tensor_columns if name not in schema.DESCRIPTORS]
@@ -84,6 +98,13 @@ def resolve_columns(tensor_columns: dict[str, int], features: str) -> list[str]:
         raise UsageError(f"the embeddings lack {', '.join(missing)} (they hold: {', '.join(tensor_columns)}); "
                          f"ingest with a larger --feature-set or choose other features")
     return wanted
+
+
+def concrete(uri: str, features: str) -> str:
+    """``features`` with :data:`DEFAULT_FEATURES` resolved against one embeddings file's columns."""
+    if features != DEFAULT_FEATURES:
+        return features
+    return default_features(schema.tensor_columns(storage.read_schema(uri)))
 
 
 def columns_of(uri: str, features: str) -> dict[str, int]:

@@ -370,7 +370,7 @@ def _aggregate(location: storage.Location, name: str, manifest, k: int) -> tuple
         table = storage.parse_table(data, location.join(f"{name}.parquet"))
         schema.check(table.schema, "results", location.join(f"{name}.parquet").uri)
         write_aggregate(location, name, table, data, manifest, k)
-    table = storage.read_table(uri)
+    table = storage.parse_table(storage.read_bytes(uri), uri)  # one file: no dataset discovery of date=...
     return json.loads(table.schema.metadata[AGGREGATE_KEY.encode()]), table
 
 
