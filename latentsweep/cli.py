@@ -469,9 +469,10 @@ def index_build(
     embeddings: IndexSourcesArgument,
     out: IndexOutOption,
     features: Annotated[str, typer.Option(
-        help="2lat (default, the paper's), selected, all (every pooled tensor), fingerprint (the pixel "
-             "descriptor that attributes by formation traces, docs/results.md), residual_spectrum (the "
-             "classical baseline), or a comma list of columns, e.g. fingerprint,y_chroma. " + COLUMNS_HELP)] = "2lat",
+        help="default (self_description where the embeddings hold it, else 2lat), 2lat (the paper's), "
+             "selected, all (every pooled tensor), self_description (the learned forensic descriptor, "
+             "docs/descriptors.md), fingerprint (the hand-made one), residual_spectrum (the classical "
+             "baseline), or a comma list of columns, e.g. fingerprint,self_description. " + COLUMNS_HELP)] = "default",
     index_type: Annotated[str, typer.Option(
         "--index-type", help="FAISS factory string: Flat (exact), IVF1024,Flat, IVF1024,PQ32, HNSW32, ...")] = "Flat",
     auto: Annotated[bool, typer.Option(help="Choose the index type from the vector count and --memory-budget.")] = False,
