@@ -95,7 +95,7 @@ def test_plan_is_deterministic_and_covers_every_item(plan_of):
     assert first.shards.num_rows == 7 and first.shards.column("items").to_pylist() == [16] * 6 + [4]
     ids = items_of(first).column("id").to_pylist()
     assert sorted(ids) == sorted(schema.stable_id(f"/data/{i}.png") for i in range(100)) and len(set(ids)) == 100
-    assert first.counts == {"inputs": 100, "unchanged": 0, "new": 100, "changed": 0, "removed": 0}
+    assert first.counts == {"inputs": 100, "unchanged": 0, "new": 100, "changed": 0, "removed": 0, "collisions": 0}
 
 
 def test_plan_digest_changes_with_content_and_settings(plan_of):
@@ -116,7 +116,8 @@ def test_growth_keeps_every_items_shard_and_fills_new_shards(plan_of):
     """Adding 10% never moves an item: the old shards keep their digests, the new items fill new shards."""
     first = plan_of(listing(100), 16, {})
     grown = plan_of(listing(110), 16, {}, previous=first)
-    assert grown.counts == {"inputs": 110, "unchanged": 100, "new": 10, "changed": 0, "removed": 0}
+    assert grown.counts == {"inputs": 110, "unchanged": 100, "new": 10, "changed": 0, "removed": 0,
+                            "collisions": 0}
     old, now = shard_of(first), shard_of(grown)
     assert all(now[item_id] == shard for item_id, shard in old.items())
     assert {now[item_id] for item_id in set(now) - set(old)} == {7}  # one new shard after shards 0..6
@@ -174,7 +175,7 @@ def test_partitioned_planning_is_the_same_plan_at_any_granularity(plan_of, monke
     new = sorted((schema.stable_id(uri), uri) for uri in set(now) - set(old))
     assert [now[uri] for _, uri in new] == [25 + index // 8 for index in range(60)]  # after shards 0..24, in id order
     assert grown.counts == {"inputs": 260 - len(gone), "unchanged": 199 - len(gone), "new": 60, "changed": 1,
-                            "removed": len(gone)}
+                            "removed": len(gone), "collisions": 0}
     assert grown.dropped == [2, 5] and sum(grown.shards.column("fresh").to_pylist()) == 61
     assert dict(zip(grown.shards.column("shard").to_pylist(), grown.shards.column("digest").to_pylist())) == \
         digests_of(items_of(grown), settings)
