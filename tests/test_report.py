@@ -181,14 +181,19 @@ def test_success_record_holds_timing_and_provenance(synthetic):
     assert re.search(r"<th>k</th><td>10</td>", block)
 
 
-def test_table_cap_and_strip_sample_are_stated(synthetic, monkeypatch):
-    """A large night embeds only the least confident rows and says so; strips cover a seeded sample."""
-    record = json.loads((synthetic["partition"] / "_SUCCESS.json").read_text())
-    results = results_of(synthetic["partition"])
-    monkeypatch.setattr(report, "TABLE_ROWS", 10)
+def capped_night(synthetic, monkeypatch, table_rows: int):
+    """The night's success record and results, with the report's caps far below its size (a table of
+    ``table_rows``, strips of 2 least confident and 3 drawn) and every image reachable."""
+    monkeypatch.setattr(report, "TABLE_ROWS", table_rows)
     monkeypatch.setattr(report, "STRIPS_LEAST_CONFIDENT", 2)
     monkeypatch.setattr(report, "STRIPS_RANDOM", 3)
     monkeypatch.setattr(report, "thumbnail", lambda uri: "data:image/jpeg;base64,AAAA" if uri else None)
+    return json.loads((synthetic["partition"] / "_SUCCESS.json").read_text()), results_of(synthetic["partition"])
+
+
+def test_table_cap_and_strip_sample_are_stated(synthetic, monkeypatch):
+    """A large night embeds only the least confident rows and says so; strips cover a seeded sample."""
+    record, results = capped_night(synthetic, monkeypatch, table_rows=10)
     page = report.render(results, record["summary"], record["provenance"], FAMILIES).decode()
     assert "The table holds the 10 least confident of the 66 queries" in page
     rows = table_rows(page)
@@ -338,12 +343,7 @@ def test_the_page_from_per_part_aggregates_equals_the_page_from_every_row(synthe
 
     from latentsweep.query.sweep import AGGREGATE_KEY, AGGREGATES
 
-    record = json.loads((synthetic["partition"] / "_SUCCESS.json").read_text())
-    results = results_of(synthetic["partition"])
-    monkeypatch.setattr(report, "TABLE_ROWS", 7)
-    monkeypatch.setattr(report, "STRIPS_LEAST_CONFIDENT", 2)
-    monkeypatch.setattr(report, "STRIPS_RANDOM", 3)
-    monkeypatch.setattr(report, "thumbnail", lambda uri: "data:image/jpeg;base64,AAAA" if uri else None)
+    record, results = capped_night(synthetic, monkeypatch, table_rows=7)
     parts = sorted((synthetic["partition"]).glob("part-*.parquet"))
     assert len(parts) == 2
     merged = report.candidates(results.slice(0, 0))
