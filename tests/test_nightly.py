@@ -175,7 +175,7 @@ def test_mistakes_are_one_line_with_exit_code_2_and_claim_nothing(small_index, t
         "no such file or folder": cli("ingest", str(tmp_path / "no-such-folder"), "--out", str(tmp_path / "e1"), *FAST),
         # parsing mistakes: typer 0.29 vendors click, whose errors once escaped as tracebacks
         "No such option: --bogus": cli("ingest", str(root / "ref"), "--out", str(tmp_path / "e2"), "--bogus"),
-        "No such option: -q": cli("evaluate", "--index", str(root / "index"), "--out", str(tmp_path / "e3"), "-q"),
+        "No such option: --quite": cli("evaluate", "--index", str(root / "index"), "--out", str(tmp_path / "e3"), "--quite"),
         "Missing argument 'source'": cli("ingest"),
     }
     for expected, result in cases.items():
