@@ -118,7 +118,7 @@ def test_a_stalled_stage_says_what_ray_waits_to_place(ray_session):
     try:
         with StallWatch("ingest", lines.append, seconds=2):
             deadline = time.monotonic() + 90  # Ray's monitor reports demands every 5 s, later under load
-            while time.monotonic() < deadline and not any("GPU" in line for line in lines):
+            while time.monotonic() < deadline and not any("'GPU': 4" in line for line in lines):
                 time.sleep(0.5)
     finally:
         ray.kill(stuck)
