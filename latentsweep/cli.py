@@ -248,6 +248,11 @@ def ingest(
     overwrite: Annotated[bool, typer.Option(help="Redo every shard instead of resuming.")] = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="List and plan only; write nothing; print what a run would do as one JSON object.")] = False,
+    check_versions: Annotated[bool, typer.Option(
+        "--check-versions", help="Manifest sources: stat (local) or HEAD (S3) every entry that the manifest's own "
+                                 "version columns (version, else etag, else mtime and size) leave without one, so "
+                                 "that a file replaced under the same URI is re-embedded (one request an entry; a "
+                                 "folder or prefix needs none: its listing gives the versions).")] = False,
     address: AddressOption = None,
     quiet: QuietOption = False,
     config: ConfigOption = None,
@@ -261,8 +266,10 @@ def ingest(
 
     from latentsweep.codec.embed import EmbedSettings
     from latentsweep.ingest.run import IngestJob, dry_run as plan_only, run
-    from latentsweep.ingest.sources import parse_families
+    from latentsweep.ingest.sources import CHECK_VERSIONS_VARIABLE, parse_families
 
+    if check_versions:  # read where the listing happens (ingest/sources.py), like --debug's variable
+        os.environ[CHECK_VERSIONS_VARIABLE] = "1"
     job = IngestJob(source, out, EmbedSettings(weights, feature_set, pooling, device, half, batch_size, descriptors,
                                                _adapters(adapters)),
                     shard_size, labels_from_folders, parse_families(families), max_pixels, min_side,
@@ -629,15 +636,17 @@ def evaluate(
         help="Search through this many Ray actors, each holding every n-th shard (indices larger than one "
              "process).")] = 1,
     address: AddressOption = None,
+    quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Run the paper's protocol: Top-1, Precision@10, mAP@10, Top-1 Type (and mAP over the full ranking); by
     family and by label."""
     from latentsweep.query.evaluate import evaluate as run_evaluate, tables
+    from latentsweep.query.metrics import headline
 
     result = run_evaluate(index, out, list(queries) if queries else None, sample=sample, index_parts=index_parts,
                           address=address)
-    typer.echo(tables(result))
+    typer.echo(f"evaluate: {headline(result['overall'])}" if quiet else tables(result))
     typer.echo(f"evaluate: wrote metrics.json, tables.md, confusion.csv to {out}")
 
 

@@ -4,8 +4,9 @@ Locally the lock is ``flock`` on ``OUT/_lock``: the kernel drops it when its pro
 it ends, so a rerun after a crash never waits; a run that ends removes the file (and the folders it
 created, when still empty). On S3 it is a lease object ``OUT/_lock.json`` created
 with a conditional PUT (``If-None-Match: *``), renewed by a heartbeat with ``If-Match`` and deleted at
-the end. A lease left by a killed run is taken over when its holder is known dead (same host, no such
-process) or when it has not been renewed for :data:`LEASE_SECONDS`.
+the end (a delete that fails says so on stderr, naming the lock). A lease left by a killed run is taken
+over when its holder is known dead (same host, no such process) or when it has not been renewed for
+:data:`LEASE_SECONDS`. The conditional requests need boto3 1.35.69 or later (pyproject.toml).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from email.utils import parsedate_to_datetime
@@ -201,11 +203,23 @@ class _Lease:
                 continue  # storage down: the next beat retries; the job's own writes will fail
 
     def release(self) -> None:
+        """Delete the lease if it is still ours (``If-Match`` its ETag). A delete that fails is said on
+        stderr, naming the lock: another run that took the lease over keeps it; a lease left by a store
+        that did not answer refuses other runs until it expires."""
         try:
             storage.s3_client().delete_object(Bucket=self.location.bucket, Key=self.location.key,
                                               IfMatch=self.etag)
-        except Exception:  # unreachable or taken over: the lease expires on its own
-            pass
+        except Exception as error:
+            code = storage.error_code(error)
+            if code in ("NoSuchKey", "404", "NotFound"):  # already gone: nothing is left behind
+                return
+            if code in PRECONDITION_CODES:
+                why = "another run took the lease over and holds it now; it was left in place"
+            else:
+                why = (f"it stays until it expires, {LEASE_SECONDS:.0f} s after its last renewal (other runs on "
+                       f"this output are refused until then), or until it is deleted by hand once no run uses it")
+            print(storage.redact(f"warning: could not release the lock {self.location.uri} ({code}): {why}"),
+                  file=sys.stderr, flush=True)
 
 
 def _alive(pid) -> bool:

@@ -9,14 +9,18 @@ and are never printed: error messages pass through :func:`redact`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
 import posixpath
+import queue
 import tempfile
+import threading
+from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from urllib.parse import urlparse
 
 from latentsweep.errors import JobFailed, UsageError
@@ -30,6 +34,8 @@ MULTIPART_THRESHOLD = 64 * 1024 * 1024
 _UMASK = os.umask(0o022)  # read once (setting it is the only way to read it), then put back
 os.umask(_UMASK)
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+S3_CONNECTIONS = 64  # kept-alive connections of the shared S3 client: the most threads that use it at once
+DELETE_BATCH = 1000  # keys per DeleteObjects request (S3's limit)
 
 
 # Failures that a later attempt may not meet: the endpoint is down, overloaded or timed out.
@@ -160,6 +166,9 @@ def _s3_client(endpoint: str | None, region: str | None, attempts: int):
     config = Config(
         s3={"addressing_style": "path" if endpoint else "auto"},
         retries={"max_attempts": attempts, "mode": "standard"},
+        # one client serves the thread pools of this module and of the listing (version checks): without
+        # this, urllib3 keeps 10 connections and opens and drops one per request beyond them
+        max_pool_connections=S3_CONNECTIONS,
     )
     # A fresh session, not boto3's default one: that caches the credentials it first resolved.
     return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
@@ -242,17 +251,15 @@ def _node_name() -> str:
 
 
 def list_files(root: str | Location, page_size: int = 1000, missing_ok: bool = False) -> Iterator[FileInfo]:
-    """Every file below ``root`` (recursive), in sorted key order. S3 listings follow pagination.
+    """Every file below ``root`` (recursive), in sorted key order. S3 listings follow pagination, a
+    page at a time; a local folder is walked a folder at a time (never the whole tree in memory).
     ``missing_ok``: a local folder that does not exist lists as empty (an S3 prefix always does)."""
     location = root if isinstance(root, Location) else Location.parse(root)
     if location.is_s3:
         prefix = location.key.rstrip("/") + "/" if location.key else ""
-        paginator = s3_client().get_paginator("list_objects_v2")
         try:
-            pages = paginator.paginate(Bucket=location.bucket, Prefix=prefix,
-                                       PaginationConfig={"PageSize": page_size})
-            for page in pages:
-                yield from _page_files(location.bucket, page)
+            for files in _pages(location.bucket, prefix, page_size):
+                yield from files
         except Exception as error:  # botocore raises several unrelated types
             raise explain(error, location, "list") from None
         return
@@ -264,11 +271,56 @@ def list_files(root: str | Location, page_size: int = 1000, missing_ok: bool = F
         if missing_ok:
             return
         raise MissingInput(f"no such file or folder: {location.key}")
-    paths = sorted(os.path.join(folder, name) for folder, _, files in os.walk(location.key)
-                   for name in files)
-    for path in paths:
+    for path in _walk(location.key):
         stat = os.stat(path)
         yield FileInfo(path, stat.st_size, str(stat.st_mtime_ns))
+
+
+def _walk(top: str) -> Iterator[str]:
+    """The files below ``top`` in the order of their sorted paths (what ``sorted(os.walk(...))`` gives,
+    with the same rules: symbolic links to folders are not followed, unreadable folders are passed
+    over), holding one folder's entries at a time. A folder sorts as its name and "/", which is where
+    its files fall among its siblings in a sort of whole paths."""
+    folders = [iter(_entries(top))]
+    while folders:
+        entry = next(folders[-1], None)
+        if entry is None:
+            folders.pop()
+        elif _is_folder(entry):
+            if not entry.is_symlink():
+                folders.append(iter(_entries(entry.path)))
+        else:
+            yield entry.path
+
+
+def _entries(folder: str) -> list:
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda entry: entry.name + "/" if _is_folder(entry) else entry.name)
+    except OSError:
+        return []
+
+
+def _is_folder(entry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _pages(bucket: str, prefix: str, page_size: int = 1000, delimiter: str = "") -> Iterator[list]:
+    """The pages of a ``list_objects_v2`` listing: its files (:func:`_page_files`), and with a
+    ``delimiter``, files and folders (common prefixes, as strings) together in key order."""
+    options = {"Delimiter": delimiter} if delimiter else {}
+    for page in s3_client().get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}, **options):
+        files = _page_files(bucket, page)
+        if not delimiter:
+            yield files
+            continue
+        folders = [entry["Prefix"] for entry in page.get("CommonPrefixes", [])]
+        keyed = [(info.uri[len(bucket) + 6:], info) for info in files] + [(folder, folder) for folder in folders]
+        yield [entry for _, entry in sorted(keyed, key=lambda pair: pair[0])]
 
 
 def _page_files(bucket: str, page: dict) -> list[FileInfo]:
@@ -278,12 +330,22 @@ def _page_files(bucket: str, page: dict) -> list[FileInfo]:
 
 
 LISTING_THREADS = 16
+PAGES_AHEAD = 2  # pages a listing stream fetches before they are read
 
 
-def list_tree(root: str | Location, threads: int = LISTING_THREADS) -> Iterator[FileInfo]:
-    """Every file below ``root`` like :func:`list_files`, but an S3 prefix is listed in parallel:
-    one paginated stream per top-level common prefix (``Delimiter="/"``), ``threads`` at a time, so a
-    corpus laid out as ``root/<label or date>/...`` is not listed one page after another."""
+def list_tree(root: str | Location, threads: int = LISTING_THREADS, pages_ahead: int = PAGES_AHEAD,
+              page_size: int = 1000) -> Iterator[FileInfo]:
+    """Every file below ``root`` like :func:`list_files`, but an S3 prefix is listed by parallel
+    streams, page by page: the top level (``Delimiter="/"``) and one paginated stream per top-level
+    folder, a window of ``threads`` folders at a time, each stream fetching at most ``pages_ahead``
+    pages before they are read. So a corpus laid out as ``root/<label or date>/...`` is listed
+    ``threads`` requests at a time, and the listing holds at most ``(threads + 1) * (pages_ahead + 1) + 1``
+    pages of ``page_size`` keys whatever the prefix holds: a flat prefix is one stream, a
+    date-partitioned one a window of folders, neither ever a list in memory.
+
+    Order: the pages of the window's streams in turn (the top level's among them), the same for the
+    same objects, not sorted: the planner needs none (an item's id comes from its URI, a listing
+    names each object once, and new items fill shards in id order). A local folder: :func:`list_files`."""
     location = root if isinstance(root, Location) else Location.parse(root)
     if not location.is_s3:
         yield from list_files(location)
@@ -291,20 +353,81 @@ def list_tree(root: str | Location, threads: int = LISTING_THREADS) -> Iterator[
     from concurrent.futures import ThreadPoolExecutor
 
     prefix = location.key.rstrip("/") + "/" if location.key else ""
-    top, folders = [], []
+    threads = max(1, threads)
+    stop = threading.Event()
+    # a thread for each stream that may run at once: no stream waits behind another that waits for its reader
+    pool = ThreadPoolExecutor(max_workers=threads + 1, thread_name_prefix="listing")
     try:
-        for page in s3_client().get_paginator("list_objects_v2").paginate(
-                Bucket=location.bucket, Prefix=prefix, Delimiter="/"):
-            top += _page_files(location.bucket, page)
-            folders += [entry["Prefix"] for entry in page.get("CommonPrefixes", [])]
-    except Exception as error:
-        raise explain(error, location, "list") from None
-    yield from top
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        # in key order: each folder's listing is consumed whole before the next one's
-        for files in pool.map(lambda folder: list(list_files(Location("s3", location.bucket, folder.rstrip("/")))),
-                              folders):
-            yield from files
+        top = iter(_Stream(pool, stop, location, lambda: _pages(location.bucket, prefix, page_size, "/"),
+                           pages_ahead))
+        window: deque = deque()  # the folders' streams being read, in turn
+        waiting: deque = deque()  # folders found at the top level whose stream has not started
+        top_done = False
+        while True:
+            if not top_done and len(waiting) < threads:  # the top level: a page a turn, paused while folders wait
+                page = next(top, None)
+                top_done = page is None
+                for entry in page or ():
+                    if isinstance(entry, str):
+                        waiting.append(Location("s3", location.bucket, entry.rstrip("/")))
+                    else:
+                        yield entry
+            while waiting and len(window) < threads:
+                window.append(iter(_Stream(pool, stop, waiting[0], functools.partial(
+                    _pages, location.bucket, waiting[0].key + "/", page_size), pages_ahead)))
+                waiting.popleft()
+            if window:
+                stream = window.popleft()
+                page = next(stream, None)
+                if page is not None:
+                    window.append(stream)
+                    yield from page
+            elif top_done:
+                return
+    finally:
+        stop.set()  # streams still running stop before their next page
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_END = object()
+
+
+class _Stream:
+    """The pages of one listing, fetched by a thread of ``pool`` at most ``ahead`` pages before they
+    are read (a bounded queue); its errors are raised to the reader. ``stop`` ends it early."""
+
+    def __init__(self, pool, stop: threading.Event, location: Location, pages: Callable[[], Iterable[list]],
+                 ahead: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+        self._stop, self._location = stop, location
+        pool.submit(self._fetch, pages)
+
+    def _fetch(self, pages: Callable[[], Iterable[list]]) -> None:
+        try:
+            for page in pages():
+                if not self._put(page):
+                    return
+            self._put(_END)
+        except Exception as error:  # botocore raises several unrelated types
+            self._put(explain(error, self._location, "list"))
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[list]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, StorageError):
+                raise item
+            yield item
 
 
 def read_json_folder(folder: str | Location, threads: int = LISTING_THREADS) -> list[dict]:
@@ -396,6 +519,48 @@ def delete(uri: str | Location) -> None:
         s3_client().delete_object(Bucket=location.bucket, Key=location.key)
     except Exception as error:
         raise explain(error, location, "delete") from None
+
+
+def delete_many(uris: Iterable[str | Location]) -> int:
+    """Delete every file of ``uris`` (missing ones are no error); returns how many were asked for. On S3
+    the keys of one bucket go :data:`DELETE_BATCH` to a ``DeleteObjects`` request, not one request each:
+    1,000 times fewer requests for a large prefix. ``uris`` may be a stream (a listing): a batch at a time
+    is held. A key S3 refuses to delete raises :class:`StorageError` naming it."""
+    count, batch, bucket = 0, [], None
+    for uri in uris:
+        location = uri if isinstance(uri, Location) else Location.parse(uri)
+        count += 1
+        if not location.is_s3:
+            delete(location)
+            continue
+        if batch and (location.bucket != bucket or len(batch) == DELETE_BATCH):
+            _delete_batch(bucket, batch)
+            batch = []
+        bucket = location.bucket
+        batch.append(location.key)
+    if batch:
+        _delete_batch(bucket, batch)
+    return count
+
+
+def _delete_batch(bucket: str, keys: list[str]) -> None:
+    try:
+        response = s3_client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key} for key in keys],
+                                                                      "Quiet": True})
+    except Exception as error:
+        raise explain(error, Location("s3", bucket, keys[0]), f"delete {len(keys)} objects from") from None
+    errors = [error for error in response.get("Errors", []) if error.get("Code") not in ("NoSuchKey", "404")]
+    if errors:
+        first = errors[0]
+        raise storage_error(first.get("Code", "DeleteError"), Location("s3", bucket, first.get("Key", "")),
+                            f"delete ({len(errors)} of {len(keys)} keys refused)")
+
+
+def delete_prefix(root: str | Location, keep: Callable[[FileInfo], bool] | None = None) -> int:
+    """Delete every file below ``root`` (recursive) but those ``keep`` holds, streamed from the listing
+    and on S3 by :func:`delete_many`'s batches (a prefix of 1M objects: 1,000 LIST and 1,000
+    ``DeleteObjects`` requests). Returns how many were deleted; a missing folder deletes nothing."""
+    return delete_many(info.uri for info in list_files(root, missing_ok=True) if keep is None or not keep(info))
 
 
 def download(uri: str | Location, destination: str) -> None:

@@ -12,11 +12,15 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from latentsweep.codec.model import BopCodec
 from latentsweep.errors import UsageError
+
+if TYPE_CHECKING:
+    from latentsweep.codec.model import BopCodec
+
+# torch and the model are imported where a checkpoint is read, written or built: checking and hashing
+# one (digest, adapters_digest: what planning asks, e.g. `ingest --dry-run`) needs neither
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "bop-default.pt"
 UNTRAINED = "untrained"  # a seeded random initialisation: the baseline the trained weights must beat
@@ -38,6 +42,8 @@ def save(model: BopCodec, path: str | Path, meta: dict) -> str:
 
 def _write_checkpoint(state: dict, path: str | Path, meta: dict) -> str:
     """``state`` saved to ``path`` with its sidecar (sha256 and the training card); returns the digest."""
+    import torch
+
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -50,6 +56,10 @@ def _write_checkpoint(state: dict, path: str | Path, meta: dict) -> str:
 
 
 def untrained(seed: int = 0) -> BopCodec:
+    import torch
+
+    from latentsweep.codec.model import BopCodec
+
     torch.manual_seed(seed)
     return BopCodec()
 
@@ -81,6 +91,10 @@ def load(path: str | Path | None = None) -> tuple[BopCodec, str, dict]:
     """(model in eval mode, digest, meta). ``None`` = the shipped default; ``"untrained"`` = seed 0."""
     if str(path) == UNTRAINED:
         return untrained().eval(), digest(path), {"trained": False}
+    import torch
+
+    from latentsweep.codec.model import BopCodec
+
     path, data, digest_, record = _verified(path)
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     model = BopCodec()
@@ -120,6 +134,8 @@ def load_reference(model: BopCodec, checkpoint: str | Path | dict, luma_prefix: 
     ...); ``luma_prefix`` / ``chroma_prefix`` are what stands before them in the checkpoint for the
     luma (EncoderBOPPrim) and chroma (EncoderBOPSec) encoders. ``None`` skips that branch.
     """
+    import torch
+
     state = checkpoint if isinstance(checkpoint, dict) else torch.load(
         checkpoint, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -195,6 +211,8 @@ def combined_digest(weights_digest: str, adapters: str | None) -> str:
 def load_adapters(spec: str | Path | None, weights_digest: str | None = None):
     """(AdapterSet in eval mode, digest, meta) or ``(None, None, {})`` without adapters. Refuses
     adapters trained on other codec weights than ``weights_digest`` (when given)."""
+    import torch
+
     from latentsweep.codec.adapters import AdapterSet
 
     verified = _verified_adapters(spec)

@@ -205,6 +205,7 @@ def _plan_range(listed: pa.Table, old: pa.Table | None, counts: dict, next_shard
         matched = positions[known]
         shards[matched] = old_shards[known]
         now, before = rows.take(pa.array(matched)), old.filter(pa.array(known))
+        rows, now = _keep_versions(rows, now, before, matched)
         fresh[matched] = np.any([pc.not_equal(_text(before.column(name)), _text(now.column(name)))
                                  .to_numpy(zero_copy_only=False) for name in CHANGE_COLUMNS], axis=0)
         changed = int(fresh[matched].sum())
@@ -255,6 +256,24 @@ def resolve_collisions(ids: np.ndarray, uris) -> tuple[np.ndarray, int]:
             resolved[by_uri[uri]] = candidate
             moved += 1
     return resolved, moved
+
+
+def _keep_versions(rows: pa.Table, now: pa.Table, before: pa.Table, matched: np.ndarray) -> tuple[pa.Table, pa.Table]:
+    """``rows`` (and ``now``, their rows of known items, in the order of ``before``) where an item listed
+    without a version (a manifest row without one, and no ``--check-versions``: ingest/sources.py) takes
+    the version it was planned with: not knowing is no change, so a run without versions neither redoes
+    nor forgets what a run with them recorded."""
+    unknown = pc.fill_null(pc.and_(pc.equal(now.column("version"), ""), pc.not_equal(before.column("version"), "")),
+                           False).to_numpy(zero_copy_only=False).astype(bool)
+    if not unknown.any():
+        return rows, now
+    targets = matched[unknown]
+    mask = np.zeros(rows.num_rows, bool)
+    mask[targets] = True
+    versions = before.column("version").filter(pa.array(unknown)).take(pa.array(np.argsort(targets)))
+    column = pc.replace_with_mask(rows.column("version").combine_chunks(), pa.array(mask), versions.combine_chunks())
+    rows = rows.set_column(rows.schema.get_field_index("version"), "version", column)
+    return rows, rows.take(pa.array(matched))
 
 
 def _text(column) -> pa.Array:

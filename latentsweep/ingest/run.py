@@ -217,7 +217,9 @@ def _space_mismatch(uri: str, space: tuple[str, str | None]) -> str | None:
 
 
 def dry_run(job: IngestJob) -> dict:
-    """What ``run`` would do, without writing anything: counts of the listing against the stored plan."""
+    """What ``run`` would do, without writing anything: counts of the listing against the stored plan, and
+    ``versions``: where the items' versions (what makes a replaced file fresh) come from
+    (:attr:`latentsweep.ingest.sources.Listing.versions`)."""
     check(job)
     out = storage.Location.parse(job.out)
     space = _space(job)
@@ -231,7 +233,8 @@ def dry_run(job: IngestJob) -> dict:
     encode = np.where(np.isin(shard_ids, list(done)), plan.shards.column("fresh").to_numpy(), sizes)
     return {**plan.counts, "skipped_unsupported": listing.skipped, "shards_total": plan.shards.num_rows,
             "shards_to_process": int(pending.sum()), "items_to_process": int(sizes[pending].sum()),
-            "items_to_encode": int(encode[pending].sum()), "shards_dropped": len(plan.dropped)}
+            "items_to_encode": int(encode[pending].sum()), "shards_dropped": len(plan.dropped),
+            "versions": listing.versions}
 
 
 def _plan(job: IngestJob, out: storage.Location, listed: planning.Spill, settings: dict, scratch: str):
