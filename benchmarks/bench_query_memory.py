@@ -1,6 +1,6 @@
 """Resident memory of a query engine (what each sweep actor loads) per reference vector, at 1M
-synthetic 256-dim references in a Flat index (4 shards), against the same engine before issue 14's
-query memory model (the code of the commit before this benchmark was added, run from a copy of its
+synthetic 256-dim references in a Flat index (4 shards), against the same engine before the
+current query memory model (the code of the commit before this benchmark was added, run from a copy of its
 tree): that engine held every reference's label and URI as Python strings and read each shard's
 bytes before deserialising them.
 
@@ -13,7 +13,7 @@ imports, thread pools) cancel. Reported per reference: resident memory (anonymou
 file pages separately: the new engine maps the Flat vectors, which the kernel can drop and reread),
 the peak, and, for transparency, all resident memory above the interpreter's imports divided by the
 references (constants included).
-Target (issue 14): at most 4*d + 24 bytes per reference for Flat.
+Target: at most 4*d + 24 bytes per reference for Flat.
 
     .venv/bin/python benchmarks/bench_query_memory.py [--vectors 1000000] [--dim 256] [--shards 4]
 """

@@ -1,4 +1,4 @@
-"""Bitstreams (issue 16): the .jai container, rate against the model's estimate, exact latents and
+"""Bitstreams: the .jai container, rate against the model's estimate, exact latents and
 pixels after decoding, refusal of damaged files (fuzzed), compress/decompress jobs on real Ray, and
 bitstreams as an ingest source whose vectors equal those of the original images."""
 

@@ -4,7 +4,7 @@ Table 1: semantic retrieval (2, 4, 8 photo classes) x feature sets (2lat, select
 Tables 2 and 3: the synthetic generator zoo, by family and by generator, leave-one-out on the
 references and on held-out queries with new content, plus extra rows: the beyond-the-paper pooling
 (gap+std), JPEG re-compressed queries, and the pixel-domain baseline (Figure 1a) with its time ratio.
-Attribution where content is controlled (issue 15): the zoo without colour habits and with content
+Attribution where content is controlled: the zoo without colour habits and with content
 shared across generators, and the real-software corpus (real photos, real libraries' resizers;
 :mod:`latentsweep.zoo.software`), tuning and held-out splits, clean and JPEG 80-95; the latent
 descriptors beside the forensic ``fingerprint`` and the classical ``residual_spectrum`` baseline;
@@ -276,7 +276,7 @@ def _made_and_ingested(root: Path, name: str, query_set: str, write, corpus, log
 
 
 def controlled_markdown(rows: list[dict], settings: dict) -> list[str]:
-    """The issue-15 section: a summary of held-out-query Top-1, then one table per corpus."""
+    """The content-controlled section: a summary of held-out-query Top-1, then one table per corpus."""
     from latentsweep.zoo.software import HELD_OUT, TUNING
 
     keys = ("top1", "precision_at_10", "map_at_10", "map_full", "vote_accuracy", "type_top1")
@@ -284,7 +284,7 @@ def controlled_markdown(rows: list[dict], settings: dict) -> list[str]:
     corpora = list(dict.fromkeys(r["corpus"] for r in rows))
     features = list(dict.fromkeys(r["features"] for r in rows))
     top1 = {(r["corpus"], r["features"], r["query_set"]): r["top1"] for r in rows}
-    lines = ["## Attribution where content is controlled (issue 15)", "",
+    lines = ["## Attribution where content is controlled", "",
              "**zoo-habits** is the zoo of the tables above (colour habits on, each generator drawing its own "
              "content): not controlled, the reference point. Then two corpora where only how an image was "
              "formed tells the classes apart. **zoo-shared**: the "
@@ -366,7 +366,7 @@ def markdown(results: dict) -> str:
              "real pipeline: corpus -> `ingest` (local Ray) -> `index build` (Flat, cosine) -> `evaluate`.", "",
              "**The corpora are SYNTHETIC** (no deepfake corpus is reachable here): the semantic corpus is "
              "augmented crops of photos bundled with scikit-image; the generator zoo is 7 fixed random "
-             "generator networks (README, \"The synthetic zoo\"); the real-software corpus is real photos "
+             "generator networks ([corpora](corpora.md)); the real-software corpus is real photos "
              "resized by real libraries, not generative models. The numbers say what the method does on "
              "them, not what it does on real generators.", "",
              f"Codec weights: `{weights['name']}` (sha256 `{weights['sha256'][:16]}...`), {weights['summary']}.",

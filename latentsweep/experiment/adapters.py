@@ -1,4 +1,4 @@
-"""SFMA adapters with and without (issue 16): the held-out content-controlled corpora ingested again
+"""SFMA adapters with and without: the held-out content-controlled corpora ingested again
 through the codec with the shipped adapters (``ingest --adapters default``), their held-out queries
 attributed by the latent feature sets, beside the controlled table's own rows without adapters and its
 classical ``residual_spectrum`` baseline (same corpora, same protocol; those are read, not recomputed).
@@ -115,7 +115,7 @@ def adapters_markdown(table: dict) -> list[str]:
         cost += (f"; held-out photos {card['psnr_db'][0]:.2f} -> {card['psnr_db'][1]:.2f} dB "
                  f"({card['psnr_delta_db']:+.2f} dB) at x{card['rate_ratio']:.3f} the rate "
                  f"({card['bpp'][0]:.3f} -> {card['bpp'][1]:.3f} bpp)")
-    lines = ["## Adapters: with and without (issue 16)", "",
+    lines = ["## Adapters: with and without", "",
              "The held-out content-controlled corpora (no tuning decision looked at them), references and "
              f"held-out queries ingested again with `--adapters {ADAPTERS}` (`{card['name']}`, sha256 "
              f"`{card['sha256'][:16]}...`: {cost}) into their own indices; rows without adapters and the "
