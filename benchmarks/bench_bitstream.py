@@ -38,7 +38,8 @@ SETTINGS = {"feature_set": "2lat", "device": "cpu", "descriptors": False}
 
 def compress_all(paths: list[Path], out: Path) -> tuple[list[Path], object]:
     from latentsweep.codec.bitstream import BitstreamCodec
-    from latentsweep.codec.embed import EmbedSettings, Embedder
+    from latentsweep.codec.embed import Embedder
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.ingest.decode import decode_image
 
     codec = BitstreamCodec(Embedder(EmbedSettings(**SETTINGS)))
@@ -63,7 +64,7 @@ def jpeg_bytes(path: Path, quality: int = 90) -> int:
 
 def in_process(paths: list[Path], batch: int) -> float:
     """Seconds for fetch + Encoder.encode over ``paths`` (PNGs or .jai), batches as a shard worker."""
-    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.ingest.decode import fetch
     from latentsweep.ingest.encode import Encoder
 
@@ -135,7 +136,7 @@ def bitstream_stages(paths: list[Path], codec, batch: int) -> dict[str, float]:
 
 
 def through_ray(source: Path, out: Path, batch: int, shard_size: int) -> float:
-    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.ingest.run import IngestJob, run
 
     shutil.rmtree(out, ignore_errors=True)

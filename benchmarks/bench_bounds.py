@@ -47,7 +47,8 @@ def main() -> None:
     import faiss
     from PIL import Image
 
-    from latentsweep.codec.embed import EmbedSettings, Embedder
+    from latentsweep.codec.embed import Embedder
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.codec.pixel_baseline import PixelBaseline
 
     cores = os.cpu_count() or 1

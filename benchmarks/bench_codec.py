@@ -21,7 +21,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
 
-    from latentsweep.codec.embed import EmbedSettings, Embedder
+    from latentsweep.codec.embed import Embedder
+    from latentsweep.codec.settings import EmbedSettings
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(args.images)]

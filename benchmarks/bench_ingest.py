@@ -20,7 +20,8 @@ WARM_UP_IMAGES = 16
 
 
 def bare_loop(paths: list[Path], batch: int) -> float:
-    from latentsweep.codec.embed import EmbedSettings, Embedder
+    from latentsweep.codec.embed import Embedder
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.ingest.decode import decode_image
 
     embedder = Embedder(EmbedSettings(feature_set="all", device="cpu", max_batch=batch))
@@ -32,7 +33,7 @@ def bare_loop(paths: list[Path], batch: int) -> float:
 
 def pipeline(source: Path, out: Path, batch: int, address: str | None = None,
              workers: int | None = None) -> tuple[float, dict]:
-    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.ingest.run import IngestJob, run
 
     shutil.rmtree(out, ignore_errors=True)

@@ -124,7 +124,7 @@ from ray.cluster_utils import Cluster
 import os
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 from latentsweep.cluster import connect
-from latentsweep.codec.embed import EmbedSettings
+from latentsweep.codec.settings import EmbedSettings
 from latentsweep.ingest.run import IngestJob, run
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
 cluster.add_node(num_cpus=1)

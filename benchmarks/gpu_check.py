@@ -207,7 +207,8 @@ class Context:
     def embedder(self, device: str, role: str = "", **settings):
         """One Embedder per (device, role, settings): the CPU reference and the tested side are separate
         instances also when both are on the CPU."""
-        from latentsweep.codec.embed import EmbedSettings, Embedder
+        from latentsweep.codec.embed import Embedder
+        from latentsweep.codec.settings import EmbedSettings
 
         key = (device, role, tuple(sorted(settings.items())))
         if key not in self._embedders:
@@ -459,7 +460,7 @@ def section_bitstream(ctx: Context, budget: Budget) -> None:
                       note="constriction is not importable (the range coder of .jai files): pip install 'constriction>=0.5'")
         return
     # 2. whole files: compress on both devices, then ingest the CPU's files on both
-    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.ingest.decode import Fetched
     from latentsweep.ingest.encode import Encoder
 
@@ -512,7 +513,7 @@ def section_ray(ctx: Context, budget: Budget) -> None:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.ingest.decode import fetch
     from latentsweep.ingest.encode import Encoder
     from latentsweep.ingest.run import IngestJob, run as run_ingest

@@ -264,7 +264,7 @@ def ingest(
     """
     import json
 
-    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.ingest.run import IngestJob, dry_run as plan_only, run
     from latentsweep.ingest.sources import CHECK_VERSIONS_VARIABLE, parse_families
 
@@ -577,7 +577,7 @@ def embeddings_for(job, weights: Optional[str], adapters: Optional[str], manifes
     OUT/_embeddings/date=D with the codec, weights, adapters, features and pooling the index was built
     from (an index built through the shipped adapters gets them without --adapters)."""
     from latentsweep.codec import weights as codec_weights
-    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.errors import UsageError
     from latentsweep.index import features
     from latentsweep.ingest.run import HALF_SUFFIX, IngestJob, run as run_ingest

@@ -233,7 +233,8 @@ class CodecWorker:
         import torch
 
         from latentsweep.codec.bitstream import BitstreamCodec
-        from latentsweep.codec.embed import EmbedSettings, Embedder
+        from latentsweep.codec.embed import Embedder
+        from latentsweep.codec.settings import EmbedSettings
 
         from latentsweep.accelerator import compute_device
 

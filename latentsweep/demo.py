@@ -21,7 +21,7 @@ FEATURES = "fingerprint"
 
 
 def run(out: Path, per_generator: int = 24, queries_per_generator: int = 8, log=print) -> int:
-    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.index.build import IndexJob, build
     from latentsweep.ingest.run import IngestJob, run as ingest
     from latentsweep.query.evaluate import evaluate, tables

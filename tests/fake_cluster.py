@@ -67,7 +67,7 @@ def gpus(work: Path) -> dict:
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
 
-    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.errors import JobFailed
     from latentsweep.ingest.run import IngestJob, run
 

@@ -17,7 +17,8 @@ from latentsweep.codec import container, formation, weights
 from latentsweep.codec.adapters import AdapterSet, FrequencyModulationAdapter, SpatialModulationAdapter
 from latentsweep.codec.bitstream import BitstreamCodec
 from latentsweep.codec.container import BitstreamError
-from latentsweep.codec.embed import EmbedSettings, Embedder
+from latentsweep.codec.embed import Embedder
+from latentsweep.codec.settings import EmbedSettings
 from latentsweep.codec.weights import WeightsError
 
 

@@ -22,7 +22,8 @@ from latentsweep import photos, storage
 from latentsweep.codec import container
 from latentsweep.codec.bitstream import BitstreamCodec, bits_per_pixel
 from latentsweep.codec.container import BitstreamError
-from latentsweep.codec.embed import EmbedSettings, Embedder
+from latentsweep.codec.embed import Embedder
+from latentsweep.codec.settings import EmbedSettings
 from latentsweep.compress import CodecJob, output_name, run as run_codec
 from latentsweep.ingest.decode import Fetched
 from latentsweep.ingest.run import IngestJob, run as run_ingest
@@ -152,7 +153,8 @@ DECODE_ELSEWHERE = """
 import sys, numpy as np, torch
 torch.set_num_threads(1)
 from latentsweep.codec.bitstream import BitstreamCodec
-from latentsweep.codec.embed import EmbedSettings, Embedder
+from latentsweep.codec.embed import Embedder
+from latentsweep.codec.settings import EmbedSettings
 codec = BitstreamCodec(Embedder(EmbedSettings(device="cpu", descriptors=False)))
 tensors, _ = codec.latents(open(sys.argv[1], "rb").read())
 np.save(sys.argv[2], tensors["y_hat_luma"].numpy())

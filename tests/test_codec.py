@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from latentsweep.codec import colour, pooling, reference, weights
-from latentsweep.codec.embed import EmbedSettings, Embedder
+from latentsweep.codec import colour, layout, pooling, reference, weights
+from latentsweep.codec.embed import Embedder
+from latentsweep.codec.settings import EmbedSettings
 from latentsweep.schema import ALL_COLUMNS, TENSORS
 
 
@@ -99,13 +100,13 @@ def test_batched_equals_one_by_one(embedder):
 
 
 def test_feature_sets_and_dims():
-    assert pooling.column_dims("2lat", "gap") == {"y_hat_luma": 160, "y_hat_chroma": 96}
-    assert sum(pooling.column_dims("2lat", "gap").values()) == 256
-    assert len(pooling.feature_columns("selected")) == 6
-    assert len(pooling.feature_columns("all")) == 2 * len(TENSORS)
-    assert pooling.column_dims("2lat", "gap+std")["y_hat_luma"] == 320
+    assert layout.column_dims("2lat", "gap") == {"y_hat_luma": 160, "y_hat_chroma": 96}
+    assert sum(layout.column_dims("2lat", "gap").values()) == 256
+    assert len(layout.feature_columns("selected")) == 6
+    assert len(layout.feature_columns("all")) == 2 * len(TENSORS)
+    assert layout.column_dims("2lat", "gap+std")["y_hat_luma"] == 320
     with pytest.raises(ValueError, match="unknown feature set"):
-        pooling.feature_columns("3lat")
+        layout.feature_columns("3lat")
 
 
 def test_weights_save_load_roundtrip_and_checksum(tmp_path):

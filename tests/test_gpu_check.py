@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from latentsweep.codec import bitstream
-from latentsweep.codec.embed import EmbedSettings, Embedder, full_float32
+from latentsweep.codec.embed import Embedder, full_float32
+from latentsweep.codec.settings import EmbedSettings
 from latentsweep.schema import DESCRIPTORS, FEATURE_SETS
 
 ROOT = Path(__file__).resolve().parents[1]

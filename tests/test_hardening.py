@@ -19,7 +19,7 @@ from conftest import S3_ACCESS_KEY, S3_SECRET_KEY, WeedServer, s3_variables
 from images import photo_corpus
 from processes import LATENTSWEEP, assert_same_ingest, local_env, run_command
 from latentsweep import lock, storage
-from latentsweep.codec.embed import EmbedSettings
+from latentsweep.codec.settings import EmbedSettings
 from latentsweep.ingest.run import IngestJob, run
 
 INGEST_FLAGS = ["--weights", "untrained", "--feature-set", "selected", "--device", "cpu", "--quiet"]

@@ -8,7 +8,7 @@ import numpy as np
 
 from images import photo_corpus
 from latentsweep import schema, storage
-from latentsweep.codec.embed import EmbedSettings
+from latentsweep.codec.settings import EmbedSettings
 from latentsweep.index.build import IndexJob, build
 from latentsweep.ingest import plan as planning
 from latentsweep.ingest.run import IngestJob, run

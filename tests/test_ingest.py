@@ -21,7 +21,7 @@ from hypothesis import assume, given, settings as hypothesis_settings, strategie
 from images import gradient, odd_files, photo_corpus
 from processes import assert_same_ingest, files_in, interrupt_when, local_env, run_command, settled
 from latentsweep import schema, storage
-from latentsweep.codec.embed import EmbedSettings
+from latentsweep.codec.settings import EmbedSettings
 from latentsweep.ingest import plan as planning
 from latentsweep.ingest.decode import DecodeError, decode_image
 from latentsweep.ingest.run import IngestJob, run
@@ -439,7 +439,7 @@ def test_killed_encoder_actor_is_replaced_and_output_is_unchanged(tmp_path, ray_
 TWO_NODES = """
 import json, os, sys
 from ray.cluster_utils import Cluster
-from latentsweep.codec.embed import EmbedSettings
+from latentsweep.codec.settings import EmbedSettings
 from latentsweep.ingest.run import IngestJob, run
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 300 * 2**20})

@@ -352,7 +352,7 @@ def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, 
     import sys
 
     from images import photo_corpus
-    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.ingest.run import IngestJob, run as ingest
     from processes import run_command
 

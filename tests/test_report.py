@@ -279,7 +279,7 @@ def test_metric_names_carry_k():
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, ray_session):
     from images import photo_corpus
-    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.ingest.run import IngestJob, run as ingest
 
     root = tmp_path_factory.mktemp("photos")

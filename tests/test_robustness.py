@@ -10,7 +10,8 @@ import pytest
 
 from latentsweep import photos
 from latentsweep.codec import weights
-from latentsweep.codec.embed import Embedder, EmbedSettings
+from latentsweep.codec.embed import Embedder
+from latentsweep.codec.settings import EmbedSettings
 from latentsweep.ingest.decode import decode_image
 from latentsweep.zoo import robustness
 

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from latentsweep.codec import pooling
-from latentsweep.codec.analysis import CHROMA_CHANNELS, HIDDEN, LUMA_CHANNELS
-from latentsweep.codec.model import TENSOR_STRIDES
+from latentsweep.codec.analysis import HIDDEN
+from latentsweep.codec.layout import CHROMA_CHANNELS, LUMA_CHANNELS, TENSOR_STRIDES
 
 POINTS = ("act1", "act2", "act3")   # after each residual attention unit, 128 channels
 BRANCHES = ("luma", "chroma")

@@ -10,9 +10,8 @@ import torch
 from torch import nn
 
 from latentsweep.codec.layers import ResAU, conv1x1, conv3x3, normalize
+from latentsweep.codec.layout import CHROMA_CHANNELS, LUMA_CHANNELS
 
-LUMA_CHANNELS = 160
-CHROMA_CHANNELS = 96
 HIDDEN = 128
 
 

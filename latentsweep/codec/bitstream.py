@@ -35,7 +35,7 @@ import torch
 
 from latentsweep.codec import coding, colour, container
 from latentsweep.codec.container import Bitstream, BitstreamError, Stream, describe_id, digest_id, symbols_crc
-from latentsweep.codec.model import CODEC_NAME, TENSOR_STRIDES
+from latentsweep.codec.layout import CODEC_NAME, TENSOR_STRIDES
 
 BRANCHES = ("luma", "chroma")
 STREAMS = (("z", "luma"), ("z", "chroma"), ("r", "luma"), ("r", "chroma"))  # the container's order

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from latentsweep.codec import colour, pooling, weights
-from latentsweep.codec.model import CODEC_NAME, TENSOR_STRIDES
+from latentsweep.codec.layout import CODEC_NAME, TENSOR_STRIDES, column_dims
+from latentsweep.codec.settings import EmbedSettings
 from latentsweep.errors import UsageError
 
 
@@ -54,27 +54,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-@dataclass(frozen=True)
-class EmbedSettings:
-    """What decides an embedding's space: rows with different settings are never mixed."""
-
-    weights: str | None = None  # None = shipped default, "untrained", or a checkpoint path
-    feature_set: str = "all"
-    pooling: str = "gap"
-    device: str = "auto"
-    half: bool = False
-    max_batch: int = 8
-    descriptors: bool = True  # also describe the decoded pixels (latentsweep.descriptors), same pass
-    adapters: str | None = None  # SFMA adapters in the analysis transforms: None, "default" or a path
-
-
 class Embedder:
     """Loads the codec once; :meth:`embed` turns uint8 RGB images into pooled vectors."""
 
     def __init__(self, settings: EmbedSettings = EmbedSettings()):
         self.settings = settings
         full_float32()  # before any convolution runs: TF32 would move GPU rows out of the CPU's space
-        self.columns = pooling.column_dims(settings.feature_set, settings.pooling)
+        self.columns = column_dims(settings.feature_set, settings.pooling)
         self.device = resolve_device(settings.device)
         model, self.base_digest, self.meta = weights.load(settings.weights)
         # adapters (codec/adapters.py) change the analysis only; the rows' weights digest names both

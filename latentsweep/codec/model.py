@@ -7,21 +7,12 @@ import torch
 from torch import nn
 
 from latentsweep.codec import colour
-from latentsweep.codec.analysis import CHROMA_CHANNELS, LUMA_CHANNELS, EncoderBOPPrim, EncoderBOPSec
+from latentsweep.codec.analysis import EncoderBOPPrim, EncoderBOPSec
 from latentsweep.codec.entropy import FactorizedLogistic, bits, gaussian_likelihood
 from latentsweep.codec.hyperprior import LatentPredictor
+from latentsweep.codec.layout import CHROMA_CHANNELS, LUMA_CHANNELS
 from latentsweep.codec.synthesis import Synthesis
 from latentsweep.schema import TENSORS
-
-CODEC_NAME = "jpegai-bop"
-# Spatial stride of each tensor relative to the input image (for pooling over the valid area).
-TENSOR_STRIDES = {"y": 16, "z": 64, "z_hat": 64, "psi": 32, "mu": 16, "scale": 16,
-                  "residual_quant": 16, "residual": 16, "y_hat": 16}
-CHANNELS = {"luma": LUMA_CHANNELS, "chroma": CHROMA_CHANNELS}
-
-
-def tensor_channels(tensor: str, branch: str) -> int:
-    return CHANNELS[branch] * (4 if tensor == "psi" else 1)
 
 
 class BopCodec(nn.Module):

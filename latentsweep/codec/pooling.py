@@ -2,36 +2,13 @@
 
 ``gap`` is the paper's global average pooling. ``gap+std`` (beyond the paper) appends the per-channel
 standard deviation over the same area, so local artifacts that averaging hides still move the vector.
-Vectors are float32; column order is fixed by :data:`FEATURE_SETS`.
+Vectors are float32; column order is fixed by :data:`~latentsweep.schema.FEATURE_SETS`
+(:mod:`latentsweep.codec.layout` names the columns and their widths).
 """
 
 from __future__ import annotations
 
 import torch
-
-from latentsweep.codec.model import tensor_channels
-from latentsweep.errors import UsageError
-from latentsweep.schema import FEATURE_SETS
-
-POOLINGS = ("gap", "gap+std")
-
-
-def feature_columns(feature_set: str) -> tuple[str, ...]:
-    if feature_set not in FEATURE_SETS:
-        raise UsageError(f"unknown feature set {feature_set!r}: choose one of {', '.join(FEATURE_SETS)}")
-    return FEATURE_SETS[feature_set]
-
-
-def pooled_dim(column: str, pooling: str) -> int:
-    tensor, branch = column.rsplit("_", 1)
-    return tensor_channels(tensor, branch) * (2 if pooling == "gap+std" else 1)
-
-
-def column_dims(feature_set: str, pooling: str) -> dict[str, int]:
-    if pooling not in POOLINGS:
-        raise UsageError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
-    return {column: pooled_dim(column, pooling) for column in feature_columns(feature_set)}
-
 
 def valid_mask(shape: torch.Size, valid: list[tuple[int, int]], device) -> torch.Tensor:
     """(B, 1, h, w) mask, 1 where a latent position lies inside its image's valid area."""

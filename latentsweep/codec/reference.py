@@ -14,7 +14,7 @@ import io
 
 import torch
 
-from latentsweep.codec.analysis import CHROMA_CHANNELS, LUMA_CHANNELS
+from latentsweep.codec.layout import CHROMA_CHANNELS, LUMA_CHANNELS
 from latentsweep.errors import UsageError
 
 BRANCH_KEYS = {"model_y": "luma", "model_uv": "chroma"}

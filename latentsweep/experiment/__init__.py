@@ -178,7 +178,8 @@ def pixel_baseline(root: Path, settings: ExperimentSettings, log) -> dict:
     """Decode-to-pixels descriptor vs the latent path on the zoo: held-out accuracy and time per image."""
     import faiss
 
-    from latentsweep.codec.embed import Embedder, EmbedSettings
+    from latentsweep.codec.embed import Embedder
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.codec.pixel_baseline import PixelBaseline
     from latentsweep.index.scaler import Scaler
     from latentsweep.query import metrics

@@ -31,7 +31,7 @@ def write_manifest(folder: Path, rows: list[dict]) -> None:
 
 def ingest_corpus(source: Path, dest: Path, pooling: str = "gap", log=print, adapters: str | None = None) -> str:
     """``adapters``: ingest through the codec with SFMA adapters (``ingest --adapters``), its own space."""
-    from latentsweep.codec.embed import EmbedSettings
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.ingest.run import IngestJob, run as ingest
 
     summary = ingest(IngestJob(str(source / "manifest.csv"), str(dest),

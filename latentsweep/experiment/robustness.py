@@ -38,7 +38,8 @@ def robustness_table(root: Path, controlled: Path, settings, log) -> list[dict]:
     """One row per condition and feature: Top-1 of the processed held-out queries against the clean
     references, then against references plus processed copies of ``robustness_references`` per class
     under every condition. ``controlled``: the controlled tables' folder (corpora and embeddings)."""
-    from latentsweep.codec.embed import Embedder, EmbedSettings
+    from latentsweep.codec.embed import Embedder
+    from latentsweep.codec.settings import EmbedSettings
     from latentsweep.zoo.robustness import CONDITIONS
 
     round_trip = Embedder(EmbedSettings()).round_trip

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from latentsweep.accelerator import AcceleratorFault, is_fault, out_of_memory
-from latentsweep.codec.embed import EmbedSettings
+from latentsweep.codec.settings import EmbedSettings
 from latentsweep.descriptors import columns as descriptor_columns, describe
 from latentsweep.ingest.decode import Fetched
 

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from latentsweep import lock, storage
 from latentsweep.cluster import MAX_GPU_REQUEST, WAIT_FOR_GPUS_SECONDS
-from latentsweep.codec.embed import EmbedSettings
+from latentsweep.codec.settings import EmbedSettings
 from latentsweep.console import stage_log
 from latentsweep.errors import JobFailed, UsageError
 from latentsweep.ingest import manifest, plan as planning
@@ -87,7 +87,7 @@ class IngestSummary:
 
 def check(job: IngestJob) -> None:
     """Refuse bad settings before anything is read or written (a bad value must not claim ``out``)."""
-    from latentsweep.codec.pooling import column_dims
+    from latentsweep.codec.layout import column_dims
 
     column_dims(job.embed.feature_set, job.embed.pooling)
     if job.embed.device not in DEVICES:
@@ -189,7 +189,7 @@ def _list(job: IngestJob, scratch: str, space: tuple[str, str | None]) -> tuple[
         raise UsageError(f"no images, .pt latents or .jai bitstreams found in {job.source}")
     if listed.bitstreams == listed.rows:  # bitstreams only: every item would be an error row
         from latentsweep.codec.bitstream import missing_columns, missing_columns_reason
-        from latentsweep.codec.pooling import column_dims
+        from latentsweep.codec.layout import column_dims
 
         missing = missing_columns(column_dims(job.embed.feature_set, job.embed.pooling))
         if missing:

@@ -21,7 +21,7 @@ import numpy as np
 
 from latentsweep import storage
 from latentsweep.accelerator import AcceleratorFault, compute_device, leave
-from latentsweep.codec.embed import EmbedSettings
+from latentsweep.codec.settings import EmbedSettings
 from latentsweep.ingest import manifest
 from latentsweep.ingest.decode import Fetched, fetch
 from latentsweep.ingest.write import ShardWriter
