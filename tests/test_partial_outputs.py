@@ -88,3 +88,9 @@ def test_a_sweep_rerun_drops_stale_parts_and_takes_the_record_away_first(index, 
     assert run(first).queries == 40 and (partition / SUCCESS).exists()
     assert storage.exists(str(partition / parts[0]))
     np.testing.assert_equal(len(list(partition.glob("part-*.parquet"))), 1)
+    # --overwrite starts the partition afresh: every earlier file goes, the new night's files come
+    (partition / "notes.txt").write_text("written by hand into the partition")
+    assert run(second, overwrite=True).parts == 1
+    assert not (partition / "notes.txt").exists() and (partition / SUCCESS).exists()
+    assert [entry["file"] for entry in json.loads((partition / SUCCESS).read_text())["parts"]
+            if entry["file"].startswith("part-")] == sorted(p.name for p in partition.glob("part-*.parquet"))

@@ -368,6 +368,21 @@ def test_prefix_deletes_go_a_thousand_keys_a_request(s3_env, tmp_path):
     assert storage.delete_prefix(str(tmp_path / "no-such-folder")) == 0
 
 
+def test_an_s3_ingest_overwritten_deletes_in_batches_and_ends_whole(s3_env, tmp_path, ray_session):
+    """``--overwrite`` of an S3 output clears it with ``DeleteObjects`` requests, never one request a file,
+    and the rerun writes the same rows again."""
+    photo_corpus(tmp_path / "corpus", labels=("alpha", "beta"), per_label=3, size=(32, 32))
+    out = f"s3://{s3_env['bucket']}/references"
+    first = run(IngestJob(str(tmp_path / "corpus"), out, EMBED, shard_size=2, quiet=True))
+    batches, singles = count_calls("DeleteObjects"), []
+    storage.s3_client().meta.events.register("before-parameter-build.s3.DeleteObject",
+                                              lambda params, **_: singles.append(params["Key"]))
+    again = run(IngestJob(str(tmp_path / "corpus"), out, EMBED, shard_size=2, overwrite=True, quiet=True))
+    assert batches
+    assert not [key for key in singles if "/embeddings/" in key or "/_done/" in key], singles  # one a file
+    assert (first.embedded, again.embedded, again.shards_already_done) == (6, 6, 0)
+
+
 def test_a_failed_lock_release_is_said_on_stderr(s3_env, capsys, monkeypatch):
     """The lease was taken over (its conditional delete is refused), or the store refused the delete:
     either way a warning line names the lock, and the lease object stays."""

@@ -343,8 +343,7 @@ def _next_version(root: storage.Location, previous: Manifest | None) -> str:
 def _discard(root: storage.Location, version: str) -> None:
     """Remove what a build that did not finish wrote into its version folder (never listed)."""
     folder = root.join(version)
-    for info in list(storage.list_files(folder, missing_ok=True)):
-        storage.delete(info.uri)
+    storage.delete_prefix(folder)
     if not folder.is_s3:
         import shutil
 

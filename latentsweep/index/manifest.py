@@ -144,14 +144,11 @@ def clean(root: str, keep: list[Manifest]) -> list[str]:
     (``shards/``, ``metadata/``) when no kept manifest lists them. Returns what was deleted."""
     location = storage.Location.parse(root)
     kept = set().union(*(manifest.files() for manifest in keep))
-    deleted = []
-    for info in list(storage.list_files(location, missing_ok=True)):
-        relative = location.relative(info.uri)
-        if relative in kept or (version_number(relative) is None
-                                and relative.split("/", 1)[0] not in ("shards", "metadata")):
-            continue
-        storage.delete(info.uri)
-        deleted.append(relative)
+    deleted = [relative for relative in (location.relative(info.uri)
+                                         for info in storage.list_files(location, missing_ok=True))
+               if relative not in kept and (version_number(relative) is not None
+                                            or relative.split("/", 1)[0] in ("shards", "metadata"))]
+    storage.delete_many(location.join(relative) for relative in deleted)
     if not location.is_s3:  # local folders outlive their files: drop the emptied version folders
         import os
 

@@ -311,9 +311,8 @@ def _plan_and_process(job: IngestJob, out: storage.Location, listed: planning.Sp
     storage.write_bytes(out.join("plan.json"), json.dumps(
         {"plan_version": PLAN_VERSION, "settings": settings, "shard_size": job.shard_size,
          "shards": stored.num_rows, "source": job.source}, indent=2).encode())
-    for shard in plan.dropped:  # every item of these shards is gone: so are their rows
-        for location in shard_files(out, shard):
-            storage.delete(location)
+    # every item of these shards is gone: so are their rows
+    storage.delete_many(location for shard in plan.dropped for location in shard_files(out, shard))
     records = {int(record["shard_id"]): record for record in done_records(out)}
     pending = plan.pending_mask(_digests(records.values()))
     todo = stored.filter(pending)
@@ -336,10 +335,8 @@ def _plan_and_process(job: IngestJob, out: storage.Location, listed: planning.Sp
 
 def _clear(out: storage.Location) -> None:
     for folder in (DONE_FOLDER, "embeddings", "errors", manifest.MANIFEST_FOLDER):
-        for info in list(storage.list_files(out.join(folder), missing_ok=True)):
-            storage.delete(info.uri)
-    for name in (manifest.SHARDS_FILE, DONE_INDEX, "manifest.parquet"):  # manifest.parquet: plan version 1
-        storage.delete(out.join(name))
+        storage.delete_prefix(out.join(folder))
+    storage.delete_many(out.join(name) for name in (manifest.SHARDS_FILE, DONE_INDEX))
 
 
 def _process(job: IngestJob, out: storage.Location, todo, items: int, settings: dict, summary: IngestSummary,

@@ -237,9 +237,7 @@ def _plan(job: SweepJob, files: list[str], location: storage.Location, manifest)
     parts = [(uri, part_name(uri), _digest(uri, version, index_digest, _settings(job)))
              for uri, version in zip(files, versions)]
     if job.overwrite:
-        for info in list(storage.list_files(location, missing_ok=True)):
-            if not lock.is_lock_file(info.uri):
-                storage.delete(info.uri)
+        storage.delete_prefix(location, keep=lambda info: lock.is_lock_file(info.uri))
     _remove_stale(location, {name for _, name, _ in parts})
     done = _done(location)
     return parts, [p for p in parts if done.get(p[1], {}).get("digest") != p[2]]
@@ -248,12 +246,12 @@ def _plan(job: SweepJob, files: list[str], location: storage.Location, manifest)
 def _remove_stale(location: storage.Location, current: set[str]) -> None:
     """Result parts (and their done markers) of query files that are no longer in the night: the
     partition holds exactly the parts its ``_SUCCESS.json`` lists."""
-    for info in list(storage.list_files(location, missing_ok=True)):
-        relative = location.relative(info.uri)
-        folder, _, name = relative.rpartition("/")
+    def stale(info: storage.FileInfo) -> bool:
+        folder, _, name = location.relative(info.uri).rpartition("/")
         stem = name.rsplit(".", 1)[0]
-        if stem.startswith("part-") and folder in ("", DONE_FOLDER, AGGREGATES) and stem not in current:
-            storage.delete(info.uri)
+        return stem.startswith("part-") and folder in ("", DONE_FOLDER, AGGREGATES) and stem not in current
+
+    storage.delete_prefix(location, keep=lambda info: not stale(info))
 
 
 def _settings(job: SweepJob) -> dict:
