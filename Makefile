@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 
 AUTOFAISS_VENV ?= .venv-autofaiss
 
-.PHONY: venv demo test experiment bench bench-index clean
+.PHONY: venv demo test experiment bench bench-index docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ experiment: venv
 
 test: venv
 	RAY_AUTH_MODE=disabled $(PY) -m pytest $(PYTEST_ARGS)
+
+# The documentation site (mkdocs.yml, pages in docs/) into site/; --strict: a broken link fails.
+docs: venv
+	$(VENV)/bin/mkdocs build --strict
 
 bench: venv
 	RAY_AUTH_MODE=disabled $(PY) benchmarks/run_all.py

@@ -1,0 +1,128 @@
+"""The user's documentation speaks of the software, not of how it was made.
+
+README.md, mkdocs.yml, every page under docs/ and the text the experiment writes into docs/results.md
+are scanned for work-log wording: numbered or "this" sessions (Ray's own sessions, its `session_*`
+folders and AWS_SESSION_TOKEN are technical terms and pass), scratch runs, issue numbers, links to
+paths outside the repository. The README stays a manual of at most 300 lines, and the MkDocs site
+builds with --strict, so every link between pages resolves."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README_MAX_LINES = 300
+
+# (pattern, what it catches); case-insensitive.
+FORBIDDEN = [
+    # "session" as a work session: any session but a technical one (the Ray session, its session_*
+    # folders, AWS_SESSION_TOKEN, an SSH session, the pytest fixture ray_session)
+    (r"(?<!ray )(?<!ssh )(?<![\w/])sessions?\b(?!_)", "a work session"),
+    (r"\bscratch\b", "a scratch run"),
+    (r"\bissues?\s*#?\s*\d+", "an issue number"),
+    (r"\bissue-\d+", "an issue number"),
+    (r"(?<![\w&/#])#\d+\b", "an issue number"),
+    (r"\bthe issue\b", "the issue"),
+    (r"\bthe issue's\b", "the issue"),
+    (r"\.\./shared\b", "a path outside the repository"),
+    (r"/work/", "a path outside the repository"),
+    (r"\bdesign card\b", "the making of the project"),
+]
+PATTERNS = [(re.compile(pattern, re.IGNORECASE), why) for pattern, why in FORBIDDEN]
+
+
+def offences(text: str) -> list[str]:
+    """Every forbidden phrase of ``text``, as 'line N: why: the line'."""
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
+        for pattern, why in PATTERNS:
+            if pattern.search(line):
+                found.append(f"line {number}: {why}: {line.strip()[:160]}")
+    return found
+
+
+def documents() -> list[Path]:
+    return [ROOT / "README.md", ROOT / "mkdocs.yml", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def test_the_patterns_catch_work_log_wording_and_spare_ray_terms():
+    for bad in ("measured in session 11", "this session's run", "Sessions 4 and 5", "(scratch, session 10)",
+                "scratch runs", "(issue 16)", "issue #27", "#27", "the issue's target", "issue-15 section",
+                "see `../shared/docs/design.md`", "/work/main/README.md"):
+        assert offences(bad), bad
+    for good in ("in the Ray session's log folder", "`/tmp/ray/session_*/logs/`", "`AWS_SESSION_TOKEN`",
+                 "the `ray_session` fixture", "`ray exec`, `ray attach` and SSH sessions", "Ray sessions",
+                 "report.html#predicted=sd&unknown=1", "a temporary folder",
+                 "Ray issues and pitfalls", "## Results"):
+        assert not offences(good), good
+
+
+@pytest.mark.parametrize("path", documents(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_documents_speak_of_the_software_not_of_how_it_was_made(path):
+    assert not offences(path.read_text(encoding="utf-8")), "\n".join(offences(path.read_text(encoding="utf-8")))
+
+
+def test_readme_is_a_manual_of_at_most_300_lines():
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail to docs/"
+
+
+def test_readme_links_into_docs_resolve():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if "://" not in t]
+    assert local, "the README links to its docs pages"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, missing
+
+
+def _string_constants(path: Path) -> list[str]:
+    """Every string literal of a module: docstrings, f-string parts, headings it writes."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "latentsweep" / "experiment").glob("*.py")), ids=lambda p: p.name)
+def test_the_experiment_writes_no_work_log_wording(path):
+    """What `latentsweep experiment --docs docs/results.md` can write is in these string literals."""
+    found = [f"{why}: {text.strip()[:120]!r}" for text in _string_constants(path)
+             for pattern, why in PATTERNS if pattern.search(text)]
+    assert not found, found
+
+
+def test_rendered_section_headings_match_the_checked_in_results():
+    """The controlled and adapters sections rendered from small inputs: their headings are clean and are
+    the ones docs/results.md holds."""
+    from latentsweep.experiment import controlled_markdown
+    from latentsweep.experiment.adapters import adapters_markdown
+
+    metrics = {"top1": 0.5, "precision_at_10": 0.5, "map_at_10": 0.5, "map_full": 0.5, "vote_accuracy": 0.5,
+               "type_top1": 0.5}
+    controlled = controlled_markdown(
+        [{"corpus": "zoo-shared", "features": "2lat", "query_set": "queries", "classes": 7, **metrics}],
+        {"software_jpeg": [80, 95], "software_size": 192})
+    card = {"name": "sfma-default.pt", "sha256": "0" * 64, "parameters": 1, "train_seconds": 1.0, "steps_done": 0}
+    adapters = adapters_markdown({"card": card, "rows": [
+        {"corpus": "zoo-shared", "features": "2lat", "adapters": True, "pixels": "original", **metrics}]})
+    rendered = "\n".join(controlled + adapters)
+    assert not offences(rendered), offences(rendered)
+    results = (ROOT / "docs" / "results.md").read_text(encoding="utf-8").splitlines()
+    headings = [line for line in controlled + adapters if line.startswith("## ")]
+    assert len(headings) == 2
+    for heading in headings:
+        assert heading in results, f"docs/results.md lacks the heading the experiment writes: {heading}"
+
+
+def test_the_docs_site_builds_strictly(tmp_path):
+    if importlib.util.find_spec("mkdocs") is None:
+        pytest.skip("mkdocs is not installed (the test extra installs it: pip install -e '.[test]')")
+    built = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stdout + built.stderr
