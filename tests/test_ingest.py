@@ -529,24 +529,44 @@ def test_decode_and_pool_never_crash(seed, mode, width, height, fmt, cut):
         np.testing.assert_allclose(values[0], together[column][1], atol=1e-5)
 
 
+HOLD_A_PLAN_FOLDER = """
+import sys
+from latentsweep.ingest.run import _scratch
+with _scratch() as folder:
+    print(folder, flush=True)
+    sys.stdin.read()  # until the test closes stdin
+"""
+
+
 def test_planning_scratch_of_a_killed_driver_is_removed_by_the_next_plan(tmp_path):
-    """SIGKILL skips the clean-up of the plan's scratch folder: the next planner on the host removes
-    folders whose process is gone, never a live one's."""
-    import tempfile
+    """SIGKILL skips the clean-up of the plan's scratch folder: the next planner on the host removes the
+    folders no live process holds, and never a live one's, even when that process lives in another PID
+    namespace (a container sharing /tmp), where its process id means nothing here."""
+    import shutil
+    import signal
 
-    from latentsweep.ingest.run import SCRATCH_PREFIX, dry_run
+    from latentsweep.ingest.run import dry_run
 
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{int(finished.stdout)}-"))
-    (dead / "part-0.arrow").write_bytes(b"left by a killed run")
-    live = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getppid()}-"))
+    elsewhere = ["unshare", "-p", "-f", "--mount-proc"] if shutil.which("unshare") and subprocess.run(
+        ["unshare", "-p", "-f", "--mount-proc", "true"], capture_output=True).returncode == 0 else []
+
+    def holder(prefix: list[str]) -> tuple[subprocess.Popen, Path]:
+        process = subprocess.Popen([*prefix, sys.executable, "-c", HOLD_A_PLAN_FOLDER], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+        return process, Path(process.stdout.readline().strip())
+
+    live, live_folder = holder(elsewhere)
+    killed, dead_folder = holder([])
     try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        assert dead_folder.is_dir() and live_folder.is_dir()
         photo_corpus(tmp_path / "corpus", labels=("alpha",), per_label=2)
         assert dry_run(job(tmp_path / "corpus", tmp_path / "out"))["inputs"] == 2
-        assert not dead.exists() and live.exists()
-        assert not list(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}{os.getpid()}-*"))  # its own: removed
+        assert not dead_folder.exists() and live_folder.is_dir()
     finally:
-        live.rmdir()
+        live.communicate("", timeout=30)
+    assert live.returncode == 0 and not live_folder.exists()  # the live run cleans up after itself
 
 
 def test_growing_and_shrinking_a_corpus_encodes_only_what_changed(tmp_path, ray_session):

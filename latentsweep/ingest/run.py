@@ -16,6 +16,8 @@ import tempfile
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -152,29 +154,49 @@ def _settings(job: IngestJob, space: tuple[str, str | None]) -> dict:
 
 
 SCRATCH_PREFIX = "latentsweep-plan-"
+SCRATCH_HOLDER = ".held"
+SCRATCH_GRACE_SECONDS = 60  # a folder made this moment has no holder file yet
 
 
-def _scratch() -> tempfile.TemporaryDirectory:
-    """The local folder the plan spills to while it is made (about 75 bytes an item, LZ4), named after
-    this process. Folders left by planners that died (SIGKILL skips the clean-up) are removed first."""
+@contextmanager
+def _scratch() -> Iterator[str]:
+    """The local folder the plan spills to while it is made (about 75 bytes an item, LZ4). It is held by
+    an exclusive ``flock`` on a file inside for as long as the plan is made; the kernel releases that
+    lock when the process ends however it ends (SIGKILL too), and it is seen across PID namespaces
+    (containers sharing /tmp), where a process id is not. So the next planner removes exactly the
+    folders nobody holds, and never a live run's."""
+    import fcntl
     import shutil
 
-    root = Path(tempfile.gettempdir())
-    for folder in root.glob(f"{SCRATCH_PREFIX}*-*"):
-        owner = folder.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
-        if owner.isdigit() and not _alive(int(owner)):
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        if not _held(folder):
             shutil.rmtree(folder, ignore_errors=True)
-    return tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
-
-
-def _alive(pid: int) -> bool:
+    folder = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(os.path.join(folder, SCRATCH_HOLDER), "w") as holder:
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _held(folder: Path) -> bool:
+    """Whether a live planner holds ``folder`` (see :func:`_scratch`)."""
+    import fcntl
+
+    try:
+        holder = open(folder / SCRATCH_HOLDER)
+    except FileNotFoundError:
+        try:
+            return time.time() - folder.stat().st_mtime < SCRATCH_GRACE_SECONDS
+        except FileNotFoundError:  # removed meanwhile
+            return True
+    with holder:
+        try:
+            fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
         return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _list(job: IngestJob, scratch: str, space: tuple[str, str | None]) -> tuple[Listing, planning.Spill]:
