@@ -57,7 +57,7 @@ class HeadNode:
         # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: every component takes 127.0.0.1 as the node address
         # (otherwise Ray resolves even an explicit 127.0.0.1 to the routable address).
         # RAY_LOGGER_LEVEL=warning: Ray's runtime-env agent logs every runtime env it sets up, env_vars
-        # and so credentials included, at INFO in runtime_env_agent.log (README, "Ray").
+        # and so credentials included, at INFO in runtime_env_agent.log (docs/operations.md, "Ray").
         with open(self.temp_dir.parent / "head.log", "ab") as log:
             self.process = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
