@@ -1,7 +1,7 @@
 """The ``.jai`` container: one coded image, what decodes it, and its entropy-coded streams.
 
-Layout (integers little-endian; ``varint`` = unsigned LEB128; documented in the README, "Before
-decoding")::
+Layout (integers little-endian; ``varint`` = unsigned LEB128; documented in docs/bitstreams.md, "The
+container")::
 
     magic            8 bytes  b"\x8aLSJAI\r\n" (a high-bit byte and CR LF, as PNG does: a file mangled
                               by a 7-bit or newline-converting transfer fails here)
