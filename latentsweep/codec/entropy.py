@@ -1,6 +1,6 @@
 """Rate terms for training: a factorised density for z_hat and a Gaussian for the residual.
 
-Simplification (documented in the README): the factorised density is a per-channel discretised
+Simplification (documented in docs/codec.md): the factorised density is a per-channel discretised
 logistic with a learned scale, not Balle's non-parametric density; the rate is estimated from the
 likelihoods (no arithmetic coder), which is all that training and the reported bpp need.
 """
