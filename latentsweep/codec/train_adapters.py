@@ -36,7 +36,7 @@ from latentsweep.codec.train_trace import photo_crops, pooled, quality, supervis
 
 @dataclass
 class AdapterTrainSettings:
-    steps: int = 0            # SFMA steps (0: no SFMA modules; under the guard they learned nothing, see README)
+    steps: int = 0            # SFMA steps (0: no SFMA modules; under the guard they learned nothing, see docs/research.md)
     recipes: int = 8          # formation recipes a batch
     per_recipe: int = 3       # crops per recipe (the positives)
     crop: int = 64
