@@ -16,7 +16,7 @@ from latentsweep.schema import TENSORS
 
 
 class BopCodec(nn.Module):
-    """JPEG AI base operating point, as far as attribution needs it (see README for what differs)."""
+    """JPEG AI base operating point, as far as attribution needs it (see docs/codec.md for what differs)."""
 
     def __init__(self):
         super().__init__()
