@@ -19,8 +19,8 @@ forward hooks: the codec's own modules, state dict and checkpoint are untouched,
 (hyperprior, prediction, synthesis) never sees an adapter. Every image is adapted on its own (no
 batch statistics), so its latents do not depend on what else is in its batch.
 
-Trained under the codec's guard, the SFMA learned nothing measurable for attribution (README, "Before
-decoding"). The :class:`TraceWriter` is ours: it detects the formation from the spectra FMA reads and
+Trained under the codec's guard, the SFMA learned nothing measurable for attribution (docs/research.md,
+"Adapters"). The :class:`TraceWriter` is ours: it detects the formation from the spectra FMA reads and
 writes it into cheap channels of ``y`` as an offset, which the global average of ``2lat`` keeps.
 """
 
