@@ -160,7 +160,7 @@ def train_adapters(
         help="Share of the way each written channel's GAP(y) is pulled to its mean over the training photos "
              "(0: the code is a pure offset; the content's own variation there is noise around it).")] = 0.25,
     steps: Annotated[int, typer.Option(
-        help="SFMA optimiser steps (cosine schedule; 0: no SFMA, which under the guard learned nothing: README).")] = 0,
+        help="SFMA optimiser steps (cosine schedule; 0: no SFMA, which under the guard learned nothing: docs/research.md).")] = 0,
     recipes: Annotated[int, typer.Option(help="SFMA: random formation recipes per step (the classes of a batch).")] = 8,
     per_recipe: Annotated[int, typer.Option(help="SFMA: crops per recipe (the positives).")] = 3,
     crop: Annotated[int, typer.Option(help="SFMA: crop side in pixels (a multiple of 64).")] = 64,
@@ -266,14 +266,12 @@ def ingest(
 
     from latentsweep.codec.settings import EmbedSettings
     from latentsweep.ingest.run import IngestJob, dry_run as plan_only, run
-    from latentsweep.ingest.sources import CHECK_VERSIONS_VARIABLE, parse_families
+    from latentsweep.ingest.sources import parse_families
 
-    if check_versions:  # read where the listing happens (ingest/sources.py), like --debug's variable
-        os.environ[CHECK_VERSIONS_VARIABLE] = "1"
     job = IngestJob(source, out, EmbedSettings(weights, feature_set, pooling, device, half, batch_size, descriptors,
                                                _adapters(adapters)),
                     shard_size, labels_from_folders, parse_families(families), max_pixels, min_side,
-                    workers, wait_for_gpus, overwrite, quiet, address)
+                    workers, wait_for_gpus, overwrite, quiet, address, check_versions)
     if dry_run:
         typer.echo(json.dumps(plan_only(job)))
         return
@@ -383,7 +381,7 @@ def experiment(
         help="Tiny sizes for a first look (sizes given above still apply); use its own --out.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """The seed paper's experiments end to end (Table 1, Tables 2 and 3, pixel baseline) and attribution
+    """The latent-retrieval paper's experiments end to end (Table 1, Tables 2 and 3, pixel baseline) and attribution
     where content is controlled (zoo with shared content, real-software corpus) -> results.md."""
     options = dict(locals())  # the options above, by the names ExperimentSettings' fields have
     import dataclasses

@@ -23,7 +23,7 @@ from processes import LATENTSWEEP, run_command
 from latentsweep import lock, storage
 from latentsweep.codec.settings import EmbedSettings
 from latentsweep.ingest.run import IngestJob, run
-from latentsweep.ingest.sources import CHECK_VERSIONS_VARIABLE, list_source
+from latentsweep.ingest.sources import list_source
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBED = EmbedSettings(weights="untrained", feature_set="2lat", device="cpu", descriptors=False)
@@ -86,12 +86,12 @@ def summary_count(stdout: str, name: str) -> int:
     return int(re.search(rf"\b{name}=(\d+)", stdout).group(1))
 
 
-def corpus_and_first_run(tmp_path: Path, columns: tuple[str, ...], monkeypatch=None):
+def corpus_and_first_run(tmp_path: Path, columns: tuple[str, ...], check_versions: bool = False):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     files = photo_corpus(corpus, labels=("alpha", "beta"), per_label=3, size=(48, 48))
     manifest = corpus / "manifest.csv"
     write_manifest(manifest, files, columns)
-    first = run(IngestJob(str(manifest), str(out), EMBED, shard_size=2, quiet=True))
+    first = run(IngestJob(str(manifest), str(out), EMBED, shard_size=2, quiet=True, check_versions=check_versions))
     assert first.items_encoded == 6 and first.embedded == 6
     return files, manifest, out
 
@@ -120,14 +120,11 @@ def test_manifest_version_columns_re_embed_exactly_the_replaced_file(tmp_path, r
     assert dry_run_cli(manifest, out)["shards_to_process"] == 0
 
 
-def test_check_versions_re_embeds_the_replaced_file_of_a_manifest_without_version_columns(tmp_path, ray_session,
-                                                                                         monkeypatch):
+def test_check_versions_re_embeds_the_replaced_file_of_a_manifest_without_version_columns(tmp_path, ray_session):
     """No version columns: --check-versions stats each entry in the listing, so the replaced file is
     re-embedded, alone. Without the flag its entries keep the versions they were planned with (nothing
     is redone, and the dry run says that replaced files are not seen)."""
-    monkeypatch.setenv(CHECK_VERSIONS_VARIABLE, "1")
-    files, manifest, out = corpus_and_first_run(tmp_path, ())
-    monkeypatch.delenv(CHECK_VERSIONS_VARIABLE)
+    files, manifest, out = corpus_and_first_run(tmp_path, (), check_versions=True)
     before = embeddings_of(out)
     replaced = files[4]
     replace_bytes(replaced, files[0])

@@ -1,6 +1,6 @@
-"""Adapters for the frozen analysis transforms: the SFMA of the second seed paper and a trace writer.
+"""Adapters for the frozen analysis transforms: SFMA and a trace writer.
 
-After the SFMA of "Learned Image Compression for Deepfake Detection" (second seed paper, section
+After the SFMA of "Learned Image Compression for Deepfake Detection" (section
 III): each adapter reads the features of one stage of an analysis transform and adds two outputs to
 them, ``x + SMA(x) + FMA(x)``:
 
@@ -108,7 +108,7 @@ class SFMA(nn.Module):
 
 
 class TraceWriter(nn.Module):
-    """Formation-trace writer (ours, beyond the seed's SFMA): detects how the image was formed from the
+    """Formation-trace writer (ours, beyond the paper's SFMA): detects how the image was formed from the
     frozen luma encoder's first-stage features as FMA reads them (relative log-amplitude of 8 x 8 tile
     spectra), averaged over the image's tiles, and writes the detection into ``y`` as a constant offset
     ``amplitude * tanh(detector(spectra))`` on ``channels``: channels of ``y`` chosen in training for

@@ -1,4 +1,4 @@
-"""The seed paper's experiments, end to end through the real pipeline, written as ``results.md``.
+"""The latent-retrieval paper's experiments, end to end through the real pipeline, written as ``results.md``.
 
 Table 1: semantic retrieval (2, 4, 8 photo classes) x feature sets (2lat, selected, all), leave-one-out.
 Tables 2 and 3: the synthetic generator zoo, by family and by generator, leave-one-out on the
@@ -361,7 +361,7 @@ def markdown(results: dict) -> str:
                                  for k in keys) + " |"
 
     metric_keys = ("top1", "precision_at_10", "map_at_10", "map_full")
-    lines = ["# Results: the seed paper's experiments on this project's codec", "",
+    lines = ["# Results: the latent-retrieval paper's experiments on this project's codec", "",
              "Made by `make experiment` (`latentsweep experiment --out experiment --docs docs/results.md`) "
              f"in {results['seconds']:.0f} s on this machine's CPU. Every number below went through the "
              "real pipeline: corpus -> `ingest` (local Ray) -> `index build` (Flat, cosine) -> `evaluate`.", "",

@@ -1,4 +1,4 @@
-"""Real versus generated, and the second seed's question: does a round trip through a learned codec
+"""Real versus generated, and the SFMA paper's question: does a round trip through a learned codec
 push a real photo toward "generated"? On the real-software held-out split, whose ``real`` class is
 the untouched photo crops: the sweep's vote (10-NN, no open-set threshold) of the clean held-out
 queries, read as real / generated, and the votes of the ``real`` queries after the robustness

@@ -57,6 +57,7 @@ class IngestJob:
     overwrite: bool = False
     quiet: bool = False
     address: str | None = None
+    check_versions: bool = False  # manifest entries without a version: stat or HEAD each (ingest/sources.py)
 
 
 @dataclass
@@ -205,7 +206,7 @@ def _list(job: IngestJob, scratch: str, space: tuple[str, str | None]) -> tuple[
     # The driver plans with the system allocator: Arrow's default (mimalloc) keeps freed pages, ~35 MB
     # more at the peak of a 1M-entry plan (benchmarks/bench_scale.py); workers keep the default.
     pa.set_memory_pool(pa.system_memory_pool())
-    listing = list_source(job.source, job.labels_from_folders, job.families)
+    listing = list_source(job.source, job.labels_from_folders, job.families, job.check_versions)
     listed = planning.spill_listing(listing.batches, scratch)
     if not listed.rows:
         raise UsageError(f"no images, .pt latents or .jai bitstreams found in {job.source}")

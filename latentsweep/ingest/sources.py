@@ -11,8 +11,7 @@ hash), else ``etag`` (quotes removed: the same text an S3 listing gives), else `
 together (``<mtime>/<size>``, either alone when only one is there; texts as written in the manifest).
 Rows left without one, and every row of a manifest without these columns, have no version (""): the
 plan keeps the version such an item was planned with (not knowing is no change), and a file replaced
-under the same URI is not seen, unless versions are checked (``ingest --check-versions``, or
-``LATENTSWEEP_CHECK_VERSIONS=1``): each such row's file is then stat'ed (local) or HEAD-requested (S3)
+under the same URI is not seen, unless versions are checked (``ingest --check-versions``): each such row's file is then stat'ed (local) or HEAD-requested (S3)
 as the listing streams, :data:`VERSION_THREADS` at a time a batch at a time, and gets the version a
 folder listing would give ("missing" when it is not there). The first run that knows the versions
 of items planned without them redoes them once (``--dry-run`` counts them as changed). The check is
@@ -45,7 +44,6 @@ MANIFEST_SUFFIXES = (".parquet", ".csv")
 
 VERSION_COLUMNS = ("version", "etag", "mtime", "size")  # optional manifest columns, in order of precedence
 VERSION_THREADS = 64  # stat/HEAD requests in flight while --check-versions lists a manifest
-CHECK_VERSIONS_VARIABLE = "LATENTSWEEP_CHECK_VERSIONS"  # set by `ingest --check-versions`
 LISTING_CHUNK = 10_000  # entries turned into Arrow at a time: no per-item Python objects accumulate
 MANIFEST_BATCH = 8_192  # manifest rows parsed at a time (the Parquet reader peaks at ~45 MB for 64k, ~20 MB for 8k)
 READ_BUFFER = 4 << 20  # a Parquet manifest is read in ranges this size (else a column chunk at once)
@@ -110,20 +108,12 @@ def is_manifest(source: str) -> bool:
     return source.lower().endswith(MANIFEST_SUFFIXES)
 
 
-def check_versions_requested() -> bool:
-    """Whether ``ingest --check-versions`` (or ``LATENTSWEEP_CHECK_VERSIONS=1``) asked for the versions
-    of manifest entries to be fetched."""
-    return os.environ.get(CHECK_VERSIONS_VARIABLE, "").strip().lower() in ("1", "true", "yes")
-
-
 def list_source(source: str, labels_from_folders: bool = False, families: dict[str, str] | None = None,
-                check_versions: bool | None = None) -> Listing:
+                check_versions: bool = False) -> Listing:
     """List ``source`` once: a manifest file, or a folder / S3 prefix (recursive; S3 prefixes are
     listed in parallel, page by page, a bounded window of top-level folders at a time).
-    ``check_versions`` (default: :func:`check_versions_requested`): fetch the version of each manifest
-    entry the manifest's columns leave without one. A manifest that does not exist is refused at once."""
-    if check_versions is None:
-        check_versions = check_versions_requested()
+    ``check_versions`` (``ingest --check-versions``): fetch the version of each manifest entry the
+    manifest's columns leave without one. A manifest that does not exist is refused at once."""
     listing = (_read_manifest(source, check_versions) if is_manifest(source)
                else _list_tree(source, labels_from_folders))
     if families:

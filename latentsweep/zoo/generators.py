@@ -100,7 +100,7 @@ GRAIN = 0.02         # amplitude of the residual noise of diffusion-like generat
 @dataclass(frozen=True)
 class Habit:
     """A generator's colour rendering: ``gamma`` tone curve, ``saturation`` around the luma,
-    per-channel white-balance ``gains``. Drawn from the seed; ``strength`` scales the departure from
+    per-channel white-balance ``gains``. Drawn from the random seed; ``strength`` scales the departure from
     neutral (1, 1, (1, 1, 1))."""
 
     gamma: float

@@ -4,7 +4,7 @@ generator and the analyst (WILD's processed half is built this way). Benchmark d
 Each condition maps a uint8 RGB image to the bytes of the file an analyst would receive (JPEG and
 WebP are real encoder output, decoded again by ingest as any file is). Everything uses Pillow's
 implementations except the round trip through this project's own codec (analysis, quantisation,
-synthesis), the second seed's question of what learned compression does to forensic traces.
+synthesis), the SFMA paper's question of what learned compression does to forensic traces.
 """
 
 from __future__ import annotations
