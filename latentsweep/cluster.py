@@ -17,7 +17,7 @@ import time
 import uuid
 
 from latentsweep.errors import JobFailed, UsageError
-from latentsweep.resources import DeviceChoice, Node, alive, choose_device, pool_layout, shapes
+from latentsweep.resources import DeviceChoice, Node, alive, choose_device, largest_memory, pool_layout, shapes
 
 LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -169,6 +169,11 @@ def nodes() -> list[Node]:
     import ray
 
     return alive(ray.nodes())
+
+
+def largest_node_memory() -> int:
+    """Bytes of memory of the largest alive node (:func:`~latentsweep.resources.largest_memory`)."""
+    return largest_memory(nodes())
 
 
 def autoscaler_status() -> dict | None:

@@ -62,6 +62,22 @@ def require_fit(request: dict, nodes: list[Node], what: str, remedy: str = "") -
                          f"{shapes(nodes)}){': ' + remedy if remedy else ''}")
 
 
+def largest_memory(nodes: list[Node]) -> int:
+    """Bytes of memory of the largest node; 0 when no node reports any (then nothing is judged)."""
+    return int(max((node.memory for node in nodes), default=0))
+
+
+def memory_shortfall(wanted: int, largest: int, what: str, estimate: str) -> str | None:
+    """The line saying that ``what`` needs ``wanted`` bytes (by ``estimate``) and the largest node
+    offers only ``largest``, or None when a node offers that much or none reports its memory. Ray never
+    places a task or actor whose ``memory=`` no node offers, and says so only in its logs: the caller
+    refuses the request or asks for ``largest`` instead."""
+    if not largest or wanted <= largest:
+        return None
+    return (f"{what} needs about {wanted / 2**30:.2f} GiB of memory ({estimate}) and the largest Ray node "
+            f"offers {largest / 2**30:.2f} GiB")
+
+
 @dataclass(frozen=True)
 class DeviceChoice:
     device: str          # "cuda" or "cpu"

@@ -13,7 +13,7 @@ from images import photo_corpus
 from latentsweep.accelerator import is_fault, out_of_memory
 from latentsweep.cluster import host_and_port
 from latentsweep.errors import UsageError
-from latentsweep.resources import Node, choose_device, pool_layout, require_fit
+from latentsweep.resources import Node, choose_device, largest_memory, memory_shortfall, pool_layout, require_fit
 from processes import LATENTSWEEP, refused_before_writing, run_command
 
 GIB = 2**30
@@ -67,6 +67,16 @@ def test_an_actor_no_node_can_hold_is_refused_naming_the_shapes():
     message = str(refused.value)
     assert "40.00 GiB" in message and "8 CPU, 1 GPU" in message and "--index-parts" in message
     require_fit({"CPU": 1, "memory": 20 * GIB}, [HEAD, GPU_WORKER], "a sweep actor")
+
+
+def test_a_memory_request_beyond_the_largest_node_is_named_with_both_sizes():
+    largest = largest_memory([HEAD, GPU_WORKER])
+    assert largest == 30 * GIB and largest_memory([]) == 0
+    line = memory_shortfall(32 * GIB, largest, "index part 1", "placement.engine_memory")
+    assert line == ("index part 1 needs about 32.00 GiB of memory (placement.engine_memory) and the largest Ray "
+                    "node offers 30.00 GiB")
+    assert memory_shortfall(30 * GIB, largest, "index part 1", "placement.engine_memory") is None  # exactly fits
+    assert memory_shortfall(32 * GIB, 0, "index part 1", "placement.engine_memory") is None  # no node says
 
 
 def test_cluster_addresses_parse_to_the_port_they_connect_to():

@@ -39,6 +39,7 @@ from latentsweep.index.manifest import (MANIFEST_NAME, Manifest, ShardEntry, cle
 from latentsweep.index.scaler import Scaler
 from latentsweep.index.lookup import MISSING
 from latentsweep.index.shards import merge
+from latentsweep.resources import memory_shortfall
 
 DEFAULT_BUDGET = 4 * 2**30
 TRAIN_SAMPLE = 100_000
@@ -316,18 +317,12 @@ def check(job: IndexJob, existing: Manifest | None) -> list[str]:
     return files
 
 
-def _largest_node_memory() -> int:
-    import ray
-
-    return int(max((node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")), default=0))
-
-
 def _memory(wanted: int, largest: int, what: str, log) -> int:
     """``wanted`` bytes, or the largest node's memory when no node offers that much (Ray would never
     schedule the task), saying so."""
-    if largest and wanted > largest:
-        log(f"index: {what} needs about {wanted / 2**30:.2f} GiB by the arithmetic of build.shard_memory; the "
-            f"largest Ray node offers {largest / 2**30:.2f} GiB: requesting that (more --shards make shards smaller)")
+    shortfall = memory_shortfall(wanted, largest, what, "build.shard_memory")
+    if shortfall:
+        log(f"index: {shortfall}: requesting that (more --shards make shards smaller)")
         return largest
     return wanted
 
@@ -353,7 +348,7 @@ def _discard(root: storage.Location, version: str) -> None:
 def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.Held) -> Manifest:
     import ray
 
-    from latentsweep.cluster import connect
+    from latentsweep.cluster import connect, largest_node_memory
 
     log = _log(job)
     started = time.monotonic()
@@ -363,7 +358,7 @@ def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.
     version = _next_version(root, previous)
     widths = features.columns_of(files[0], _feature_spec(job, existing))
     columns, dimension = list(widths), sum(widths.values())
-    largest = _largest_node_memory()
+    largest = largest_node_memory()
     spec = existing.index_spec if existing else None if job.auto else job.index_spec
     # First shares of the samples, drawn by the scans; a file asked for more later (uneven files,
     # --auto choosing a trained type) is read again for its larger share only.

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from latentsweep.cluster import largest_node_memory
 from latentsweep.errors import UsageError
 from latentsweep.index import placement
 from latentsweep.index.shards import ShardedIndex, merge
+from latentsweep.resources import memory_shortfall
 
 PART_CPUS = 0.1  # CPUs an index part reserves: it searches only while a query actor waits on it
 
@@ -119,12 +121,6 @@ def query_actor(num_gpus: float = 0, num_cpus: float = 1, memory: int | None = N
     return ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, **options)(QueryEngine)
 
 
-def _largest_node_memory() -> int:
-    import ray
-
-    return int(max((node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")), default=0))
-
-
 PARTS_REMEDY = "more --index-parts make each part hold fewer shards"
 
 
@@ -132,10 +128,9 @@ def request(wanted: int, what: str, remedy: str = PARTS_REMEDY) -> int:
     """``wanted`` bytes, refused with a :class:`UsageError` when no alive node offers that much memory:
     Ray would never place the actor (and waits forever, saying so only in its logs), and asking for
     less would let it start and be killed for memory once its shards are in."""
-    largest = _largest_node_memory()
-    if largest and wanted > largest:
-        raise UsageError(f"{what} needs about {wanted / 2**30:.2f} GiB of memory (placement.engine_memory) and the "
-                         f"largest Ray node offers {largest / 2**30:.2f} GiB: {remedy}")
+    shortfall = memory_shortfall(wanted, largest_node_memory(), what, "placement.engine_memory")
+    if shortfall:
+        raise UsageError(f"{shortfall}: {remedy}")
     return wanted
 
 
