@@ -113,6 +113,11 @@ INGEST_PLAN_FILES = ("manifest", INGEST_SHARDS_FILE, "manifest.parquet", "errors
 # ``plan_sha256`` is the SHA-256 of the current DEST/shards.parquet.
 INGEST_COMPLETE_FILE = "_COMPLETE.json"
 
+# The folder of done markers in a stage's output: an ingest's DEST/_done/shard-NNNNN.json, a sweep
+# partition's _done/part-....json. A marker is written last, so a run that stopped redoes what has none.
+DONE_FOLDER = "_done"
+
+
 def shard_name(shard_id: int) -> str:
     """The name of a shard's files: ``embeddings/shard-NNNNN.parquet``, ``errors/...``, ``_done/...``."""
     return f"shard-{shard_id:05d}"

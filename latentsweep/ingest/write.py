@@ -17,9 +17,8 @@ import pyarrow as pa
 
 from latentsweep import schema, storage
 from latentsweep.ingest.decode import Fetched
-from latentsweep.schema import shard_name
+from latentsweep.schema import DONE_FOLDER, shard_name
 
-DONE_FOLDER = "_done"
 REFERENCE_CODEC = ("jpegai-reference", "reference")  # codec, weights of rows read from .pt exports
 DECODE_ERRORS = ("not_image", "truncated", "too_large", "too_small", "unreadable")
 

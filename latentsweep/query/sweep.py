@@ -25,8 +25,8 @@ from latentsweep.errors import UsageError
 from latentsweep.index import features
 from latentsweep.decision import calibration, vote
 from latentsweep.query import metrics, report
+from latentsweep.schema import DONE_FOLDER
 
-DONE_FOLDER = "_done"
 QUEUED = 2          # calls waiting on each query actor at once
 ACTOR_RESTARTS = 3  # a query actor whose process dies is restarted and its calls retried this often
 SUCCESS = "_SUCCESS.json"
