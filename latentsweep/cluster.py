@@ -511,12 +511,3 @@ def quiet_data_context() -> None:
     # Errors of our own code in a map stage reach the driver as themselves (inside Ray's RayTaskError,
     # whose ``cause`` the CLI unwraps), not as a bare UserCodeException whose cause is lost on the way.
     context.raise_original_map_exception = True
-
-
-def thread_env(threads: int) -> dict:
-    """``runtime_env`` for an actor that should compute with ``threads`` cores. Ray sets
-    ``OMP_NUM_THREADS`` to an actor's CPU reservation (1 when fractional) before the process starts,
-    and OpenBLAS (FAISS's BLAS) sizes its thread pool from it once, at load time; setting the
-    variables here is the only way to give such an actor more."""
-    value = str(max(1, threads))
-    return {"env_vars": {"OMP_NUM_THREADS": value, "OPENBLAS_NUM_THREADS": value, "MKL_NUM_THREADS": value}}

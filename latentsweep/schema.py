@@ -9,7 +9,6 @@ is wrong instead of a KeyError deep in a stage.
 from __future__ import annotations
 
 import hashlib
-import zlib
 
 import pyarrow as pa
 
@@ -50,11 +49,6 @@ def stable_id(uri: str) -> int:
     """
     value = int.from_bytes(hashlib.sha256(uri.encode("utf-8")).digest()[:8], "big", signed=True)
     return 0 if value == -1 else value  # -1 is FAISS's "no result"
-
-
-def shard_of(item_id: int, num_shards: int) -> int:
-    """Deterministic shard for an id (crc32 of its bytes, so neighbouring ids spread evenly)."""
-    return zlib.crc32(item_id.to_bytes(8, "big", signed=True)) % num_shards
 
 
 # Pooled-tensor columns: "<tensor>_<branch>", luma first, tensors in this fixed order.
@@ -107,7 +101,7 @@ ERROR_SCHEMA = pa.schema([
 # An ingest output's shard list (DEST/shards.parquet, kind "manifest"): the shards of its current plan.
 # Readers take DEST/embeddings/shard-NNNNN.parquet of these shards only, never a glob.
 INGEST_SHARDS_FILE = "shards.parquet"
-INGEST_PLAN_FILES = ("manifest", INGEST_SHARDS_FILE, "manifest.parquet", "errors")  # not embeddings
+INGEST_PLAN_FILES = ("manifest", INGEST_SHARDS_FILE, "errors")  # not embeddings
 # Written by an ingest that finished every shard of its plan, removed when a run starts: readers
 # (index build, index add, sweep) take an ingest output only when it holds this record and its
 # ``plan_sha256`` is the SHA-256 of the current DEST/shards.parquet.

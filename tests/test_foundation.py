@@ -38,14 +38,6 @@ def test_ids_are_stable_and_distinct():
     assert schema.stable_id("a") == int.from_bytes(bytes.fromhex("ca978112ca1bbdca"), "big", signed=True)
 
 
-def test_shards_are_deterministic_and_balanced():
-    ids = [schema.stable_id(str(i)) for i in range(8000)]
-    shards = [schema.shard_of(i, 8) for i in ids]
-    assert shards == [schema.shard_of(i, 8) for i in ids]
-    counts = [shards.count(s) for s in range(8)]
-    assert min(counts) > 800 and max(counts) < 1200
-
-
 def test_usage_errors_exit_2():
     runner = CliRunner()
     assert runner.invoke(app, ["no-such-command"]).exit_code == 2

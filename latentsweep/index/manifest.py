@@ -157,13 +157,3 @@ def clean(root: str, keep: list[Manifest]) -> list[str]:
                 if not os.listdir(folder):
                     os.rmdir(folder)
     return deleted
-
-
-def read_verified(root: str, relative: str, expected_sha256: str) -> bytes:
-    """Bytes of a file the manifest lists, refused when its checksum differs."""
-    location = storage.Location.parse(root).join(relative)
-    data = storage.read_bytes(location)
-    if sha256(data) != expected_sha256:
-        raise JobFailed(f"checksum mismatch for {location.uri}: the file is corrupt or was replaced "
-                        f"(expected sha256 {expected_sha256[:16]}..., found {sha256(data)[:16]}...)")
-    return data

@@ -104,10 +104,6 @@ class Plan:
         return pa.array([done.get(shard) != digest for shard, digest in zip(
             self.shards.column("shard").to_pylist(), self.shards.column("digest").to_pylist())], pa.bool_())
 
-    def pending(self, done: dict[int, str]) -> pa.Table:
-        """The rows of ``shards`` whose done marker is missing or carries another digest."""
-        return self.shards.filter(self.pending_mask(done))
-
 
 def stable_ids(uris: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """:func:`latentsweep.schema.stable_id` of every URI, as int64, a chunk of Python strings at a time."""
