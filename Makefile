@@ -29,10 +29,10 @@ $(PY):
 
 # Both FAISS builds write the same files: uninstalling one after the other was installed over it would
 # leave a broken `faiss`, so when the other build is present both go and the wanted one is reinstalled.
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml lab/pyproject.toml | $(PY)
 	if $(PIP) show -q faiss-$(OTHER_FAISS) >/dev/null 2>&1; then \
 	  $(PIP) uninstall -q -y faiss-$(OTHER_FAISS) faiss-$(FAISS_EXTRA); rm -f $(VENV)/.installed-$(OTHER_FAISS); fi
-	$(PIP) install -q -e ".[$(FAISS_EXTRA),test,cluster]"
+	$(PIP) install -q -e ".[$(FAISS_EXTRA),test,cluster]" -e ./lab
 	touch $(STAMP)
 
 venv: $(STAMP)

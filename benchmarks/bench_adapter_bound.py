@@ -31,7 +31,7 @@ from common import report  # noqa: E402
 def corpus(root: Path, per_class: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     from PIL import Image
 
-    from latentsweep.zoo.software import SoftwareSettings, make_software_corpus
+    from latentsweep_lab.zoo.software import SoftwareSettings, make_software_corpus
 
     make_software_corpus(root, SoftwareSettings("tuning", per_class, seed=seed))
     files = sorted(root.rglob("*.png"))
@@ -53,7 +53,7 @@ class OracleCodec:
         mean PSNR and bits per pixel."""
         import torch
 
-        from latentsweep.codec.train_trace import pooled, quality, y_offset
+        from latentsweep_lab.training.trace import pooled, quality, y_offset
 
         vectors, pooled_y, psnr, bpp = [], [], [], []
         with torch.inference_mode():
@@ -90,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from latentsweep.codec.train_trace import channel_costs, cheapest
+    from latentsweep_lab.training.trace import channel_costs, cheapest
 
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="bench-adapter-bound-"))

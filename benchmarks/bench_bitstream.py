@@ -37,7 +37,7 @@ SETTINGS = {"feature_set": "2lat", "device": "cpu", "descriptors": False}
 
 
 def compress_all(paths: list[Path], out: Path) -> tuple[list[Path], object]:
-    from latentsweep.codec.bitstream import BitstreamCodec
+    from latentsweep.bitstream.codec import BitstreamCodec
     from latentsweep.codec.embed import Embedder
     from latentsweep.codec.settings import EmbedSettings
     from latentsweep.ingest.decode import decode_image
@@ -82,7 +82,7 @@ def pixel_path(paths: list[Path], codec) -> float:
     """Seconds for read + decompress (entropy decoding, prediction, synthesis) + pixel descriptor."""
     import torch
 
-    from latentsweep.codec.pixel_baseline import describe
+    from latentsweep_lab.experiment.pixel_baseline import describe
 
     def one(path: Path) -> np.ndarray:
         rgb = codec.decompress(path.read_bytes())
@@ -101,8 +101,8 @@ def bitstream_stages(paths: list[Path], codec, batch: int) -> dict[str, float]:
     in batches of ``batch`` as ingest runs them; the benchmark's files are of one size, one batch each)."""
     import torch
 
-    from latentsweep.codec import coding
-    from latentsweep.codec.bitstream import BRANCHES, STREAMS, _words
+    from latentsweep.bitstream import coding
+    from latentsweep.bitstream.codec import BRANCHES, STREAMS, _words
 
     spent = dict.fromkeys(("container + z_hat decoding", "scale levels (float64, batched)", "residual decoding",
                            "hyper-decoder + prediction (batched)"), 0.0)

@@ -183,7 +183,8 @@ def describe_cost(repeats: int = 5, images: int = 24) -> dict:
     ``self_description`` (the columns before it), interleaved so both see the same machine load."""
     import torch
 
-    from latentsweep import descriptors, photos
+    from latentsweep import descriptors
+    from latentsweep_lab import photos
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

@@ -39,7 +39,7 @@ def main() -> None:
     from latentsweep.index.build import IndexJob, build
     from latentsweep.index.shards import ShardedIndex
     from latentsweep.query.sweep import SweepJob, sweep
-    from latentsweep.zoo.embeddings import clustered, write_ingest_output
+    from latentsweep_lab.zoo.embeddings import clustered, write_ingest_output
 
     dims = {"y_hat_luma": 160, "y_hat_chroma": 96}
     work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))

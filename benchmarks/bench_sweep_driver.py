@@ -39,7 +39,7 @@ print(json.dumps({"code": code, "peak_mb": resource.getrusage(resource.RUSAGE_SE
 
 
 def night(root: Path, queries: int) -> Path:
-    from latentsweep.zoo.embeddings import clustered, write_ingest_output
+    from latentsweep_lab.zoo.embeddings import clustered, write_ingest_output
 
     for start in range(0, queries, PER_FILE):
         vectors, assignment = clustered(PER_FILE, len(LABELS), sum(DIMS.values()), seed=start, spread=0.4)
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     args = parser.parse_args()
     from latentsweep.index.build import IndexJob, build
-    from latentsweep.zoo.embeddings import clustered, write_ingest_output
+    from latentsweep_lab.zoo.embeddings import clustered, write_ingest_output
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:

@@ -14,7 +14,7 @@ import numpy as np
 def make_images(root: Path, count: int, size: int = 128, seed: int = 0) -> list[Path]:
     from PIL import Image
 
-    from latentsweep import photos
+    from latentsweep_lab import photos
 
     rng = np.random.default_rng(seed)
     sources = [photos.load(name) for name in photos.names("all") if min(photos.load(name).shape[:2]) >= size]

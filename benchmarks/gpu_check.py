@@ -158,7 +158,7 @@ def check_images(sizes: dict[int, int]) -> tuple[dict[int, list[np.ndarray]], st
     """``{side: [uint8 (side, side, 3)]}``: crops of scikit-image's bundled photos (synthetic textures
     when scikit-image is absent), deterministic."""
     if available("skimage"):
-        from latentsweep import photos
+        from latentsweep_lab import photos
 
         sources = [photos.load(name) for name in photos.names("all")]
         out = {}
@@ -425,7 +425,7 @@ def section_descriptors(ctx: Context, budget: Budget) -> None:
 def section_bitstream(ctx: Context, budget: Budget) -> None:
     import torch
 
-    from latentsweep.codec import bitstream
+    from latentsweep.bitstream import codec as bitstream
 
     settings = {"feature_set": "selected"}  # columns a bitstream carries
     tested = bitstream.BitstreamCodec(ctx.embedder(ctx.device, **settings))

@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from latentsweep import lock, storage
-from latentsweep.codec import container
+from latentsweep.bitstream import container
 from latentsweep.errors import UsageError
 from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, DecodeError
 
@@ -232,7 +232,7 @@ class CodecWorker:
                  min_side: int, overwrite: bool, adapters: str | None = None):
         import torch
 
-        from latentsweep.codec.bitstream import BitstreamCodec
+        from latentsweep.bitstream.codec import BitstreamCodec
         from latentsweep.codec.embed import Embedder
         from latentsweep.codec.settings import EmbedSettings
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from latentsweep import photos
+from latentsweep_lab import photos
 
 
 def photo_corpus(root: Path, labels=("alpha", "beta", "gamma"), per_label: int = 4, size=(72, 88)) -> list[Path]:

@@ -18,15 +18,16 @@ from hypothesis import HealthCheck, assume, given, settings as hypothesis_settin
 from PIL import Image
 
 from processes import local_env
-from latentsweep import photos, storage
-from latentsweep.codec import container
-from latentsweep.codec.bitstream import BitstreamCodec, bits_per_pixel
-from latentsweep.codec.container import BitstreamError
+from latentsweep import storage
+from latentsweep.bitstream import container
+from latentsweep.bitstream.codec import BitstreamCodec, bits_per_pixel
+from latentsweep.bitstream.container import BitstreamError
 from latentsweep.codec.embed import Embedder
 from latentsweep.codec.settings import EmbedSettings
 from latentsweep.compress import CodecJob, output_name, run as run_codec
 from latentsweep.ingest.decode import Fetched
 from latentsweep.ingest.run import IngestJob, run as run_ingest
+from latentsweep_lab import photos
 
 SELECTED = EmbedSettings(feature_set="selected", device="cpu")
 FUZZ = hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -152,7 +153,7 @@ def test_held_out_rate_exact_latents_and_pixels(codec):
 DECODE_ELSEWHERE = """
 import sys, numpy as np, torch
 torch.set_num_threads(1)
-from latentsweep.codec.bitstream import BitstreamCodec
+from latentsweep.bitstream.codec import BitstreamCodec
 from latentsweep.codec.embed import Embedder
 from latentsweep.codec.settings import EmbedSettings
 codec = BitstreamCodec(Embedder(EmbedSettings(device="cpu", descriptors=False)))

@@ -214,7 +214,7 @@ def test_reference_latents_refuse_pickled_objects():
 def test_shipped_default_weights_are_verified_and_beat_untrained():
     """The default checkpoint ships with the package, is verified, and beats the untrained network
     on a held-out photo (a real evaluation here, not the numbers recorded at training time)."""
-    from latentsweep.codec import train
+    from latentsweep_lab.training import codec as train
 
     record = json.loads(weights.sidecar(weights.DEFAULT_WEIGHTS).read_text())
     model, digest, meta = weights.load()

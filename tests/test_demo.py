@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def test_demo_runs_end_to_end_and_resumes(tmp_path, ray_session):
-    from latentsweep import demo
+    from latentsweep_lab import demo
 
     lines: list[str] = []
     assert demo.run(tmp_path, per_generator=4, queries_per_generator=2, log=lines.append) == 0

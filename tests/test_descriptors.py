@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 from images import photo_corpus
-from latentsweep import descriptors, photos, schema
+from latentsweep import descriptors, schema
 from latentsweep.descriptors import fingerprint, residual_spectrum
+from latentsweep_lab import photos
 from processes import run_command
 
 RNG = np.random.default_rng(7)

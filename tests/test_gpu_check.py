@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from latentsweep.codec import bitstream
+from latentsweep.bitstream import codec as bitstream
 from latentsweep.codec.embed import Embedder, full_float32
 from latentsweep.codec.settings import EmbedSettings
 from latentsweep.schema import DESCRIPTORS, FEATURE_SETS

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.preprocessing import StandardScaler
 
-from latentsweep.zoo.embeddings import DIMS, clustered, exact_search, write_ingest_output
+from latentsweep_lab.zoo.embeddings import DIMS, clustered, exact_search, write_ingest_output
 from latentsweep import storage
 from latentsweep.errors import JobFailed, UsageError
 from latentsweep.index import factory

@@ -265,7 +265,7 @@ if command == "show":
 if command == "uninstall":
     installed -= set(names)
 if command == "install":
-    extra = names[-1].split("[")[1].split(",")[0]
+    extra = next(name for name in names if "[" in name).split("[")[1].split(",")[0]
     if ("faiss-cpu" in installed or "faiss-gpu" in installed) and "faiss-" + extra not in installed:
         sys.exit("both FAISS builds would be installed")
     installed.add("faiss-" + extra)
@@ -297,3 +297,46 @@ def test_switching_faiss_extra_replaces_the_other_build(tmp_path, before):
     assert json.loads((venv / "bin" / "installed.json").read_text()) == ["faiss-cpu"]
     assert (venv / ".installed-cpu").exists() and not (venv / ".installed-gpu").exists()
     assert not any("pip" in line for line in _make(f"VENV={venv}", "FAISS_EXTRA=cpu", "venv"))  # done
+
+
+def test_the_production_wheel_holds_the_product_and_needs_no_research_packages(tmp_path):
+    """``pip install .`` installs the product alone: no research package in the wheel, no scikit-image
+    among its requirements, the shipped weights of the codec and of the learned descriptor inside."""
+    import zipfile
+
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = zipfile.ZipFile(next(tmp_path.glob("latentsweep-*.whl")))
+    names = wheel.namelist()
+    assert not [name for name in names if name.startswith("latentsweep_lab")]
+    for weights in ("latentsweep/codec/weights/bop-default.pt", "latentsweep/descriptors/weights/self-description.pt"):
+        assert weights in names
+    metadata = wheel.read(next(name for name in names if name.endswith(".dist-info/METADATA"))).decode()
+    required = [Requirement(line.split(":", 1)[1].strip()) for line in metadata.splitlines()
+                if line.startswith("Requires-Dist:")]
+    unconditional = {requirement.name.lower() for requirement in required if requirement.marker is None}
+    assert "torch" in unconditional and not unconditional & {"scikit-image", "latentsweep-lab"}
+    assert "scikit-image" not in {requirement.name.lower() for requirement in required}
+
+
+def test_the_command_line_imports_no_research_module():
+    code = ("import sys, latentsweep.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('latentsweep_lab', 'skimage')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
+
+
+def test_help_lists_the_workflow_in_order_and_research_commands_apart():
+    """Installed with the research package (as `make venv` does), its commands join through the entry
+    point under their own heading, after the night's commands in the order a night runs them."""
+    result = subprocess.run([sys.executable, "-m", "latentsweep", "--help"], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "COLUMNS": "120"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    workflow = ["ingest", "index", "sweep", "pull", "evaluate", "compress", "decompress"]
+    positions = [re.search(rf"│ {name}\s", text).start() for name in workflow]
+    assert positions == sorted(positions), text
+    research = text.index("Research and demo")
+    assert positions[-1] < research
+    assert all(text.index(f"│ {name} ") > research for name in ("demo", "make-corpus", "train-codec"))

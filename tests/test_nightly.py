@@ -17,7 +17,7 @@ from conftest import S3_SECRET_KEY, s3_variables
 from images import photo_corpus
 from processes import LATENTSWEEP, local_env, run_command
 from latentsweep import lock, storage
-from latentsweep.zoo.embeddings import DIMS, clustered, write_ingest_output
+from latentsweep_lab.zoo.embeddings import DIMS, clustered, write_ingest_output
 
 FAST = ["--weights", "untrained", "--device", "cpu", "--quiet"]
 

@@ -29,8 +29,8 @@ def test_auroc_equals_sklearn(positive, negative):
 def test_leave_one_generator_out_on_separable_classes(tmp_path, ray_session):
     """Four well-separated classes: each left out in turn scores far below the known ones (AUROC near
     1), is mostly called unknown at the index's calibrated threshold, and the known stay attributed."""
-    from latentsweep.experiment.open_set import CORPUS, open_set_table
-    from latentsweep.zoo.embeddings import clustered, write_ingest_output
+    from latentsweep_lab.experiment.open_set import CORPUS, open_set_table
+    from latentsweep_lab.zoo.embeddings import clustered, write_ingest_output
 
     labels = ("a", "b", "c", "d")
     vectors, assignment = clustered(400, len(labels), 32, seed=5, spread=0.2)
@@ -48,9 +48,9 @@ def test_real_vs_generated_and_where_the_codec_sends_real_photos(tmp_path, ray_s
     """Three separable classes, one of them ``real``: the clean held-out queries are told real from
     generated; 'round-tripped' real queries built to sit half on the real centre and half on ``a``'s are
     called real half the time, and ``a`` takes the rest."""
-    from latentsweep.experiment.real import CORPUS, real_table
+    from latentsweep_lab.experiment.real import CORPUS, real_table
     from latentsweep.index.build import IndexJob, build
-    from latentsweep.zoo.embeddings import write_ingest_output
+    from latentsweep_lab.zoo.embeddings import write_ingest_output
 
     rng = np.random.default_rng(2)
     labels = ("a", "b", "real")

@@ -14,7 +14,7 @@ from images import photo_corpus
 from latentsweep import storage
 from latentsweep.index.build import IndexJob, build
 from latentsweep.query.sweep import SUCCESS, SweepJob, sweep
-from latentsweep.zoo.embeddings import DIMS, clustered, write_ingest_output
+from latentsweep_lab.zoo.embeddings import DIMS, clustered, write_ingest_output
 from processes import LATENTSWEEP, files_in, interrupt_when, run_command
 
 LABELS = ["a", "b", "c"]

@@ -167,7 +167,7 @@ def test_an_engine_in_a_ray_worker_uses_only_the_gpus_ray_assigned_it():
 @pytest.fixture(scope="module")
 def small_index(tmp_path_factory, ray_session):
     from latentsweep.index.build import IndexJob, build
-    from latentsweep.zoo.embeddings import DIMS, clustered, write_ingest_output
+    from latentsweep_lab.zoo.embeddings import DIMS, clustered, write_ingest_output
 
     vectors, assignment = clustered(300, len(LABELS), sum(DIMS.values()), seed=7, spread=0.25)
     root = tmp_path_factory.mktemp("placement-refs")

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
-from latentsweep.zoo.embeddings import DIMS, clustered, write_ingest_output
+from latentsweep_lab.zoo.embeddings import DIMS, clustered, write_ingest_output
 from latentsweep import schema, storage
 from latentsweep.index.build import IndexJob, build
 from latentsweep.index.shards import ShardedIndex

@@ -24,7 +24,7 @@ from latentsweep.index.build import IndexJob, build
 from latentsweep.index.manifest import load
 from latentsweep.query import metrics, report
 from latentsweep.query.sweep import SweepJob, sweep
-from latentsweep.zoo.embeddings import DIMS, clustered, write_ingest_output
+from latentsweep_lab.zoo.embeddings import DIMS, clustered, write_ingest_output
 
 DIM = sum(DIMS.values())
 LABELS = ["sg2", "sg3", "sana", "sd"]

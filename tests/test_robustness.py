@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from latentsweep import photos
+from latentsweep_lab import photos
 from latentsweep.codec import weights
 from latentsweep.codec.embed import Embedder
 from latentsweep.codec.settings import EmbedSettings
 from latentsweep.ingest.decode import decode_image
-from latentsweep.zoo import robustness
+from latentsweep_lab.zoo import robustness
 
 IMAGE = photos.load("coffee")[80:208, 200:328]  # 128 x 128, a held-out photo
 
@@ -63,7 +63,7 @@ def test_codec_round_trip_reaches_the_psnr_of_the_weights_card():
 def test_processed_corpus_keeps_labels_and_takes_the_first_of_each(tmp_path):
     from PIL import Image
 
-    from latentsweep.experiment.robustness import processed_corpus
+    from latentsweep_lab.experiment.robustness import processed_corpus
 
     lines = ["uri,label,family"]
     for label in ("a", "b"):

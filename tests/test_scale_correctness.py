@@ -305,7 +305,7 @@ def test_a_missing_s3_manifest_is_one_line_exit_2(s3_env, tmp_path):
 
 def test_evaluate_takes_quiet(tmp_path, ray_session):
     from latentsweep.index.build import IndexJob, build
-    from latentsweep.zoo.embeddings import DIMS, clustered, write_ingest_output
+    from latentsweep_lab.zoo.embeddings import DIMS, clustered, write_ingest_output
 
     vectors, assignment = clustered(30, 3, sum(DIMS.values()), seed=2)
     write_ingest_output(str(tmp_path / "ref"), vectors, [("a", "b", "c")[i] for i in assignment], {}, files=1)

@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 
 from images import photo_corpus
-from latentsweep import descriptors, photos, schema
+from latentsweep import descriptors, schema
 from latentsweep.codec.weights import WeightsError
 from latentsweep.descriptors import self_description as sd
-from latentsweep.descriptors import train
+from latentsweep_lab.training import descriptor as train
+from latentsweep_lab import photos
 from processes import run_command
 
 RNG = np.random.default_rng(11)
@@ -102,13 +103,13 @@ def test_tampered_missing_or_foreign_weights_are_refused(tmp_path, monkeypatch):
         sd.load(path)
 
     # verified, but not the filters the column's version names: the descriptor refuses them
-    from latentsweep.codec.weights import _write_checkpoint
+    from latentsweep.codec.weights import write_checkpoint
 
     other = tmp_path / "other.pt"
     filters = sd.load()[0].clone()
     filters[0, 0, 1, 1] += 0.01
     filters[0, 0, 1, 2] -= 0.01
-    _write_checkpoint({"filters": filters}, other, {"kind": "self-description-filters"})
+    write_checkpoint({"filters": filters}, other, {"kind": "self-description-filters"})
     monkeypatch.setattr(sd, "WEIGHTS", other)
     sd._weights.cache_clear()
     sd._on.cache_clear()
@@ -120,7 +121,7 @@ def test_tampered_missing_or_foreign_weights_are_refused(tmp_path, monkeypatch):
         sd._weights.cache_clear()
         sd._on.cache_clear()
     # a wrong shape is refused by name
-    _write_checkpoint({"filters": torch.zeros(3, 1, 5, 5)}, other, {})
+    write_checkpoint({"filters": torch.zeros(3, 1, 5, 5)}, other, {})
     with pytest.raises(WeightsError, match="does not hold"):
         sd.load(other)
 

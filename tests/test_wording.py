@@ -100,8 +100,8 @@ def test_the_experiment_writes_no_work_log_wording(path):
 def test_rendered_section_headings_match_the_checked_in_results():
     """The controlled and adapters sections rendered from small inputs: their headings are clean and are
     the ones docs/results.md holds."""
-    from latentsweep.experiment import controlled_markdown
-    from latentsweep.experiment.adapters import adapters_markdown
+    from latentsweep_lab.experiment import controlled_markdown
+    from latentsweep_lab.experiment.adapters import adapters_markdown
 
     metrics = {"top1": 0.5, "precision_at_10": 0.5, "map_at_10": 0.5, "map_full": 0.5, "vote_accuracy": 0.5,
                "type_top1": 0.5}

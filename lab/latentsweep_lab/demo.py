@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from latentsweep.zoo.corpus import CorpusSettings, make_corpus
+from latentsweep_lab.zoo.corpus import CorpusSettings, make_corpus
 
 SWEEP_DATE = "2026-01-01"  # a fixed partition, so reruns of the demo resume instead of adding nights
 SIZE = 256

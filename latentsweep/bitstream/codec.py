@@ -33,8 +33,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from latentsweep.codec import coding, colour, container
-from latentsweep.codec.container import Bitstream, BitstreamError, Stream, describe_id, digest_id, symbols_crc
+from latentsweep.bitstream import coding, container
+from latentsweep.codec import colour
+from latentsweep.bitstream.container import Bitstream, BitstreamError, Stream, describe_id, digest_id, symbols_crc
 from latentsweep.codec.layout import CODEC_NAME, TENSOR_STRIDES
 
 BRANCHES = ("luma", "chroma")

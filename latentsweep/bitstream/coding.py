@@ -30,7 +30,7 @@ from functools import cached_property
 
 import numpy as np
 
-from latentsweep.codec.container import BitstreamError
+from latentsweep.bitstream.container import BitstreamError
 from latentsweep.codec.entropy import SCALE_FLOOR
 from latentsweep.codec.hyperprior import Z_LIMIT
 

@@ -36,11 +36,11 @@ def sidecar(path: Path) -> Path:
 
 def save(model: BopCodec, path: str | Path, meta: dict) -> str:
     """Write the checkpoint (fp16) and its sidecar; return the digest."""
-    return _write_checkpoint({name: value.half() if value.is_floating_point() else value
+    return write_checkpoint({name: value.half() if value.is_floating_point() else value
                               for name, value in model.state_dict().items()}, path, meta)
 
 
-def _write_checkpoint(state: dict, path: str | Path, meta: dict) -> str:
+def write_checkpoint(state: dict, path: str | Path, meta: dict) -> str:
     """``state`` saved to ``path`` with its sidecar (sha256 and the training card); returns the digest."""
     import torch
 
@@ -182,7 +182,7 @@ def adapters_path(spec: str | Path | None) -> Path | None:
 
 def save_adapters(adapters, path: str | Path, meta: dict) -> str:
     """Write an adapter checkpoint (fp32: it is small) and its sidecar; return the digest."""
-    return _write_checkpoint({name: value.detach().float().cpu() for name, value in adapters.state_dict().items()},
+    return write_checkpoint({name: value.detach().float().cpu() for name, value in adapters.state_dict().items()},
                              path, meta)
 
 

@@ -101,7 +101,7 @@ def fetch(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAUL
     import hashlib
 
     from latentsweep import storage
-    from latentsweep.codec.container import BitstreamError
+    from latentsweep.bitstream.container import BitstreamError
 
     item = Fetched(uri)
     try:
@@ -110,7 +110,7 @@ def fetch(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAUL
         if uri.lower().endswith(".pt"):
             item.source, item.latents = "latents", data
         elif uri.lower().endswith(".jai"):  # a bitstream: checked here, entropy-decoded by the encoder
-            from latentsweep.codec import container
+            from latentsweep.bitstream import container
 
             header = container.unpack(data, max_pixels)
             if min(header.height, header.width) < min_side:

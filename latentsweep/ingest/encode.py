@@ -104,8 +104,8 @@ class Encoder:
         """``.jai`` bitstreams: entropy decoding, the hyper-decoder and the latent prediction only (no
         analysis, no synthesis), same-size files as one batch; pooled over each image's valid area as an
         image's latents are."""
-        from latentsweep.codec.bitstream import BitstreamCodec, missing_columns, missing_columns_reason
-        from latentsweep.codec.container import BitstreamError
+        from latentsweep.bitstream.codec import BitstreamCodec, missing_columns, missing_columns_reason
+        from latentsweep.bitstream.container import BitstreamError
 
         missing = missing_columns(self.embedder.columns)
         if missing:  # a source of bitstreams only is refused before the job (ingest/run.py); mixed ones get rows

@@ -6,7 +6,7 @@ references and on held-out queries with new content, plus extra rows: the beyond
 (gap+std), JPEG re-compressed queries, and the pixel-domain baseline (Figure 1a) with its time ratio.
 Attribution where content is controlled: the zoo without colour habits and with content
 shared across generators, and the real-software corpus (real photos, real libraries' resizers;
-:mod:`latentsweep.zoo.software`), tuning and held-out splits, clean and JPEG 80-95; the latent
+:mod:`latentsweep_lab.zoo.software`), tuning and held-out splits, clean and JPEG 80-95; the latent
 descriptors beside the forensic ``fingerprint`` and the classical ``residual_spectrum`` baseline;
 robustness to post-processing (:mod:`.robustness`) and the open set, leaving one generator out
 (:mod:`.open_set`), on the real-software held-out split; the SFMA adapters with and without (:mod:`.adapters`).
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from latentsweep.experiment.common import HELD_OUT_CORPUS, VOTE_K, evaluate_index, headline, ingest_corpus, subset
-from latentsweep.zoo.corpus import CorpusSettings
+from latentsweep_lab.experiment.common import HELD_OUT_CORPUS, VOTE_K, evaluate_index, headline, ingest_corpus, subset
+from latentsweep_lab.zoo.corpus import CorpusSettings
 
 FEATURE_SETS = ("2lat", "selected", "all")
 # Beyond the paper's sets, on the zoo: the chroma branch's unquantised latent, whose input packs the
@@ -78,14 +78,14 @@ def run(out: Path, settings: ExperimentSettings = ExperimentSettings(), log=prin
                "controlled": controlled_tables(out / "controlled", settings, log,
                                                {"zoo-habits": zoo_embeddings(out / "zoo")})}
     if not settings.controlled or HELD_OUT_CORPUS in settings.controlled:
-        from latentsweep.experiment.open_set import open_set_table
-        from latentsweep.experiment.real import real_table
-        from latentsweep.experiment.robustness import robustness_table
+        from latentsweep_lab.experiment.open_set import open_set_table
+        from latentsweep_lab.experiment.real import real_table
+        from latentsweep_lab.experiment.robustness import robustness_table
 
         results["robustness"] = robustness_table(out / "robustness", out / "controlled", settings, log)
         results["open_set"] = open_set_table(out / "open-set", out / "controlled", log)
         results["real"] = real_table(out / "robustness", out / "controlled", log)
-    from latentsweep.experiment.adapters import adapters_table
+    from latentsweep_lab.experiment.adapters import adapters_table
 
     results["adapters"] = adapters_table(out / "adapters", out / "controlled", results["controlled"], log)
     results["seconds"] = round(time.monotonic() - started, 1)
@@ -105,7 +105,7 @@ def _default_weights() -> dict:
 
 
 def semantic_table(root: Path, settings: ExperimentSettings, log) -> list[dict]:
-    from latentsweep.zoo.semantic import CLASSES, make_semantic_corpus
+    from latentsweep_lab.zoo.semantic import CLASSES, make_semantic_corpus
 
     corpus = root / "corpus"
     if not (corpus / "manifest.csv").exists():
@@ -124,7 +124,7 @@ def semantic_table(root: Path, settings: ExperimentSettings, log) -> list[dict]:
 
 
 def zoo_tables(root: Path, settings: ExperimentSettings, log) -> dict:
-    from latentsweep.zoo.corpus import make_corpus
+    from latentsweep_lab.zoo.corpus import make_corpus
 
     corpora = {
         "reference": CorpusSettings(settings.per_generator, settings.size, seed=0, habit=settings.habit),
@@ -180,7 +180,7 @@ def pixel_baseline(root: Path, settings: ExperimentSettings, log) -> dict:
 
     from latentsweep.codec.embed import Embedder
     from latentsweep.codec.settings import EmbedSettings
-    from latentsweep.codec.pixel_baseline import PixelBaseline
+    from latentsweep_lab.experiment.pixel_baseline import PixelBaseline
     from latentsweep.index.scaler import Scaler
     from latentsweep.query import metrics
 
@@ -225,8 +225,8 @@ CONTROLLED = {
 def controlled_corpora(settings: ExperimentSettings) -> dict[str, dict[str, tuple]]:
     """name -> {"reference": (writer, settings), "queries": (writer, settings)}: the queries have new
     content (seed 1), as in the zoo tables."""
-    from latentsweep.zoo.corpus import make_corpus
-    from latentsweep.zoo.software import SoftwareSettings, make_software_corpus
+    from latentsweep_lab.zoo.corpus import make_corpus
+    from latentsweep_lab.zoo.software import SoftwareSettings, make_software_corpus
 
     def zoo(seed: int, count: int) -> tuple:
         return make_corpus, CorpusSettings(count, settings.size, seed=seed, habit=0.0, shared_content=True)
@@ -278,7 +278,7 @@ def _made_and_ingested(root: Path, name: str, query_set: str, write, corpus, log
 
 def controlled_markdown(rows: list[dict], settings: dict) -> list[str]:
     """The content-controlled section: a summary of held-out-query Top-1, then one table per corpus."""
-    from latentsweep.zoo.software import HELD_OUT, TUNING
+    from latentsweep_lab.zoo.software import HELD_OUT, TUNING
 
     keys = ("top1", "precision_at_10", "map_at_10", "map_full", "vote_accuracy", "type_top1")
     jpeg = f"{settings['software_jpeg'][0]}-{settings['software_jpeg'][1]}"
@@ -294,7 +294,7 @@ def controlled_markdown(rows: list[dict], settings: dict) -> list[str]:
              "**software**: real photos bundled with scikit-image, each image its own pixel-exact crop "
              "(random photo, position, flip, 90-degree rotation; no resampling), and each class a resampling "
              f"chain of real, widely used software to {settings['software_size']} px "
-             "(`latentsweep/zoo/software.py`), plus a `real` class, the untouched crops. Its **tuning** split "
+             "(`lab/latentsweep_lab/zoo/software.py`), plus a `real` class, the untouched crops. Its **tuning** split "
              "(8 classes of Pillow and torch: nearest, "
              "bilinear, bicubic, Lanczos, align_corners, area; x2, x1.5, x0.75 then x2; content from the "
              "codec's training photos) may be used for tuning decisions; its **held-out** split (8 classes "
@@ -398,19 +398,19 @@ def markdown(results: dict) -> str:
         lines += controlled_markdown(results["controlled"], settings)
         lines += calibration_markdown(results["controlled"])
     if results.get("robustness"):
-        from latentsweep.experiment.robustness import robustness_markdown
+        from latentsweep_lab.experiment.robustness import robustness_markdown
 
         lines += robustness_markdown(results["robustness"], settings)
     if results.get("open_set"):
-        from latentsweep.experiment.open_set import open_set_markdown
+        from latentsweep_lab.experiment.open_set import open_set_markdown
 
         lines += open_set_markdown(results["open_set"])
     if results.get("real"):
-        from latentsweep.experiment.real import real_markdown
+        from latentsweep_lab.experiment.real import real_markdown
 
         lines += real_markdown(results["real"])
     if results.get("adapters", {}).get("rows"):
-        from latentsweep.experiment.adapters import adapters_markdown
+        from latentsweep_lab.experiment.adapters import adapters_markdown
 
         lines += adapters_markdown(results["adapters"])
     from latentsweep.query.evaluate import tables

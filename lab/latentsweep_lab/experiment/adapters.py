@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from latentsweep.experiment.common import (HELD_OUT_CORPUS, VOTE_K, evaluate_index, headline, ingest_corpus,
+from latentsweep_lab.experiment.common import (HELD_OUT_CORPUS, VOTE_K, evaluate_index, headline, ingest_corpus,
                                            manifest_rows, write_manifest)
 
 ADAPTERS = "default"

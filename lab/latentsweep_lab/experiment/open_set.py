@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentsweep.experiment.common import HELD_OUT_CORPUS as CORPUS, VOTE_K, query_votes, subset
+from latentsweep_lab.experiment.common import HELD_OUT_CORPUS as CORPUS, VOTE_K, query_votes, subset
 
 OPEN_SET_FEATURES = ("2lat", "fingerprint", "residual_spectrum")
 

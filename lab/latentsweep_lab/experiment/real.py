@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentsweep.experiment.common import HELD_OUT_CORPUS as CORPUS, query_votes
+from latentsweep_lab.experiment.common import HELD_OUT_CORPUS as CORPUS, query_votes
 
 REAL = "real"
 REAL_FEATURES = ("2lat", "fingerprint", "residual_spectrum")

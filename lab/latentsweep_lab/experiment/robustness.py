@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from latentsweep.experiment.common import (HELD_OUT_CORPUS as CORPUS, evaluate_index, ingest_corpus, manifest_rows,
+from latentsweep_lab.experiment.common import (HELD_OUT_CORPUS as CORPUS, evaluate_index, ingest_corpus, manifest_rows,
                                            write_manifest)
 
 ROBUSTNESS_FEATURES = ("2lat", "fingerprint", "residual_spectrum")
@@ -15,7 +15,7 @@ def processed_corpus(source: Path, dest: Path, condition: str, round_trip, limit
     """``source``'s images after ``condition``, with its labels (each image its own noise seed); the
     first ``limit_per_label`` images of each label when given."""
     from latentsweep.ingest.decode import decode_image
-    from latentsweep.zoo.robustness import apply
+    from latentsweep_lab.zoo.robustness import apply
 
     if (dest / "manifest.csv").exists():
         return dest
@@ -40,7 +40,7 @@ def robustness_table(root: Path, controlled: Path, settings, log) -> list[dict]:
     under every condition. ``controlled``: the controlled tables' folder (corpora and embeddings)."""
     from latentsweep.codec.embed import Embedder
     from latentsweep.codec.settings import EmbedSettings
-    from latentsweep.zoo.robustness import CONDITIONS
+    from latentsweep_lab.zoo.robustness import CONDITIONS
 
     round_trip = Embedder(EmbedSettings()).round_trip
     corpus = controlled / "corpus" / CORPUS
@@ -69,8 +69,8 @@ def robustness_table(root: Path, controlled: Path, settings, log) -> list[dict]:
 
 
 def robustness_markdown(rows: list[dict], settings: dict) -> list[str]:
-    from latentsweep.zoo.robustness import CONDITIONS
-    from latentsweep.zoo.software import SPLITS
+    from latentsweep_lab.zoo.robustness import CONDITIONS
+    from latentsweep_lab.zoo.software import SPLITS
 
     lines = ["## Robustness: post-processing conditions (real software, held-out split)", "",
              "Held-out queries (new content) after each condition, against the clean references and against "

@@ -28,10 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latentsweep import photos
-from latentsweep.codec import formation, weights
+from latentsweep_lab import photos
+from latentsweep.codec import weights
+from latentsweep_lab.training import formation
 from latentsweep.codec.adapters import BOTTLENECK, AdapterSet, parameter_count
-from latentsweep.codec.train_trace import photo_crops, pooled, quality, supervised_contrastive, train_trace
+from latentsweep_lab.training.trace import photo_crops, pooled, quality, supervised_contrastive, train_trace
 
 
 @dataclass
@@ -131,7 +132,7 @@ def calibrate(model, adapters: AdapterSet, rate_limit: float = 0.04, psnr_limit:
 @torch.no_grad()
 def held_out_quality(model, adapters: AdapterSet) -> dict:
     """PSNR and estimated bpp on the held-out photos with and without the adapters."""
-    from latentsweep.codec.train import evaluate
+    from latentsweep_lab.training.codec import evaluate
 
     was = adapters.enabled
     adapters.enabled = False
@@ -218,7 +219,7 @@ def train(settings: AdapterTrainSettings, out: str, progress=print) -> dict:
             + ("SFMA after act1, act2, act3 of the luma and chroma analysis transforms" if adapters.sfma else ""),
             "parameters": parameter_count(adapters), "training": asdict(settings),
             "training_data": "random crops of photos.names('train') through random formation recipes "
-                             "(latentsweep/codec/formation.py); no evaluation corpus's software or generator",
+                             "(lab/latentsweep_lab/training/formation.py); no evaluation corpus's software or generator",
             "trace": trace, "calibration": calibration, "held_out": held_out, "train_seconds": seconds,
             "steps_done": len(history), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "loss_last": [float(v) for v in np.mean(history[-settings.log_every:], axis=0)] if history else None}

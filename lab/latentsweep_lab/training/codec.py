@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from latentsweep import photos
+from latentsweep_lab import photos
 from latentsweep.codec import colour, weights
 from latentsweep.codec.model import BopCodec
 

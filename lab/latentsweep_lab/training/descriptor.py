@@ -11,7 +11,7 @@ photo summed, one solve per filter with a Lagrange multiplier for the constraint
 training is deterministic and takes seconds. The held-out photos (``photos.HELD_OUT``) report each
 filter's prediction gain on photos it never saw.
 
-    python -m latentsweep.descriptors.train --out latentsweep/descriptors/weights/self-description.pt
+    python -m latentsweep_lab.training.descriptor --out latentsweep/descriptors/weights/self-description.pt
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from latentsweep import photos
+from latentsweep_lab import photos
 from latentsweep.descriptors import self_description as sd
 from latentsweep.descriptors.residual import LUMA
 
@@ -87,7 +87,7 @@ def prediction_gain(kernel: np.ndarray, planes: list[np.ndarray]) -> float:
 
 
 def train(out: str, progress=print) -> dict:
-    from latentsweep.codec.weights import _write_checkpoint
+    from latentsweep.codec.weights import write_checkpoint
 
     started = time.monotonic()
     training = photos.names("train")
@@ -112,7 +112,7 @@ def train(out: str, progress=print) -> dict:
                       "others summing to 1), the normal equations of all photos summed and solved once (float64)",
             "steps": 1, "ridge": RIDGE, "train_seconds": seconds, "threads": torch.get_num_threads(),
             "prediction_gain": gains, "torch": torch.__version__}
-    meta["sha256"] = _write_checkpoint({"filters": filters}, out, meta)
+    meta["sha256"] = write_checkpoint({"filters": filters}, out, meta)
     progress(f"wrote {out} (sha256 {meta['sha256'][:16]}...) in {seconds} s")
     return meta
 

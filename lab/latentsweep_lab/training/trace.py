@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latentsweep import photos
-from latentsweep.codec import formation
+from latentsweep_lab import photos
+from latentsweep_lab.training import formation
 from latentsweep.codec.adapters import BRANCHES, Y_CHANNELS, AdapterSet, TraceWriter, add_to_y
 
 CROPS_PER_RECIPE_IN_A_BATCH = 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from latentsweep import photos
+from latentsweep_lab import photos
 
 
 def texture(rng: np.random.Generator, size: int) -> np.ndarray:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from latentsweep.zoo.content import content
-from latentsweep.zoo.generators import ZOO, Generator
+from latentsweep_lab.zoo.content import content
+from latentsweep_lab.zoo.generators import ZOO, Generator
 
 
 @dataclass

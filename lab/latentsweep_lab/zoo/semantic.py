@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentsweep import photos
+from latentsweep_lab import photos
 
 CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "brick", "hubble_deep_field")
 

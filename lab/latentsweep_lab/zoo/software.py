@@ -75,7 +75,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentsweep import photos
+from latentsweep_lab import photos
 
 
 @dataclass(frozen=True)
@@ -303,7 +303,7 @@ def readme(settings: SoftwareSettings) -> str:
     warning = ("HELD-OUT split: never use it for a tuning decision (features, parameters, thresholds)."
                if settings.split == "held-out" else "TUNING split: may be used for tuning decisions.")
     return (f"Real-software attribution corpus made by `latentsweep make-corpus --kind software` "
-            f"(latentsweep/zoo/software.py), split {settings.split}, seed {settings.seed}.\n"
+            f"(lab/latentsweep_lab/zoo/software.py), split {settings.split}, seed {settings.seed}.\n"
             f"{warning}\n\n"
             "Content: real photos bundled with scikit-image, each image its own pixel-exact crop (random "
             "photo, position, flip and 90-degree rotation; no resampling), same distribution for every "
