@@ -11,18 +11,17 @@ import struct
 import time
 import zlib
 
+import c2pa                          # c2pa-python, a dependency; it requires cryptography
 import pyarrow as pa
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from PIL import Image, PngImagePlugin
 
 from latentsweep import provenance
 from latentsweep.provenance import Declaration, conflict, declared, provenance_schema, to_columns
-
-c2pa = pytest.importorskip("c2pa")
-x509 = pytest.importorskip("cryptography.x509")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 MANIFEST = {
