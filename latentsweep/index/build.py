@@ -345,9 +345,49 @@ def _discard(root: storage.Location, version: str) -> None:
         shutil.rmtree(folder.key, ignore_errors=True)
 
 
-def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.Held) -> Manifest:
-    import ray
+@dataclass
+class _Context:
+    """What every step of one build or add shares."""
 
+    job: IndexJob
+    files: list[str]
+    existing: Manifest | None  # the index ``add`` extends; None for a build
+    root: storage.Location
+    version: str               # the version folder this run writes
+    columns: list[str]
+    dimension: int
+    largest: int               # memory of the largest Ray node (0: no node says)
+    log: object
+
+    def memory(self, wanted: int, what: str) -> int:
+        return _memory(wanted, self.largest, what, self.log)
+
+
+@dataclass
+class _Scanned:
+    """The scans' statistics, merged by the driver: O(files) numbers, never vectors."""
+
+    scaler: Scaler      # of the new files (``add`` keeps the index's own)
+    labels: Counter     # the index's labels with the new files' (``add``)
+    families: dict
+    rows: list[int]     # per file, the rows it adds
+    skipped: list[int]  # per file, the rows whose ids the index already holds (``add``)
+    codec: str
+    weights_digest: str
+    pooling: str
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows)
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped)
+
+
+def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.Held) -> Manifest:
+    """A build (``existing`` None) or an add, in the steps the module's docstring lists: the manifest
+    switches to the new version only once every shard is written."""
     from latentsweep.cluster import connect, largest_node_memory
 
     log = _log(job)
@@ -357,25 +397,78 @@ def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.
     previous = existing or (load(root.uri) if storage.exists(root.join(MANIFEST_NAME)) else None)
     version = _next_version(root, previous)
     widths = features.columns_of(files[0], _feature_spec(job, existing))
-    columns, dimension = list(widths), sum(widths.values())
-    largest = largest_node_memory()
+    run = _Context(job, files, existing, root, version, list(widths), sum(widths.values()), largest_node_memory(),
+                   log)
     spec = existing.index_spec if existing else None if job.auto else job.index_spec
-    # First shares of the samples, drawn by the scans; a file asked for more later (uneven files,
-    # --auto choosing a trained type) is read again for its larger share only.
-    train_target = (max(job.train_sample, factory.min_train_points(spec))
+    per_file = _first_shares(run, spec)
+    skip_ids = _ids_to_skip(run)
+    scans, scanned = _scan_files(run, per_file, skip_ids)
+    _refuse_duplicates(run, scans, scanned.total)
+    if existing and scanned.total == 0:
+        log(f"index add: all {scanned.skipped_total} ids of {', '.join(job.sources)} are already in the index; "
+            f"nothing to add")
+        return replace(existing, skipped_existing_ids=scanned.skipped_total)
+
+    spec, params = _choose_type(run, spec, scanned.total)
+    scaler = Scaler.from_dict(existing.scaler) if existing else scanned.scaler
+    queries, query_takes, train_takes = _sample_takes(run, spec, scanned)
+    payload, query_ids = _train(run, spec, scaler, scans, scanned.rows, per_file, query_takes, train_takes, queries,
+                                skip_ids)
+    del scans  # the driver lets go of every scan result (ids and samples are freed once used)
+
+    measure = not existing and not factory.is_exact(spec)
+    ladder = factory.search_ladder(spec) if measure and queries else []
+    tasks = _start_shards(run, spec, scaler, scanned, queries, payload, skip_ids, ladder)
+    results, sampled, exact, recall = _collect_shards(run, spec, tasks, query_ids, queries, ladder)
+    if recall:
+        params = recall["search_params"]
+    threshold, confidence = (existing.open_set_threshold, existing.confidence) if existing else _calibrate(
+        exact, [r["recall"]["labels"] for r in results], sampled, job.open_set_target, log) if queries else (None, {})
+    manifest = _manifest(run, spec, params, scaler, scanned, results, recall, queries, threshold, confidence)
+    held.check()  # never switch the manifest of an index another run has taken over
+    save(root.uri, manifest)
+    removed = clean(root.uri, [manifest] + ([previous] if previous else []))
+    added = sum(r["entry"]["count"] for r in results)
+    log(f"index: {manifest.vectors} vectors of {run.dimension} dims in {len(manifest.shards)} shards "
+        f"({spec}{', ' + params if params else ''}) at {job.out}, version {version}"
+        + (f": added {added}, skipped {scanned.skipped_total} ids already in the index" if existing else "")
+        + (f"; removed {len(removed)} files of older versions" if removed else "")
+        + f" in {time.monotonic() - started:.1f} s")
+    return manifest
+
+
+def _first_shares(run: _Context, spec: str | None) -> tuple[int, int]:
+    """(training rows, recall queries) each file's scan draws: the first shares of the samples. A file
+    asked for more later (uneven files, --auto choosing a trained type) is read again for its larger
+    share only."""
+    train_target = (max(run.job.train_sample, factory.min_train_points(spec))
                     if spec and factory.needs_training(spec) else 0)
-    query_target = RECALL_QUERIES if not existing else 0
-    per_file = (-(-train_target // len(files)), -(-query_target // len(files)))
+    query_target = RECALL_QUERIES if not run.existing else 0
+    return -(-train_target // len(run.files)), -(-query_target // len(run.files))
 
-    skip_ids = None
-    if existing and existing.shards:
-        skip_ids = ray.remote(_indexed_ids).options(memory=_memory(
-            ids_memory(existing.vectors), largest, "collecting the index's ids", log)).remote(
-            root.uri, [shard.metadata_file for shard in existing.shards])
+
+def _ids_to_skip(run: _Context):
+    """``add``: the task collecting the ids the index holds, which scans and shards leave out; None
+    for a build (or an index without shards)."""
+    if not (run.existing and run.existing.shards):
+        return None
+    import ray
+
+    return ray.remote(_indexed_ids).options(memory=run.memory(
+        ids_memory(run.existing.vectors), "collecting the index's ids")).remote(
+        run.root.uri, [shard.metadata_file for shard in run.existing.shards])
+
+
+def _scan_files(run: _Context, per_file: tuple[int, int], skip_ids) -> tuple[list, _Scanned]:
+    """Start a scan task per file and merge their statistics; returns the tasks' results (the ids and
+    samples stay in the object store) with the merged statistics. Files of mixed provenance, and a build
+    without a row, are refused."""
+    import ray
+
     scan = ray.remote(_scan).options(num_returns=3)
-    scans = [scan.remote(uri, columns, *per_file, skip_ids) for uri in files]
-
-    merged, provenance = Scaler.empty(dimension), set()
+    scans = [scan.remote(uri, run.columns, *per_file, skip_ids) for uri in run.files]
+    existing = run.existing
+    merged, provenance = Scaler.empty(run.dimension), set()
     labels, families = Counter(existing.labels if existing else {}), dict(existing.families if existing else {})
     rows, skipped = [], []
     for window in range(0, len(scans), SCAN_WINDOW):  # in file order: the merged scaler is reproducible
@@ -388,110 +481,135 @@ def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.
             skipped.append(stats["skipped"])
     if existing:
         provenance.add((existing.codec, existing.weights_digest, existing.pooling))
-    codec, weights_digest, pooling = features.check_provenance(provenance, "this index")
-    total, skipped_total = sum(rows), sum(skipped)
-    if total == 0 and not existing:
-        raise UsageError(f"no embedding rows in {', '.join(job.sources)}")
-    duplicate = ray.get(ray.remote(_duplicate).options(memory=_memory(
-        ids_memory(total), largest, "the duplicate-id check", log)).remote(files, *[refs[1] for refs in scans]))
+    scanned = _Scanned(merged, labels, families, rows, skipped, *features.check_provenance(provenance, "this index"))
+    if scanned.total == 0 and not existing:
+        raise UsageError(f"no embedding rows in {', '.join(run.job.sources)}")
+    return scans, scanned
+
+
+def _refuse_duplicates(run: _Context, scans: list, total: int) -> None:
+    """Refuse an id that two rows of the job's files share (``add``: ids already indexed were skipped)."""
+    import ray
+
+    duplicate = ray.get(ray.remote(_duplicate).options(memory=run.memory(
+        ids_memory(total), "the duplicate-id check")).remote(run.files, *[refs[1] for refs in scans]))
     if duplicate:
         found, first, second = duplicate
         where = f"twice in {first}" if first == second else f"in both {first} and {second}"
         raise UsageError(f"id {found} appears {where}: every id may be indexed once (the same images "
                          f"ingested twice, or stale shard files); index one copy of each")
-    if existing and total == 0:
-        log(f"index add: all {skipped_total} ids of {', '.join(job.sources)} are already in the index; "
-            f"nothing to add")
-        return replace(existing, skipped_existing_ids=skipped_total)
 
-    scaler = Scaler.from_dict(existing.scaler) if existing else merged
-    if existing:
-        params = existing.search_params
-    elif job.auto:
-        choice = factory.choose(total, dimension, job.memory_budget)
-        spec, params = choice.spec, choice.search_params
+
+def _choose_type(run: _Context, spec: str | None, total: int) -> tuple[str, str]:
+    """The index type and its search params: the index's own for ``add``, --auto's choice for the
+    rows and the memory budget, else the type asked for with its default params."""
+    if run.existing:
+        return spec, run.existing.search_params
+    if run.job.auto:
+        choice = factory.choose(total, run.dimension, run.job.memory_budget)
         for reason in choice.reasons:
-            log(f"index --auto: {reason}")
-    else:
-        params = factory.default_search_params(spec)
-    measure = not existing and not factory.is_exact(spec)
-    # the sample: recall queries (held out of training) and the open-set calibration, on every new build
-    queries = 0 if existing else min(RECALL_QUERIES, total // 5 if factory.needs_training(spec) else total)
-    query_takes = allocate(rows, queries)
-    train_takes = (allocate([r - q for r, q in zip(rows, query_takes)],
-                            max(job.train_sample, factory.min_train_points(spec)))
-                   if factory.needs_training(spec) else [0] * len(files))
-    if factory.needs_training(spec):
-        _check_training(spec, sum(train_takes), total, queries, log)
+            run.log(f"index --auto: {reason}")
+        return choice.spec, choice.search_params
+    return spec, factory.default_search_params(spec)
 
-    payload, query_ids = None, None
-    if sum(train_takes) or queries:
-        samples, takes = [], []
-        for i, uri in enumerate(files):
-            a, b = train_takes[i], query_takes[i]
-            if not a and not b:
-                continue
-            if a > min(per_file[0], rows[i]) or b > min(per_file[1], rows[i]):
-                samples.append(ray.remote(_resample).remote(uri, columns, a, b, skip_ids))
-                takes.append((a, b))
-            else:
-                samples.append(scans[i][2])
-                takes.append((a, b))
-        payload, query_ids = ray.remote(_prepare).options(num_returns=2, memory=_memory(
-            train_memory(spec, dimension, sum(train_takes), queries), largest, "training", log)).remote(
-            spec, dimension, scaler.to_dict(), takes, *samples)
-    del scans  # the driver lets go of every scan result (ids and samples are freed once used)
 
-    filled = [i for i in range(len(files)) if rows[i]]
-    count = max(1, min(job.shards, len(filled)))
+def _sample_takes(run: _Context, spec: str, scanned: _Scanned) -> tuple[int, list[int], list[int]]:
+    """(recall queries, their share per file, training rows per file). Every new build samples
+    references, held out of training, for recall and the open-set calibration; training takes from
+    the rest of each file."""
+    trained = factory.needs_training(spec)
+    queries = 0 if run.existing else min(RECALL_QUERIES, scanned.total // 5 if trained else scanned.total)
+    query_takes = allocate(scanned.rows, queries)
+    train_takes = (allocate([r - q for r, q in zip(scanned.rows, query_takes)],
+                            max(run.job.train_sample, factory.min_train_points(spec)))
+                   if trained else [0] * len(run.files))
+    if trained:
+        _check_training(spec, sum(train_takes), scanned.total, queries, run.log)
+    return queries, query_takes, train_takes
+
+
+def _train(run: _Context, spec: str, scaler: Scaler, scans: list, rows: list[int], per_file: tuple[int, int],
+           query_takes: list[int], train_takes: list[int], queries: int, skip_ids):
+    """The training task's two results (the trained empty index with the normalised recall queries,
+    and the queries' ids), or (None, None) when there is nothing to train or measure. Each file gives
+    the share its scan drew, or is read again for a larger one."""
+    import ray
+
+    if not (sum(train_takes) or queries):
+        return None, None
+    samples, takes = [], []
+    for i, uri in enumerate(run.files):
+        a, b = train_takes[i], query_takes[i]
+        if not a and not b:
+            continue
+        if a > min(per_file[0], rows[i]) or b > min(per_file[1], rows[i]):
+            samples.append(ray.remote(_resample).remote(uri, run.columns, a, b, skip_ids))
+        else:
+            samples.append(scans[i][2])
+        takes.append((a, b))
+    return ray.remote(_prepare).options(num_returns=2, memory=run.memory(
+        train_memory(spec, run.dimension, sum(train_takes), queries), "training")).remote(
+        spec, run.dimension, scaler.to_dict(), takes, *samples)
+
+
+def _start_shards(run: _Context, spec: str, scaler: Scaler, scanned: _Scanned, queries: int, payload, skip_ids,
+                  ladder: list[str]) -> list:
+    """One task a shard, numbered on from the index's last shard: shard g takes the files g, g+N, ...
+    of those with rows, and asks Ray for the memory :func:`shard_memory` says it holds at its peak."""
+    import ray
+
+    rows, skipped, existing = scanned.rows, scanned.skipped, run.existing
+    filled = [i for i in range(len(run.files)) if rows[i]]
+    count = max(1, min(run.job.shards, len(filled)))
     first = (max(s.shard_id for s in existing.shards) + 1) if existing and existing.shards else 0
-    ladder = factory.search_ladder(spec) if measure and queries else []
     shard_task = ray.remote(_build_shard)
     tasks = []
     for g in range(count):
         group = filled[g::count]
-        wanted = shard_memory(spec, dimension, sum(rows[i] for i in group),
+        wanted = shard_memory(spec, run.dimension, sum(rows[i] for i in group),
                               max(rows[i] + skipped[i] for i in group), queries)
-        tasks.append(shard_task.options(memory=_memory(wanted, largest, f"shard {first + g}", log)).remote(
-            first + g, [files[i] for i in group], columns, dimension, scaler.to_dict(), spec, payload, skip_ids,
-            ladder, root.uri, version))
+        tasks.append(shard_task.options(memory=run.memory(wanted, f"shard {first + g}")).remote(
+            first + g, [run.files[i] for i in group], run.columns, run.dimension, scaler.to_dict(), spec, payload,
+            skip_ids, ladder, run.root.uri, run.version))
+    return tasks
+
+
+def _collect_shards(run: _Context, spec: str, tasks: list, query_ids, queries: int, ladder: list[str]):
+    """(the shard tasks' results, the sampled ids, their exact neighbours over all shards, the recall
+    measured at each params of ``ladder``). The sample's neighbours are merged as a search merges them.
+    A failure removes what this run wrote into its version folder."""
+    import ray
+
     try:
         results = ray.get(tasks)
         sampled = ray.get(query_ids) if queries else None
-        # the sample's exact neighbours over all shards, as a search merges them: for recall and calibration
         exact = merge([r["recall"]["exact"] for r in results], RECALL_K + 1) if queries else None
-        recall = _recall(spec, ladder, [r["recall"] for r in results], exact[1], sampled, job, log) \
+        recall = _recall(spec, ladder, [r["recall"] for r in results], exact[1], sampled, run.job, run.log) \
             if ladder else None
     except BaseException:
-        _discard(root, version)
+        _discard(run.root, run.version)
         raise
-    if recall:
-        params = recall["search_params"]
-    threshold, confidence = (existing.open_set_threshold, existing.confidence) if existing else _calibrate(
-        exact, [r["recall"]["labels"] for r in results], sampled, job.open_set_target, log) if queries else (None, {})
-    manifest = Manifest(
-        dimension=dimension, features=existing.features if existing else job.features, columns=columns,
-        pooling=pooling, codec=codec, weights_digest=weights_digest, scaler=scaler.to_dict(),
+    return results, sampled, exact, recall
+
+
+def _manifest(run: _Context, spec: str, params: str, scaler: Scaler, scanned: _Scanned, results: list[dict],
+              recall: dict | None, queries: int, threshold: float | None, confidence: dict) -> Manifest:
+    """The manifest of the new version: ``add`` lists the index's shards before the new ones and keeps
+    what was measured when the index was built."""
+    existing, job = run.existing, run.job
+    return Manifest(
+        dimension=run.dimension, features=existing.features if existing else job.features, columns=run.columns,
+        pooling=scanned.pooling, codec=scanned.codec, weights_digest=scanned.weights_digest, scaler=scaler.to_dict(),
         index_spec=spec, search_params=params,
         shards=(existing.shards if existing else []) + [ShardEntry(**r["entry"]) for r in results],
-        labels=dict(sorted(labels.items())), families=dict(sorted(families.items())),
-        sources=(existing.sources if existing else []) + list(job.sources), build_version=version,
+        labels=dict(sorted(scanned.labels.items())), families=dict(sorted(scanned.families.items())),
+        sources=(existing.sources if existing else []) + list(job.sources), build_version=run.version,
         recall_at_10=recall["recall_at_10"] if recall else existing.recall_at_10 if existing else None,
         recall_queries=queries if recall else existing.recall_queries if existing else 0,
         recall_tried=recall["tried"] if recall else existing.recall_tried if existing else [],
-        skipped_existing_ids=skipped_total, open_set_threshold=threshold,
+        skipped_existing_ids=scanned.skipped_total, open_set_threshold=threshold,
         open_set_target=existing.open_set_target if existing else job.open_set_target,
         open_set_queries=existing.open_set_queries if existing else queries, confidence=confidence)
-    held.check()  # never switch the manifest of an index another run has taken over
-    save(root.uri, manifest)
-    removed = clean(root.uri, [manifest] + ([previous] if previous else []))
-    added = sum(r["entry"]["count"] for r in results)
-    log(f"index: {manifest.vectors} vectors of {dimension} dims in {len(manifest.shards)} shards "
-        f"({spec}{', ' + params if params else ''}) at {job.out}, version {version}"
-        + (f": added {added}, skipped {skipped_total} ids already in the index" if existing else "")
-        + (f"; removed {len(removed)} files of older versions" if removed else "")
-        + f" in {time.monotonic() - started:.1f} s")
-    return manifest
 
 
 def _check_training(spec: str, train: int, total: int, queries: int, log) -> None:
