@@ -291,13 +291,36 @@ def test_rerun_does_nothing_and_resume_redoes_only_missing_shards(reference_run,
     assert again.embedded == 12  # totals still count every finished shard
 
 
-def test_ids_are_stable_across_runs_and_locations(reference_run, corpus, tmp_path):
+def test_ids_follow_the_uri_when_the_source_moves_grows_and_is_listed_elsewhere(reference_run, corpus, tmp_path,
+                                                                                monkeypatch):
+    """An item's id is the SHA-256 of its URI (docs/commands.md), a local URI its absolute path: the corpus
+    renamed, one file added and the source given relative to another working directory, every row's id is
+    that of its new absolute path, the same files keep their content and get new ids, the new file adds one."""
+    import shutil
+
+    from PIL import Image
+
     out, _ = reference_run
-    fresh = run(job(corpus, tmp_path / "other", labels_from_folders=True))
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(corpus, moved)
+    Image.fromarray(gradient(72, 88)).save(moved / "beta" / "added.png")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    summary = run(job("renamed", tmp_path / "other", labels_from_folders=True))
     first, _ = read_output(out)
     second, _ = read_output(tmp_path / "other")
-    assert first.column("id").equals(second.column("id"))
-    assert fresh.embedded == 12
+    assert summary.embedded == 13
+    uris = second.column("uri").to_pylist()
+    assert all(uri.startswith(str(moved) + os.sep) for uri in uris)
+    assert second.column("id").to_pylist() == [schema.stable_id(uri) for uri in uris]
+
+    def by_path(table, root) -> dict[str, tuple[int, str]]:
+        return {os.path.relpath(uri, root): (item_id, digest) for uri, item_id, digest in zip(
+            *(table.column(name).to_pylist() for name in ("uri", "id", "sha256")))}
+
+    before, after = by_path(first, corpus), by_path(second, moved)
+    assert set(after) == set(before) | {os.path.join("beta", "added.png")}
+    assert all(after[path][1] == before[path][1] for path in before)  # the same bytes ...
+    assert not {after[path][0] for path in before} & {before[path][0] for path in before}  # ... under new URIs
 
 
 def test_changed_settings_are_refused_without_overwrite(reference_run, corpus):
