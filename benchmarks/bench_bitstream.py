@@ -82,7 +82,7 @@ def pixel_path(paths: list[Path], codec) -> float:
     """Seconds for read + decompress (entropy decoding, prediction, synthesis) + pixel descriptor."""
     import torch
 
-    from latentsweep_lab.experiment.pixel_baseline import describe
+    from latentsweep_lab.experiment.pixel_domain import describe
 
     def one(path: Path) -> np.ndarray:
         rgb = codec.decompress(path.read_bytes())

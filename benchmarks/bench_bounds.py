@@ -49,7 +49,7 @@ def main() -> None:
 
     from latentsweep.codec.embed import Embedder
     from latentsweep.codec.settings import EmbedSettings
-    from latentsweep_lab.experiment.pixel_baseline import PixelBaseline
+    from latentsweep_lab.experiment.pixel_domain import PixelBaseline
 
     cores = os.cpu_count() or 1
     gflops, bandwidth = matmul_gflops(), read_bandwidth_gbs()

@@ -411,16 +411,16 @@ def embeddings_for(job, weights: Optional[str], adapters: Optional[str], manifes
     from latentsweep.codec import weights as codec_weights
     from latentsweep.codec.settings import EmbedSettings
     from latentsweep.errors import UsageError
-    from latentsweep.index import features
+    from latentsweep.index import reader
     from latentsweep.ingest.run import HALF_SUFFIX, IngestJob, run as run_ingest
     from latentsweep.schema import DESCRIPTORS, FEATURE_SETS
 
     from latentsweep.storage import Location
 
     try:
-        features.embedding_files(job.queries, job.allow_partial)
+        reader.embedding_files(job.queries, job.allow_partial)
         return job.queries
-    except features.IncompleteIngest:
+    except reader.IncompleteIngest:
         raise
     except UsageError:  # not embeddings: images to ingest first
         pass

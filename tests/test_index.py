@@ -330,7 +330,7 @@ def _corrupt_column(path, column: str) -> None:
 def test_reads_only_the_columns_the_index_uses(tmp_path, ray_session):
     """Scan and shard tasks read id, uri, label, family, the provenance and the feature columns only:
     with an unused tensor and ``sha256`` destroyed in every file the index still builds, and exactly."""
-    from latentsweep.index import features
+    from latentsweep.index import reader
 
     rng = np.random.default_rng(8)
     vectors = rng.normal(size=(400, DIM)).astype(np.float32)
@@ -342,7 +342,7 @@ def test_reads_only_the_columns_the_index_uses(tmp_path, ray_session):
         _corrupt_column(path, "residual_luma")
         _corrupt_column(path, "sha256")
     with pytest.raises(Exception):
-        features.read(str(files[0]), "2lat")  # a full read fails on the destroyed columns
+        reader.read(str(files[0]), "2lat")  # a full read fails on the destroyed columns
     build(IndexJob([str(tmp_path / "emb")], str(tmp_path / "index"), shards=2, quiet=True))
     index = ShardedIndex.load(str(tmp_path / "index"))
     _, found = index.search(index.prepare(vectors[:30]), 5)

@@ -688,7 +688,7 @@ def shards_sha(path) -> str:
 
 
 def test_evaluate_samples_deterministically_and_searches_through_index_parts(reference, tmp_path):
-    from latentsweep.index.features import embedding_files
+    from latentsweep.index.reader import embedding_files
     from latentsweep.query.evaluate import choose_queries, tables
 
     one = evaluate(str(reference["index"]), str(tmp_path / "one"), sample=300)

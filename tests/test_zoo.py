@@ -275,7 +275,7 @@ def test_semantic_corpus_is_deterministic_and_labelled(tmp_path):
 def test_pixel_descriptor_sees_high_frequency_energy():
     import torch
 
-    from latentsweep_lab.experiment.pixel_baseline import DIMENSIONS, describe
+    from latentsweep_lab.experiment.pixel_domain import DIMENSIONS, describe
 
     flat = torch.full((1, 3, 32, 32), 0.5)
     checker = flat + 0.05 * ((torch.arange(32)[:, None] + torch.arange(32)[None]) % 2 * 2 - 1).float()

@@ -33,7 +33,7 @@ from latentsweep import lock, storage
 from latentsweep.console import stage_log
 from latentsweep.decision.calibration import confidence_tables, open_set_threshold, table_key
 from latentsweep.errors import UsageError
-from latentsweep.index import factory, features
+from latentsweep.index import factory, reader
 from latentsweep.index.manifest import (MANIFEST_NAME, Manifest, ShardEntry, clean, load, locate, save, sha256,
                                         version_number)
 from latentsweep.index.scaler import Scaler
@@ -61,7 +61,7 @@ ID_CHECK_BYTES = 24         # per id in the duplicate check: the ids (8), their 
 class IndexJob:
     sources: list[str]
     out: str
-    features: str = features.DEFAULT_FEATURES
+    features: str = reader.DEFAULT_FEATURES
     index_spec: str = "Flat"
     auto: bool = False
     memory_budget: int = DEFAULT_BUDGET
@@ -126,13 +126,13 @@ def recall_at_k(truth: np.ndarray, found: np.ndarray, own: np.ndarray, k: int) -
 def _read(uri: str, columns: list[str], skip_ids: np.ndarray | None, with_uri: bool = False):
     """One file's batch (projected columns) without the ids in ``skip_ids`` (sorted; ``add``) and the
     number of rows skipped."""
-    batch = features.read_columns(uri, columns, with_uri=with_uri)
+    batch = reader.read_columns(uri, columns, with_uri=with_uri)
     if skip_ids is None or not len(skip_ids) or not len(batch.ids):
         return batch, 0
     import pyarrow as pa
 
     keep = ~np.isin(batch.ids, skip_ids)
-    kept = features.Batch(batch.ids[keep], np.ascontiguousarray(batch.vectors[keep]),
+    kept = reader.Batch(batch.ids[keep], np.ascontiguousarray(batch.vectors[keep]),
                           batch.metadata.filter(pa.array(keep)), batch.provenance)
     return kept, int(len(keep) - keep.sum())
 
@@ -308,10 +308,10 @@ def check(job: IndexJob, existing: Manifest | None) -> list[str]:
     if existing and locate(job.out)[0] != storage.Location.parse(job.out).uri:
         raise UsageError(f"{job.out} is one version of an index, kept for its readers: add to the index "
                          f"folder above it")
-    files = features.embedding_files(job.sources, job.allow_partial, stage_log(job.quiet))
+    files = reader.embedding_files(job.sources, job.allow_partial, stage_log(job.quiet))
     if not existing:
-        job.features = features.concrete(files[0], job.features)  # the manifest records what was built
-    dimension = sum(features.columns_of(files[0], _feature_spec(job, existing)).values())
+        job.features = reader.concrete(files[0], job.features)  # the manifest records what was built
+    dimension = sum(reader.columns_of(files[0], _feature_spec(job, existing)).values())
     if not existing and not job.auto:
         factory.check(job.index_spec, dimension)
     return files
@@ -396,7 +396,7 @@ def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.
     root = storage.Location.parse(job.out)
     previous = existing or (load(root.uri) if storage.exists(root.join(MANIFEST_NAME)) else None)
     version = _next_version(root, previous)
-    widths = features.columns_of(files[0], _feature_spec(job, existing))
+    widths = reader.columns_of(files[0], _feature_spec(job, existing))
     run = _Context(job, files, existing, root, version, list(widths), sum(widths.values()), largest_node_memory(),
                    log)
     spec = existing.index_spec if existing else None if job.auto else job.index_spec
@@ -481,7 +481,7 @@ def _scan_files(run: _Context, per_file: tuple[int, int], skip_ids) -> tuple[lis
             skipped.append(stats["skipped"])
     if existing:
         provenance.add((existing.codec, existing.weights_digest, existing.pooling))
-    scanned = _Scanned(merged, labels, families, rows, skipped, *features.check_provenance(provenance, "this index"))
+    scanned = _Scanned(merged, labels, families, rows, skipped, *reader.check_provenance(provenance, "this index"))
     if scanned.total == 0 and not existing:
         raise UsageError(f"no embedding rows in {', '.join(run.job.sources)}")
     return scans, scanned

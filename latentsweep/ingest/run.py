@@ -33,9 +33,9 @@ from latentsweep.errors import JobFailed, UsageError
 from latentsweep.ingest import manifest, plan as planning
 from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from latentsweep.ingest.sources import Listing, list_source
-from latentsweep.ingest.write import DONE_FOLDER, DONE_INDEX, done_records, shard_files, write_done_index
+from latentsweep.ingest.write import DONE_INDEX, done_records, shard_files, write_done_index
 from latentsweep.resources import DEVICES
-from latentsweep.schema import DESCRIPTORS, INGEST_COMPLETE_FILE
+from latentsweep.schema import DESCRIPTORS, DONE_FOLDER, INGEST_COMPLETE_FILE
 
 PLAN_VERSION = 2  # stable shards (manifest parts + shards.parquet); version 1 re-hashed every run
 MAX_BLOCKS = 20_000  # Ray Data blocks of the shard list: one shard each up to this many

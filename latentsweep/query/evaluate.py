@@ -25,7 +25,7 @@ import numpy as np
 
 from latentsweep import storage
 from latentsweep.errors import UsageError
-from latentsweep.index import features
+from latentsweep.index import reader
 from latentsweep.query import metrics
 from latentsweep.query.actor import QueryEngine
 
@@ -82,7 +82,7 @@ def evaluate(index_uri: str, out: str, queries: list[str] | None = None, engine:
     exhaustive = manifest.vectors <= EXHAUSTIVE_LIMIT and manifest.index_spec == "Flat"
     depth = manifest.vectors if exhaustive else min(TRUNCATED_DEPTH, manifest.vectors)
     k = min(depth, manifest.vectors - 1) if exhaustive else depth
-    files = features.embedding_files(queries or manifest.sources)
+    files = reader.embedding_files(queries or manifest.sources)
     chosen, labelled = choose_queries(files, sample, seed)
     parts = []
     if engine is None:
@@ -126,7 +126,7 @@ def _search(engine: QueryEngine, manifest, files: list[str], chosen: np.ndarray 
     labels, rows = [], []
     chunk = max(1, QUERY_CHUNK_CELLS // max(depth, 1))
     for uri in files:
-        batch = features.read_columns(uri, list(manifest.columns))
+        batch = reader.read_columns(uri, list(manifest.columns))
         query_labels = batch.metadata.column("label").to_pylist()
         keep = np.array([label is not None for label in query_labels], dtype=bool)
         if chosen is not None:

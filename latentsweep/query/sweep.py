@@ -22,7 +22,7 @@ import pyarrow as pa
 from latentsweep import lock, schema, storage
 from latentsweep.console import stage_log
 from latentsweep.errors import UsageError
-from latentsweep.index import features
+from latentsweep.index import reader
 from latentsweep.decision import calibration, vote
 from latentsweep.query import metrics, report
 from latentsweep.schema import DONE_FOLDER
@@ -108,7 +108,7 @@ class SweepWorker:
         """Attribute one query file: its result part, then its done marker; returns its rows."""
         if self.engine is None:
             self._load()
-        batch = features.read_columns(uri, list(self.engine.manifest.columns), with_uri=True)
+        batch = reader.read_columns(uri, list(self.engine.manifest.columns), with_uri=True)
         require_index_space(batch.provenance, self.expected, uri)
         table = self.results(batch)
         data = storage.table_bytes(table)
@@ -119,7 +119,7 @@ class SweepWorker:
         storage.write_bytes(self.partition.join(DONE_FOLDER, f"{name}.json"), json.dumps(marker).encode())
         return table.num_rows
 
-    def results(self, batch: features.Batch) -> pa.Table:
+    def results(self, batch: reader.Batch) -> pa.Table:
         """The result rows of a batch of queries, built from arrays (no Python object per query or
         neighbour): the vote, the neighbours' ids, labels, scores and URIs."""
         scores, ids = self.engine.search_ids(batch.vectors, self.settings["k"])
@@ -155,7 +155,7 @@ def _lists(values: pa.Array, shape: tuple[int, int]) -> pa.ListArray:
 def require_index_space(provenance: set, expected: tuple[str, str, str], uri: str) -> None:
     """Refuse queries embedded with another codec, weights or pooling than the index."""
     if provenance and provenance != {expected}:
-        found = features.check_provenance(provenance, uri)
+        found = reader.check_provenance(provenance, uri)
         raise UsageError(f"{uri} was embedded with codec={found[0]} weights={found[1][:12]} "
                          f"pooling={found[2]}, the index with {expected[0]} weights={expected[1][:12]} "
                          f"pooling={expected[2]}: embed the queries with the index's settings")
@@ -184,8 +184,8 @@ def check(job: SweepJob):
 def check_queries(files: list[str], manifest) -> None:
     """The first query file against the index (its columns and embedding space), so that a
     mismatch is one clear error before any actor starts; workers check every file again."""
-    features.columns_of(files[0], ",".join(manifest.columns))
-    require_index_space(features.provenance_of(files[0]),
+    reader.columns_of(files[0], ",".join(manifest.columns))
+    require_index_space(reader.provenance_of(files[0]),
                         (manifest.codec, manifest.weights_digest, manifest.pooling), files[0])
 
 
@@ -201,7 +201,7 @@ def _done(location: storage.Location) -> dict[str, dict]:
 def sweep(job: SweepJob, log=None) -> SweepSummary:
     """Attribute every query file of ``job`` into its date partition; one sweep per partition at a time."""
     manifest = check(job)
-    files = features.embedding_files(job.queries, job.allow_partial, log or stage_log(job.quiet))
+    files = reader.embedding_files(job.queries, job.allow_partial, log or stage_log(job.quiet))
     check_queries(files, manifest)
     location = partition(job)
     with lock.hold(location, "sweep") as held:

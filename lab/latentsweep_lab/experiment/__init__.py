@@ -180,7 +180,7 @@ def pixel_baseline(root: Path, settings: ExperimentSettings, log) -> dict:
 
     from latentsweep.codec.embed import Embedder
     from latentsweep.codec.settings import EmbedSettings
-    from latentsweep_lab.experiment.pixel_baseline import PixelBaseline
+    from latentsweep_lab.experiment.pixel_domain import PixelBaseline
     from latentsweep.index.scaler import Scaler
     from latentsweep.query import metrics
 

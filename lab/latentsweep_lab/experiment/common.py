@@ -75,14 +75,14 @@ def query_votes(index: Path, sources: list[str], k: int = VOTE_K, open_set: bool
     leaves itself out) and the k-NN vote; ``open_set``: at the index's calibrated threshold."""
     from latentsweep.decision.calibration import confidence
     from latentsweep.decision.vote import vote
-    from latentsweep.index import features
+    from latentsweep.index import reader
     from latentsweep.query.actor import QueryEngine
 
     engine = QueryEngine(str(index), k=k + 1)
     threshold = engine.manifest.open_set_threshold if open_set else None
     found: list[tuple] = []
-    for uri in features.embedding_files(sources):
-        batch = features.read_columns(uri, list(engine.manifest.columns))
+    for uri in reader.embedding_files(sources):
+        batch = reader.read_columns(uri, list(engine.manifest.columns))
         scores, _, neighbours = engine.search(batch.vectors, k, exclude_ids=batch.ids)
         for label, row_scores, row_labels in zip(batch.metadata.column("label").to_pylist(), scores, neighbours):
             decided = vote(list(row_labels), row_scores, engine.families, open_set_threshold=threshold)
@@ -113,7 +113,7 @@ def subset(source: str, dest: Path, labels: tuple[str, ...]) -> str:
     import pyarrow.compute as pc
 
     from latentsweep import storage
-    from latentsweep.index.features import embedding_files
+    from latentsweep.index.reader import embedding_files
 
     target = dest / "embeddings" / "subset.parquet"
     if not target.exists():

@@ -35,7 +35,7 @@ def leave_one_out(references: str, queries: str, left_out: str, labels: list[str
 def open_set_table(root: Path, controlled: Path, log, feature_sets: tuple[str, ...] = OPEN_SET_FEATURES) -> list[dict]:
     """Per feature set: the leave-one-out results averaged over the classes (each class once unknown)."""
     from latentsweep import storage
-    from latentsweep.index.features import embedding_files
+    from latentsweep.index.reader import embedding_files
 
     references = str(controlled / "embeddings" / CORPUS / "reference")
     queries = str(controlled / "embeddings" / CORPUS / "queries")

@@ -1,4 +1,5 @@
-"""Turn embedding Parquet into float32 matrices: resolve files, choose columns, check provenance."""
+"""Read embedding Parquet for an index: which files (an ingest output's planned shards), which columns,
+their provenance, as float32 matrices."""
 
 from __future__ import annotations
 
