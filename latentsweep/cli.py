@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from latentsweep.config import apply_config
+from latentsweep.query.verdict import ATTRIBUTE_AT
 from latentsweep.schema import ALL_COLUMNS
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -31,7 +32,7 @@ EPILOG = ("Exit codes: 0 success; 1 the job completed but some items failed (see
           "(tracebacks, as --debug).")
 
 # The order of a night's work in --help; commands other packages add follow, under their own heading.
-WORKFLOW = ("ingest", "index", "sweep", "pull", "evaluate", "compress", "decompress")
+WORKFLOW = ("ingest", "index", "sweep", "pull", "evaluate", "attribute", "compress", "decompress")
 COMMAND_PLUGINS = "latentsweep.commands"  # entry points: functions that add commands to the app
 
 
@@ -358,6 +359,15 @@ def index_add(
     typer.echo(f"index: now {manifest.vectors} vectors in {len(manifest.shards)} shards -> {out}")
 
 
+EvidenceOption = Annotated[Optional[list[str]], typer.Option(
+    "--evidence", help="Another index of the same references on other features (e.g. fingerprint beside "
+                       "self_description); repeatable. A query is attributed only when every one votes the same "
+                       "label; otherwise it is uncertain, and the row says which disagreed.")]
+AttributeAtOption = Annotated[float, typer.Option(
+    "--attribute-at", help="The calibrated confidence (P(label is right), fitted by the index at build) a vote "
+                           "needs to be 'attributed'; below it the verdict is 'uncertain'.")]
+
+
 @command()
 def sweep(
     queries: Annotated[list[str], typer.Argument(
@@ -379,6 +389,8 @@ def sweep(
     adapters: Annotated[Optional[str], typer.Option(
         "--adapters", help="SFMA adapters to embed image queries with: 'default' or a .pt; default: those the "
                            "index was built with, when they are the shipped ones.")] = None,
+    evidence: EvidenceOption = None,
+    attribute_at: AttributeAtOption = ATTRIBUTE_AT,
     overwrite: Annotated[bool, typer.Option(help="Redo the whole partition.")] = False,
     allow_partial: AllowPartialOption = False,
     address: AddressOption = None,
@@ -390,7 +402,7 @@ def sweep(
 
     job = SweepJob(list(queries), index, out, k=k, weighted=weighted, open_set_threshold=open_set_threshold,
                    workers=workers, index_parts=index_parts, overwrite=overwrite, quiet=quiet, address=address,
-                   allow_partial=allow_partial)
+                   allow_partial=allow_partial, evidence=list(evidence or []), attribute_at=attribute_at)
     if date:
         job.date = date
     manifest = check(job)  # before the night's images are ingested
@@ -406,15 +418,11 @@ def sweep(
 
 def embeddings_for(job, weights: Optional[str], adapters: Optional[str], manifest) -> list[str]:
     """The sweep's queries as embeddings: ingest outputs as they are; images are ingested first into
-    OUT/_embeddings/date=D with the codec, weights, adapters, features and pooling the index was built
-    from (an index built through the shipped adapters gets them without --adapters)."""
-    from latentsweep.codec import weights as codec_weights
-    from latentsweep.codec.settings import EmbedSettings
+    OUT/_embeddings/date=D in the index's embedding space (:func:`~latentsweep.query.files.embed_settings`)."""
     from latentsweep.errors import UsageError
     from latentsweep.index import reader
-    from latentsweep.ingest.run import HALF_SUFFIX, IngestJob, run as run_ingest
-    from latentsweep.schema import DESCRIPTORS, FEATURE_SETS
-
+    from latentsweep.ingest.run import IngestJob, run as run_ingest
+    from latentsweep.query.files import embed_settings
     from latentsweep.storage import Location
 
     try:
@@ -424,35 +432,13 @@ def embeddings_for(job, weights: Optional[str], adapters: Optional[str], manifes
         raise
     except UsageError:  # not embeddings: images to ingest first
         pass
-    half = manifest.weights_digest.endswith(HALF_SUFFIX)  # an index of fp16 rows: queries in fp16 too
-    space = manifest.weights_digest.removesuffix(HALF_SUFFIX)
-    if adapters is None and space.endswith(
-            codec_weights.combined_digest("", codec_weights.adapters_digest(codec_weights.ADAPTERS_DEFAULT_NAME))):
-        adapters = codec_weights.ADAPTERS_DEFAULT_NAME
-    digest = codec_weights.digest(weights, adapters)
-    if digest != space:
-        raise UsageError(f"the index was built with {_space(manifest.weights_digest)}, these are {_space(digest)}: "
-                         "pass the index's checkpoint with --weights and its adapters with --adapters")
-    tensors = set(manifest.columns) - set(DESCRIPTORS)
-    feature_set = next(name for name in ("2lat", "selected", "all") if tensors <= set(FEATURE_SETS[name]))
+    settings = embed_settings(manifest, weights, adapters)
     embedded = Location.parse(job.out).join("_embeddings", f"date={job.date}")
     outputs = [embedded.join(f"source-{number}").uri for number in range(len(job.queries))]
     for source, output in zip(job.queries, outputs):
-        summary = run_ingest(IngestJob(source, output, EmbedSettings(weights, feature_set, manifest.pooling,
-                                                                     half=half, adapters=adapters),
-                                       quiet=job.quiet, address=job.address))
+        summary = run_ingest(IngestJob(source, output, settings, quiet=job.quiet, address=job.address))
         report_summary("ingest", summary)
     return outputs
-
-
-def _space(weights_digest: str) -> str:
-    """A weights digest in words: 'codec weights 1a2b3c4d5e6f... with adapters sfma-...' or without."""
-    from latentsweep.ingest.run import HALF_SUFFIX
-
-    space = weights_digest.removesuffix(HALF_SUFFIX)
-    codec, _, adapters = space.partition("+")
-    return (f"codec weights {codec[:12]}... " + (f"with adapters {adapters}" if adapters else "without adapters")
-            + (" in fp16" if space != weights_digest else ""))
 
 
 @command()
@@ -480,6 +466,66 @@ def evaluate(
                           address=address)
     typer.echo(f"evaluate: {headline(result['overall'])}" if quiet else tables(result))
     typer.echo(f"evaluate: wrote metrics.json, tables.md, confusion.csv to {out}")
+
+
+@command()
+def attribute(
+    files: Annotated[list[str], typer.Argument(help="Image files (paths or s3:// URIs).")],
+    index: Annotated[str, typer.Option("--index", help="The reference index (folder or s3:// prefix).")],
+    k: Annotated[int, typer.Option("-k", "--k", help="Neighbours per query (and votes).")] = 10,
+    weighted: Annotated[bool, typer.Option(help="Neighbours vote with their similarity instead of 1.")] = False,
+    open_set_threshold: Annotated[Optional[float], typer.Option(
+        help="As in sweep (default: the index's calibrated threshold).")] = None,
+    evidence: EvidenceOption = None,
+    attribute_at: AttributeAtOption = ATTRIBUTE_AT,
+    weights: WeightsOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file, for scripts.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Attribute a few files now, in this process (no Ray, no cluster), with the sweep's code: the
+    verdict, the evidence (each descriptor family's call, the neighbours) and what each file declares.
+    Exit code 1 when a file could not be read or decoded."""
+    import json
+
+    from latentsweep.query.files import attribute as attribute_files
+    from latentsweep.query.sweep import SweepJob, check
+
+    check(SweepJob(list(files), index, "unused", k=k, open_set_threshold=open_set_threshold,
+                   evidence=list(evidence or []), attribute_at=attribute_at))
+    settings = {"k": k, "weighted": weighted, "open_set_threshold": open_set_threshold, "attribute_at": attribute_at}
+    table, failed = attribute_files(list(files), index, settings, list(evidence or []), weights)
+    for row in table.to_pylist():
+        if as_json:
+            typer.echo(json.dumps(row, default=str))
+        else:
+            typer.echo(_attribution_lines(row))
+    for uri, reason in failed.items():
+        typer.secho(f"error: {uri}: {reason}", fg="red", err=True)
+    raise typer.Exit(EXIT_ITEMS_FAILED if failed else EXIT_OK)
+
+
+def _attribution_lines(row: dict) -> str:
+    """One file's answer for a person: the verdict first, then its evidence."""
+    confidence = "-" if row["confidence"] is None else f"{row['confidence']:.2f}"
+    lines = [f"{row['uri']}: {row['verdict'].upper()} {row['predicted_label']} (confidence {confidence}, "
+             f"vote share {row['vote_share']:.2f}, top score {row['top_score']:.3f})"]
+    if row["verdict_reason"]:
+        lines.append(f"  why: {row['verdict_reason']}")
+    for name, label, score in zip(row["evidence_features"], row["evidence_labels"], row["evidence_confidence"]):
+        lines.append(f"  {name}: {label} ({'-' if score is None else f'{score:.2f}'})")
+    if row["declared_by"]:
+        said = ", ".join(filter(None, [row["declared_generator"], row["declared_source_type"]])) or "?"
+        state = f", C2PA {row['c2pa_state']}, {'trusted' if row['c2pa_trusted'] else 'untrusted'}" \
+            if row["declared_by"] == "c2pa" else ""
+        lines.append(f"  declared: {said} ({row['declared_by']}{state})")
+    if row["provenance_note"]:
+        lines.append(f"  metadata: {row['provenance_note']}")
+    if row["declared_conflict"]:
+        lines.append(f"  CONFLICT: {row['declared_conflict']}")
+    neighbours = ", ".join(f"{label} {score:.3f}" for label, score in
+                           zip(row["neighbor_labels"][:5], row["neighbor_scores"][:5]))
+    lines.append(f"  nearest: {neighbours}")
+    return "\n".join(lines)
 
 
 @command()

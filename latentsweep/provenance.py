@@ -36,8 +36,6 @@ import xml.etree.ElementTree as ElementTree
 import zlib
 from typing import Any
 
-import pyarrow as pa
-
 MiB = 1 << 20
 MAX_XMP = MiB                # an XMP packet over this is ignored
 MAX_TEXT = MiB               # a PNG text chunk (compressed or inflated) over this is ignored
@@ -93,28 +91,8 @@ class Declaration:
 
 # --- columns ------------------------------------------------------------------------------------
 
-def provenance_fields() -> list[pa.Field]:
-    """The Arrow fields a :class:`Declaration` becomes in a result row (see :func:`to_columns`)."""
-    return [
-        pa.field("declared_generator", pa.string()),
-        pa.field("declared_source_type", pa.string()),
-        pa.field("declared_by", pa.string()),
-        pa.field("c2pa_state", pa.string()),
-        pa.field("c2pa_signature_valid", pa.bool_()),
-        pa.field("c2pa_trusted", pa.bool_()),
-        pa.field("c2pa_hashes_match", pa.bool_()),
-        pa.field("c2pa_failures", pa.string()),
-        pa.field("declared_camera", pa.bool_(), nullable=False),
-        pa.field("provenance_note", pa.string()),
-    ]
-
-
-def provenance_schema() -> pa.Schema:
-    return pa.schema(provenance_fields())
-
-
 def to_columns(declaration: Declaration) -> dict[str, Any]:
-    """``declaration`` as the columns of :func:`provenance_fields`."""
+    """``declaration`` as the columns of :data:`latentsweep.schema.DECLARED_FIELDS`."""
     return {
         "declared_generator": declaration.generator,
         "declared_source_type": declaration.source_type,
@@ -127,6 +105,17 @@ def to_columns(declaration: Declaration) -> dict[str, Any]:
         "declared_camera": bool(declaration.camera),
         "provenance_note": declaration.note,
     }
+
+
+def from_columns(columns: dict[str, Any]) -> Declaration:
+    """The :class:`Declaration` a row's declared columns (:func:`to_columns`) hold."""
+    return Declaration(
+        generator=columns.get("declared_generator"), source_type=columns.get("declared_source_type"),
+        declared_by=columns.get("declared_by"), c2pa_state=columns.get("c2pa_state"),
+        c2pa_signature_valid=columns.get("c2pa_signature_valid"), c2pa_trusted=columns.get("c2pa_trusted"),
+        c2pa_hashes_match=columns.get("c2pa_hashes_match"),
+        c2pa_failures=tuple(filter(None, (columns.get("c2pa_failures") or "").split(","))),
+        camera=bool(columns.get("declared_camera")), note=columns.get("provenance_note"))
 
 
 # --- conflict -----------------------------------------------------------------------------------

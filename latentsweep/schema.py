@@ -15,9 +15,11 @@ import pyarrow as pa
 from latentsweep.errors import UsageError
 
 SCHEMA_KEY = "latentsweep.schema"
-# embeddings/2, errors/2: rows carry the input's ``version``, so a rerun reuses them item by item.
+# embeddings/3: rows carry the input's ``version`` (so a rerun reuses them item by item) and what the
+# file declares about its origin (DECLARED_FIELDS). errors/2 carry the version too.
+# results/3: the verdict, the declared provenance and its conflict with the attribution.
 # manifest/2: the ingest plan, one row group per shard, in parts of SHARDS_PER_PART shards.
-VERSIONS = {"embeddings": 2, "errors": 2, "results": 2, "manifest": 2}
+VERSIONS = {"embeddings": 3, "errors": 2, "results": 3, "manifest": 2}
 
 
 class SchemaError(UsageError):
@@ -88,6 +90,22 @@ EMBEDDING_FIELDS = [
     pa.field("pooling", pa.string()),         # gap | gap+std
 ]
 
+# What an input file declares about its own origin (latentsweep.provenance), read at ingest and carried
+# into the sweep's results beside the attribution, never instead of it. NULL: nothing declared.
+DECLARED_FIELDS = [
+    pa.field("declared_generator", pa.string()),    # the software or generator the file names
+    pa.field("declared_source_type", pa.string()),  # IPTC digital source type, e.g. trainedAlgorithmicMedia
+    pa.field("declared_by", pa.string()),           # the strongest source: c2pa | xmp | png-text | exif
+    pa.field("c2pa_state", pa.string()),            # C2PA validation: Invalid | Valid | Trusted
+    pa.field("c2pa_signature_valid", pa.bool_()),
+    pa.field("c2pa_trusted", pa.bool_()),           # the signer chains to a configured trust anchor
+    pa.field("c2pa_hashes_match", pa.bool_()),
+    pa.field("c2pa_failures", pa.string()),         # the validator's failure codes, comma-separated
+    pa.field("declared_camera", pa.bool_()),        # the declaration says a camera captured it
+    pa.field("provenance_note", pa.string()),       # what was wrong with the metadata, if anything
+]
+DECLARED_COLUMNS = tuple(field.name for field in DECLARED_FIELDS)
+
 ERROR_SCHEMA = pa.schema([
     pa.field("id", pa.int64(), nullable=False),
     pa.field("uri", pa.string(), nullable=False),
@@ -136,7 +154,7 @@ def embedding_schema(tensor_dims: dict[str, int]) -> pa.Schema:
     fields = [pa.field(name, pa.list_(pa.float32(), dim), nullable=name in DESCRIPTORS,
                        metadata={"version": DESCRIPTORS[name][1]} if name in DESCRIPTORS else None)
               for name, dim in tensor_dims.items()]
-    return pa.schema(EMBEDDING_FIELDS + fields, metadata=tag("embeddings"))
+    return pa.schema(EMBEDDING_FIELDS + DECLARED_FIELDS + fields, metadata=tag("embeddings"))
 
 
 def descriptor_version(field: pa.Field) -> str | None:
@@ -165,4 +183,12 @@ RESULT_SCHEMA = pa.schema([
     pa.field("neighbor_uris", pa.list_(pa.string())),
     pa.field("label", pa.string()),           # the query's own label, where known
     pa.field("family", pa.string()),
+    pa.field("verdict", pa.string()),         # attributed | uncertain | unknown (query/verdict.py)
+    pa.field("verdict_reason", pa.string()),  # why not attributed, in words; NULL when attributed
+    *DECLARED_FIELDS,
+    pa.field("declared_conflict", pa.string()),  # the declaration disagrees with a confident attribution
+    # other descriptor families asked (sweep --evidence): their features, votes and calibrated confidence
+    pa.field("evidence_features", pa.list_(pa.string())),
+    pa.field("evidence_labels", pa.list_(pa.string())),
+    pa.field("evidence_confidence", pa.list_(pa.float32())),
 ], metadata=tag("results"))

@@ -483,23 +483,36 @@ def write_bytes(uri: str | Location, data: bytes) -> None:
     Locally: a temporary file in the same folder, fsync, then ``os.replace``. On S3: one PUT, or a
     multipart upload above :data:`MULTIPART_THRESHOLD` (boto3 aborts it on failure).
     """
+    _write_stream(uri, io.BytesIO(data))
+
+
+def upload(path: str, uri: str | Location) -> None:
+    """Copy the local file ``path`` to ``uri`` as :func:`write_bytes` writes, streamed: never held in
+    memory (a large file goes up in multipart parts)."""
+    with open(path, "rb") as source:
+        _write_stream(uri, source)
+
+
+def _write_stream(uri: str | Location, source) -> None:
     location = uri if isinstance(uri, Location) else Location.parse(uri)
     if location.is_s3:
         from boto3.s3.transfer import TransferConfig
 
         try:
-            s3_client().upload_fileobj(io.BytesIO(data), location.bucket, location.key,
+            s3_client().upload_fileobj(source, location.bucket, location.key,
                                        Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD))
         except Exception as error:
             raise explain(error, location, "write") from None
         return
+    import shutil
+
     folder = os.path.dirname(location.key)
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(location.key))
     try:
         os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the team what the umask allows
         with os.fdopen(handle, "wb") as out:
-            out.write(data)
+            shutil.copyfileobj(source, out, 1 << 20)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, location.key)

@@ -334,7 +334,7 @@ def test_help_lists_the_workflow_in_order_and_research_commands_apart():
                             timeout=120, env={**os.environ, "COLUMNS": "120"})
     assert result.returncode == 0, result.stderr[-2000:]
     text = result.stdout
-    workflow = ["ingest", "index", "sweep", "pull", "evaluate", "compress", "decompress"]
+    workflow = ["ingest", "index", "sweep", "pull", "evaluate", "attribute", "compress", "decompress"]
     positions = [re.search(rf"│ {name}\s", text).start() for name in workflow]
     assert positions == sorted(positions), text
     research = text.index("Research and demo")

@@ -21,7 +21,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from PIL import Image, PngImagePlugin
 
 from latentsweep import provenance
-from latentsweep.provenance import Declaration, conflict, declared, provenance_schema, to_columns
+from latentsweep.provenance import Declaration, conflict, declared, to_columns
+from latentsweep.schema import DECLARED_FIELDS
 
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 MANIFEST = {
@@ -155,7 +156,7 @@ def test_a_c2pa_file_signed_outside_the_trust_list_reads_as_intact_but_untrusted
     assert found.c2pa_signature_valid is True and found.c2pa_hashes_match is True
     assert found.camera is False and found.note is None
     row = to_columns(found)
-    table = pa.Table.from_pylist([row], schema=provenance_schema())
+    table = pa.Table.from_pylist([row], schema=pa.schema(DECLARED_FIELDS))
     assert table.column("declared_by").to_pylist() == ["c2pa"]
     assert table.column("c2pa_state").to_pylist() == ["Valid"]
     assert table.column("c2pa_trusted").to_pylist() == [False]
@@ -417,8 +418,8 @@ def test_conflict_flags_only_a_confident_disagreement():
 
 
 def test_the_columns_match_the_schema():
-    names = [field.name for field in provenance_schema()]
+    names = [field.name for field in pa.schema(DECLARED_FIELDS)]
     assert names[:3] == ["declared_generator", "declared_source_type", "declared_by"]
     assert {"c2pa_state", "declared_camera", "provenance_note"} <= set(names)
     assert set(to_columns(Declaration())) == set(names)
-    assert provenance_schema().field("declared_camera").type == pa.bool_()
+    assert pa.schema(DECLARED_FIELDS).field("declared_camera").type == pa.bool_()

@@ -148,8 +148,8 @@ def test_labelled_night_scores_the_vote_with_the_nearest_neighbour_beside_it(syn
     assert "Attribution of the 66 labelled queries (of 66)" in page
     rows = table_rows(page)
     assert len(rows) == 66 and len(rows[0]["cells"]) == 8  # ... and the true label
-    assert all((row["cells"][4] == "—") == (row["attrs"]["data-unknown"] == "1") for row in rows)
-    order = [(-math.inf if row["cells"][4] == "—" else float(row["cells"][4]), float(row["cells"][5])) for row in rows]
+    assert all((row["cells"][5] == "—") == (row["attrs"]["data-unknown"] == "1") for row in rows)
+    order = [(-math.inf if row["cells"][5] == "—" else float(row["cells"][5]), float(row["cells"][6])) for row in rows]
     assert order == sorted(order) and order[-1][0] > order[0][0]  # least confident first: unknown, then confidence
     assert sum(row["attrs"]["data-unknown"] == "1" for row in rows) == summary.unknown
     assert sum(row["attrs"].get("class") == "miss" for row in rows) == 66 - vote_hits
@@ -199,7 +199,7 @@ def test_table_cap_and_strip_sample_are_stated(synthetic, monkeypatch):
     rows = table_rows(page)
     lowest = sorted((-math.inf if c is None else c, t) for c, t in zip(results.column("confidence").to_pylist(),
                                                                      results.column("top_score").to_pylist()))[:10]
-    assert len(rows) == 10 and [float(row["cells"][5]) for row in rows] == pytest.approx([t for _, t in lowest], abs=1e-3)
+    assert len(rows) == 10 and [float(row["cells"][6]) for row in rows] == pytest.approx([t for _, t in lowest], abs=1e-3)
     assert "Neighbour strips for 5 of 66 queries: the 2 least confident and 3 chosen at random (seed 0)." in page
     assert page.count('class="strip"') == 5
     assert report.render(results, record["summary"], record["provenance"], FAMILIES).decode() == page  # seeded
@@ -215,12 +215,12 @@ def test_filter_from_the_url_hash_in_chromium(synthetic, tmp_path):
     assert len(visible) == counts[label] and {row["attrs"]["data-predicted"] for row in visible} == {label}
     unknown = [row for row in table_rows(dumped_dom(page, "unknown=1", tmp_path / "profile"))
                if "hidden" not in row["attrs"]]
-    assert len(unknown) == synthetic["summary"].unknown and all(row["cells"][6] == "yes" for row in unknown)
+    assert len(unknown) == synthetic["summary"].unknown and all(row["cells"][7] == "yes" for row in unknown)
     # two clicks on the confidence header: most confident first
     clicked = tmp_path / "clicked.html"
     clicked.write_text(page.read_text().replace("</body>", "<script>var th = document.querySelectorAll("
-                                                "'#query-table th')[4]; th.click(); th.click();</script></body>"))
-    scores = [-math.inf if row["cells"][4] == "—" else float(row["cells"][4])
+                                                "'#query-table th')[5]; th.click(); th.click();</script></body>"))
+    scores = [-math.inf if row["cells"][5] == "—" else float(row["cells"][5])
               for row in table_rows(dumped_dom(clicked, "", tmp_path / "profile"))]
     assert len(scores) == 66 and scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
 

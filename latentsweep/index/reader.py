@@ -146,7 +146,7 @@ def read(uri: str, features: str) -> tuple[Batch, list[str]]:
     """One embeddings file -> vectors of the chosen columns concatenated in order."""
     table = storage.read_table(uri)
     columns = list(_chosen(table.schema, uri, features))
-    return _batch(table, columns, list(METADATA_COLUMNS), uri), columns
+    return batch_of(table, columns, list(METADATA_COLUMNS), uri), columns
 
 
 def read_columns(uri: str, columns: list[str], with_uri: bool = False) -> Batch:
@@ -157,10 +157,18 @@ def read_columns(uri: str, columns: list[str], with_uri: bool = False) -> Batch:
     batch's metadata holds id, uri (when read), label and family."""
     columns_of(uri, ",".join(columns))
     small = ["id", *(["uri"] if with_uri else []), "label", "family"]
-    return _batch(storage.read_table(uri, columns=small + list(PROVENANCE) + list(columns)), columns, small, uri)
+    return batch_of(storage.read_table(uri, columns=small + list(PROVENANCE) + list(columns)), columns, small, uri)
 
 
-def _batch(table: pa.Table, columns: list[str], metadata: list[str], uri: str) -> Batch:
+def read_queries(uri: str, columns: list[str]) -> pa.Table:
+    """What a sweep reads of one query file: ids, URIs, labels, provenance, what each file declared
+    (``schema.DECLARED_COLUMNS``) and the feature ``columns``, whose presence is checked first."""
+    columns_of(uri, ",".join(columns))
+    wanted = ["id", "uri", "label", "family", *PROVENANCE, *schema.DECLARED_COLUMNS, *columns]
+    return storage.read_table(uri, columns=list(dict.fromkeys(wanted)))
+
+
+def batch_of(table: pa.Table, columns: list[str], metadata: list[str], uri: str) -> Batch:
     """The feature ``columns`` of ``table`` (read from ``uri``) concatenated in order, with its ids,
     ``metadata`` columns and provenance. Null vectors (descriptors of rows that had no pixels) are
     refused: an index holds every row of its sources."""
@@ -171,9 +179,14 @@ def _batch(table: pa.Table, columns: list[str], metadata: list[str], uri: str) -
     parts = [np.asarray(table.column(name).combine_chunks().flatten(), dtype=np.float32)
              .reshape(table.num_rows, -1) for name in columns]
     vectors = np.concatenate(parts, axis=1) if parts else np.zeros((table.num_rows, 0), np.float32)
-    provenance = set(zip(*(table.column(name).to_pylist() for name in PROVENANCE)))
+    provenance = provenance_in(table)
     return Batch(table.column("id").to_numpy().astype(np.int64, copy=False), np.ascontiguousarray(vectors),
                  table.select(metadata), provenance)
+
+
+def provenance_in(table: pa.Table) -> set[tuple[str, str, str]]:
+    """The (codec, weights digest, pooling) of ``table``'s rows."""
+    return set(zip(*(table.column(name).to_pylist() for name in PROVENANCE)))
 
 
 def check_provenance(provenance: set[tuple[str, str, str]], where: str) -> tuple[str, str, str]:

@@ -92,6 +92,7 @@ class Fetched:
     source: str = "image"
     error_type: str = ""
     message: str = ""
+    declared: dict | None = None  # what an image file declares about its origin (schema.DECLARED_FIELDS)
 
 
 def fetch(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE) -> Fetched:
@@ -100,7 +101,7 @@ def fetch(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAUL
     :class:`latentsweep.storage.StorageError`: the job stops and a rerun resumes."""
     import hashlib
 
-    from latentsweep import storage
+    from latentsweep import provenance, storage
     from latentsweep.bitstream.container import BitstreamError
 
     item = Fetched(uri)
@@ -120,6 +121,7 @@ def fetch(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAUL
         else:
             item.image = decode_image(data, max_pixels, min_side)
             item.height, item.width = item.image.shape[:2]
+            item.declared = provenance.to_columns(provenance.declared(data, uri))
     except DecodeError as error:
         item.error_type, item.message = error.error_type, str(error)
     except BitstreamError as error:  # a truncated, corrupt or foreign .jai: truncated, bad_bitstream, too_large

@@ -35,7 +35,7 @@ from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from latentsweep.ingest.sources import Listing, list_source
 from latentsweep.ingest.write import DONE_INDEX, done_records, shard_files, write_done_index
 from latentsweep.resources import DEVICES
-from latentsweep.schema import DESCRIPTORS, DONE_FOLDER, INGEST_COMPLETE_FILE
+from latentsweep.schema import DESCRIPTORS, DONE_FOLDER, INGEST_COMPLETE_FILE, VERSIONS
 
 PLAN_VERSION = 2  # stable shards (manifest parts + shards.parquet); version 1 re-hashed every run
 MAX_BLOCKS = 20_000  # Ray Data blocks of the shard list: one shard each up to this many
@@ -107,7 +107,8 @@ def check(job: IngestJob) -> None:
 
 
 def _plan_settings(job: IngestJob, weights_digest: str) -> dict:
-    return {"codec": "jpegai-bop", "weights_digest": weights_digest, "feature_set": job.embed.feature_set,
+    return {"codec": "jpegai-bop", "schema": VERSIONS["embeddings"], "weights_digest": weights_digest,
+            "feature_set": job.embed.feature_set,
             "pooling": job.embed.pooling, "half": job.embed.half, "max_pixels": job.max_pixels,
             "min_side": job.min_side,
             "descriptors": {name: version for name, (_, version) in DESCRIPTORS.items()} if job.embed.descriptors else {}}

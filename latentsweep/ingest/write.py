@@ -123,8 +123,9 @@ class ShardWriter:
         by_uri = {uri: row for row, uri in enumerate(planned.column("uri").to_pylist())}
         rows = planned.take(pa.array([by_uri[item.uri] for item in fetched], pa.int64()))
         failed = np.array([bool(item.error_type) for item in fetched], bool)
-        new_embeddings = self._embeddings(rows.filter(pa.array(~failed)), [f for f in fetched if not f.error_type],
-                                          {name: values[~failed] for name, values in vectors.items()})
+        new_embeddings = embedding_table(rows.filter(pa.array(~failed)), [f for f in fetched if not f.error_type],
+                                         {name: values[~failed] for name, values in vectors.items()},
+                                         self.columns, self.provenance)
         bad = [item for item in fetched if item.error_type]
         failed_rows = rows.filter(pa.array(failed))
         new_errors = pa.table({
@@ -145,23 +146,31 @@ class ShardWriter:
         storage.write_bytes(marker_file, json.dumps(marker).encode())
         return result
 
-    def _embeddings(self, rows: pa.Table, fetched: list[Fetched], vectors: dict[str, np.ndarray]) -> pa.Table:
-        count = rows.num_rows
-        latents = [item.source == "latents" for item in fetched]
-        arrays = [
-            rows.column("id"), rows.column("uri"), pa.array([item.sha256 for item in fetched], pa.string()),
-            rows.column("version"), rows.column("label"), rows.column("family"),
-            pa.array([item.width for item in fetched], pa.int32()), pa.array([item.height for item in fetched], pa.int32()),
-            pa.array([item.source for item in fetched], pa.string()),
-            pa.array([REFERENCE_CODEC[0] if x else self.provenance["codec"] for x in latents], pa.string()),
-            pa.array([REFERENCE_CODEC[1] if x else self.provenance["weights_digest"] for x in latents], pa.string()),
-            pa.array([self.provenance["feature_set"]] * count, pa.string()),
-            pa.array([self.provenance["pooling"]] * count, pa.string()),
-        ]
-        # .pt latents and .jai bitstreams carry no pixels: their pixel descriptors are NULL
-        no_pixels = pa.array([item.source != "image" for item in fetched], pa.bool_())
-        for name, dim in self.columns.items():
-            values = np.ascontiguousarray(vectors[name], dtype=np.float32).reshape(-1)
-            arrays.append(pa.FixedSizeListArray.from_arrays(
-                pa.array(values), dim, mask=no_pixels if name in schema.DESCRIPTORS else None))
-        return pa.Table.from_arrays(arrays, schema=self.embedding_schema)
+
+def embedding_table(rows: pa.Table, fetched: list[Fetched], vectors: dict[str, np.ndarray], columns: dict[str, int],
+                    provenance: dict[str, str]) -> pa.Table:
+    """The embeddings rows of ``fetched`` (read without error): ``rows`` are their planned rows (id, uri,
+    version, label, family, in the same order), ``vectors`` their pooled columns ``columns``, and
+    ``provenance`` the codec, weights digest, feature set and pooling that made them."""
+    count = rows.num_rows
+    latents = [item.source == "latents" for item in fetched]
+    arrays = [
+        rows.column("id"), rows.column("uri"), pa.array([item.sha256 for item in fetched], pa.string()),
+        rows.column("version"), rows.column("label"), rows.column("family"),
+        pa.array([item.width for item in fetched], pa.int32()), pa.array([item.height for item in fetched], pa.int32()),
+        pa.array([item.source for item in fetched], pa.string()),
+        pa.array([REFERENCE_CODEC[0] if x else provenance["codec"] for x in latents], pa.string()),
+        pa.array([REFERENCE_CODEC[1] if x else provenance["weights_digest"] for x in latents], pa.string()),
+        pa.array([provenance["feature_set"]] * count, pa.string()),
+        pa.array([provenance["pooling"]] * count, pa.string()),
+    ]
+    # what each image declares; .pt latents and .jai bitstreams: nothing read (NULL)
+    declared = [item.declared or {} for item in fetched]
+    arrays += [pa.array([row.get(field.name) for row in declared], field.type) for field in schema.DECLARED_FIELDS]
+    # .pt latents and .jai bitstreams carry no pixels: their pixel descriptors are NULL
+    no_pixels = pa.array([item.source != "image" for item in fetched], pa.bool_())
+    for name, dim in columns.items():
+        values = np.ascontiguousarray(vectors[name], dtype=np.float32).reshape(-1)
+        arrays.append(pa.FixedSizeListArray.from_arrays(
+            pa.array(values), dim, mask=no_pixels if name in schema.DESCRIPTORS else None))
+    return pa.Table.from_arrays(arrays, schema=schema.embedding_schema(columns))

@@ -180,19 +180,20 @@ def front_memory(manifest, holds_vectors: bool = True, on_gpu: bool = False) -> 
 
 
 def pool_plan(manifest, size: int, holds_vectors: bool, gpus: int, k: int, parts: int = 1,
-              log=None) -> tuple[int, int]:
+              log=None, evidence: list | None = None) -> tuple[int, int]:
     """(memory per sweep actor, pool size): the actor's :func:`front_memory` (refused by :func:`request`
     when no node has that much) and at most as many actors as the cluster's memory holds beside the
     ``parts`` index parts (at least one). The actors share one memory request: their index counts as
-    on a GPU only when :func:`gpu_requests` gives every one of them a GPU."""
+    on a GPU only when :func:`gpu_requests` gives every one of them a GPU; the ``evidence`` indices'
+    manifests (other descriptor families each actor also searches, on its CPU) add theirs."""
     import ray
 
     started = 0 if holds_vectors else min(parts, len(manifest.shards))
     requests = gpu_requests(manifest, k, gpus, started, size)
     remedy = ("more --index-parts move the vectors to part actors, leaving the query actors the references"
               if holds_vectors else "the references alone need this much: it takes a node with more memory")
-    memory = request(front_memory(manifest, holds_vectors, holds_vectors and all(requests.actors)),
-                     "a sweep query actor", remedy)
+    memory = request(front_memory(manifest, holds_vectors, holds_vectors and all(requests.actors))
+                     + sum(front_memory(each) for each in evidence or []), "a sweep query actor", remedy)
     shard_ids = [entry.shard_id for entry in manifest.shards]
     reserved = sum(part_memory(manifest, shard_ids[i::parts], bool(gpu)) for i, gpu in enumerate(requests.parts))
     total = max(0, int(ray.cluster_resources().get("memory", 0)) - reserved)

@@ -1,13 +1,17 @@
 """A self-contained HTML report of a sweep partition (one file: figures and thumbnails inlined, a
 small inline script, no external URL).
 
-What made the night (provenance: index and its version, features, pooling, k, threshold, codec
-weights, date, counts); the metrics of the labelled queries, scored on ``predicted_label`` (the k-NN
-vote, what users act on) with the nearest neighbour's Top-1 beside it (no metrics section when no
-query carries a label); a per-query table, sortable and filterable by predicted label and unknown
-(``report.html#predicted=LABEL&unknown=1`` opens it filtered); and, where the images are reachable,
-neighbour strips like the paper's Figure 4 for a stated sample: the least confident queries and a
-seeded random set.
+The verdicts first (how many queries are ``attributed``, ``uncertain``, ``unknown``, and how many
+files declare an origin that a confident attribution contradicts), then the review list: the rows to
+route to an expert (``uncertain`` and conflicts) with their evidence: the reason, each descriptor
+family's call, what the file declares, and the neighbours' thumbnails. Then what made the night
+(provenance: index and its version, features, pooling, k, threshold, codec weights, date, counts);
+the metrics of the labelled queries, scored on ``predicted_label`` (the k-NN vote) with the nearest
+neighbour's Top-1 beside it (no metrics section when no query carries a label); a per-query table,
+sortable and filterable by verdict, predicted label, unknown and conflict
+(``report.html#verdict=uncertain&conflict=1`` opens it filtered); and, where the images are
+reachable, neighbour strips like the paper's Figure 4 for a stated sample: the least confident
+queries and a seeded random set.
 """
 
 from __future__ import annotations
@@ -25,17 +29,21 @@ import pyarrow.compute as pc
 
 from latentsweep import storage
 from latentsweep.query.metrics import at_k, map_name, precision_name
+from latentsweep.query.verdict import VERDICTS
 
 THUMBNAIL = 72
 STRIPS_LEAST_CONFIDENT = 6  # neighbour strips: this many least confident queries ...
 STRIPS_RANDOM = 6           # ... and this many others chosen at random (seeded: the same page each run)
 STRIP_SEED = 0
 TABLE_ROWS = 5000           # per-query rows embedded in the page (the least confident first)
+REVIEW_STRIPS = 12          # review rows shown with their evidence and neighbours (conflicts first)
 FRAME = {"label": "#1a9850", "family": "#fdae61", "wrong": "#d73027"}
 NEUTRAL = "#9e9e9e"         # a neighbour of a query without a label: nothing to judge
 MISSING = "\u2014"          # shown for NULL (no label, no family)
 CANDIDATE_COLUMNS = ("uri", "predicted_label", "predicted_family", "vote_share", "confidence", "top_score", "unknown",
-                     "label")
+                     "label", "verdict", "verdict_reason", "declared_conflict", "declared_generator",
+                     "declared_source_type", "declared_by", "c2pa_state", "c2pa_trusted", "evidence_features",
+                     "evidence_labels", "evidence_confidence")
 NEIGHBOUR_COLUMNS = ("neighbor_uris", "neighbor_labels", "neighbor_scores")
 
 
@@ -118,6 +126,29 @@ def _number(value, digits: int = 3) -> str:
 
 def _basename(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1] or uri
+
+
+def _declared(rows: dict, i: int) -> str:
+    """What row ``i``'s file declares, in a few words (empty when nothing)."""
+    by = rows["declared_by"][i]
+    if by is None:
+        return ""
+    said = ", ".join(filter(None, [rows["declared_generator"][i], rows["declared_source_type"][i]])) or "?"
+    if by == "c2pa":
+        state = rows["c2pa_state"][i] or "?"
+        by = f"C2PA {state}" + ("" if rows["c2pa_trusted"][i] else ", untrusted signer")
+    return f"{html.escape(said)} ({html.escape(by)})"
+
+
+def _verdicts(summary: dict) -> str:
+    """The night's verdicts as cards, before anything else."""
+    cards = [(summary.get("attributed", 0), "attributed", "confident, and every family asked agrees"),
+             (summary.get("uncertain", 0), "uncertain", "to review: low confidence or families disagree"),
+             (summary.get("unknown", 0), "unknown", "like no generator of the index (open set)"),
+             (summary.get("conflicts", 0), "conflicts", "the file declares another origin than a confident call")]
+    shown = "".join(f'<div class="card" id="verdict-{name}"><b>{count:,}</b><br>{name}<br><small>{note}</small></div>'
+                    for count, name, note in cards)
+    return f'<h2 id="verdicts">Verdicts of the {summary["queries"]:,} queries</h2><div class="cards">{shown}</div>'
 
 
 def _provenance(provenance: dict, summary: dict) -> str:
@@ -217,33 +248,42 @@ def _query_table(rows: dict, order: list[int], total: int) -> str:
     shown = order[:TABLE_ROWS]
     labelled = any(label is not None for label in rows["label"])
     predicted = sorted({label for label in rows["predicted_label"] if label is not None})
-    headers = [("file", "text"), ("predicted label", "text"), ("predicted family", "text"),
-               ("vote share", "num"), ("confidence", "num"), ("top score", "num"), ("unknown", "text")]
+    headers = [("file", "text"), ("verdict", "text"), ("predicted label", "text"), ("predicted family", "text"),
+               ("vote share", "num"), ("confidence", "num"), ("top score", "num"), ("unknown", "text"),
+               ("declared", "text"), ("conflict", "text")]
     if labelled:
         headers.append(("true label", "text"))
     body = []
     for i in shown:
         uri, label, guess = rows["uri"][i], rows["label"][i], rows["predicted_label"][i]
         score, confidence = rows["top_score"][i], rows["confidence"][i]
+        conflict = rows["declared_conflict"][i]
         cells = [f'<td class="file" title="{html.escape(uri)}">{html.escape(_basename(uri))}</td>',
+                 f"<td>{_text(rows['verdict'][i])}</td>",
                  f"<td>{_text(guess)}</td>", f"<td>{_text(rows['predicted_family'][i])}</td>",
                  f'<td data-v="{rows["vote_share"][i] or 0:.6f}">{_number(rows["vote_share"][i])}</td>',
                  f'<td data-v="{-9 if confidence is None else confidence:.6f}">{_number(confidence)}</td>',
                  f'<td data-v="{score if score is not None and abs(score) != float("inf") else -9:.6f}">'
-                 f"{_number(score)}</td>", f"<td>{'yes' if rows['unknown'][i] else ''}</td>"]
+                 f"{_number(score)}</td>", f"<td>{'yes' if rows['unknown'][i] else ''}</td>",
+                 f"<td>{_declared(rows, i)}</td>",
+                 f'<td title="{html.escape(conflict or "")}">{"yes" if conflict else ""}</td>']
         if labelled:
             cells.append(f"<td>{_text(label)}</td>")
         miss = ' class="miss"' if label is not None and guess != label else ""
         body.append(f'<tr{miss} data-predicted="{html.escape(guess or "")}" '
-                    f'data-unknown="{1 if rows["unknown"][i] else 0}">{"".join(cells)}</tr>')
+                    f'data-unknown="{1 if rows["unknown"][i] else 0}" data-verdict="{rows["verdict"][i] or ""}" '
+                    f'data-conflict="{1 if conflict else 0}">{"".join(cells)}</tr>')
     if total > len(shown):
         statement = (f"The table holds the {len(shown):,} least confident of the {total:,} queries (lowest "
                      f"confidence first); all {total:,} are in the Parquet parts.")
     else:
         statement = f"All {total:,} queries, least confident (unknown, then lowest confidence) first."
     options = "".join(f'<option value="{html.escape(label)}">{html.escape(label)}</option>' for label in predicted)
-    controls = (f'<p class="controls"><label>predicted label <select id="filter-predicted"><option value="">all'
+    verdicts = "".join(f'<option value="{name}">{name}</option>' for name in VERDICTS)
+    controls = (f'<p class="controls"><label>verdict <select id="filter-verdict"><option value="">all</option>'
+                f'{verdicts}</select></label> <label>predicted label <select id="filter-predicted"><option value="">all'
                 f'</option>{options}</select></label> <label><input type="checkbox" id="filter-unknown"> unknown only'
+                f'</label> <label><input type="checkbox" id="filter-conflict"> declared/attributed conflicts only'
                 f'</label> <span id="shown">{len(shown)}</span> of {len(shown)} rows shown. Click a header to sort.</p>')
     head = "".join(f'<th data-type="{kind}">{name}</th>' for name, kind in headers)
     return (f'<h2 id="queries">Queries</h2><p id="table-statement">{statement}'
@@ -256,11 +296,13 @@ SCRIPT = """<script>
   var table = document.getElementById('query-table');
   if (!table) return;
   var body = table.tBodies[0], select = document.getElementById('filter-predicted'),
-      unknown = document.getElementById('filter-unknown'), shown = document.getElementById('shown');
+      unknown = document.getElementById('filter-unknown'), shown = document.getElementById('shown'),
+      verdict = document.getElementById('filter-verdict'), conflict = document.getElementById('filter-conflict');
   function apply() {
-    var label = select.value, only = unknown.checked, count = 0;
+    var label = select.value, only = unknown.checked, wanted = verdict.value, flagged = conflict.checked, count = 0;
     Array.prototype.forEach.call(body.rows, function (row) {
-      var visible = (!label || row.dataset.predicted === label) && (!only || row.dataset.unknown === '1');
+      var visible = (!label || row.dataset.predicted === label) && (!only || row.dataset.unknown === '1')
+                    && (!wanted || row.dataset.verdict === wanted) && (!flagged || row.dataset.conflict === '1');
       row.hidden = !visible;
       if (visible) count++;
     });
@@ -270,18 +312,22 @@ SCRIPT = """<script>
     var wanted = new URLSearchParams(location.hash.slice(1));
     select.value = wanted.get('predicted') || '';
     if (select.value !== (wanted.get('predicted') || '')) select.value = '';
+    verdict.value = wanted.get('verdict') || '';
+    if (verdict.value !== (wanted.get('verdict') || '')) verdict.value = '';
     unknown.checked = wanted.get('unknown') === '1';
+    conflict.checked = wanted.get('conflict') === '1';
     apply();
   }
   function toHash() {
     var state = new URLSearchParams();
     if (select.value) state.set('predicted', select.value);
     if (unknown.checked) state.set('unknown', '1');
+    if (verdict.value) state.set('verdict', verdict.value);
+    if (conflict.checked) state.set('conflict', '1');
     history.replaceState(null, '', '#' + state.toString());
     apply();
   }
-  select.addEventListener('change', toHash);
-  unknown.addEventListener('change', toHash);
+  [select, unknown, verdict, conflict].forEach(function (control) { control.addEventListener('change', toHash); });
   window.addEventListener('hashchange', fromHash);
   Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, column) {
     th.addEventListener('click', function () {
@@ -318,18 +364,35 @@ def _sample(order: list[int], keys: np.ndarray) -> tuple[list[int], list[int]]:
     return least, [i for i in rest if i in drawn]
 
 
+def _review_order(rows: dict, order: list[int]) -> list[int]:
+    """The rows to route to an expert, conflicts first, then ``uncertain`` ones, each least confident
+    first (``order``)."""
+    flagged = [i for i in order if rows["declared_conflict"][i] is not None]
+    uncertain = [i for i in order if rows["verdict"][i] == "uncertain" and rows["declared_conflict"][i] is None]
+    return flagged + uncertain
+
+
+def is_review(table: pa.Table) -> pa.Array:
+    """Which rows of a results table go to the review list: ``uncertain`` or flagged by a conflict."""
+    return pc.or_(pc.fill_null(pc.equal(table.column("verdict"), "uncertain"), False),
+                  table.column("declared_conflict").is_valid())
+
+
 def candidates(results: pa.Table) -> pa.Table:
     """The rows of ``results`` a report can show, whatever other rows the night holds: the
-    :data:`TABLE_ROWS` least confident, and the rows either strip could draw (the least confident and
-    those of smallest key), only these with their neighbours. Candidates of candidates are the same
+    :data:`TABLE_ROWS` least confident, the first :data:`TABLE_ROWS` conflicts, and the rows the strips
+    and the review list could draw (the least confident, those of smallest key, the first review rows),
+    only these with their neighbours. Candidates of candidates are the same
     rows, so a sweep keeps each part's candidates and reduces them as parts are merged: the driver
     never holds a night's results."""
     rows = results.select(list(CANDIDATE_COLUMNS)).to_pydict()
     order = _confidence_order(rows)
     keys = _sample_keys(rows["uri"])
     keyed = np.argsort(keys, kind="stable")[:STRIPS_LEAST_CONFIDENT + STRIPS_RANDOM].tolist()
-    strips = set(order[:STRIPS_LEAST_CONFIDENT]) | set(keyed)
-    keep = sorted(set(order[:TABLE_ROWS]) | strips)
+    review = _review_order(rows, order)
+    strips = set(order[:STRIPS_LEAST_CONFIDENT]) | set(keyed) | set(review[:REVIEW_STRIPS])
+    conflicts = [i for i in order if rows["declared_conflict"][i] is not None][:TABLE_ROWS]
+    keep = sorted(set(order[:TABLE_ROWS]) | set(conflicts) | strips)
     chosen = results.select(list(CANDIDATE_COLUMNS) + list(NEIGHBOUR_COLUMNS)).take(pa.array(keep, pa.int64()))
     mask = pa.array([i in strips for i in keep])
     for name in NEIGHBOUR_COLUMNS:
@@ -339,14 +402,53 @@ def candidates(results: pa.Table) -> pa.Table:
     return chosen
 
 
+def _thumbnails(sample: list[dict]) -> dict[str, str | None]:
+    """Thumbnails of the queries of ``sample`` and of their neighbours, read in parallel."""
+    uris = {row["uri"] for row in sample} | {uri for row in sample for uri in row["neighbor_uris"] or [] if uri}
+    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 4) * 2)) as pool:
+        names = sorted(uris)
+        return dict(zip(names, pool.map(thumbnail, names)))
+
+
+def _review(results, rows: dict, order: list[int], total: int, needing: int | None = None) -> str:
+    """The rows to route to an expert (conflicts first, then ``uncertain``), each with its evidence;
+    ``needing``: how many the night holds (the page may hold fewer)."""
+    review = _review_order(rows, order)
+    needing = len(review) if needing is None else needing
+    if not review:
+        return '<h2 id="review">Review list</h2><p id="review-statement">No query needs review.</p>'
+    shown = review[:REVIEW_STRIPS]
+    sample = results.take(shown).select(["uri", "neighbor_uris", "neighbor_labels", "neighbor_scores"]).to_pylist()
+    pictures = _thumbnails(sample)
+    blocks = []
+    for i, row in zip(shown, sample):
+        families = rows["evidence_features"][i] or []
+        calls = "".join(f"<li>{_text(name)}: {_text(label)} ({_number(score, 2)})</li>" for name, label, score in
+                        zip(families, rows["evidence_labels"][i] or [], rows["evidence_confidence"][i] or []))
+        facts = [f"<li>verdict <b>{_text(rows['verdict'][i])}</b>: {_text(rows['verdict_reason'][i])}</li>",
+                 f"<li>index: {_text(rows['predicted_label'][i])} ({_number(rows['confidence'][i], 2)})</li>", calls]
+        if rows["declared_by"][i] is not None:
+            facts.append(f"<li>declared: {_declared(rows, i)}</li>")
+        if rows["declared_conflict"][i] is not None:
+            facts.append(f"<li><b>conflict</b>: {_text(rows['declared_conflict'][i])}</li>")
+        query = pictures.get(row["uri"])
+        cells = [f'<figure>{f"<img src={chr(34)}{query}{chr(34)}>" if query else "<div class=missing></div>"}'
+                 f"<figcaption>{html.escape(_basename(row['uri']))}</figcaption></figure>"]
+        for uri, label, score in zip(row["neighbor_uris"] or [], row["neighbor_labels"] or [], row["neighbor_scores"] or []):
+            picture = pictures.get(uri)
+            image = f'<img src="{picture}">' if picture else '<div class="missing"></div>'
+            cells.append(f"<figure>{image}<figcaption>{_text(label)}<br>{_number(score)}</figcaption></figure>")
+        blocks.append(f'<div class="review"><ul>{"".join(facts)}</ul><div class="strip">{"".join(cells)}</div></div>')
+    statement = (f"{needing:,} of the {total:,} queries need review (all of them are in <code>review.parquet</code>); "
+                 f"the first {len(shown)}, conflicts first, with their evidence.")
+    return f'<h2 id="review">Review list</h2><p id="review-statement">{statement}</p>' + "".join(blocks)
+
+
 def _strips(results, order: list[int], families: dict[str, str], total: int) -> str:
     least, drawn = _sample(order, _sample_keys(results.column("uri").to_pylist()))
     sample = results.take(least + drawn).select(["uri", "label", "predicted_label", "vote_share",
                                                   "neighbor_uris", "neighbor_labels", "neighbor_scores"]).to_pylist()
-    uris = {row["uri"] for row in sample} | {uri for row in sample for uri in row["neighbor_uris"] or [] if uri}
-    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 4) * 2)) as pool:
-        names = sorted(uris)
-        pictures = dict(zip(names, pool.map(thumbnail, names)))
+    pictures = _thumbnails(sample)
     blocks, rendered, judged, neutral = {"least": [], "random": []}, {"least": 0, "random": 0}, False, False
     for group, row in [("least", r) for r in sample[:len(least)]] + [("random", r) for r in sample[len(least):]]:
         query = pictures.get(row["uri"])
@@ -411,7 +513,7 @@ STYLE = ("body{font-family:sans-serif;margin:24px;color:#222}table{border-collap
          "th[data-dir=desc]:after{content:' \\25BC'}.cards{display:flex;gap:12px;margin:8px 0}"
          ".card{border:1px solid #ccc;padding:8px 14px;text-align:center}.card b{font-size:22px}"
          ".strip{display:flex;gap:4px;margin:6px 0}figure{margin:0;text-align:center;font-size:10px;max-width:96px}"
-         ".missing{width:72px;height:72px;background:#eee}")
+         ".missing{width:72px;height:72px;background:#eee}.review{border-top:1px solid #ddd;margin:8px 0}")
 
 
 def render(results, summary: dict, provenance: dict, families: dict[str, str],
@@ -424,6 +526,7 @@ def render(results, summary: dict, provenance: dict, families: dict[str, str],
     total = len(order) if predicted is None else sum(predicted.values())
     date = provenance.get("date") or ""
     sections = [f"<h1>latentsweep sweep report {html.escape(date)}</h1><p>{html.escape(summary['out'])}</p>",
+                _verdicts(summary), _review(results, rows, order, total, summary.get("review")),
                 _provenance(provenance, summary)]
     if summary.get("metrics") and summary.get("labelled"):
         sections += _metrics(summary["metrics"], summary)

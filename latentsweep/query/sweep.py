@@ -12,6 +12,7 @@ import collections
 import datetime
 import hashlib
 import json
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,8 +24,10 @@ from latentsweep import lock, schema, storage
 from latentsweep.console import stage_log
 from latentsweep.errors import UsageError
 from latentsweep.index import reader
-from latentsweep.decision import calibration, vote
+from latentsweep.decision import calibration
 from latentsweep.query import metrics, report
+from latentsweep.query.attribution import Attribution
+from latentsweep.query.verdict import ATTRIBUTE_AT
 from latentsweep.schema import DONE_FOLDER
 
 QUEUED = 2          # calls waiting on each query actor at once
@@ -32,6 +35,8 @@ ACTOR_RESTARTS = 3  # a query actor whose process dies is restarted and its call
 SUCCESS = "_SUCCESS.json"
 AGGREGATES = "_aggregates"  # per part: its report candidates and counts (write_aggregate)
 AGGREGATE_KEY = "latentsweep.aggregate"
+REVIEWS = "_review"  # per part: its rows to route to an expert, joined into REVIEW at the end
+REVIEW = "review.parquet"
 REPORT = "report.html"
 
 
@@ -50,14 +55,19 @@ class SweepJob:
     quiet: bool = False
     address: str | None = None
     allow_partial: bool = False  # take query ingests that have not finished their plan (what is missing is said)
+    evidence: list[str] = field(default_factory=list)  # indices of other descriptor families that must agree
+    attribute_at: float = ATTRIBUTE_AT  # the calibrated confidence a vote needs to be `attributed`
 
 
 @dataclass
 class SweepSummary:
     out: str
     queries: int = 0
-    attributed: int = 0
+    attributed: int = 0  # verdicts (query/verdict.py)
+    uncertain: int = 0
     unknown: int = 0
+    conflicts: int = 0   # rows whose file declares an origin a confident attribution contradicts
+    review: int = 0      # rows to route to an expert: uncertain or in conflict (review.parquet)
     parts: int = 0
     parts_already_done: int = 0
     seconds: float = 0.0
@@ -88,8 +98,9 @@ class SweepWorker:
     pinned version when its retried call arrives."""
 
     def __init__(self, index_uri: str, settings: dict, partition_uri: str, parts: list | None = None,
-                 threads: int = 1):
+                 threads: int = 1, evidence: list[str] | None = None):
         self.index_uri, self.settings, self.parts, self.threads = index_uri, settings, parts, threads
+        self.evidence = evidence or []
         self.partition = storage.Location.parse(partition_uri)
         self.engine = None
 
@@ -98,19 +109,19 @@ class SweepWorker:
 
         set_threads(self.threads)
         self.engine = QueryEngine(self.index_uri, parts=self.parts, k=self.settings["k"])  # k: GPU or CPU
-        manifest = self.engine.manifest
-        self.expected = (manifest.codec, manifest.weights_digest, manifest.pooling)
-        names = self.engine.references.label_names
-        self.predicted = np.array(names + [vote.UNKNOWN], dtype=object)  # by code; -1: unknown
-        self.families = np.array([self.engine.families.get(name) for name in names] + [None], dtype=object)
+        evidence = [QueryEngine(uri, use_gpu=False, k=self.settings["k"]) for uri in self.evidence]
+        self.attribution = Attribution(self.engine, self.settings, evidence)
+        self.expected = [(engine.manifest.codec, engine.manifest.weights_digest, engine.manifest.pooling)
+                         for engine in [self.engine, *evidence]]
 
     def attribute(self, uri: str, name: str, digest: str) -> int:
         """Attribute one query file: its result part, then its done marker; returns its rows."""
         if self.engine is None:
             self._load()
-        batch = reader.read_columns(uri, list(self.engine.manifest.columns), with_uri=True)
-        require_index_space(batch.provenance, self.expected, uri)
-        table = self.results(batch)
+        rows = reader.read_queries(uri, self.attribution.columns())
+        for expected in self.expected:
+            require_index_space(reader.provenance_in(rows), expected, uri)
+        table = self.attribution.results(rows, uri)
         data = storage.table_bytes(table)
         storage.write_bytes(self.partition.join(f"{name}.parquet"), data)
         write_aggregate(self.partition, name, table, data, self.engine.manifest, self.settings["k"])
@@ -118,38 +129,6 @@ class SweepWorker:
         marker = {"part": name, "digest": digest, "rows": table.num_rows, "unknown": unknown}
         storage.write_bytes(self.partition.join(DONE_FOLDER, f"{name}.json"), json.dumps(marker).encode())
         return table.num_rows
-
-    def results(self, batch: reader.Batch) -> pa.Table:
-        """The result rows of a batch of queries, built from arrays (no Python object per query or
-        neighbour): the vote, the neighbours' ids, labels, scores and URIs."""
-        scores, ids = self.engine.search_ids(batch.vectors, self.settings["k"])
-        references = self.engine.references
-        codes = references.codes(ids)
-        votes = vote.votes(codes, scores, self.settings["weighted"], self.settings["open_set_threshold"])
-        confidence = calibration.confidence(self.engine.manifest.confidence, self.settings["k"],
-                                            self.settings["weighted"], votes.share)
-        meta = batch.metadata
-        return pa.table({
-            "id": meta.column("id"), "uri": meta.column("uri"),
-            "predicted_label": pa.array(self.predicted[votes.codes], pa.string()),
-            "predicted_family": pa.array(self.families[votes.codes], pa.string()),
-            "vote_share": pa.array(votes.share.astype(np.float32)),
-            "top_score": pa.array(votes.top_score.astype(np.float32)),
-            "confidence": (pa.array(confidence.astype(np.float32), mask=votes.unknown) if confidence is not None
-                           else pa.nulls(len(votes.unknown), pa.float32())),
-            "unknown": pa.array(votes.unknown),
-            "neighbor_ids": _lists(pa.array(ids.reshape(-1)), ids.shape),
-            "neighbor_labels": _lists(pa.array(references.names_of(codes).reshape(-1), pa.string()), ids.shape),
-            "neighbor_scores": _lists(pa.array(scores.reshape(-1).astype(np.float32)), ids.shape),
-            "neighbor_uris": _lists(references.uri_array(ids), ids.shape),
-            "label": meta.column("label"), "family": meta.column("family"),
-        }, schema=schema.RESULT_SCHEMA)
-
-
-def _lists(values: pa.Array, shape: tuple[int, int]) -> pa.ListArray:
-    """``values`` (row-major, ``shape[0]`` rows of ``shape[1]``) as one list per row."""
-    rows, k = shape
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, rows * k + 1, k, dtype=np.int32)), values)
 
 
 def require_index_space(provenance: set, expected: tuple[str, str, str], uri: str) -> None:
@@ -173,7 +152,13 @@ def check(job: SweepJob):
         raise UsageError("--index-parts and --workers must be at least 1")
     if job.open_set_threshold is not None and not -1.0 <= job.open_set_threshold <= 1.0:
         raise UsageError(f"--open-set-threshold is a cosine similarity in [-1, 1], got {job.open_set_threshold}")
+    if not 0.0 <= job.attribute_at <= 1.0:
+        raise UsageError(f"--attribute-at is a probability in [0, 1], got {job.attribute_at}")
+    if job.evidence and job.index_parts > 1:
+        raise UsageError("--evidence indices are searched by each query actor: use them with --index-parts 1")
     manifest = load(job.index)
+    for uri in job.evidence:  # a missing or damaged one: one line, before anything is claimed
+        load(uri)
     if job.open_set_threshold is None and manifest.open_set_threshold is not None:
         # the threshold the index calibrated at build (None before), a float32 similarity: within
         # [-1, 1] up to rounding, which must not fail the check above when the job is checked again
@@ -181,12 +166,13 @@ def check(job: SweepJob):
     return manifest
 
 
-def check_queries(files: list[str], manifest) -> None:
-    """The first query file against the index (its columns and embedding space), so that a
-    mismatch is one clear error before any actor starts; workers check every file again."""
-    reader.columns_of(files[0], ",".join(manifest.columns))
-    require_index_space(reader.provenance_of(files[0]),
-                        (manifest.codec, manifest.weights_digest, manifest.pooling), files[0])
+def check_queries(files: list[str], manifest, evidence: list | None = None) -> None:
+    """The first query file against the index and the ``evidence`` indices' manifests (its columns and
+    embedding space), so that a mismatch is one clear error before any actor starts; workers check
+    every file again."""
+    for each in [manifest, *(evidence or [])]:
+        reader.columns_of(files[0], ",".join(each.columns))
+        require_index_space(reader.provenance_of(files[0]), (each.codec, each.weights_digest, each.pooling), files[0])
 
 
 def _digest(uri: str, version: str, index_digest: str, settings: dict) -> str:
@@ -202,7 +188,7 @@ def sweep(job: SweepJob, log=None) -> SweepSummary:
     """Attribute every query file of ``job`` into its date partition; one sweep per partition at a time."""
     manifest = check(job)
     files = reader.embedding_files(job.queries, job.allow_partial, log or stage_log(job.quiet))
-    check_queries(files, manifest)
+    check_queries(files, manifest, _evidence(job))
     location = partition(job)
     with lock.hold(location, "sweep") as held:
         return _sweep(job, files, location, manifest, log or stage_log(job.quiet), held)
@@ -231,7 +217,7 @@ def _plan(job: SweepJob, files: list[str], location: storage.Location, manifest)
 
     from latentsweep.index.manifest import sha256
 
-    index_digest = sha256(manifest.to_json().encode())
+    index_digest = sha256("".join(each.to_json() for each in [manifest, *_evidence(job)]).encode())
     with ThreadPoolExecutor(storage.LISTING_THREADS) as pool:
         versions = list(pool.map(lambda uri: storage.info(uri).version, files))
     parts = [(uri, part_name(uri), _digest(uri, version, index_digest, _settings(job)))
@@ -249,13 +235,20 @@ def _remove_stale(location: storage.Location, current: set[str]) -> None:
     def stale(info: storage.FileInfo) -> bool:
         folder, _, name = location.relative(info.uri).rpartition("/")
         stem = name.rsplit(".", 1)[0]
-        return stem.startswith("part-") and folder in ("", DONE_FOLDER, AGGREGATES) and stem not in current
+        return stem.startswith("part-") and folder in ("", DONE_FOLDER, AGGREGATES, REVIEWS) and stem not in current
 
     storage.delete_prefix(location, keep=lambda info: not stale(info))
 
 
+def _evidence(job: SweepJob) -> list:
+    from latentsweep.index.manifest import load
+
+    return [load(uri) for uri in job.evidence]
+
+
 def _settings(job: SweepJob) -> dict:
-    return {"k": job.k, "weighted": job.weighted, "open_set_threshold": job.open_set_threshold}
+    return {"k": job.k, "weighted": job.weighted, "open_set_threshold": job.open_set_threshold,
+            "attribute_at": job.attribute_at}
 
 
 def _attribute(job: SweepJob, todo: list, total: int, location: storage.Location, manifest, log,
@@ -277,7 +270,7 @@ def _attribute(job: SweepJob, todo: list, total: int, location: storage.Location
     # memory= per actor from the manifest (placement.engine_memory), refused before any actor starts when no
     # node holds it; no more actors than the cluster's memory holds
     memory, size = pool_plan(manifest, min(job.workers or gpus or cpus, len(todo)), job.index_parts <= 1, gpus,
-                             job.k, parts=job.index_parts, log=log)
+                             job.k, parts=job.index_parts, log=log, evidence=_evidence(job))
     index_parts = (start_parts(pinned, job.index_parts, gpus=gpus, k=job.k, log=log)
                    if job.index_parts > 1 else [])
     gpu_plan = gpu_requests(manifest, job.k, gpus, parts=len(index_parts), actors=size)  # parts hold the GPUs
@@ -293,7 +286,8 @@ def _attribute(job: SweepJob, todo: list, total: int, location: storage.Location
                        max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
         threads = max(1, cpus // size)  # each actor searches with its share of the cores
         actors = [worker.options(num_gpus=num_gpus, **options)
-                  .remote(pinned, _settings(job), location.uri, index_parts or None, threads)
+                  .remote(pinned, _settings(job), location.uri, index_parts or None, threads,
+                          [version_uri(uri, each) for uri, each in zip(job.evidence, _evidence(job))])
                   for num_gpus in gpu_plan.actors]
         threading.Thread(target=report.warm_up, daemon=True).start()  # the report's imports, while actors load
         for rows, name in _dispatch(actors, todo):
@@ -352,9 +346,14 @@ def write_aggregate(partition: storage.Location, name: str, table: pa.Table, dat
                                    [manifest.labels.get(label, 0) for label in labels], manifest.families, k,
                                    predicted=labelled.column("predicted_label").to_pylist())
         tally = metrics.tally(labels, rows)
+    review = table.filter(report.is_review(table))
+    verdicts = table.column("verdict").value_counts().to_pylist()
     stats = {"file": f"{name}.parquet", "bytes": len(data), "sha256": sha256(data), "rows": table.num_rows,
-             "unknown": int(np.count_nonzero(table.column("unknown").to_numpy())), "labelled": labelled.num_rows,
+             "verdicts": {item["values"]: item["counts"] for item in verdicts},
+             "conflicts": table.num_rows - table.column("declared_conflict").null_count, "review": review.num_rows,
+             "labelled": labelled.num_rows,
              "predicted": report.predicted_counts(table.column("predicted_label").to_pylist()), "tally": tally}
+    storage.write_table(partition.join(REVIEWS, f"{name}.parquet"), review)
     storage.write_table(partition.join(AGGREGATES, f"{name}.parquet"), report.candidates(table),
                         metadata={AGGREGATE_KEY: json.dumps(stats)})
     return stats
@@ -392,14 +391,17 @@ def _finish(location: storage.Location, parts: list, manifest, job: SweepJob, su
         for stats, table in read:
             listing.append({key: stats[key] for key in ("file", "bytes", "sha256", "rows")})
             summary.queries += stats["rows"]
-            summary.unknown += stats["unknown"]
+            for verdict, count in stats["verdicts"].items():
+                setattr(summary, verdict, getattr(summary, verdict) + count)
+            summary.conflicts += stats["conflicts"]
+            summary.review += stats["review"]
             summary.labelled += stats["labelled"]
             for label, count in stats["predicted"].items():
                 predicted[label] = predicted.get(label, 0) + count
             if stats["tally"]:
                 tally = stats["tally"] if tally is None else metrics.merge_tallies(tally, stats["tally"])
             shown = report.candidates(pa.concat_tables([shown, table]))
-    summary.attributed = summary.queries - summary.unknown
+    listing.append(_join_reviews(location, parts))
     if tally:
         summary.metrics = metrics.summarise_tally(tally, manifest.families)
         summary.metrics["map_truncated_at"] = job.k
@@ -411,6 +413,31 @@ def _finish(location: storage.Location, parts: list, manifest, job: SweepJob, su
     summary.queries_per_second = round(summary.queries / summary.seconds, 1) if summary.seconds else 0.0
     record = {"parts": listing, "summary": asdict(summary), "provenance": provenance}
     storage.write_bytes(location.join(SUCCESS), json.dumps(record, indent=2).encode())
+
+
+def _join_reviews(location: storage.Location, parts: list) -> dict:
+    """The parts' review rows joined into one ``review.parquet``, a part at a time through a local
+    temporary file (the driver holds one part's review rows, never the night's); its entry for
+    ``_SUCCESS.json``."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    rows = 0
+    with tempfile.TemporaryDirectory(prefix="latentsweep-review-") as folder:
+        path = f"{folder}/{REVIEW}"
+        with pq.ParquetWriter(path, schema.RESULT_SCHEMA, compression="zstd") as writer:
+            for _, name, _ in parts:
+                table = storage.read_table(location.join(REVIEWS, f"{name}.parquet"))
+                writer.write_table(table.cast(schema.RESULT_SCHEMA))
+                rows += table.num_rows
+        digest = hashlib.sha256()
+        with open(path, "rb") as written:
+            while chunk := written.read(1 << 20):
+                digest.update(chunk)
+        size = os.path.getsize(path)
+        storage.upload(path, location.join(REVIEW))
+    return {"file": REVIEW, "bytes": size, "sha256": digest.hexdigest(), "rows": rows}
 
 
 def _provenance(location: storage.Location, manifest, job: SweepJob) -> dict:

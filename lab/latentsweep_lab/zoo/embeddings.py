@@ -40,6 +40,7 @@ def write_ingest_output(root: str, vectors: np.ndarray, labels: list[str], famil
             "width": pa.array([64] * count, pa.int32()), "height": pa.array([64] * count, pa.int32()),
             "source": ["image"] * count, "codec": [codec] * count, "weights_digest": [weights] * count,
             "feature_set": ["all"] * count, "pooling": [pooling] * count,
+            **{field.name: pa.nulls(count, field.type) for field in schema.DECLARED_FIELDS},  # nothing declared
         }
         start = 0
         for name, dim in dims.items():
