@@ -248,11 +248,8 @@ def _walk_jpeg(data: bytes, found: _Found) -> None:
             found.note(f"bad JPEG segment length at byte {i}: metadata after it not read")
             break
         if end > n:
-            if marker == 0xEB and data[i + 4:i + 6] == b"JP":
-                found.c2pa_container = found.c2pa_truncated = True
-                found.note("truncated C2PA manifest (an APP11 segment runs past the end of the file)")
-            else:
-                found.note(f"truncated JPEG: a segment (marker 0x{marker:02X}) runs past the end of the file")
+            _past_the_end(found, marker == 0xEB and data[i + 4:i + 6] == b"JP", "an APP11 segment",
+                          f"JPEG: a segment (marker 0x{marker:02X})")
             break
         payload = data[i + 4:end]
         if marker == 0xE1:
@@ -313,11 +310,7 @@ def _walk_png(data: bytes, found: _Found) -> None:
         kind = data[i + 4:i + 8]
         end = i + 8 + length
         if end > n:
-            if kind == b"caBX":
-                found.c2pa_container = found.c2pa_truncated = True
-                found.note("truncated C2PA manifest (the caBX chunk runs past the end of the file)")
-            else:
-                found.note(f"truncated PNG: the {_chunk_name(kind)} chunk runs past the end of the file")
+            _past_the_end(found, kind == b"caBX", "the caBX chunk", f"PNG: the {_chunk_name(kind)} chunk")
             return
         body = data[i + 8:end]
         if kind in (b"tEXt", b"zTXt", b"iTXt"):
@@ -341,6 +334,16 @@ def _walk_png(data: bytes, found: _Found) -> None:
             found.note(f"more than {MAX_SEGMENTS} PNG chunks: the rest not read")
             return
     found.note("truncated PNG: no IEND chunk")
+
+
+def _past_the_end(found: _Found, c2pa: bool, container: str, part: str) -> None:
+    """A JPEG segment or PNG chunk that runs past the end of the file: a truncated C2PA manifest when
+    it is the C2PA container (``container``), else a truncated file (``part``)."""
+    if c2pa:
+        found.c2pa_container = found.c2pa_truncated = True
+        found.note(f"truncated C2PA manifest ({container} runs past the end of the file)")
+    else:
+        found.note(f"truncated {part} runs past the end of the file")
 
 
 def _chunk_name(kind: bytes) -> str:
