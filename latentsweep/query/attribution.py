@@ -141,7 +141,7 @@ def _conflicts(meta: pa.Table, labels: np.ndarray, families: np.ndarray, decided
 def _lists(values: pa.Array, shape: tuple[int, int]) -> pa.ListArray:
     """``values`` (row-major, ``shape[0]`` rows of ``shape[1]``) as one list per row."""
     rows, k = shape
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, rows * k + 1, k, dtype=np.int32)), values)
+    return pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * k), values)
 
 
 def _repeat(values: list, rows: int, kind: pa.DataType) -> pa.ListArray:
