@@ -1,3 +1,3 @@
-from latentsweep.cli import main
+from latentsweep.cli import entry
 
-main()
+entry()
