@@ -191,7 +191,7 @@ DeviceOption = Annotated[str, typer.Option(
 WaitForGpusOption = Annotated[float, typer.Option(
     "--wait-for-gpus", help="Seconds to wait for GPU nodes an autoscaler starts before exit 3.")]
 AdaptersOption = Annotated[Optional[str], typer.Option(
-    "--adapters", help="SFMA adapters in the analysis transforms: 'default' (the shipped ones) or a .pt with its "
+    "--adapters", help="Adapters in the analysis transforms: 'default' (the shipped trace writer) or a .pt with its "
                        ".json checksum; default: none. Their digest joins the weights digest of every row.")]
 
 
@@ -415,8 +415,9 @@ def sweep(
              "every query batch is searched on all parts and merged.")] = 1,
     weights: WeightsOption = None,
     adapters: Annotated[Optional[str], typer.Option(
-        "--adapters", help="SFMA adapters to embed image queries with: 'default' or a .pt; default: those the "
-                           "index was built with, when they are the shipped ones.")] = None,
+        "--adapters", help="Analysis-transform adapters to embed image queries with: 'default' (the shipped trace "
+                           "writer) or a .pt; default: those the index was built with, when they are the shipped "
+                           "ones.")] = None,
     evidence: EvidenceOption = None,
     attribute_at: AttributeAtOption = ATTRIBUTE_AT,
     overwrite: Annotated[bool, typer.Option(help="Redo the whole partition.")] = False,
