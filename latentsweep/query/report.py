@@ -432,8 +432,8 @@ def _review(results, rows: dict, order: list[int], total: int, needing: int | No
         if rows["declared_conflict"][i] is not None:
             facts.append(f"<li><b>conflict</b>: {_text(rows['declared_conflict'][i])}</li>")
         query = pictures.get(row["uri"])
-        cells = [f'<figure>{f"<img src={chr(34)}{query}{chr(34)}>" if query else "<div class=missing></div>"}'
-                 f"<figcaption>{html.escape(_basename(row['uri']))}</figcaption></figure>"]
+        image = f'<img src="{query}">' if query else '<div class="missing"></div>'
+        cells = [f"<figure>{image}<figcaption>{html.escape(_basename(row['uri']))}</figcaption></figure>"]
         for uri, label, score in zip(row["neighbor_uris"] or [], row["neighbor_labels"] or [], row["neighbor_scores"] or []):
             picture = pictures.get(uri)
             image = f'<img src="{picture}">' if picture else '<div class="missing"></div>'
