@@ -40,7 +40,9 @@ venv: $(STAMP)
 demo: venv
 	$(VENV)/bin/latentsweep demo
 
+# The experiment's own end-to-end test first (small sizes, minutes; `make test` leaves it out), then the run.
 experiment: venv
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -m experiment -q
 	$(VENV)/bin/latentsweep experiment --out experiment --docs docs/results.md
 
 test: venv

@@ -139,7 +139,8 @@ def test_default_ingest_stores_descriptors_equal_to_one_image_alone(ingested):
 
 
 def test_index_over_fingerprint_and_fused_columns(ingested):
-    for features, dimension in (("fingerprint", 251), ("fingerprint,y_hat_luma", 251 + 160)):
+    """Fused: a descriptor and a pooled tensor in one index (the descriptor alone: tests/test_verdicts.py)."""
+    for features, dimension in (("fingerprint,y_hat_luma", 251 + 160),):
         out = ingested / f"index-{features.replace(',', '-')}"
         result = cli("index", "build", str(ingested / "emb"), "--out", str(out), "--features", features,
                      "--shards", "1", "-q")

@@ -288,8 +288,8 @@ def test_sweep_is_idempotent_and_reports_metrics(reference, nightly_queries, tmp
     assert first.queries == 240 and first.parts == 3 and first.parts_already_done == 0
     assert first.metrics["overall"]["top1"] > 0.9
     partition = tmp_path / "results" / "date=2026-11-23"
-    parts = sorted(p for p in partition.iterdir() if p.suffix == ".parquet")
-    assert len(parts) == 3
+    parts = sorted(partition.glob("part-*.parquet"))
+    assert len(parts) == 3 and (partition / "review.parquet").exists()
     table = storage.read_table(str(parts[0]))
     schema.check(table.schema, "results", str(parts[0]))
     row = table.slice(0, 1).to_pylist()[0]
@@ -328,14 +328,14 @@ def test_sweep_to_s3_and_pull_with_resume(reference, nightly_queries, s3_env, tm
     assert summary.queries == 240
     local = tmp_path / "pulled"
     first = pull(f"s3://{bucket}/results/date=2026-11-23", str(local), quiet=True)
-    assert first.files == 4 and first.downloaded == 4 and first.sweep["queries"] == 240  # 3 parts + report
-    parts = sorted(local.glob("*.parquet"))
+    assert first.files == 5 and first.downloaded == 5 and first.sweep["queries"] == 240  # 3 parts, review, report
+    parts = sorted(local.glob("part-*.parquet"))
     remote = storage.read_table(f"s3://{bucket}/results/date=2026-11-23/{parts[0].name}")
     assert storage.read_table(str(parts[0])).equals(remote)
     parts[0].unlink()
     parts[1].write_bytes(parts[1].read_bytes()[:100])  # a partial download from an earlier attempt
     second = pull(f"s3://{bucket}/results/date=2026-11-23", str(local), quiet=True)
-    assert second.downloaded == 2 and second.already_present == 2
+    assert second.downloaded == 2 and second.already_present == 3
     assert not list(local.glob("*.part"))
     with pytest.raises(Exception, match="nothing at s3://.*/date=2026-11-25: expected a sweep partition"):
         pull(f"s3://{bucket}/results/date=2026-11-25", str(tmp_path / "none"), quiet=True)

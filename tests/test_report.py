@@ -147,7 +147,7 @@ def test_labelled_night_scores_the_vote_with_the_nearest_neighbour_beside_it(syn
     assert f"{overall['vote_accuracy']:.3f}" in page and f"{overall['top1']:.3f}" in page
     assert "Attribution of the 66 labelled queries (of 66)" in page
     rows = table_rows(page)
-    assert len(rows) == 66 and len(rows[0]["cells"]) == 8  # ... and the true label
+    assert len(rows) == 66 and len(rows[0]["cells"]) == 11  # ... and the true label
     assert all((row["cells"][5] == "—") == (row["attrs"]["data-unknown"] == "1") for row in rows)
     order = [(-math.inf if row["cells"][5] == "—" else float(row["cells"][5]), float(row["cells"][6])) for row in rows]
     assert order == sorted(order) and order[-1][0] > order[0][0]  # least confident first: unknown, then confidence

@@ -285,6 +285,7 @@ def test_pixel_descriptor_sees_high_frequency_energy():
     assert (b[:, 3:] > a[:, 3:] + 5).any()  # log energy of the high-pass bank jumps
 
 
+@pytest.mark.experiment
 def test_paper_experiment_end_to_end_beats_chance(tmp_path, ray_session):
     """Small run of `latentsweep experiment`: every table is produced through ingest -> index ->
     evaluate, semantic retrieval works, and held-out zoo queries are attributed above chance."""

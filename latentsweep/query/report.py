@@ -438,7 +438,7 @@ def _review(results, rows: dict, order: list[int], total: int, needing: int | No
             picture = pictures.get(uri)
             image = f'<img src="{picture}">' if picture else '<div class="missing"></div>'
             cells.append(f"<figure>{image}<figcaption>{_text(label)}<br>{_number(score)}</figcaption></figure>")
-        blocks.append(f'<div class="review"><ul>{"".join(facts)}</ul><div class="strip">{"".join(cells)}</div></div>')
+        blocks.append(f'<div class="review"><ul>{"".join(facts)}</ul><div class="evidence">{"".join(cells)}</div></div>')
     statement = (f"{needing:,} of the {total:,} queries need review (all of them are in <code>review.parquet</code>); "
                  f"the first {len(shown)}, conflicts first, with their evidence.")
     return f'<h2 id="review">Review list</h2><p id="review-statement">{statement}</p>' + "".join(blocks)
@@ -512,7 +512,7 @@ STYLE = ("body{font-family:sans-serif;margin:24px;color:#222}table{border-collap
          "#query-table tr.miss{background:#fdecea}th[data-dir=asc]:after{content:' \\25B2'}"
          "th[data-dir=desc]:after{content:' \\25BC'}.cards{display:flex;gap:12px;margin:8px 0}"
          ".card{border:1px solid #ccc;padding:8px 14px;text-align:center}.card b{font-size:22px}"
-         ".strip{display:flex;gap:4px;margin:6px 0}figure{margin:0;text-align:center;font-size:10px;max-width:96px}"
+         ".strip,.evidence{display:flex;gap:4px;margin:6px 0}figure{margin:0;text-align:center;font-size:10px;max-width:96px}"
          ".missing{width:72px;height:72px;background:#eee}.review{border-top:1px solid #ddd;margin:8px 0}")
 
 
