@@ -330,7 +330,7 @@ def test_unlabelled_night_has_no_metrics_and_neutral_frames(photos):
     assert all(colour not in text for colour in report.FRAME.values())  # no red (or green) frames
     assert text.count(f"border:3px solid {report.NEUTRAL}") >= 6 * 5
     rows = table_rows(text)
-    assert len(rows) == 6 and len(rows[0]["cells"]) == 7  # no true-label column
+    assert len(rows) == 6 and len(rows[0]["cells"]) == 10  # no true-label column
     assert not any(row["attrs"].get("class") == "miss" for row in rows)
     pixels = screenshot(page, photos / "night.png")
     assert pixels.std() > 20
