@@ -96,3 +96,19 @@ def assert_same_ingest(out: str | Path, clean: str | Path) -> None:
         a = storage.read_table(storage.Location.parse(str(out)).join(kind)).sort_by("id")
         b = storage.read_table(storage.Location.parse(str(clean)).join(kind)).sort_by("id")
         assert_same_rows(a, b, kind)
+
+
+def ingest_photos(root: Path, per_label: int) -> Path:
+    """A small labelled photo corpus under ``root/corpus``, ingested (in this process, on the tests'
+    Ray) into ``root/emb`` as a default ingest stores it (the pixel descriptors included), with the
+    untrained codec and ``2lat``; returns ``root``."""
+    from images import photo_corpus
+    from latentsweep.codec.settings import EmbedSettings
+    from latentsweep.ingest.run import IngestJob, run
+
+    photo_corpus(root / "corpus", per_label=per_label)
+    run(IngestJob(str(root / "corpus"), str(root / "emb"), EmbedSettings(weights="untrained", feature_set="2lat",
+                                                                         max_batch=4), labels_from_folders=True,
+                  quiet=True))
+    return root
+

@@ -14,11 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from images import photo_corpus
 from latentsweep import descriptors, schema
 from latentsweep.descriptors import fingerprint, residual_spectrum
 from latentsweep_lab import photos
-from processes import run_command
+from processes import ingest_photos, run_command
 
 RNG = np.random.default_rng(7)
 
@@ -115,13 +114,8 @@ def cli(*args: str):
 
 
 @pytest.fixture(scope="module")
-def ingested(tmp_path_factory):
-    root = tmp_path_factory.mktemp("descriptors")
-    photo_corpus(root / "corpus", per_label=3)
-    result = cli("ingest", str(root / "corpus"), "--out", str(root / "emb"), "--labels-from-folders",
-                 "--weights", "untrained", "--feature-set", "2lat", "--batch-size", "4", "-q")
-    assert result.returncode == 0, result.stderr
-    return root
+def ingested(tmp_path_factory, ray_session):
+    return ingest_photos(tmp_path_factory.mktemp("descriptors"), per_label=3)
 
 
 def test_default_ingest_stores_descriptors_equal_to_one_image_alone(ingested):
@@ -152,10 +146,12 @@ def test_index_over_fingerprint_and_fused_columns(ingested):
 
 
 def test_rows_without_descriptors_are_refused_in_one_line(ingested, tmp_path):
+    from latentsweep.codec.settings import EmbedSettings
+    from latentsweep.ingest.run import IngestJob, run
+
     bare = tmp_path / "bare"
-    result = cli("ingest", str(ingested / "corpus"), "--out", str(bare), "--weights", "untrained",
-                 "--feature-set", "2lat", "--no-descriptors", "-q")
-    assert result.returncode == 0, result.stderr
+    run(IngestJob(str(ingested / "corpus"), str(bare), EmbedSettings(weights="untrained", feature_set="2lat",
+                                                                     descriptors=False), quiet=True))
     assert "fingerprint" not in pq.read_schema(next((bare / "embeddings").glob("*.parquet"))).names
     refused = cli("index", "build", str(bare), "--out", str(tmp_path / "idx"), "--features", "fingerprint")
     assert refused.returncode == 2 and "lack fingerprint" in refused.stderr

@@ -68,7 +68,7 @@ def test_second_run_on_a_busy_local_output_is_refused(tmp_path, ray_session):
     assert ingest_in_process(tmp_path / "corpus", out).embedded == 6
 
 
-def test_concurrent_ingests_into_one_output_one_is_refused(tmp_path):
+def test_concurrent_ingests_into_one_output_one_is_refused(tmp_path, ray_session):
     """Two real ingests started together into one output: one runs to completion, the other is
     refused before writing anything; the output equals a lone run's."""
     photo_corpus(tmp_path / "corpus", per_label=4)
@@ -82,9 +82,7 @@ def test_concurrent_ingests_into_one_output_one_is_refused(tmp_path):
     assert codes == [0, 3], results
     refused = next(err for code, err in results if code == 3)
     assert "is in use by another run (ingest, pid" in refused
-    lone = cli("ingest", str(tmp_path / "corpus"), "--out", str(tmp_path / "lone"), "--shard-size", "2",
-               *INGEST_FLAGS)
-    assert lone.returncode == 0, lone.stderr[-2000:]
+    ingest_in_process(tmp_path / "corpus", tmp_path / "lone", shard_size=2)  # the flags above, in this process
     assert_same_ingest(out, tmp_path / "lone")
 
 

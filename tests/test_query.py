@@ -375,10 +375,13 @@ def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, 
     ingest(IngestJob(str(tmp_path / "ref"), str(tmp_path / "emb-sfma"), EmbedSettings(
         feature_set="2lat", device="cpu", adapters="default"), labels_from_folders=True, quiet=True))
     build(IndexJob([str(tmp_path / "emb-sfma")], str(tmp_path / "index-sfma"), shards=1, quiet=True))
-    adapted = run_command([sys.executable, "-m", "latentsweep", "sweep", str(tmp_path / "night"), "--index",
-                           str(tmp_path / "index-sfma"), "--out", str(tmp_path / "sfma"), "--date", "2026-11-23",
-                           "--quiet"])
-    assert adapted.returncode == 0, adapted.stderr[-3000:]
+    from latentsweep.cli import embeddings_for
+    from latentsweep.query.sweep import check
+
+    job = SweepJob([str(tmp_path / "night")], str(tmp_path / "index-sfma"), str(tmp_path / "sfma"),
+                   date="2026-11-23", quiet=True)  # what `sweep NIGHT --index INDEX-SFMA` runs, in this process
+    job.queries = embeddings_for(job, None, None, check(job))
+    assert sweep(job).queries == 4
     embedded = storage.read_table(str(tmp_path / "sfma" / "_embeddings" / "date=2026-11-23" / "source-0" / "embeddings"))
     assert {d.partition("+")[2][:5] for d in embedded.column("weights_digest").to_pylist()} == {"sfma-"}
     mixed = run_command(command[:-1] + ["--adapters", "default", "--date", "2026-11-25"])  # base index
@@ -416,8 +419,9 @@ def test_interrupted_sweeps_resume_to_identical_results(reference, tmp_path):
     resumed = run_command(command(tmp_path / "interrupted"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"parts_already_done={after_sigkill}" in resumed.stdout
-    clean = run_command(command(tmp_path / "clean"))
-    assert clean.returncode == 0, clean.stderr[-2000:]
+    clean = sweep(SweepJob([str(tmp_path / "night")], str(reference["index"]), str(tmp_path / "clean"),
+                           date="2026-11-23", quiet=True))  # the same command's job, in this process
+    assert clean.queries == 1200
     resumed_parts = sorted(p.name for p in partition.glob("part-*.parquet"))
     clean_parts = sorted(p.name for p in (tmp_path / "clean" / "date=2026-11-23").glob("part-*.parquet"))
     assert resumed_parts == clean_parts and len(clean_parts) == 24

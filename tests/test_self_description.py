@@ -14,13 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from images import photo_corpus
 from latentsweep import descriptors, schema
 from latentsweep.codec.weights import WeightsError
 from latentsweep.descriptors import self_description as sd
 from latentsweep_lab.training import descriptor as train
 from latentsweep_lab import photos
-from processes import run_command
+from processes import ingest_photos, run_command
 
 RNG = np.random.default_rng(11)
 
@@ -152,13 +151,8 @@ def cli(*args: str):
 
 
 @pytest.fixture(scope="module")
-def ingested(tmp_path_factory):
-    root = tmp_path_factory.mktemp("self_description")
-    photo_corpus(root / "corpus", per_label=2)
-    result = cli("ingest", str(root / "corpus"), "--out", str(root / "emb"), "--labels-from-folders",
-                 "--weights", "untrained", "--feature-set", "2lat", "--batch-size", "4", "-q")
-    assert result.returncode == 0, result.stderr
-    return root
+def ingested(tmp_path_factory, ray_session):
+    return ingest_photos(tmp_path_factory.mktemp("self_description"), per_label=2)
 
 
 def test_ingest_records_version_and_digest_and_rows_equal_one_image_alone(ingested):
@@ -176,7 +170,8 @@ def test_ingest_records_version_and_digest_and_rows_equal_one_image_alone(ingest
 
 
 def test_index_over_self_description_alone_and_fused_with_fingerprint(ingested):
-    for features, dimension in (("self_description", 515), ("fingerprint,self_description", 251 + 515)):
+    # fused; self_description alone is the default index of tests/test_verdicts.py and tests/test_nightly.py
+    for features, dimension in (("fingerprint,self_description", 251 + 515),):
         out = ingested / f"index-{features.replace(',', '-')}"
         result = cli("index", "build", str(ingested / "emb"), "--out", str(out), "--features", features,
                      "--shards", "1", "-q")

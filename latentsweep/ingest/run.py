@@ -32,7 +32,7 @@ from latentsweep.console import stage_log
 from latentsweep.errors import JobFailed, UsageError
 from latentsweep.ingest import manifest, plan as planning
 from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
-from latentsweep.ingest.sources import Listing, list_source
+from latentsweep.ingest.sources import Listing, is_manifest, list_source, require_manifest
 from latentsweep.ingest.write import DONE_INDEX, done_records, shard_files, write_done_index
 from latentsweep.resources import DEVICES
 from latentsweep.schema import DESCRIPTORS, DONE_FOLDER, INGEST_COMPLETE_FILE, VERSIONS
@@ -104,6 +104,8 @@ def check(job: IngestJob) -> None:
         raise UsageError("--half is fp16 inference on GPUs, and --device cpu runs on the CPU")
     if job.wait_for_gpus < 0:
         raise UsageError(f"--wait-for-gpus is a number of seconds, got {job.wait_for_gpus}")
+    if is_manifest(job.source):
+        require_manifest(job.source)  # before a cluster is joined: a missing manifest is one line at once
 
 
 def _plan_settings(job: IngestJob, weights_digest: str) -> dict:

@@ -155,13 +155,20 @@ def _tree_batches(root: storage.Location, labels_from_folders: bool, listing: Li
     yield from listing_table(rows).to_batches()
 
 
+def require_manifest(source: str) -> storage.Location:
+    """The manifest's location, refused at once when there is no such file (a usage error, like a
+    missing folder): one stat or HEAD, so that a run can refuse before it joins a cluster."""
+    location = storage.Location.parse(source)
+    if not (storage.exists(location) if location.is_s3 else os.path.isfile(location.key)):
+        raise storage.MissingInput(f"no such manifest: {location.uri}")
+    return location
+
+
 def _read_manifest(source: str, check_versions: bool = False) -> Listing:
     """A manifest as a listing, read and converted a batch at a time; its header (a missing ``uri``
     column, which version columns it has) is read at once, and a manifest that does not exist is
     refused at once (a usage error, like a missing folder)."""
-    location = storage.Location.parse(source)
-    if not (storage.exists(location) if location.is_s3 else os.path.isfile(location.key)):
-        raise storage.MissingInput(f"no such manifest: {location.uri}")
+    location = require_manifest(source)
     folder = posixpath.dirname(location.key) if location.is_s3 else os.path.dirname(location.key)
     names, batches = _csv_batches(location) if source.lower().endswith(".csv") else _parquet_batches(location)
     present = tuple(name for name in VERSION_COLUMNS if name in names)
