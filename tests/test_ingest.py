@@ -399,7 +399,7 @@ def test_interrupted_runs_resume_to_identical_output(tmp_path, ray_session):
     """Ctrl-C (SIGINT to the process group) after the first shard lands, then SIGKILL of the resumed
     run after its first shard: the third run completes to the rows and values of an undisturbed run."""
     corpus = tmp_path / "corpus"
-    photo_corpus(corpus, per_label=16, size=(120, 150))
+    photo_corpus(corpus, per_label=10, size=(120, 150))
     (corpus / "alpha" / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "interrupted"
     command = [sys.executable, "-m", "latentsweep", "ingest", str(corpus), "--out", str(out),

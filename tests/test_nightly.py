@@ -17,6 +17,9 @@ from conftest import S3_SECRET_KEY, s3_variables
 from images import photo_corpus
 from processes import LATENTSWEEP, local_env, run_command
 from latentsweep import lock, storage
+from latentsweep.codec.settings import EmbedSettings
+from latentsweep.index.build import IndexJob, build
+from latentsweep.ingest.run import IngestJob, run as run_ingest
 from latentsweep_lab.zoo.embeddings import DIMS, clustered, write_ingest_output
 
 FAST = ["--weights", "untrained", "--device", "cpu", "--quiet"]
@@ -37,7 +40,7 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 
 # ---- an unlabelled night on S3 --------------------------------------------------------------------
 
-def test_unlabelled_night_on_s3_keeps_labels_null_and_scores_nothing(s3_env, tmp_path):
+def test_unlabelled_night_on_s3_keeps_labels_null_and_scores_nothing(s3_env, tmp_path, ray_session):
     """A night's uploads carry no labels: label and family stay NULL in the night's embeddings and in
     the results (never the string 'nan'), `labelled` is 0 and no metrics are printed or stored. The
     reference ingest starts with a typo'd setting, refused without claiming its output."""
@@ -51,12 +54,14 @@ def test_unlabelled_night_on_s3_keeps_labels_null_and_scores_nothing(s3_env, tmp
     # a typo is refused before DEST is touched, so the corrected command runs without --overwrite
     one_error_line(cli(*ingest, "--feature-set", "2lats", env=env))
     assert not (tmp_path / "deep").exists()
-    steps = [cli(*ingest, "--feature-set", "2lat", env=env),
-             cli("index", "build", str(emb), "--out", f"{root}/index", "--shards", "1", "-q", env=env),
-             cli("sweep", f"{root}/incoming", "--index", f"{root}/index", "--out", f"{root}/results",
-                 "--date", "2026-11-23", "--weights", "untrained", "-q", env=env)]
-    assert [s.returncode for s in steps] == [0, 0, 0], [s.stderr[-2000:] for s in steps]
-    sweep = steps[-1]
+    # the references in this process (the corrected command's job); the night through the CLI
+    run_ingest(IngestJob(str(tmp_path / "ref"), str(emb), EmbedSettings(weights="untrained", feature_set="2lat",
+                                                                        device="cpu"), labels_from_folders=True,
+                         quiet=True))
+    build(IndexJob([str(emb)], f"{root}/index", shards=1, quiet=True))
+    sweep = cli("sweep", f"{root}/incoming", "--index", f"{root}/index", "--out", f"{root}/results",
+                "--date", "2026-11-23", "--weights", "untrained", "-q", env=env)
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
     assert "labelled=0" in sweep.stdout and "sweep metrics" not in sweep.stdout
     night = storage.read_table(f"{root}/results/_embeddings/date=2026-11-23/source-0/embeddings")
     parts = [info.uri for info in storage.list_files(f"{root}/results/date=2026-11-23")

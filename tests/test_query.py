@@ -399,9 +399,9 @@ def test_interrupted_sweeps_resume_to_identical_results(reference, tmp_path):
 
     from processes import files_in, interrupt_when, run_command, settled
 
-    vectors, assignment = clustered(1200, len(LABELS), DIM, seed=9, spread=0.25)
+    vectors, assignment = clustered(600, len(LABELS), DIM, seed=9, spread=0.25)
     write_ingest_output(str(tmp_path / "night"), vectors, [LABELS[a] for a in assignment], FAMILIES,
-                        files=24, id_offset=90_000)
+                        files=12, id_offset=90_000)
 
     def command(out):
         return [sys.executable, "-m", "latentsweep", "sweep", str(tmp_path / "night"), "--index",
@@ -415,22 +415,22 @@ def test_interrupted_sweeps_resume_to_identical_results(reference, tmp_path):
     interrupt_when(command(tmp_path / "interrupted"), lambda: markers() > after_sigint, signal.SIGKILL)
     after_sigkill = settled(markers)
     assert not (partition / "_SUCCESS.json").exists(), "the kills must land before the sweep finishes"
-    assert 1 <= after_sigint < after_sigkill < 24
+    assert 1 <= after_sigint < after_sigkill < 12
     resumed = run_command(command(tmp_path / "interrupted"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"parts_already_done={after_sigkill}" in resumed.stdout
     clean = sweep(SweepJob([str(tmp_path / "night")], str(reference["index"]), str(tmp_path / "clean"),
                            date="2026-11-23", quiet=True))  # the same command's job, in this process
-    assert clean.queries == 1200
+    assert clean.queries == 600
     resumed_parts = sorted(p.name for p in partition.glob("part-*.parquet"))
     clean_parts = sorted(p.name for p in (tmp_path / "clean" / "date=2026-11-23").glob("part-*.parquet"))
-    assert resumed_parts == clean_parts and len(clean_parts) == 24
+    assert resumed_parts == clean_parts and len(clean_parts) == 12
     for name in clean_parts:
         a = pq.read_table(partition / name)
         b = pq.read_table(tmp_path / "clean" / "date=2026-11-23" / name)
         assert a.equals(b), name
     success = json.loads((partition / "_SUCCESS.json").read_text())
-    assert success["summary"]["queries"] == 1200
+    assert success["summary"]["queries"] == 600
 
 
 def test_a_rebuild_mid_sweep_leaves_the_sweep_on_its_version(tmp_path, ray_session):
