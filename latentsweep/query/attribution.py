@@ -114,10 +114,10 @@ class _Call:
 
 def _disagreement(main: _Call, others: list[_Call]) -> np.ndarray:
     """Per query, the other families that voted another label than ``main`` (or unknown), in words."""
-    said = main.labels()
+    said, theirs = main.labels(), [(call.features, call.labels()) for call in others]
     texts = np.full(len(said), None, dtype=object)
     for i in range(len(said)):
-        against = [f"{call.features} votes {call.labels()[i]}" for call in others if call.labels()[i] != said[i]]
+        against = [f"{features} votes {labels[i]}" for features, labels in theirs if labels[i] != said[i]]
         if against:
             texts[i] = f"{main.features} votes {said[i]}, " + ", ".join(against)
     return texts
