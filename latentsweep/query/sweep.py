@@ -188,28 +188,30 @@ def sweep(job: SweepJob, log=None) -> SweepSummary:
     """Attribute every query file of ``job`` into its date partition; one sweep per partition at a time."""
     manifest = check(job)
     files = reader.embedding_files(job.queries, job.allow_partial, log or stage_log(job.quiet))
-    check_queries(files, manifest, _evidence(job))
+    evidence = _evidence(job)  # loaded (and verified) once for the whole sweep
+    check_queries(files, manifest, evidence)
     location = partition(job)
     with lock.hold(location, "sweep") as held:
-        return _sweep(job, files, location, manifest, log or stage_log(job.quiet), held)
+        return _sweep(job, files, location, manifest, evidence, log or stage_log(job.quiet), held)
 
 
-def _sweep(job: SweepJob, files: list[str], location: storage.Location, manifest, log,
+def _sweep(job: SweepJob, files: list[str], location: storage.Location, manifest, evidence: list, log,
            held: lock.Held) -> SweepSummary:
     started = time.monotonic()
     summary = SweepSummary(location.uri)
     storage.delete(location.join(SUCCESS))  # the partition is not complete again until this run's record
-    parts, todo = _plan(job, files, location, manifest)
+    parts, todo = _plan(job, files, location, manifest, evidence)
     summary.parts, summary.parts_already_done = len(parts), len(parts) - len(todo)
     if todo:
-        _attribute(job, todo, len(parts), location, manifest, log, held)
+        _attribute(job, todo, len(parts), location, manifest, evidence, log, held)
     else:
         log(f"sweep: all {len(parts)} query files of {location.uri} are already attributed; nothing to do")
     _finish(location, parts, manifest, job, summary, started)  # fills the timing fields too
     return summary
 
 
-def _plan(job: SweepJob, files: list[str], location: storage.Location, manifest) -> tuple[list, list]:
+def _plan(job: SweepJob, files: list[str], location: storage.Location, manifest,
+          evidence: list) -> tuple[list, list]:
     """Every query file as (uri, part name, digest), and those without a done marker of that digest
     (the digest covers the file's version, the index and the settings). The versions are asked for in
     parallel: one request each on S3."""
@@ -217,7 +219,7 @@ def _plan(job: SweepJob, files: list[str], location: storage.Location, manifest)
 
     from latentsweep.index.manifest import sha256
 
-    index_digest = sha256("".join(each.to_json() for each in [manifest, *_evidence(job)]).encode())
+    index_digest = sha256("".join(each.to_json() for each in [manifest, *evidence]).encode())
     with ThreadPoolExecutor(storage.LISTING_THREADS) as pool:
         versions = list(pool.map(lambda uri: storage.info(uri).version, files))
     parts = [(uri, part_name(uri), _digest(uri, version, index_digest, _settings(job)))
@@ -251,8 +253,8 @@ def _settings(job: SweepJob) -> dict:
             "attribute_at": job.attribute_at}
 
 
-def _attribute(job: SweepJob, todo: list, total: int, location: storage.Location, manifest, log,
-               held: lock.Held) -> None:
+def _attribute(job: SweepJob, todo: list, total: int, location: storage.Location, manifest, evidence: list,
+               log, held: lock.Held) -> None:
     """Start the query actors (and index parts), keep every actor busy until each part of ``todo`` is
     written, then end them. Plain actors, not a Ray Data pipeline: no executor to start, no dataset
     blocks through the object store, no runtime env (a fresh worker process) per actor."""
@@ -270,7 +272,7 @@ def _attribute(job: SweepJob, todo: list, total: int, location: storage.Location
     # memory= per actor from the manifest (placement.engine_memory), refused before any actor starts when no
     # node holds it; no more actors than the cluster's memory holds
     memory, size = pool_plan(manifest, min(job.workers or gpus or cpus, len(todo)), job.index_parts <= 1, gpus,
-                             job.k, parts=job.index_parts, log=log, evidence=_evidence(job))
+                             job.k, parts=job.index_parts, log=log, evidence=evidence)
     index_parts = (start_parts(pinned, job.index_parts, gpus=gpus, k=job.k, log=log)
                    if job.index_parts > 1 else [])
     gpu_plan = gpu_requests(manifest, job.k, gpus, parts=len(index_parts), actors=size)  # parts hold the GPUs
@@ -287,7 +289,7 @@ def _attribute(job: SweepJob, todo: list, total: int, location: storage.Location
         threads = max(1, cpus // size)  # each actor searches with its share of the cores
         actors = [worker.options(num_gpus=num_gpus, **options)
                   .remote(pinned, _settings(job), location.uri, index_parts or None, threads,
-                          [version_uri(uri, each) for uri, each in zip(job.evidence, _evidence(job))])
+                          [version_uri(uri, each) for uri, each in zip(job.evidence, evidence)])
                   for num_gpus in gpu_plan.actors]
         threading.Thread(target=report.warm_up, daemon=True).start()  # the report's imports, while actors load
         for rows, name in _dispatch(actors, todo):
