@@ -230,6 +230,10 @@ def ingest(
                                  "version columns (version, else etag, else mtime and size) leave without one, so "
                                  "that a file replaced under the same URI is re-embedded (one request an entry; a "
                                  "folder or prefix needs none: its listing gives the versions).")] = False,
+    augment: Annotated[str, typer.Option(
+        "--augment", help="References that have seen what queries go through: 'standard' adds 3 processed copies "
+                          "of each labelled image (JPEG, WebP, resizes, blur; docs/descriptors.md), which an index "
+                          "counts as one neighbour with their original; 'none' adds nothing.")] = "none",
     address: AddressOption = None,
     quiet: QuietOption = False,
     config: ConfigOption = None,
@@ -248,7 +252,7 @@ def ingest(
     job = IngestJob(source, out, EmbedSettings(weights, feature_set, pooling, device, half, batch_size, descriptors,
                                                _adapters(adapters)),
                     shard_size, labels_from_folders, parse_families(families), max_pixels, min_side,
-                    workers, wait_for_gpus, overwrite, quiet, address, check_versions)
+                    workers, wait_for_gpus, overwrite, quiet, address, check_versions, augment)
     if dry_run:
         typer.echo(json.dumps(plan_only(job)))
         return

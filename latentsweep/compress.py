@@ -9,8 +9,9 @@ join back to the originals, and ``DIR`` is itself an ingest SOURCE.
 The driver lists and maps names (two inputs with one output name: the second is an error
 ``name_clash``) and hands chunks of items to a pool of :class:`CodecWorker` actors, each holding the
 codec once; workers read, code and write their items and send back counts. Resume is per item: an
-existing output whose recorded source id (the input's ETag or mtime) and codec weights match is
-kept; every write is atomic (``storage.write_bytes``), so an interrupted run leaves whole files only.
+existing output whose recorded source id (the input's ETag or mtime), codec weights and forensic field
+(the descriptors and their versions this run writes) match is kept; every write is atomic
+(``storage.write_bytes``), so an interrupted run leaves whole files only.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from latentsweep import lock, storage
-from latentsweep.bitstream import container
+from latentsweep.bitstream import container, forensic
 from latentsweep.errors import UsageError
 from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, DecodeError
 
@@ -49,6 +50,7 @@ class CodecJob:
     quiet: bool = False
     address: str | None = None
     adapters: str | None = None  # compress: analysis-transform adapters in the encoder ("default": the trace writer, or a path); the decoder has none
+    descriptors: bool = True  # compress: the original pixels' descriptors in each file's forensic field
 
 
 @dataclass
@@ -213,7 +215,7 @@ def _process(job: CodecJob, items: list, summary: CodecSummary, log, held, choic
     worker = ray.remote(CodecWorker).options(num_cpus=layout["num_cpus"], num_gpus=layout["num_gpus"])
     settings = {"mode": job.mode, "weights": job.weights, "device": layout["device"], "threads": layout["threads"],
                 "max_pixels": job.max_pixels, "min_side": job.min_side, "overwrite": job.overwrite,
-                "adapters": job.adapters if job.mode == "compress" else None}
+                "adapters": job.adapters if job.mode == "compress" else None, "descriptors": job.descriptors}
     pool = ActorPool([worker.remote(**settings) for _ in range(size)])
     log(f"{job.mode}: {len(items)} items on {size} workers")
     results = []
@@ -229,7 +231,7 @@ class CodecWorker:
     """One actor of the pool: the codec loaded once; :meth:`process` codes a chunk of items."""
 
     def __init__(self, mode: str, weights: str | None, device: str, threads: int | None, max_pixels: int,
-                 min_side: int, overwrite: bool, adapters: str | None = None):
+                 min_side: int, overwrite: bool, adapters: str | None = None, descriptors: bool = True):
         import torch
 
         from latentsweep.bitstream.codec import BitstreamCodec
@@ -242,6 +244,7 @@ class CodecWorker:
             torch.set_num_threads(threads)
         device = compute_device(device)
         self.mode, self.max_pixels, self.min_side, self.overwrite = mode, max_pixels, min_side, overwrite
+        self.field = forensic.current_versions() if descriptors else {}  # what a compressed file's field holds
         self.codec = BitstreamCodec(Embedder(EmbedSettings(weights=weights, device=device, descriptors=False,
                                                            adapters=adapters)))
 
@@ -260,7 +263,7 @@ class CodecWorker:
                 from latentsweep.ingest.decode import decode_image
 
                 image = decode_image(data, self.max_pixels, self.min_side)
-                bits, _ = self.codec.compress(image, version)
+                bits, _ = self.codec.compress(image, version, bool(self.field))
                 storage.write_bytes(target, bits)
                 return {**result, "bitstream_bytes": len(bits), "pixels": image.shape[0] * image.shape[1]}
             bitstream = container.unpack(data, self.max_pixels)
@@ -290,7 +293,7 @@ class CodecWorker:
             if self.mode == "compress":
                 bitstream = container.unpack(data)
                 self.codec.check(bitstream)
-                if bitstream.source_id != container.source_id(version):
+                if bitstream.source_id != container.source_id(version) or forensic.versions(bitstream) != self.field:
                     return None
                 return {"bitstream_bytes": len(data), "pixels": bitstream.height * bitstream.width}
             import io

@@ -5,7 +5,8 @@
 
 - :meth:`~BitstreamCodec.compress`: the analysis transforms and the hyperprior, exactly as ingest runs
   them (:class:`~latentsweep.codec.embed.Embedder`), then ``z_hat`` and ``residual_quant`` of both
-  branches range-coded into the container (``codec/container.py``).
+  branches range-coded into the container (``codec/container.py``), with the original pixels'
+  descriptors in its forensic field (``forensic.py``).
 - :meth:`~BitstreamCodec.latents` (:meth:`~BitstreamCodec.latents_batch` for many): the paper's
   "decoding-free" path. Entropy decoding, the hyper-decoder and the latent prediction give ``z_hat``,
   ``psi``, ``mu``, ``scale``, ``residual_quant``, ``residual`` and ``y_hat``; neither the analysis nor
@@ -33,7 +34,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from latentsweep.bitstream import coding, container
+from latentsweep.bitstream import coding, container, forensic
 from latentsweep.codec import colour
 from latentsweep.bitstream.container import Bitstream, BitstreamError, Stream, describe_id, digest_id, symbols_crc
 from latentsweep.codec.layout import CODEC_NAME, TENSOR_STRIDES
@@ -84,9 +85,11 @@ class BitstreamCodec:
     # -- encoder ---------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def compress(self, image: np.ndarray, source_version: str | None = None) -> tuple[bytes, dict]:
+    def compress(self, image: np.ndarray, source_version: str | None = None,
+                 descriptors: bool = True) -> tuple[bytes, dict]:
         """uint8 RGB (H, W, 3) -> (file bytes, the model's tensors of this image, for checks).
-        ``source_version``: the input's ETag or mtime, recorded (as an 8-byte id) for resume. The hyperprior
+        ``source_version``: the input's ETag or mtime, recorded (as an 8-byte id) for resume.
+        ``descriptors``: the pixel descriptors go into the forensic field (False: a file without one). The hyperprior
         runs again on the analysis' ``y`` as the decoder runs it (:func:`_in_batch_of_two`), so the
         decoder's tensors equal these to the bit."""
         tensors, _ = self.embedder.exported([image])
@@ -104,8 +107,9 @@ class BitstreamCodec:
             levels = self.levels(branch, tensors[f"z_hat_{branch}"])[0]
             words = coding.encode_residual(self.models, residual, levels)
             streams.append(Stream(symbols_crc(residual), words.tobytes()))
+        field = forensic.describe(image, self.device) if descriptors else {}
         data = container.pack(Bitstream(height, width, CODEC_NAME, digest_id(self.weights_digest), self.entropy_id,
-                                        self.adapters_id, container.source_id(source_version), streams))
+                                        self.adapters_id, container.source_id(source_version), streams, field))
         return data, tensors
 
     @torch.inference_mode()
@@ -132,6 +136,7 @@ class BitstreamCodec:
         if len(bitstream.streams) != len(STREAMS):
             raise BitstreamError(f"corrupt bitstream: {len(bitstream.streams)} streams, expected {len(STREAMS)} "
                                  f"({', '.join(container.STREAM_NAMES)})")
+        forensic.check(bitstream)
 
     @torch.inference_mode()
     def latents(self, data: bytes | Bitstream, max_pixels: int | None = None,

@@ -5,12 +5,15 @@ container")::
 
     magic            8 bytes  b"\x8aLSJAI\r\n" (a high-bit byte and CR LF, as PNG does: a file mangled
                               by a 7-bit or newline-converting transfer fails here)
-    format version   u8       1
-    flags            u8       0 (reserved)
+    format version   u8       2 (version 1, the same without flags and forensic field, is still read)
+    flags            u8       bit 0: a forensic field follows the header; the other bits are 0
     header length    u16      H
     header           H bytes  varint height, varint width (the image; the latents cover it padded
                               to 64); u8-prefixed codec name (ASCII); u8-prefixed weights id; u8-prefixed
                               adapters id (empty: none); 8 bytes entropy-model id; 8 bytes source id
+    forensic field   (flag bit 0) u16 length F; F bytes: u8 count, then per descriptor a u8-prefixed
+                              name and version (ASCII), u16 dimension D, f32 low, f32 high, D bytes
+                              of codes; u32 CRC-32 of the F bytes
     stream count     u8       S (4)
     S streams        each     u32 CRC-32 of the stream's decoded symbols (int32 LE), varint payload
                               length P (a multiple of 4), P bytes: the range coder's 32-bit words
@@ -21,7 +24,9 @@ name where the digest is not hex, e.g. ``untrained-seed0``), the entropy-model i
 the SHA-256 of the coder's integer tables (``codec/coding.py``), the source id the first 8 bytes of
 the SHA-256 of the input's version (ETag or mtime when it was compressed: a rerun skips an output whose
 source id matches). Streams, in order: z_hat luma, z_hat chroma, residual_quant luma, residual_quant
-chroma. :func:`unpack` checks everything it can before any decoding: a truncated, corrupt or foreign
+chroma. The forensic field holds the original image's pixel descriptors, 8 bits a value
+(``bitstream/forensic.py``): ingest fills the descriptor columns of a bitstream's row from it without
+pixels. :func:`unpack` checks everything it can before any decoding: a truncated, corrupt or foreign
 file is a :class:`BitstreamError`, never an exception of another type.
 """
 
@@ -35,7 +40,9 @@ from dataclasses import dataclass, field
 from latentsweep.errors import UsageError
 
 MAGIC = b"\x8aLSJAI\r\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
+FORENSIC_FLAG = 0x01
 SUFFIX = ".jai"
 STREAM_NAMES = ("z_hat luma", "z_hat chroma", "residual_quant luma", "residual_quant chroma")
 MAX_SIDE = 1 << 20  # sanity bound on the header's size; the caller's max_pixels guard comes on top
@@ -61,6 +68,16 @@ class Stream:
 
 
 @dataclass
+class Descriptor:
+    """One pixel descriptor as the forensic field stores it: value ``k`` of the vector is
+    ``low + codes[k] * (high - low) / 255`` (``forensic.py``)."""
+    version: str
+    low: float   # float32, as stored
+    high: float
+    codes: bytes
+
+
+@dataclass
 class Bitstream:
     height: int
     width: int
@@ -70,6 +87,7 @@ class Bitstream:
     adapters_id: bytes = b""
     source_id: bytes = bytes(8)
     streams: list[Stream] = field(default_factory=list)
+    descriptors: dict[str, Descriptor] = field(default_factory=dict)  # the forensic field; empty: none
 
 
 def digest_id(digest: str) -> bytes:
@@ -118,12 +136,24 @@ def pack(bitstream: Bitstream) -> bytes:
     header = (_varint(bitstream.height) + _varint(bitstream.width) + _short(bitstream.codec.encode("ascii"))
               + _short(bitstream.weights_id) + _short(bitstream.adapters_id)
               + bitstream.entropy_id + bitstream.source_id)
-    parts = [MAGIC, struct.pack("<BBH", FORMAT_VERSION, 0, len(header)), header,
-             struct.pack("<B", len(bitstream.streams))]
+    flags = FORENSIC_FLAG if bitstream.descriptors else 0
+    parts = [MAGIC, struct.pack("<BBH", FORMAT_VERSION, flags, len(header)), header]
+    if bitstream.descriptors:
+        forensic = _pack_descriptors(bitstream.descriptors)
+        parts += [struct.pack("<H", len(forensic)), forensic, struct.pack("<I", zlib.crc32(forensic))]
+    parts.append(struct.pack("<B", len(bitstream.streams)))
     for stream in bitstream.streams:
         parts += [struct.pack("<I", stream.crc), _varint(len(stream.payload)), stream.payload]
     body = b"".join(parts)
     return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _pack_descriptors(descriptors: dict[str, Descriptor]) -> bytes:
+    parts = [struct.pack("<B", len(descriptors))]
+    for name, descriptor in descriptors.items():
+        parts += [_short(name.encode("ascii")), _short(descriptor.version.encode("ascii")),
+                  struct.pack("<Hff", len(descriptor.codes), descriptor.low, descriptor.high), descriptor.codes]
+    return b"".join(parts)
 
 
 class _Reader:
@@ -157,9 +187,13 @@ def unpack(data: bytes, max_pixels: int | None = None) -> Bitstream:
         raise BitstreamError("not a latentsweep JPEG AI bitstream (no .jai magic)")
     if len(data) < len(MAGIC) + 8:
         raise BitstreamError(f"truncated bitstream: {len(data)} bytes", "truncated")
-    version, _flags, header_size = struct.unpack_from("<BBH", data, len(MAGIC))
-    if version != FORMAT_VERSION:
-        raise BitstreamError(f"bitstream format version {version}; this latentsweep reads version {FORMAT_VERSION}")
+    version, flags, header_size = struct.unpack_from("<BBH", data, len(MAGIC))
+    if version not in READ_VERSIONS:
+        raise BitstreamError(f"bitstream format version {version}; this latentsweep reads versions "
+                             f"{', '.join(map(str, READ_VERSIONS))}")
+    flags = flags if version >= 2 else 0  # version 1 reserved the byte and ignored it
+    if flags & ~FORENSIC_FLAG:
+        raise BitstreamError(f"corrupt bitstream: unknown flags {flags:#04x}")
     (stored_crc,) = struct.unpack_from("<I", data, len(data) - 4)
     reader = _Reader(data, len(data) - 4)
     reader.take(len(MAGIC) + 4, "preamble")
@@ -167,6 +201,7 @@ def unpack(data: bytes, max_pixels: int | None = None) -> Bitstream:
     height, width = header.varint("image height"), header.varint("image width")
     codec, weights_id, adapters_id = header.short("codec name"), header.short("weights id"), header.short("adapters id")
     entropy_id, source = header.take(8, "entropy-model id"), header.take(8, "source id")
+    descriptors = _unpack_descriptors(reader) if flags & FORENSIC_FLAG else {}
     streams = []
     (count,) = reader.take(1, "stream count")
     for index in range(count):
@@ -189,4 +224,26 @@ def unpack(data: bytes, max_pixels: int | None = None) -> Bitstream:
                              "too_large")
     if any(len(stream.payload) % 4 for stream in streams):
         raise BitstreamError("corrupt bitstream: a stream's payload is not whole 32-bit words")
-    return Bitstream(height, width, codec_name, weights_id, entropy_id, adapters_id, source, streams)
+    return Bitstream(height, width, codec_name, weights_id, entropy_id, adapters_id, source, streams, descriptors)
+
+
+def _unpack_descriptors(reader: _Reader) -> dict[str, Descriptor]:
+    """The forensic field, its own CRC-32 checked first: damage there is named as such."""
+    (size,) = struct.unpack("<H", reader.take(2, "forensic field"))
+    payload = reader.take(size, "forensic field")
+    (crc,) = struct.unpack("<I", reader.take(4, "forensic field"))
+    if zlib.crc32(payload) != crc:
+        raise BitstreamError("corrupt bitstream: the forensic field fails its CRC-32 (damaged or altered)")
+    field_reader = _Reader(payload, size)
+    descriptors = {}
+    try:
+        for _ in range(field_reader.take(1, "forensic field")[0]):
+            name = field_reader.short("forensic field").decode("ascii")
+            version = field_reader.short("forensic field").decode("ascii")
+            dimension, low, high = struct.unpack("<Hff", field_reader.take(10, "forensic field"))
+            descriptors[name] = Descriptor(version, low, high, field_reader.take(dimension, "forensic field"))
+    except (BitstreamError, UnicodeDecodeError):  # inside a field whose CRC holds: its writer was broken
+        raise BitstreamError("corrupt bitstream: the forensic field is malformed") from None
+    if field_reader.position != size or len(descriptors) != payload[0]:
+        raise BitstreamError("corrupt bitstream: the forensic field is malformed")
+    return descriptors

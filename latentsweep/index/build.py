@@ -38,7 +38,8 @@ from latentsweep.index.manifest import (MANIFEST_NAME, Manifest, ShardEntry, cle
                                         version_number)
 from latentsweep.index.scaler import Scaler
 from latentsweep.index.lookup import MISSING
-from latentsweep.index.shards import merge
+from latentsweep.index.shards import collapse, merge
+from latentsweep.ingest import augment
 from latentsweep.resources import memory_shortfall
 
 DEFAULT_BUDGET = 4 * 2**30
@@ -123,10 +124,10 @@ def recall_at_k(truth: np.ndarray, found: np.ndarray, own: np.ndarray, k: int) -
     return float(np.mean(shares)) if shares else 1.0
 
 
-def _read(uri: str, columns: list[str], skip_ids: np.ndarray | None, with_uri: bool = False):
-    """One file's batch (projected columns) without the ids in ``skip_ids`` (sorted; ``add``) and the
-    number of rows skipped."""
-    batch = reader.read_columns(uri, columns, with_uri=with_uri)
+def _read(uri: str, columns: list[str], skip_ids: np.ndarray | None):
+    """One file's batch (projected columns and the URIs) without the ids in ``skip_ids`` (sorted; ``add``)
+    and the number of rows skipped."""
+    batch = reader.read_columns(uri, columns, with_uri=True)
     if skip_ids is None or not len(skip_ids) or not len(batch.ids):
         return batch, 0
     import pyarrow as pa
@@ -137,33 +138,43 @@ def _read(uri: str, columns: list[str], skip_ids: np.ndarray | None, with_uri: b
     return kept, int(len(keep) - keep.sum())
 
 
-def _sample(uri: str, vectors: np.ndarray, ids: np.ndarray, train: int, queries: int) -> dict:
+def _originals(batch: reader.Batch) -> np.ndarray:
+    """Which rows of ``batch`` are originals, not processed copies (ingest/augment.py)."""
+    return augment.source_ids(batch.ids, batch.metadata.column("uri").to_pylist()) == batch.ids
+
+
+def _sample(uri: str, batch: reader.Batch, train: int, queries: int) -> dict:
     """A file's deterministic share of the samples, raw (normalised later with the merged scaler): a
-    permutation seeded by the file's name; training rows from its front, recall queries from its back,
-    so that a larger share extends a smaller one and the two never overlap while they fit the file."""
-    order = np.random.default_rng(zlib.crc32(uri.rsplit("/", 1)[-1].encode())).permutation(len(ids))
-    train, queries = min(train, len(ids)), min(queries, len(ids))
-    back = order[len(ids) - queries:]
-    return {"train": vectors[order[:train]], "query": vectors[back], "query_ids": ids[back]}
+    permutation seeded by the file's name; training rows from its front, recall queries (originals
+    only: a query's copies are not independent references) from its back, so that a larger share
+    extends a smaller one and the two never overlap while they fit the file."""
+    order = np.random.default_rng(zlib.crc32(uri.rsplit("/", 1)[-1].encode())).permutation(len(batch.ids))
+    originals = order[_originals(batch)[order]]
+    train, queries = min(train, len(order)), min(queries, len(originals))
+    back = originals[len(originals) - queries:]
+    return {"train": batch.vectors[order[:train]], "query": batch.vectors[back], "query_ids": batch.ids[back]}
 
 
 def _scan(uri: str, columns: list[str], train: int, queries: int, skip_ids: np.ndarray | None):
-    """Task (three results): the file's statistics, its ids and its share of the samples."""
+    """Task (three results): the file's statistics, its ids and its share of the samples. Labels are
+    counted over originals: a reference and its copies are one relevant item."""
     batch, skipped = _read(uri, columns, skip_ids)
+    originals = _originals(batch)
     labels = batch.metadata.column("label").to_pylist()
     families = {label: family for label, family in zip(labels, batch.metadata.column("family").to_pylist())
                 if label is not None and family is not None}
-    stats = {"rows": len(batch.ids), "skipped": skipped, "scaler": Scaler.fit(batch.vectors),
-             "provenance": batch.provenance, "labels": Counter(l for l in labels if l is not None),
+    stats = {"rows": len(batch.ids), "originals": int(originals.sum()), "skipped": skipped,
+             "scaler": Scaler.fit(batch.vectors), "provenance": batch.provenance,
+             "labels": Counter(l for l, original in zip(labels, originals) if l is not None and original),
              "families": families}
     # ids as int64 numpy: 8 bytes an id, what the duplicate check and ``add`` hold per vector
-    return stats, batch.ids, _sample(uri, batch.vectors, batch.ids, train, queries)
+    return stats, batch.ids, _sample(uri, batch, train, queries)
 
 
 def _resample(uri: str, columns: list[str], train: int, queries: int, skip_ids: np.ndarray | None) -> dict:
     """Task: a larger share of one file's samples than its scan returned (same permutation)."""
     batch, _ = _read(uri, columns, skip_ids)
-    return _sample(uri, batch.vectors, batch.ids, train, queries)
+    return _sample(uri, batch, train, queries)
 
 
 def _duplicate(files: list[str], *id_arrays: np.ndarray) -> tuple[int, str, str] | None:
@@ -213,9 +224,10 @@ def _prepare(spec: str, dimension: int, scaler: dict, takes: list[tuple[int, int
 
 def _build_shard(shard_id: int, files: list[str], columns: list[str], dimension: int, scaler: dict, spec: str,
                  payload: dict | None, skip_ids: np.ndarray | None, ladder: list[str], out: str,
-                 version: str) -> dict:
-    """Task: one shard of version ``version``; with recall queries in ``payload``, their exact top-k
-    over this shard's vectors and their top-k by the index at each search params of ``ladder``."""
+                 version: str, k: int) -> dict:
+    """Task: one shard of version ``version``, with the (id, source) of its processed copies; with recall
+    queries in ``payload``, their exact top-``k`` over this shard's vectors and their top-``k`` by the
+    index at each search params of ``ladder``."""
     import faiss
     import pyarrow as pa
 
@@ -223,12 +235,13 @@ def _build_shard(shard_id: int, files: list[str], columns: list[str], dimension:
     trained = payload["trained"] if payload else None
     index = faiss.deserialize_index(trained) if trained is not None else factory.create(spec, dimension)
     queries = payload["queries"] if payload and len(payload["queries"]) else None
-    k = RECALL_K + 1  # one more: a held-out query finds itself
-    tables = []
+    tables, copies = [], []
     exact = (np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), MISSING, np.int64)) \
         if queries is not None else None
     for uri in files:
-        batch, _ = _read(uri, columns, skip_ids, with_uri=True)
+        batch, _ = _read(uri, columns, skip_ids)
+        sources = augment.source_ids(batch.ids, batch.metadata.column("uri").to_pylist())
+        copies.append((batch.ids[sources != batch.ids], sources[sources != batch.ids]))
         if len(batch.ids):
             prepared = scaler_.transform(batch.vectors)
             index.add_with_ids(prepared, batch.ids)
@@ -252,14 +265,24 @@ def _build_shard(shard_id: int, files: list[str], columns: list[str], dimension:
     metadata_bytes = storage.table_bytes(metadata)
     storage.write_bytes(root.join(entry["metadata_file"]), metadata_bytes)
     entry["metadata_sha256"] = sha256(metadata_bytes)
+    copy_ids, copy_sources = ((np.concatenate(parts) for parts in zip(*copies)) if copies
+                              else (np.zeros(0, np.int64),) * 2)
+    if len(copy_ids):
+        order = np.argsort(copy_ids)
+        copies_bytes = storage.table_bytes(pa.table({"id": copy_ids[order], "source": copy_sources[order]}))
+        entry["copies_file"] = f"{version}/copies/{name}.parquet"
+        entry["copies_sha256"] = sha256(copies_bytes)
+        storage.write_bytes(root.join(entry["copies_file"]), copies_bytes)
     recall = None
     if queries is not None:
         approximate = []
         for params in ladder:
             factory.apply_search_params(index, params)
             approximate.append(index.search(queries, k))
-        recall = {"exact": exact, "approximate": approximate, "labels": _labels_of(metadata, exact[1])}
-    return {"entry": entry, "recall": recall}
+        held = np.isin(copy_ids, exact[1])
+        recall = {"exact": exact, "approximate": approximate, "labels": _labels_of(metadata, exact[1]),
+                  "sources": dict(zip(copy_ids[held].tolist(), copy_sources[held].tolist()))}
+    return {"entry": entry, "recall": recall, "copies": len(copy_ids)}
 
 
 def _labels_of(metadata, ids: np.ndarray) -> dict[int, str]:
@@ -371,6 +394,7 @@ class _Scanned:
     labels: Counter     # the index's labels with the new files' (``add``)
     families: dict
     rows: list[int]     # per file, the rows it adds
+    originals: list[int]  # per file, those of its rows that are not processed copies (ingest/augment.py)
     skipped: list[int]  # per file, the rows whose ids the index already holds (``add``)
     codec: str
     weights_digest: str
@@ -383,6 +407,11 @@ class _Scanned:
     @property
     def skipped_total(self) -> int:
         return sum(self.skipped)
+
+    def copies_per_source(self, existing: Manifest | None) -> int:
+        """At most how many processed copies share a source: the recipe's count once any copy is indexed."""
+        return max(existing.copies_per_source if existing else 0,
+                   augment.COPIES if sum(self.rows) > sum(self.originals) else 0)
 
 
 def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.Held) -> Manifest:
@@ -419,12 +448,14 @@ def _run(job: IndexJob, files: list[str], existing: Manifest | None, held: lock.
     measure = not existing and not factory.is_exact(spec)
     ladder = factory.search_ladder(spec) if measure and queries else []
     tasks = _start_shards(run, spec, scaler, scanned, queries, payload, skip_ids, ladder)
-    results, sampled, exact, recall = _collect_shards(run, spec, tasks, query_ids, queries, ladder)
+    per_source = scanned.copies_per_source(existing)
+    results, sampled, exact, recall = _collect_shards(run, spec, tasks, query_ids, queries, ladder, per_source)
     if recall:
         params = recall["search_params"]
     threshold, confidence = (existing.open_set_threshold, existing.confidence) if existing else _calibrate(
-        exact, [r["recall"]["labels"] for r in results], sampled, job.open_set_target, log) if queries else (None, {})
-    manifest = _manifest(run, spec, params, scaler, scanned, results, recall, queries, threshold, confidence)
+        exact, [r["recall"] for r in results], sampled, job.open_set_target, log) if queries else (None, {})
+    manifest = _manifest(run, spec, params, scaler, scanned, results, recall, queries, threshold, confidence,
+                         per_source)
     held.check()  # never switch the manifest of an index another run has taken over
     save(root.uri, manifest)
     removed = clean(root.uri, [manifest] + ([previous] if previous else []))
@@ -470,7 +501,7 @@ def _scan_files(run: _Context, per_file: tuple[int, int], skip_ids) -> tuple[lis
     existing = run.existing
     merged, provenance = Scaler.empty(run.dimension), set()
     labels, families = Counter(existing.labels if existing else {}), dict(existing.families if existing else {})
-    rows, skipped = [], []
+    rows, originals, skipped = [], [], []
     for window in range(0, len(scans), SCAN_WINDOW):  # in file order: the merged scaler is reproducible
         for stats in ray.get([refs[0] for refs in scans[window:window + SCAN_WINDOW]]):
             merged = merged.merge(stats["scaler"])
@@ -478,10 +509,11 @@ def _scan_files(run: _Context, per_file: tuple[int, int], skip_ids) -> tuple[lis
             labels.update(stats["labels"])
             families.update(stats["families"])
             rows.append(stats["rows"])
+            originals.append(stats["originals"])
             skipped.append(stats["skipped"])
     if existing:
         provenance.add((existing.codec, existing.weights_digest, existing.pooling))
-    scanned = _Scanned(merged, labels, families, rows, skipped, *reader.check_provenance(provenance, "this index"))
+    scanned = _Scanned(merged, labels, families, rows, originals, skipped, *reader.check_provenance(provenance, "this index"))
     if scanned.total == 0 and not existing:
         raise UsageError(f"no embedding rows in {', '.join(run.job.sources)}")
     return scans, scanned
@@ -518,8 +550,9 @@ def _sample_takes(run: _Context, spec: str, scanned: _Scanned) -> tuple[int, lis
     references, held out of training, for recall and the open-set calibration; training takes from
     the rest of each file."""
     trained = factory.needs_training(spec)
-    queries = 0 if run.existing else min(RECALL_QUERIES, scanned.total // 5 if trained else scanned.total)
-    query_takes = allocate(scanned.rows, queries)
+    originals = sum(scanned.originals)
+    queries = 0 if run.existing else min(RECALL_QUERIES, originals // 5 if trained else originals)
+    query_takes = allocate(scanned.originals, queries)
     train_takes = (allocate([r - q for r, q in zip(scanned.rows, query_takes)],
                             max(run.job.train_sample, factory.min_train_points(spec)))
                    if trained else [0] * len(run.files))
@@ -570,11 +603,18 @@ def _start_shards(run: _Context, spec: str, scaler: Scaler, scanned: _Scanned, q
                               max(rows[i] + skipped[i] for i in group), queries)
         tasks.append(shard_task.options(memory=run.memory(wanted, f"shard {first + g}")).remote(
             first + g, [run.files[i] for i in group], run.columns, run.dimension, scaler.to_dict(), spec, payload,
-            skip_ids, ladder, run.root.uri, run.version))
+            skip_ids, ladder, run.root.uri, run.version, exact_k(scanned.copies_per_source(existing))))
     return tasks
 
 
-def _collect_shards(run: _Context, spec: str, tasks: list, query_ids, queries: int, ladder: list[str]):
+def exact_k(copies_per_source: int) -> int:
+    """Neighbours each sampled reference keeps from exact search: :data:`RECALL_K` others and itself,
+    enough of them to hold that many sources when every source comes with all its copies."""
+    return (RECALL_K + 1) * (1 + copies_per_source)
+
+
+def _collect_shards(run: _Context, spec: str, tasks: list, query_ids, queries: int, ladder: list[str],
+                    copies_per_source: int):
     """(the shard tasks' results, the sampled ids, their exact neighbours over all shards, the recall
     measured at each params of ``ladder``). The sample's neighbours are merged as a search merges them.
     A failure removes what this run wrote into its version folder."""
@@ -583,8 +623,9 @@ def _collect_shards(run: _Context, spec: str, tasks: list, query_ids, queries: i
     try:
         results = ray.get(tasks)
         sampled = ray.get(query_ids) if queries else None
-        exact = merge([r["recall"]["exact"] for r in results], RECALL_K + 1) if queries else None
-        recall = _recall(spec, ladder, [r["recall"] for r in results], exact[1], sampled, run.job, run.log) \
+        k = exact_k(copies_per_source)
+        exact = merge([r["recall"]["exact"] for r in results], k) if queries else None
+        recall = _recall(spec, ladder, [r["recall"] for r in results], exact[1], sampled, run.job, run.log, k) \
             if ladder else None
     except BaseException:
         _discard(run.root, run.version)
@@ -593,7 +634,8 @@ def _collect_shards(run: _Context, spec: str, tasks: list, query_ids, queries: i
 
 
 def _manifest(run: _Context, spec: str, params: str, scaler: Scaler, scanned: _Scanned, results: list[dict],
-              recall: dict | None, queries: int, threshold: float | None, confidence: dict) -> Manifest:
+              recall: dict | None, queries: int, threshold: float | None, confidence: dict,
+              copies_per_source: int) -> Manifest:
     """The manifest of the new version: ``add`` lists the index's shards before the new ones and keeps
     what was measured when the index was built."""
     existing, job = run.existing, run.job
@@ -609,7 +651,8 @@ def _manifest(run: _Context, spec: str, params: str, scaler: Scaler, scanned: _S
         recall_tried=recall["tried"] if recall else existing.recall_tried if existing else [],
         skipped_existing_ids=scanned.skipped_total, open_set_threshold=threshold,
         open_set_target=existing.open_set_target if existing else job.open_set_target,
-        open_set_queries=existing.open_set_queries if existing else queries, confidence=confidence)
+        open_set_queries=existing.open_set_queries if existing else queries, confidence=confidence,
+        copies_per_source=copies_per_source)
 
 
 def _check_training(spec: str, train: int, total: int, queries: int, log) -> None:
@@ -628,12 +671,15 @@ def _check_training(spec: str, train: int, total: int, queries: int, log) -> Non
             f"39 recommended){held}")
 
 
-def _calibrate(exact: tuple[np.ndarray, np.ndarray], shard_labels: list[dict[int, str]], query_ids: np.ndarray,
+def _calibrate(exact: tuple[np.ndarray, np.ndarray], shard_recall: list[dict], query_ids: np.ndarray,
                target: float, log) -> tuple[float | None, dict]:
     """The open-set threshold and the vote's confidence tables from the sample's exact neighbours (merged
-    over the shards) and their labels (each shard's own); each sampled reference votes with its neighbours
-    other than itself."""
-    scores, ids = exact
+    over the shards) and their labels and copies' sources (each shard's own); each sampled reference votes
+    with its neighbours other than itself and its copies, a source and its copies counting once."""
+    sources = {i: source for part in shard_recall for i, source in part["sources"].items()}
+    find = np.vectorize(lambda i: sources.get(int(i), int(i)), otypes=[np.int64])
+    scores, ids = collapse(*exact, find(exact[1]) if sources else exact[1], query_ids, RECALL_K)
+    shard_labels = [part["labels"] for part in shard_recall]
     threshold = open_set_threshold(scores, ids, query_ids, target, MISSING)
     if threshold is not None:
         log(f"index: open-set threshold {threshold:.4f}: {target:.0%} of {len(query_ids)} sampled references "
@@ -641,10 +687,7 @@ def _calibrate(exact: tuple[np.ndarray, np.ndarray], shard_labels: list[dict[int
     labels = {i: label for part in shard_labels for i, label in part.items()}
     codes = {label: code for code, label in enumerate(sorted(set(labels.values())))}
     code_of = np.vectorize(lambda i: codes.get(labels.get(int(i)), -1), otypes=[np.int64])
-    # the others' positions, best first (all RECALL_K + 1 hits are others when a duplicate outranked self)
-    keep = np.argsort(ids == query_ids[:, None], axis=1, kind="stable")[:, :RECALL_K]
-    tables = confidence_tables(code_of(np.take_along_axis(ids, keep, axis=1)),
-                               np.take_along_axis(scores, keep, axis=1), code_of(query_ids)) if codes else {}
+    tables = confidence_tables(code_of(ids), scores, code_of(query_ids)) if codes else {}
     if table_key(RECALL_K, False) in tables:
         log(f"index: vote confidence calibrated on {sum(tables[table_key(RECALL_K, False)]['queries'])} labelled "
             f"sampled references (leave-one-out accuracy by vote share; sweeps report it as `confidence`)")
@@ -652,11 +695,10 @@ def _calibrate(exact: tuple[np.ndarray, np.ndarray], shard_labels: list[dict[int
 
 
 def _recall(spec: str, ladder: list[str], parts: list[dict], truth: np.ndarray, query_ids: np.ndarray, job: IndexJob,
-            log) -> dict:
+            log, k: int) -> dict:
     """recall@10 of ``spec`` at each search params of ``ladder`` (cheapest first) against exact search,
     merged over the shards as a search merges them (``truth``: the merged exact ids); the first params that
     reach ``job.min_recall``, else (without --auto) the best; --auto refuses a type that reaches it at none."""
-    k = RECALL_K + 1
     tried = []
     for step, params in enumerate(ladder):
         _, found = merge([part["approximate"][step] for part in parts], k)

@@ -268,9 +268,12 @@ class References:
     (uint8/16/32; absent with one shard); the label names; each shard's URI lookup."""
 
     def __init__(self, ids: np.ndarray, label_codes: np.ndarray, label_names: list[str],
-                 shard_codes: np.ndarray | None, lookups: list[ShardLookup]):
+                 shard_codes: np.ndarray | None, lookups: list[ShardLookup],
+                 copies: tuple[np.ndarray, np.ndarray] | None = None):
         self.ids, self.label_codes, self.label_names = ids, label_codes, label_names
         self.shard_codes, self.lookups = shard_codes, lookups
+        # processed copies (ingest/augment.py): their ids, sorted, and their sources' ids
+        self.copy_ids, self.copy_sources = copies if copies is not None else (np.zeros(0, np.int64),) * 2
         self._names = np.array(list(label_names) + [None], dtype=object)  # code -1 -> None
 
     @property
@@ -278,7 +281,18 @@ class References:
         """What the references hold in memory: ids, codes and the lookups' block index."""
         return (self.ids.nbytes + self.label_codes.nbytes + (self.shard_codes.nbytes if self.shard_codes is not None
                                                              else 0)
-                + sum(lookup.first_ids.nbytes for lookup in self.lookups))
+                + sum(lookup.first_ids.nbytes for lookup in self.lookups)
+                + self.copy_ids.nbytes + self.copy_sources.nbytes)
+
+    def sources(self, ids: np.ndarray) -> np.ndarray:
+        """The source of each id, shaped like ``ids``: its own id unless it is a processed copy."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(self.copy_ids):
+            return ids
+        flat = ids.reshape(-1)
+        positions = np.clip(np.searchsorted(self.copy_ids, flat), 0, len(self.copy_ids) - 1)
+        copy = self.copy_ids[positions] == flat
+        return np.where(copy, self.copy_sources[positions], flat).reshape(ids.shape)
 
     def positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         flat = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -368,6 +382,14 @@ class _ReferenceBuilder:
         self.shard_codes = (np.empty(total, np.dtype(f"uint{8 * code_bytes(shards, signed=False)}"))
                             if shards > 1 else None)
         self.lookups: list[ShardLookup | None] = [None] * shards
+        self.copies: list[tuple[np.ndarray, np.ndarray] | None] = [None] * shards
+
+    def fill_copies(self, position: int, path: str) -> None:
+        """The shard's processed copies: (id, source) of its verified copies file."""
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=["id", "source"])
+        self.copies[position] = (table.column("id").to_numpy(), table.column("source").to_numpy())
 
     def fill(self, position: int, entry: ShardEntry, path: str) -> None:
         header = read_lookup_header(path)
@@ -397,5 +419,11 @@ class _ReferenceBuilder:
             self.codes = self.codes[order]
             self.shard_codes = self.shard_codes[order]
             del order
-        return References(self.ids, self.codes, self.names, self.shard_codes, self.lookups)
+        found = [part for part in self.copies if part is not None]
+        copies = None
+        if found:
+            ids, sources = np.concatenate([p[0] for p in found]), np.concatenate([p[1] for p in found])
+            order = np.argsort(ids)
+            copies = (ids[order], sources[order])
+        return References(self.ids, self.codes, self.names, self.shard_codes, self.lookups, copies)
 

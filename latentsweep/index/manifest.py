@@ -34,6 +34,8 @@ class ShardEntry:
     metadata_file: str
     metadata_sha256: str
     count: int
+    copies_file: str | None = None    # (id, source) of the shard's processed copies (ingest/augment.py)
+    copies_sha256: str | None = None
 
 
 @dataclass
@@ -63,10 +65,12 @@ class Manifest:
     open_set_target: float | None = None                      # the false-unknown rate it was calibrated for
     open_set_queries: int = 0                                 # sampled references it was calibrated on
     confidence: dict = field(default_factory=dict)            # vote setting -> P(right | vote share), same sample
+    copies_per_source: int = 0                                # at most this many processed copies share a source
 
     def files(self) -> set[str]:
         """Every file this manifest lists, relative to the index root, with its version's manifest copy."""
-        listed = {name for shard in self.shards for name in (shard.index_file, shard.metadata_file)}
+        listed = {name for shard in self.shards for name in (shard.index_file, shard.metadata_file, shard.copies_file)
+                  if name}
         return listed | ({f"{self.build_version}/{MANIFEST_NAME}"} if self.build_version else set())
 
     @property

@@ -41,6 +41,35 @@ def merge(results: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndar
     return top_scores.astype(np.float32), top_ids
 
 
+def collapse(scores: np.ndarray, ids: np.ndarray, sources: np.ndarray, exclude: np.ndarray | None,
+             k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of merged hits (best first) with one hit per source, its best: a reference and its processed
+    copies (ingest/augment.py) are one neighbour. ``sources[i, j]``: the source of hit j of row i (its
+    own id for an original); ``exclude[i]``: a source row i must not see (leave-one-out drops a query
+    with its copies), or None. Missing hits stay missing, at the end."""
+    n, m = ids.shape
+    keep = ids != MISSING
+    if exclude is not None:
+        keep &= sources != np.asarray(exclude, np.int64)[:, None]
+    keyed = np.where(keep, sources, np.iinfo(np.int64).max)
+    order = np.argsort(keyed, axis=1, kind="stable")  # stable: a source's best hit comes first in its group
+    grouped = np.take_along_axis(keyed, order, axis=1)
+    repeat = np.zeros((n, m), bool)
+    repeat[:, 1:] = grouped[:, 1:] == grouped[:, :-1]
+    later = np.empty_like(repeat)
+    np.put_along_axis(later, order, repeat, axis=1)
+    keep &= ~later
+    first = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    kept = np.take_along_axis(keep, first, axis=1)
+    top_scores = np.where(kept, np.take_along_axis(scores, first, axis=1), -np.inf).astype(np.float32)
+    top_ids = np.where(kept, np.take_along_axis(ids, first, axis=1), MISSING)
+    if top_ids.shape[1] < k:
+        pad = k - top_ids.shape[1]
+        top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=MISSING)
+    return top_scores, top_ids
+
+
 def ray_gpu_assignment() -> tuple[bool, list]:
     """(whether this process is a Ray worker, the GPU ids Ray assigned it: ``ray.get_gpu_ids()``)."""
     import sys
@@ -120,6 +149,9 @@ class ShardedIndex:
         def load_shard(position: int, entry: ShardEntry):
             if builder is not None:
                 builder.fill(position, entry, lookup_file(root, entry, cache))
+                if entry.copies_file:
+                    builder.fill_copies(position, verified_file(root, entry.copies_file, entry.copies_sha256, cache,
+                                                                ".parquet"))
             if not load_vectors:
                 return None
             path = verified_file(root, entry.index_file, entry.index_sha256, cache, ".faiss")

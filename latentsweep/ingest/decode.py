@@ -103,10 +103,14 @@ def fetch(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAUL
 
     from latentsweep import provenance, storage
     from latentsweep.bitstream.container import BitstreamError
+    from latentsweep.ingest import augment
 
     item = Fetched(uri)
+    source, steps = augment.split(uri)
     try:
-        data = storage.read_bytes(uri)
+        data = storage.read_bytes(source)
+        if steps is not None:  # a processed copy of a reference (ingest/augment.py): made here, from its source
+            data = augment.process(decode_image(data, max_pixels, min_side), steps)
         item.sha256 = hashlib.sha256(data).hexdigest()
         if uri.lower().endswith(".pt"):
             item.source, item.latents = "latents", data
@@ -121,7 +125,7 @@ def fetch(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAUL
         else:
             item.image = decode_image(data, max_pixels, min_side)
             item.height, item.width = item.image.shape[:2]
-            item.declared = provenance.to_columns(provenance.declared(data, uri))
+            item.declared = provenance.to_columns(provenance.declared(data, uri)) if steps is None else None
     except DecodeError as error:
         item.error_type, item.message = error.error_type, str(error)
     except BitstreamError as error:  # a truncated, corrupt or foreign .jai: truncated, bad_bitstream, too_large

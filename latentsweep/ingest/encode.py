@@ -1,6 +1,7 @@
 """Fetched inputs -> vectors: images through the codec and the pixel descriptors, exported latents
-(``.pt``) pooled directly, bitstreams (``.jai``) entropy-decoded and through the hyperprior only (neither
-has pixels: their descriptor rows stay empty and are written as null). Loads the codec once; a bad
+(``.pt``) pooled directly, bitstreams (``.jai``) entropy-decoded and through the hyperprior only, their
+descriptors read from the file's forensic field (neither has pixels: a descriptor the input does not
+carry at this latentsweep's version stays empty and is written as null). Loads the codec once; a bad
 image never sinks its batch (the batch is retried one by one). Device faults are never an item's
 error: out of memory halves the batch (and keeps it halved), down to one image; any other device
 fault, or out of memory on one image, is raised as :class:`~latentsweep.accelerator.AcceleratorFault`
@@ -34,6 +35,8 @@ class Encoder:
         """``{column: float32 (n, dim)}`` for ``items``; items that fail here get their
         ``error_type`` and ``message`` set (their vector rows stay zero and are not written)."""
         vectors = {name: np.zeros((len(items), dim), np.float32) for name, dim in self.columns.items()}
+        for name in self.descriptors:  # NaN until computed from pixels: written as NULL (ingest/write.py)
+            vectors[name][:] = np.nan
         images = [i for i, item in enumerate(items) if not item.error_type and item.source == "image"]
         if images:
             try:
@@ -103,7 +106,8 @@ class Encoder:
     def _pool_bitstreams(self, items: list[Fetched], rows: list[int], vectors: dict) -> None:
         """``.jai`` bitstreams: entropy decoding, the hyper-decoder and the latent prediction only (no
         analysis, no synthesis), same-size files as one batch; pooled over each image's valid area as an
-        image's latents are."""
+        image's latents are. The pixel descriptors come from the file's forensic field, as compress
+        quantised them from the original pixels."""
         from latentsweep.bitstream.codec import BitstreamCodec, missing_columns, missing_columns_reason
         from latentsweep.bitstream.container import BitstreamError
 
@@ -137,8 +141,12 @@ class Encoder:
             return error
 
     def _pool_decoded(self, tensors: dict, header, i: int, vectors: dict) -> None:
+        from latentsweep.bitstream.forensic import carried
+
         for name, values in self.embedder.pool(tensors, [(header.height, header.width)]).items():
             vectors[name][i] = values[0]
+        for name, values in carried(header, self.descriptors).items():
+            vectors[name][i] = values
 
 
 def _raise_fault(error) -> None:

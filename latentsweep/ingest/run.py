@@ -30,7 +30,7 @@ from latentsweep.cluster import MAX_GPU_REQUEST, WAIT_FOR_GPUS_SECONDS
 from latentsweep.codec.settings import EmbedSettings
 from latentsweep.console import stage_log
 from latentsweep.errors import JobFailed, UsageError
-from latentsweep.ingest import manifest, plan as planning
+from latentsweep.ingest import augment, manifest, plan as planning
 from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from latentsweep.ingest.sources import Listing, is_manifest, list_source, require_manifest
 from latentsweep.ingest.write import DONE_INDEX, done_records, shard_files, write_done_index
@@ -58,6 +58,7 @@ class IngestJob:
     quiet: bool = False
     address: str | None = None
     check_versions: bool = False  # manifest entries without a version: stat or HEAD each (ingest/sources.py)
+    augment: str = "none"  # processed copies of each labelled image: "none" or "standard" (ingest/augment.py)
 
 
 @dataclass
@@ -104,6 +105,7 @@ def check(job: IngestJob) -> None:
         raise UsageError("--half is fp16 inference on GPUs, and --device cpu runs on the CPU")
     if job.wait_for_gpus < 0:
         raise UsageError(f"--wait-for-gpus is a number of seconds, got {job.wait_for_gpus}")
+    augment.check(job.augment)
     if is_manifest(job.source):
         require_manifest(job.source)  # before a cluster is joined: a missing manifest is one line at once
 
@@ -210,7 +212,7 @@ def _list(job: IngestJob, scratch: str, space: tuple[str, str | None]) -> tuple[
     # more at the peak of a 1M-entry plan (benchmarks/bench_scale.py); workers keep the default.
     pa.set_memory_pool(pa.system_memory_pool())
     listing = list_source(job.source, job.labels_from_folders, job.families, job.check_versions)
-    listed = planning.spill_listing(listing.batches, scratch)
+    listed = planning.spill_listing(augment.with_copies(listing.batches, job.augment), scratch)
     if not listed.rows:
         raise UsageError(f"no images, .pt latents or .jai bitstreams found in {job.source}")
     if listed.bitstreams == listed.rows:  # bitstreams only: every item would be an error row

@@ -167,10 +167,9 @@ def embedding_table(rows: pa.Table, fetched: list[Fetched], vectors: dict[str, n
     # what each image declares; .pt latents and .jai bitstreams: nothing read (NULL)
     declared = [item.declared or {} for item in fetched]
     arrays += [pa.array([row.get(field.name) for row in declared], field.type) for field in schema.DECLARED_FIELDS]
-    # .pt latents and .jai bitstreams carry no pixels: their pixel descriptors are NULL
-    no_pixels = pa.array([item.source != "image" for item in fetched], pa.bool_())
+    # a descriptor row the encoder left NaN (.pt latents and .jai bitstreams carry no pixels) is NULL
     for name, dim in columns.items():
-        values = np.ascontiguousarray(vectors[name], dtype=np.float32).reshape(-1)
-        arrays.append(pa.FixedSizeListArray.from_arrays(
-            pa.array(values), dim, mask=no_pixels if name in schema.DESCRIPTORS else None))
+        values = np.ascontiguousarray(vectors[name], dtype=np.float32)
+        missing = pa.array(np.isnan(values).all(axis=1)) if name in schema.DESCRIPTORS else None
+        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim, mask=missing))
     return pa.Table.from_arrays(arrays, schema=schema.embedding_schema(columns))

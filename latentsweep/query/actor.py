@@ -17,7 +17,7 @@ import numpy as np
 from latentsweep.cluster import largest_node_memory
 from latentsweep.errors import UsageError
 from latentsweep.index import placement
-from latentsweep.index.shards import ShardedIndex, merge
+from latentsweep.index.shards import ShardedIndex, collapse, merge
 from latentsweep.resources import memory_shortfall
 
 PART_CPUS = 0.1  # CPUs an index part reserves: it searches only while a query actor waits on it
@@ -43,8 +43,9 @@ class QueryEngine:
         return self.index.manifest
 
     def search(self, vectors: np.ndarray, k: int, exclude_ids: np.ndarray | None = None):
-        """Raw pooled vectors -> (scores, ids, labels) of the top-k; ``exclude_ids[i]`` (a query's own
-        id, for leave-one-out) is dropped from row i once, and only that id."""
+        """Raw pooled vectors -> (scores, ids, labels) of the top-k references, a reference and its
+        processed copies counting as one (its best hit); ``exclude_ids[i]`` (a query's own id, for
+        leave-one-out) is dropped from row i with its copies, and nothing else."""
         scores, ids = self.search_ids(vectors, k, exclude_ids)
         return scores, ids, self.references.labels(ids)
 
@@ -52,10 +53,9 @@ class QueryEngine:
         """:meth:`search` without the labels: (scores, ids) of the top-k."""
         prepared = self.index.prepare(np.asarray(vectors, dtype=np.float32))
         extra = 1 if exclude_ids is not None else 0
-        scores, ids = self.search_prepared(prepared, k + extra)
-        if exclude_ids is not None:
-            scores, ids = drop_self(scores, ids, exclude_ids, k)
-        return scores, ids
+        scores, ids = self.search_prepared(prepared, (k + extra) * (1 + self.manifest.copies_per_source))
+        exclude = self.references.sources(exclude_ids) if exclude_ids is not None else None
+        return collapse(scores, ids, self.references.sources(ids), exclude, k)
 
     def search_prepared(self, prepared: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of already normalised vectors over this engine's shards, or over its parts."""
@@ -72,17 +72,6 @@ class QueryEngine:
     def contains(self, ids: np.ndarray) -> np.ndarray:
         """Whether each id is a reference of this index."""
         return self.references.contains(ids)
-
-
-def drop_self(scores: np.ndarray, ids: np.ndarray, own: np.ndarray, k: int):
-    """Remove each row's own id (first occurrence) and keep k columns."""
-    keep = np.ones_like(ids, dtype=bool)
-    is_self = ids == own[:, None]
-    first = np.argmax(is_self, axis=1)
-    rows = np.flatnonzero(is_self.any(axis=1))
-    keep[rows, first[rows]] = False
-    keep[~is_self.any(axis=1), -1] = False  # no self-match: drop the extra last column instead
-    return scores[keep].reshape(len(ids), -1)[:, :k], ids[keep].reshape(len(ids), -1)[:, :k]
 
 
 def set_threads(threads: int) -> None:

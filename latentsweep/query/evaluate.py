@@ -1,5 +1,6 @@
 """The paper's protocol on a labelled set: every labelled image queries the index, the self-match
-(the query's own id, nothing else) is discarded, and Top-1, Precision@10, mAP@10 (the paper's: AP over
+(the query's own id with its processed copies, nothing else: a reference and its copies count as
+one) is discarded, and Top-1, Precision@10, mAP@10 (the paper's: AP over
 the top 10, divided by the hits found there) and Top-1 Type are reported overall, by family (Table 2's
 shape) and by label (Table 3's shape), with the full-ranking mAP beside them and a confusion matrix
 (definitions: :mod:`latentsweep.query.metrics`).
@@ -26,6 +27,7 @@ import numpy as np
 from latentsweep import storage
 from latentsweep.errors import UsageError
 from latentsweep.index import reader
+from latentsweep.ingest import augment
 from latentsweep.query import metrics
 from latentsweep.query.actor import QueryEngine
 
@@ -48,14 +50,16 @@ def sample_keys(ids: np.ndarray, seed: int = SAMPLE_SEED) -> np.ndarray:
 
 def choose_queries(files: list[str], sample: int | None, seed: int = SAMPLE_SEED) -> tuple[np.ndarray | None, int]:
     """(sorted ids of the sampled labelled queries, or None for all of them; labelled queries in all).
-    Reads only ``id`` and ``label``; holds at most ``sample`` + one file's ids."""
+    Reads only ``id``, ``uri`` and ``label``; holds at most ``sample`` + one file's ids. Processed copies
+    of references (ingest/augment.py) are never queries."""
     if sample == 0:
         return None, -1
     best_keys, best_ids, labelled = np.zeros(0, np.uint64), np.zeros(0, np.int64), 0
     limit = sample or DEFAULT_SAMPLE
     for uri in files:
-        table = storage.read_table(uri, columns=["id", "label"])
-        ids = table.column("id").to_numpy()[table.column("label").is_valid().to_numpy()]
+        table = storage.read_table(uri, columns=["id", "uri", "label"])
+        ids = table.column("id").to_numpy()
+        ids = ids[table.column("label").is_valid().to_numpy() & _originals(ids, table.column("uri").to_pylist())]
         labelled += len(ids)
         keys = np.concatenate([best_keys, sample_keys(ids, seed)])
         ids = np.concatenate([best_ids, ids])
@@ -66,6 +70,11 @@ def choose_queries(files: list[str], sample: int | None, seed: int = SAMPLE_SEED
     if (sample is None and labelled <= SAMPLE_ABOVE) or len(best_ids) == labelled:
         return None, labelled
     return np.sort(best_ids), labelled
+
+
+def _originals(ids: np.ndarray, uris: list[str]) -> np.ndarray:
+    """Which rows are not processed copies of a reference."""
+    return augment.source_ids(ids, uris) == ids
 
 
 def evaluate(index_uri: str, out: str, queries: list[str] | None = None, engine: QueryEngine | None = None,
@@ -107,7 +116,9 @@ def evaluate(index_uri: str, out: str, queries: list[str] | None = None, engine:
     searched = (f"{len(parts)} index parts (Ray actors holding every {len(parts)}-th shard), merged by score"
                 if parts else "one process")
     placement = engine.index.placement.reason if engine.index.placement and not parts else None
-    result["protocol"] = {"self_match": "discarded (the query's own id only)",
+    result["protocol"] = {"self_match": "discarded (the query's own id only)" if not manifest.copies_per_source
+                          else "discarded (the query's own id and its processed copies)",
+                          "copies_per_source": manifest.copies_per_source,
                           "map_ranking": "whole reference set" if exhaustive else f"truncated at {depth}",
                           "reference_vectors": manifest.vectors, "index_type": manifest.index_spec,
                           "features": manifest.features, "codec": manifest.codec,
@@ -126,9 +137,10 @@ def _search(engine: QueryEngine, manifest, files: list[str], chosen: np.ndarray 
     labels, rows = [], []
     chunk = max(1, QUERY_CHUNK_CELLS // max(depth, 1))
     for uri in files:
-        batch = reader.read_columns(uri, list(manifest.columns))
+        batch = reader.read_columns(uri, list(manifest.columns), with_uri=True)
         query_labels = batch.metadata.column("label").to_pylist()
         keep = np.array([label is not None for label in query_labels], dtype=bool)
+        keep &= _originals(batch.ids, batch.metadata.column("uri").to_pylist())
         if chosen is not None:
             keep &= np.isin(batch.ids, chosen)
         if not keep.any():
