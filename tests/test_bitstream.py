@@ -1,9 +1,11 @@
-"""Bitstreams: the .jai container, rate against the model's estimate, exact latents and
-pixels after decoding, refusal of damaged files (fuzzed), compress/decompress jobs on real Ray, and
-bitstreams as an ingest source whose vectors equal those of the original images."""
+"""Bitstreams: the .jai container and its forensic field, rate against the model's estimate, exact
+latents and pixels after decoding, refusal of damaged files (fuzzed), compress/decompress jobs on real
+Ray, and bitstreams as an ingest source whose vectors equal those of the original images (the pixel
+descriptors within their 8-bit quantisation)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import subprocess
@@ -19,7 +21,7 @@ from PIL import Image
 
 from processes import local_env
 from latentsweep import storage
-from latentsweep.bitstream import container
+from latentsweep.bitstream import container, forensic
 from latentsweep.bitstream.codec import BitstreamCodec, bits_per_pixel
 from latentsweep.bitstream.container import BitstreamError
 from latentsweep.codec.embed import Embedder
@@ -27,6 +29,7 @@ from latentsweep.codec.settings import EmbedSettings
 from latentsweep.compress import CodecJob, output_name, run as run_codec
 from latentsweep.ingest.decode import Fetched
 from latentsweep.ingest.run import IngestJob, run as run_ingest
+from latentsweep.schema import DESCRIPTORS
 from latentsweep_lab import photos
 
 SELECTED = EmbedSettings(feature_set="selected", device="cpu")
@@ -53,8 +56,71 @@ def test_container_round_trip_and_layout(small):
     assert (bitstream.height, bitstream.width, bitstream.codec) == (72, 80, "jpegai-bop")
     assert bitstream.source_id == container.source_id("v1") and bitstream.adapters_id == b""
     assert len(bitstream.streams) == 4 and container.pack(bitstream) == small[1]
-    assert small[1][:8] == b"\x8aLSJAI\r\n" and small[1][8] == container.FORMAT_VERSION
+    assert small[1][:8] == b"\x8aLSJAI\r\n" and small[1][8] == container.FORMAT_VERSION == 2
+    assert small[1][9] == container.FORENSIC_FLAG
     assert struct.unpack("<I", small[1][-4:])[0] == zlib.crc32(small[1][:-4])
+    assert forensic.versions(bitstream) == {name: version for name, (_, version) in DESCRIPTORS.items()}
+
+
+# what docs/bitstreams.md ("The forensic field") says each descriptor costs, and the field's 7 bytes of framing
+FIELD_BYTES = {"fingerprint": 275, "residual_spectrum": 62, "self_description": 562}
+
+
+def test_forensic_field_bytes_per_descriptor_are_the_documented_ones(small):
+    bitstream = container.unpack(small[1])
+    bare = len(container.pack(dataclasses.replace(bitstream, descriptors={})))
+    assert len(small[1]) - bare == 7 + sum(FIELD_BYTES.values()) == 906
+    for name, (dimension, version) in DESCRIPTORS.items():
+        alone = dataclasses.replace(bitstream, descriptors={name: bitstream.descriptors[name]})
+        assert len(container.pack(alone)) - bare - 7 == FIELD_BYTES[name]
+        assert FIELD_BYTES[name] == 1 + len(name) + 1 + len(version) + 2 + 8 + dimension  # the layout's sum
+
+
+def test_forensic_field_holds_the_original_pixels_descriptors_to_8_bits(small):
+    from latentsweep.descriptors import describe
+
+    carried = forensic.carried(container.unpack(small[1]), DESCRIPTORS)
+    for name, vector in describe(small[0]).items():
+        step = (vector.max() - vector.min()) / 255
+        assert np.abs(carried[name] - vector).max() <= step / 2 * 1.001, name
+    flat = forensic.values(forensic.quantise("1", np.full(5, 0.25, np.float32)))
+    assert np.array_equal(flat, np.full(5, 0.25, np.float32))
+
+
+def version_1(data: bytes) -> bytes:
+    """A file without a forensic field as latentsweep wrote it before the field (format version 1):
+    the same bytes but the version and the CRC."""
+    bitstream = container.unpack(data)
+    body = container.pack(dataclasses.replace(bitstream, descriptors={}))[:-4]
+    body = body[:8] + b"\x01" + body[9:]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def damaged_field(data: bytes) -> bytes:
+    """``data`` with one code of its forensic field changed and the file's CRC made to match again:
+    only the field's own CRC-32 can see it."""
+    bitstream = container.unpack(data)
+    name = next(iter(bitstream.descriptors))
+    codes = bytes(bitstream.descriptors[name].codes)
+    at = data.index(codes)
+    body = data[:at] + bytes([codes[0] ^ 0x01]) + data[at + 1:-4]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_version_1_files_decode_without_a_field_and_damaged_fields_are_refused(codec, small):
+    old = version_1(small[1])
+    assert old[8] == 1 and container.unpack(old).descriptors == {}
+    decoded, _ = codec.latents(old)
+    expected, _ = codec.latents(small[1])
+    assert all(torch.equal(decoded[name], expected[name]) for name in expected)
+    with pytest.raises(BitstreamError, match="forensic field fails its CRC-32") as caught:
+        container.unpack(damaged_field(small[1]))
+    assert caught.value.error_type == "bad_bitstream"
+    # a field whose CRC holds but whose vector has another dimension at this latentsweep's version
+    other = container.unpack(small[1])
+    other.descriptors["residual_spectrum"].codes = bytes(3)
+    with pytest.raises(BitstreamError, match="residual_spectrum .* 3 values, not 32"):
+        codec.latents(container.pack(other))
 
 
 def test_foreign_versions_and_damaged_files_are_refused_with_a_reason(codec, small):
@@ -62,8 +128,8 @@ def test_foreign_versions_and_damaged_files_are_refused_with_a_reason(codec, sma
     with pytest.raises(BitstreamError, match="no .jai magic"):
         codec.latents(b"\x89PNG\r\n\x1a\n" + data[8:])
     newer = bytearray(data)
-    newer[8] = 2
-    with pytest.raises(BitstreamError, match="format version 2"):
+    newer[8] = 3
+    with pytest.raises(BitstreamError, match="format version 3"):
         codec.latents(bytes(newer))
     with pytest.raises(BitstreamError, match="truncated") as caught:
         codec.latents(data[:40])
@@ -130,13 +196,14 @@ def test_fuzz_foreign_bytes(codec, data):
 # ---- rate and exactness on the held-out photos ------------------------------------------------
 
 def test_held_out_rate_exact_latents_and_pixels(codec):
-    """Measured bpp (the whole file) within 3% of the model's estimate on every held-out photo; the
-    decoded latents equal the model's own to the bit; decompressed pixels equal its reconstruction."""
+    """Measured bpp (the whole file, without the forensic field: a constant apart from the latents) within
+    3% of the model's estimate on every held-out photo; the decoded latents equal the model's own to the
+    bit; decompressed pixels equal its reconstruction."""
     model = codec.model
     for name in photos.HELD_OUT:
         image = photos.load(name)
         height, width = image.shape[:2]
-        data, tensors = codec.compress(image, "v1")
+        data, tensors = codec.compress(image, "v1", descriptors=False)
         with torch.inference_mode():
             estimated = model.bits(tensors).item() / (height * width)
         measured = bits_per_pixel(data, height, width)
@@ -239,23 +306,53 @@ def test_compress_resume_decompress_and_ingest_bitstreams(corpus, tmp_path, ray_
     again = run_codec(CodecJob("decompress", str(bits), str(pngs), device="cpu", quiet=True))
     assert (again.written, again.already_done) == (0, 3)
 
-    # ingest: the bitstreams as a source, against the original images
+    # ingest: the bitstreams as a source, against the original images; beside them the same file as
+    # version 1 wrote it (no field), one whose field records another residual_spectrum version, and one
+    # whose field was damaged
     (bits / "sd" / "junk.jai").write_bytes(b"not a bitstream")
+    coded = (bits / "sd" / "b.jai").read_bytes()
+    (bits / "sd" / "old.jai").write_bytes(version_1(coded))
+    stale = container.unpack(coded)
+    stale.descriptors["residual_spectrum"].version = "0"
+    (bits / "sd" / "stale.jai").write_bytes(container.pack(stale))
+    (bits / "sd" / "damaged.jai").write_bytes(damaged_field(coded))
     run_ingest(IngestJob(str(bits), str(tmp_path / "emb-bits"), SELECTED, shard_size=8, quiet=True))
     run_ingest(IngestJob(str(corpus), str(tmp_path / "emb-img"), SELECTED, shard_size=8, quiet=True))
     rows_bits, errors_bits = _rows(tmp_path / "emb-bits", bits)
     rows_img, _ = _rows(tmp_path / "emb-img", corpus)
-    assert sorted(rows_bits) == ["gan/c", "sd/b", "sd/night/a"]
-    assert errors_bits == {"sd/junk": "bad_bitstream"}
+    assert sorted(rows_bits) == ["gan/c", "sd/b", "sd/night/a", "sd/old", "sd/stale"]
+    assert errors_bits == {"sd/junk": "bad_bitstream", "sd/damaged": "bad_bitstream"}
+    assert all(rows_bits[key][name] is not None for key in ("gan/c", "sd/b", "sd/night/a") for name in DESCRIPTORS)
+    assert all(rows_bits["sd/old"][name] is None for name in DESCRIPTORS)
+    assert rows_bits["sd/stale"]["residual_spectrum"] is None and rows_bits["sd/stale"]["fingerprint"] is not None
     for key, row in rows_bits.items():
-        image_row = rows_img["gan/c.png" if key == "gan/c" else key]  # listed first, c.png won the name c.jai
-        assert row["source"] == "bitstream" and row["fingerprint"] is None and row["residual_spectrum"] is None
-        assert image_row["source"] == "image" and image_row["fingerprint"] is not None
+        image_row = rows_img["gan/c.png" if key == "gan/c" else {"sd/old": "sd/b", "sd/stale": "sd/b"}.get(key, key)]
+        assert row["source"] == "bitstream" and image_row["source"] == "image"
+        for name in DESCRIPTORS:  # from the field: the original pixels' descriptors, to 8 bits a value
+            if row[name] is not None:
+                ingested = np.asarray(image_row[name], np.float32)
+                step = (ingested.max() - ingested.min()) / 255
+                np.testing.assert_allclose(row[name], ingested, rtol=0, atol=step / 2 * 1.001 + 1e-5,
+                                           err_msg=f"{key} {name}")
         assert (row["width"], row["height"]) == (image_row["width"], image_row["height"])
         assert (row["codec"], row["weights_digest"]) == (image_row["codec"], image_row["weights_digest"])
         for column in ("y_hat_luma", "y_hat_chroma", "residual_luma", "residual_chroma",
                        "residual_quant_luma", "residual_quant_chroma"):
             np.testing.assert_allclose(row[column], image_row[column], atol=1e-5, err_msg=f"{key} {column}")
+
+
+def test_compress_keeps_an_output_only_with_the_forensic_field_it_would_write(small, tmp_path):
+    """Resume: a file without the field is redone by a run that writes one, and the other way round."""
+    from latentsweep.compress import CodecWorker
+
+    source, target = tmp_path / "a.png", str(tmp_path / "out" / "a.jai")
+    Image.fromarray(small[0]).save(source)
+    version = storage.info(str(source)).version
+    workers = {field: CodecWorker("compress", None, "cpu", 1, 10**6, 16, False, descriptors=field)
+               for field in (True, False)}
+    for field, status in ((True, "written"), (True, "done"), (False, "written"), (False, "done"), (True, "written")):
+        assert workers[field].one(str(source), version, target)["status"] == status, (field, status)
+        assert bool(container.unpack(Path(target).read_bytes()).descriptors) == field
 
 
 def _rows(out: Path, root: Path) -> tuple[dict, dict]:
