@@ -169,15 +169,9 @@ def load_reference(model: BopCodec, checkpoint: str | Path | dict, luma_prefix: 
 
 # -- adapters (codec/adapters.py): their own checkpoint and sidecar, verified the same way --------
 
-DEFAULT_ADAPTERS = Path(__file__).parent / "weights" / "sfma-default.pt"
-ADAPTERS_DEFAULT_NAME = "default"
-
-
 def adapters_path(spec: str | Path | None) -> Path | None:
-    """``None``: no adapters; ``"default"``: the shipped ones; else a checkpoint path."""
-    if spec is None or str(spec) == "":
-        return None
-    return DEFAULT_ADAPTERS if str(spec) == ADAPTERS_DEFAULT_NAME else Path(spec)
+    """``None`` (or ""): no adapters; else an adapter checkpoint's path. None ship with latentsweep."""
+    return None if spec is None or str(spec) == "" else Path(spec)
 
 
 def save_adapters(adapters, path: str | Path, meta: dict) -> str:
@@ -187,13 +181,22 @@ def save_adapters(adapters, path: str | Path, meta: dict) -> str:
 
 
 def _verified_adapters(spec: str | Path | None) -> tuple[Path, bytes, str, dict] | None:
-    """:func:`_verified` of the adapters ``spec`` names, or ``None`` without adapters."""
+    """:func:`_verified` of the adapters ``spec`` names, or ``None`` without adapters. Only SFMA adapters
+    are: a card without ``sfma`` or with a trace writer (``trace_code``) names a model latentsweep no
+    longer runs, and the digest it would give (:func:`combined_digest`) says ``sfma``."""
     path = adapters_path(spec)
     if path is None:
         return None
     if not path.exists():
         raise WeightsError(f"adapters not found: {path}")
-    return _verified(path)
+    verified = _verified(path)
+    meta = verified[3].get("meta", {})
+    if not meta.get("sfma", True) or meta.get("trace_code", 0):
+        raise WeightsError(f"{path.name} is no SFMA adapter set (its card: sfma {meta.get('sfma', True)}, trace_code "
+                           f"{meta.get('trace_code', 0)}): a trace writer, which latentsweep no longer runs (a .jai "
+                           "carries the original pixels' descriptors in its forensic field instead); pass SFMA "
+                           "adapters, or none")
+    return verified
 
 
 def adapters_digest(spec: str | Path | None) -> str | None:
@@ -203,8 +206,9 @@ def adapters_digest(spec: str | Path | None) -> str | None:
 
 
 def combined_digest(weights_digest: str, adapters: str | None) -> str:
-    """The embedding space's weights digest: the codec's alone, or ``<codec>+sfma-<adapters[:16]>``,
-    so vectors made with and without adapters (or with other adapters) never share an index."""
+    """The embedding space's weights digest: the codec's alone, or ``<codec>+sfma-<adapters[:16]>``
+    (every loadable adapter set is SFMA, :func:`_verified_adapters`), so vectors made with and without
+    adapters (or with other adapters) never share an index."""
     return weights_digest if adapters is None else f"{weights_digest}+sfma-{adapters[:16]}"
 
 
@@ -225,10 +229,7 @@ def load_adapters(spec: str | Path | None, weights_digest: str | None = None):
         raise WeightsError(f"adapters {path.name} were trained on codec weights {base[:12]}..., not the loaded "
                            f"{weights_digest[:12]}...: pass the --weights they were trained with")
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    adapters = AdapterSet(int(meta.get("bottleneck", 16)), bool(meta.get("sfma", True)), int(meta.get("trace_code", 0)))
-    if adapters.trace is not None:  # writers saved before the pull existed write a pure offset, as they did
-        fresh = adapters.trace.state_dict()
-        state.update({f"trace.{name}": fresh[name] for name in ("centre", "pull") if f"trace.{name}" not in state})
+    adapters = AdapterSet(int(meta.get("bottleneck", 16)))
     try:
         adapters.load_state_dict(state)
     except RuntimeError as error:

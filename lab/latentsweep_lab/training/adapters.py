@@ -1,19 +1,17 @@
-"""Training of the adapters (``codec/adapters.py``) on a frozen codec: the trace writer, then the SFMA.
+"""Training of the SFMA adapters (``codec/adapters.py``) on a frozen codec.
 
 Only the adapters learn, from random crops of the codec's training photos rendered through random
-formation recipes (``codec/formation.py``: resampling kernels and factors, transposed convolutions,
-blurs, noise; none of them an evaluation corpus's software or generator).
+formation recipes (``training/formation.py``: resampling kernels and factors, transposed convolutions,
+blurs, noise; none of them an evaluation corpus's software or generator). They train ``steps`` steps of
+``recipes`` x ``per_recipe`` crops on
 
-- The trace writer (``trace_code`` > 0) is fitted first: ``codec/train_trace.py``.
-- The SFMA (``steps`` > 0) then train ``recipes`` x ``per_recipe`` crops a step on
+    forensic + guard * (relu(rate / base_rate - 1 - rate_margin) + relu(mse / base_mse - 1 - mse_margin))
 
-      forensic + guard * (relu(rate / base_rate - 1 - rate_margin) + relu(mse / base_mse - 1 - mse_margin))
-
-  forensic: the supervised contrastive loss over the pooled ``y_hat`` (the ``2lat`` vector, z-scored by
-  running statistics and L2-normalised, as the index sees it): crops made by the same recipe attract,
-  others repel. The guard compares, image by image on ``guard_images`` images of the batch, the estimated
-  rate and the RGB MSE of the unchanged decoder's reconstruction with and without the adapters; inside
-  the margins it costs nothing, beyond them it dominates.
+forensic: the supervised contrastive loss over the pooled ``y_hat`` (the ``2lat`` vector, z-scored by
+running statistics and L2-normalised, as the index sees it): crops made by the same recipe attract,
+others repel. The guard compares, image by image on ``guard_images`` images of the batch, the estimated
+rate and the RGB MSE of the unchanged decoder's reconstruction with and without the adapters; inside
+the margins it costs nothing, beyond them it dominates.
 
 Then :func:`calibrate` shrinks what the adapters add until larger crops of the training photos stay
 within the limits, and the rate and PSNR on the held-out photos are measured and written to the card.
@@ -28,16 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latentsweep_lab import photos
 from latentsweep.codec import weights
-from latentsweep_lab.training import formation
 from latentsweep.codec.adapters import BOTTLENECK, AdapterSet, parameter_count
-from latentsweep_lab.training.trace import photo_crops, pooled, quality, supervised_contrastive, train_trace
+from latentsweep_lab import photos
+from latentsweep_lab.training import formation
+from latentsweep_lab.training.trace import pooled, quality
 
 
 @dataclass
 class AdapterTrainSettings:
-    steps: int = 0            # SFMA steps (0: no SFMA modules; under the guard they learned nothing, see docs/research.md)
+    steps: int = 300          # the length of the runs in docs/research.md (under the guard they learned nothing)
     recipes: int = 8          # formation recipes a batch
     per_recipe: int = 3       # crops per recipe (the positives)
     crop: int = 64
@@ -48,22 +46,11 @@ class AdapterTrainSettings:
     mse_margin: float = 0.06  # 0.25 dB
     guard_images: int = 8
     bottleneck: int = BOTTLENECK
-    trace_code: int = 128     # channels of y the trace writer writes (0: no trace writer)
-    trace_recipes: int = 1500
-    trace_crops: int = 8      # crops per recipe
-    trace_side: int = 128
-    trace_steps: int = 5000
-    trace_batch: int = 32     # recipes a detector batch
-    trace_temperature: float = 0.5
-    trace_amplitude: float = 1.0  # x the channel's spread of GAP(y)
-    trace_pull: float = 0.25  # share of the way a written channel's GAP(y) is pulled to its mean
-    probe: int = 8            # training-photo crops that price each channel of y
-    probe_side: int = 256
     seed: int = 0
     weights: str | None = None  # the frozen codec (None: the shipped weights)
     log_every: int = 50
     evaluate: bool = True       # calibrate and measure the held-out photos (the card); off in tests
-    max_seconds: float | None = None  # stop SFMA training early after this long (the card records the steps done)
+    max_seconds: float | None = None  # stop training early after this long (the card records the steps done)
 
 
 def batch(settings: AdapterTrainSettings, sources: list[np.ndarray], rng: np.random.Generator):
@@ -85,9 +72,34 @@ def _rate_mse(model, exported: dict, rgb: torch.Tensor) -> tuple[torch.Tensor, t
     return model.bits(exported) / (rgb.shape[-1] * rgb.shape[-2]), (reconstruction - rgb).square().mean(dim=(1, 2, 3))
 
 
-# what scales the adapters' contribution (all start at zero): SFMA's last layers, the writer's amplitude
-OUTPUT_LAYERS = ("spatial.out.weight", "spatial.out.bias", "frequency.linear.weight", "frequency.linear.bias",
-                 "trace.amplitude")
+def photo_crops(side: int) -> list[torch.Tensor]:
+    """Three ``side``-pixel crops (corners and centre) of every TRAINING photo at least that large, each
+    (1, 3, side, side) in [0, 1]. The held-out photos are never used."""
+    crops = []
+    for name in photos.names("train"):
+        image = photos.load(name)
+        if min(image.shape[:2]) < side:
+            continue
+        for top, left in ((0, 0), ((image.shape[0] - side) // 2, (image.shape[1] - side) // 2),
+                          (image.shape[0] - side, image.shape[1] - side)):
+            crops.append(torch.from_numpy(np.ascontiguousarray(image[top:top + side, left:left + side]))
+                         .permute(2, 0, 1)[None].float().div(255.0))
+    return crops
+
+
+def supervised_contrastive(vectors: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over anchors of -log(sum over positives / sum over all others) of exp(cos / t) (Khosla et
+    al. 2020), on L2-normalised ``vectors``."""
+    logits = vectors @ vectors.T / temperature
+    eye = torch.eye(len(labels), dtype=torch.bool, device=vectors.device)
+    logits = logits.masked_fill(eye, -1e9)
+    positives = (labels[:, None] == labels[None, :]) & ~eye
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    return -(log_prob * positives).sum(1).div(positives.sum(1).clamp_min(1)).mean()
+
+
+# what scales the adapters' contribution (all start at zero): SFMA's last layers
+OUTPUT_LAYERS = ("spatial.out.weight", "spatial.out.bias", "frequency.linear.weight", "frequency.linear.bias")
 SHRINK = (1.0, 0.75, 0.6, 0.5, 0.4, 0.3, 0.2)
 
 
@@ -148,7 +160,7 @@ def train_sfma(model, adapters: AdapterSet, settings: AdapterTrainSettings, sour
                rng: np.random.Generator, progress=print) -> list[tuple[float, float, float]]:
     """The SFMA's guarded metric learning (module docstring); returns (forensic, rate ratio, MSE ratio) a step."""
     sources = [image for image in sources if min(image.shape[:2]) >= 4 * settings.crop]
-    trained = [p for name, p in adapters.named_parameters() if not name.startswith("trace.")]
+    trained = list(adapters.parameters())
     optimiser = torch.optim.Adam(trained, lr=settings.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, settings.steps)
     mean = std = None
@@ -193,19 +205,18 @@ def train_sfma(model, adapters: AdapterSet, settings: AdapterTrainSettings, sour
 
 
 def train(settings: AdapterTrainSettings, out: str, progress=print) -> dict:
-    if settings.steps <= 0 and settings.trace_code <= 0:
-        raise ValueError("nothing to train: give SFMA steps or trace writer channels")
+    if settings.steps <= 0:
+        raise ValueError("nothing to train: give SFMA steps above 0")
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     model, base_digest, _ = weights.load(settings.weights)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    adapters = AdapterSet(settings.bottleneck, sfma=settings.steps > 0, trace_code=settings.trace_code)
+    adapters = AdapterSet(settings.bottleneck)
     adapters.attach(model)
     sources = [photos.load(name) for name in photos.names("train")]
     started = time.monotonic()
-    trace = train_trace(model, adapters, settings, sources, rng, progress) if adapters.trace is not None else None
-    history = train_sfma(model, adapters, settings, sources, rng, progress) if settings.steps else []
+    history = train_sfma(model, adapters, settings, sources, rng, progress)
     seconds = round(time.monotonic() - started, 1)
     adapters.eval()
     calibration = calibrate(model, adapters, progress=progress) if settings.evaluate else None
@@ -214,14 +225,12 @@ def train(settings: AdapterTrainSettings, out: str, progress=print) -> dict:
         progress(f"held-out photos: {held_out['base']['psnr_db']:.2f} dB / {held_out['base']['bpp']:.3f} bpp "
                  f"without, {held_out['adapted']['psnr_db']:.2f} dB / {held_out['adapted']['bpp']:.3f} bpp with adapters")
     meta = {"kind": "sfma-adapters", "base_weights_sha256": base_digest, "bottleneck": settings.bottleneck,
-            "sfma": adapters.sfma, "trace_code": settings.trace_code,
-            "points": ("trace writer: reads luma act1, writes y of both branches; " if trace else "")
-            + ("SFMA after act1, act2, act3 of the luma and chroma analysis transforms" if adapters.sfma else ""),
+            "sfma": True, "points": "SFMA after act1, act2, act3 of the luma and chroma analysis transforms",
             "parameters": parameter_count(adapters), "training": asdict(settings),
             "training_data": "random crops of photos.names('train') through random formation recipes "
                              "(lab/latentsweep_lab/training/formation.py); no evaluation corpus's software or generator",
-            "trace": trace, "calibration": calibration, "held_out": held_out, "train_seconds": seconds,
+            "calibration": calibration, "held_out": held_out, "train_seconds": seconds,
             "steps_done": len(history), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "loss_last": [float(v) for v in np.mean(history[-settings.log_every:], axis=0)] if history else None}
+            "loss_last": [float(v) for v in np.mean(history[-settings.log_every:], axis=0)]}
     meta["sha256"] = weights.save_adapters(adapters, out, meta)
     return meta
