@@ -49,7 +49,7 @@ class CodecJob:
     overwrite: bool = False
     quiet: bool = False
     address: str | None = None
-    adapters: str | None = None  # compress: analysis-transform adapters in the encoder ("default": the trace writer, or a path); the decoder has none
+    adapters: str | None = None  # compress: SFMA adapters in the encoder (a checkpoint path); the decoder has none
     descriptors: bool = True  # compress: the original pixels' descriptors in each file's forensic field
 
 
