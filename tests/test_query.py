@@ -16,9 +16,9 @@ from sklearn.metrics import average_precision_score
 from latentsweep_lab.zoo.embeddings import DIMS, clustered, write_ingest_output
 from latentsweep import schema, storage
 from latentsweep.index.build import IndexJob, build
-from latentsweep.index.shards import ShardedIndex
+from latentsweep.index.shards import ShardedIndex, collapse
 from latentsweep.query import metrics
-from latentsweep.query.actor import QueryEngine, drop_self, query_actor, start_parts
+from latentsweep.query.actor import QueryEngine, query_actor, start_parts
 from latentsweep.query.evaluate import evaluate
 from latentsweep.query.pull import pull
 from latentsweep.query.sweep import SweepJob, sweep
@@ -195,10 +195,10 @@ def test_tables_show_the_papers_metrics_then_vote_and_full_map_each_named():
     assert "- mAP@10: AP over the top 10" in text and "- mAP full (/ all relevant): AP over" in text
 
 
-def test_drop_self_removes_only_the_own_id():
+def test_leaving_one_out_removes_only_the_own_id():
     ids = np.array([[5, 7, 9], [3, 5, 8]])
     scores = np.array([[1.0, 0.9, 0.8], [0.99, 0.97, 0.5]])
-    kept_scores, kept = drop_self(scores, ids, np.array([5, 4]), 2)
+    kept_scores, kept = collapse(scores, ids, ids, np.array([5, 4]), 2)  # no copies: each id its own source
     assert kept.tolist() == [[7, 9], [3, 5]]
     assert kept_scores.tolist() == [[0.9, 0.8], [0.99, 0.97]]
 

@@ -61,7 +61,7 @@ def collapse(scores: np.ndarray, ids: np.ndarray, sources: np.ndarray, exclude: 
     keep &= ~later
     first = np.argsort(~keep, axis=1, kind="stable")[:, :k]
     kept = np.take_along_axis(keep, first, axis=1)
-    top_scores = np.where(kept, np.take_along_axis(scores, first, axis=1), -np.inf).astype(np.float32)
+    top_scores = np.where(kept, np.take_along_axis(scores, first, axis=1), -np.inf)
     top_ids = np.where(kept, np.take_along_axis(ids, first, axis=1), MISSING)
     if top_ids.shape[1] < k:
         pad = k - top_ids.shape[1]

@@ -77,7 +77,7 @@ def _valid(steps: str) -> bool:
     try:
         for step in steps.split("+"):
             _parse(step)
-    except (ValueError, IndexError):
+    except (KeyError, ValueError):
         return False
     return True
 
