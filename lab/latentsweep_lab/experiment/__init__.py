@@ -51,13 +51,12 @@ class ExperimentSettings:
     software_jpeg: tuple[int, int] = (80, 95)  # JPEG variant: a quality drawn per image in this range
     controlled_features: tuple[str, ...] = CONTROLLED_FEATURES
     controlled: tuple[str, ...] = ()  # the controlled corpora to run (names of CONTROLLED; empty: all)
-    robustness_references: int = 20  # references per class copied under every condition (augmented rows)
 
     @classmethod
     def quick(cls) -> "ExperimentSettings":
         """Tiny sizes: every table, in a few minutes (tests, a first look)."""
         return cls(size=128, per_class=6, per_generator=12, queries_per_generator=6, software_size=96,
-                   software_per_class=8, software_queries_per_class=4, robustness_references=2)
+                   software_per_class=8, software_queries_per_class=4)
 
 
 def run(out: Path, settings: ExperimentSettings = ExperimentSettings(), log=print) -> dict:
