@@ -43,47 +43,27 @@ def train_codec(
 
 def train_adapters(
     out: Annotated[Path, typer.Option(help="Adapter checkpoint to write (a .json checksum file goes beside it).")],
-    trace_code: Annotated[int, typer.Option(
-        help="Channels of y the trace writer writes its formation code into (0: no trace writer).")] = 128,
-    trace_recipes: Annotated[int, typer.Option(help="Random formation recipes the trace detector learns from.")] = 1500,
-    trace_steps: Annotated[int, typer.Option(help="Trace detector optimiser steps.")] = 5000,
-    trace_amplitude: Annotated[float, typer.Option(
-        help="The code's amplitude in each channel, x the channel's spread of GAP(y) (calibration may lower it).")] = 1.0,
-    trace_pull: Annotated[float, typer.Option(
-        help="Share of the way each written channel's GAP(y) is pulled to its mean over the training photos "
-             "(0: the code is a pure offset; the content's own variation there is noise around it).")] = 0.25,
     steps: Annotated[int, typer.Option(
-        help="SFMA optimiser steps (cosine schedule; 0: no SFMA, which under the guard learned nothing: docs/research.md).")] = 0,
-    recipes: Annotated[int, typer.Option(help="SFMA: random formation recipes per step (the classes of a batch).")] = 8,
-    per_recipe: Annotated[int, typer.Option(help="SFMA: crops per recipe (the positives).")] = 3,
-    crop: Annotated[int, typer.Option(help="SFMA: crop side in pixels (a multiple of 64).")] = 64,
-    learning_rate: Annotated[float, typer.Option(help="SFMA: Adam learning rate (cosine-annealed).")] = 1e-3,
+        help="SFMA optimiser steps (cosine schedule; under the guard they learned nothing: docs/research.md).")] = 300,
+    recipes: Annotated[int, typer.Option(help="Random formation recipes per step (the classes of a batch).")] = 8,
+    per_recipe: Annotated[int, typer.Option(help="Crops per recipe (the positives).")] = 3,
+    crop: Annotated[int, typer.Option(help="Crop side in pixels (a multiple of 64).")] = 64,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate (cosine-annealed).")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, recipes and crops.")] = 0,
-    max_minutes: Annotated[Optional[float], typer.Option(help="Stop SFMA training after this long.")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this long.")] = None,
     weights: WeightsOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Train adapters into the frozen analysis transforms (CPU) on random synthetic formation recipes: the
-    trace writer (detects the formation, writes a code into cheap channels of y) and, with --steps,
-    SFMA (guarded metric learning); calibrates them to the guard and reports rate and PSNR on the held-out
+    """Train SFMA adapters into the frozen analysis transforms (CPU) on random synthetic formation recipes
+    (guarded metric learning); calibrates them to the guard and reports rate and PSNR on the held-out
     photos with and without them."""
     from latentsweep_lab.training.adapters import AdapterTrainSettings, train
 
     if crop % 64:
         raise typer.BadParameter("--crop must be a multiple of 64")
-    if trace_code < 0 or steps < 0 or trace_code == steps == 0:
-        raise typer.BadParameter("nothing to train: give --trace-code or --steps above 0")
-    if trace_code and (trace_recipes < 32 or trace_steps < 1):
-        raise typer.BadParameter("the trace detector needs --trace-recipes >= 32 (one batch) and --trace-steps >= 1")
-    if trace_code > 256:
-        raise typer.BadParameter(f"--trace-code is a number of channels of y (at most 256), got {trace_code}")
-    if not trace_amplitude > 0:
-        raise typer.BadParameter(f"--trace-amplitude must be above 0, got {trace_amplitude}")
-    if not 0 <= trace_pull <= 1:
-        raise typer.BadParameter(f"--trace-pull is a share of the way: it must be within [0, 1], got {trace_pull}")
-    meta = train(AdapterTrainSettings(steps, recipes, per_recipe, crop, learning_rate, trace_code=trace_code,
-                                      trace_recipes=trace_recipes, trace_steps=trace_steps,
-                                      trace_amplitude=trace_amplitude, trace_pull=trace_pull, seed=seed,
+    if steps < 1:
+        raise typer.BadParameter("nothing to train: give --steps above 0")
+    meta = train(AdapterTrainSettings(steps, recipes, per_recipe, crop, learning_rate, seed=seed,
                                       weights=str(weights) if weights else None,
                                       max_seconds=60 * max_minutes if max_minutes else None),
                  str(out), progress=typer.echo)
