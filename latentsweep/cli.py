@@ -181,7 +181,8 @@ FeatureSetOption = Annotated[str, typer.Option(
                           "(+ residual, residual_quant), all (every exported tensor). " + COLUMNS_HELP)]
 DescriptorsOption = Annotated[bool, typer.Option(
     help="Also store the pixel descriptors fingerprint (251 dims) and residual_spectrum (32, the classical "
-         "baseline), computed from the decoded images in the same pass (--no-descriptors: latents only).")]
+         "baseline), computed from the decoded images in the same pass; .jai rows read them from the file's "
+         "forensic field (--no-descriptors: latents only).")]
 PoolingOption = Annotated[str, typer.Option(
     "--pooling", help="gap (the paper's global average) or gap+std (adds per-channel std).")]
 WeightsOption = Annotated[Optional[str], typer.Option(
@@ -191,13 +192,14 @@ DeviceOption = Annotated[str, typer.Option(
 WaitForGpusOption = Annotated[float, typer.Option(
     "--wait-for-gpus", help="Seconds to wait for GPU nodes an autoscaler starts before exit 3.")]
 AdaptersOption = Annotated[Optional[str], typer.Option(
-    "--adapters", help="Adapters in the analysis transforms: 'default' (the shipped trace writer) or a .pt with its "
-                       ".json checksum; default: none. Their digest joins the weights digest of every row.")]
+    "--adapters", help="SFMA adapters in the analysis transforms: a .pt with its .json checksum (made by "
+                       "train-adapters; none ship); default: none. Their digest joins the weights digest of every "
+                       "row.")]
 
 
 def _adapters(value: Optional[str]) -> Optional[str]:
-    """'default', or a local path made absolute (Ray workers need not share the driver's directory)."""
-    if value in (None, "", "default") or "://" in value:
+    """A local path made absolute (Ray workers need not share the driver's directory)."""
+    if value in (None, "") or "://" in value:
         return value or None
     return str(Path(value).resolve())
 
@@ -262,11 +264,11 @@ def ingest(
 
 
 def _codec_job(mode: str, source: str, out: str, weights, device, workers, max_pixels, min_side, overwrite,
-               address, quiet, adapters=None) -> None:
+               address, quiet, adapters=None, descriptors=True) -> None:
     from latentsweep.compress import CodecJob, run
 
     summary = run(CodecJob(mode, source, out, weights, device, workers, max_pixels, min_side, overwrite, quiet,
-                           address, _adapters(adapters)))
+                           address, _adapters(adapters), descriptors))
     report_summary(mode, summary)
     raise typer.Exit(EXIT_ITEMS_FAILED if summary.failed else EXIT_OK)
 
@@ -282,6 +284,9 @@ def compress(
     max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = 64_000_000,
     min_side: Annotated[int, typer.Option(help="Refuse images whose shorter side is below this.")] = 16,
     overwrite: Annotated[bool, typer.Option(help="Redo every file instead of keeping valid outputs.")] = False,
+    descriptors: Annotated[bool, typer.Option(
+        help="Store the original pixels' descriptors in each file's forensic field (906 bytes a file) for "
+             "bitstream ingest.")] = True,
     address: AddressOption = None,
     quiet: QuietOption = False,
     config: ConfigOption = None,
@@ -292,7 +297,7 @@ def compress(
     Reruns keep outputs of the same input version. Exit code 1 when some inputs failed.
     """
     _codec_job("compress", source, out, weights, device, workers, max_pixels, min_side, overwrite, address, quiet,
-               adapters)
+               adapters, descriptors)
 
 
 @command()
@@ -419,9 +424,7 @@ def sweep(
              "every query batch is searched on all parts and merged.")] = 1,
     weights: WeightsOption = None,
     adapters: Annotated[Optional[str], typer.Option(
-        "--adapters", help="Analysis-transform adapters to embed image queries with: 'default' (the shipped trace "
-                           "writer) or a .pt; default: those the index was built with, when they are the shipped "
-                           "ones.")] = None,
+        "--adapters", help="SFMA adapters to embed image queries with (a .pt); default: none.")] = None,
     evidence: EvidenceOption = None,
     attribute_at: AttributeAtOption = ATTRIBUTE_AT,
     overwrite: Annotated[bool, typer.Option(help="Redo the whole partition.")] = False,

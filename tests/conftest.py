@@ -1,4 +1,5 @@
-"""Shared fixtures: a real SeaweedFS S3 server on 127.0.0.1 and one local Ray session per test run."""
+"""Shared fixtures: a real SeaweedFS S3 server on 127.0.0.1, one local Ray session per test run, and
+an SFMA checkpoint whose adapters move the latents (none ship)."""
 
 from __future__ import annotations
 
@@ -150,3 +151,24 @@ def ray_session(s3_server):
     resources = connect(num_cpus=2, quiet=True)
     yield resources
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def random_adapters(tmp_path_factory) -> str:
+    """SFMA with non-zero outputs (small random weights), saved as a verified checkpoint."""
+    import torch
+
+    from latentsweep.codec import weights
+    from latentsweep.codec.adapters import AdapterSet, FrequencyModulationAdapter, SpatialModulationAdapter
+
+    torch.manual_seed(1)
+    adapters = AdapterSet()
+    for module in adapters.modules():
+        if isinstance(module, SpatialModulationAdapter):
+            torch.nn.init.normal_(module.out.weight, std=0.02)
+        if isinstance(module, FrequencyModulationAdapter):
+            torch.nn.init.normal_(module.linear.weight, std=0.02)
+    path = tmp_path_factory.mktemp("adapters") / "random.pt"
+    weights.save_adapters(adapters, path, {"base_weights_sha256": weights.digest(None), "bottleneck": 16,
+                                           "sfma": True})
+    return str(path)

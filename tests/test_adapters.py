@@ -15,7 +15,7 @@ from latentsweep.bitstream import container
 from latentsweep.bitstream.codec import BitstreamCodec
 from latentsweep.bitstream.container import BitstreamError
 from latentsweep.codec import weights
-from latentsweep.codec.adapters import AdapterSet, FrequencyModulationAdapter, SpatialModulationAdapter
+from latentsweep.codec.adapters import AdapterSet
 from latentsweep.codec.embed import Embedder
 from latentsweep.codec.settings import EmbedSettings
 from latentsweep.codec.weights import WeightsError
@@ -26,22 +26,6 @@ from latentsweep_lab.training import formation
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
     return np.ascontiguousarray(photos.load("astronaut")[100:196, 200:328])  # 96 x 128: padded to 128 x 128
-
-
-@pytest.fixture(scope="module")
-def random_adapters(tmp_path_factory) -> str:
-    """SFMA with non-zero outputs (small random weights), saved as a verified checkpoint."""
-    torch.manual_seed(1)
-    adapters = AdapterSet()
-    for module in adapters.modules():
-        if isinstance(module, SpatialModulationAdapter):
-            torch.nn.init.normal_(module.out.weight, std=0.02)
-        if isinstance(module, FrequencyModulationAdapter):
-            torch.nn.init.normal_(module.linear.weight, std=0.02)
-    path = tmp_path_factory.mktemp("adapters") / "random.pt"
-    weights.save_adapters(adapters, path, {"base_weights_sha256": weights.digest(None), "bottleneck": 16,
-                                           "sfma": True})
-    return str(path)
 
 
 def padded(image: np.ndarray) -> torch.Tensor:

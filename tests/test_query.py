@@ -347,8 +347,10 @@ def test_sweep_to_s3_and_pull_with_resume(reference, nightly_queries, s3_env, tm
 # ---- report: tests/test_report.py -------------------------------------------------------------
 
 
-def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, ray_session):
-    """`latentsweep sweep IMAGES` embeds the night's images with the index's codec, then attributes."""
+def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, ray_session, random_adapters):
+    """`latentsweep sweep IMAGES` embeds the night's images with the index's codec and the adapters it is
+    given, then attributes; adapters other than the index's (or none for an index built with some) are
+    refused."""
     import sys
 
     from images import photo_corpus
@@ -371,20 +373,23 @@ def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, 
     assert embedded.num_rows == 4 and set(embedded.column("feature_set").to_pylist()) == {"2lat"}
     untrained = run_command(command[:-1] + ["--weights", "untrained", "--date", "2026-11-24"])
     assert untrained.returncode == 2 and "built with codec weights" in untrained.stderr
-    # an index built through the shipped SFMA adapters: the night is embedded through them too, unasked
+    # an index built through SFMA adapters: the night is embedded through the adapters it is given
     ingest(IngestJob(str(tmp_path / "ref"), str(tmp_path / "emb-sfma"), EmbedSettings(
-        feature_set="2lat", device="cpu", adapters="default"), labels_from_folders=True, quiet=True))
+        feature_set="2lat", device="cpu", adapters=random_adapters), labels_from_folders=True, quiet=True))
     build(IndexJob([str(tmp_path / "emb-sfma")], str(tmp_path / "index-sfma"), shards=1, quiet=True))
     from latentsweep.cli import embeddings_for
+    from latentsweep.errors import UsageError
     from latentsweep.query.sweep import check
 
     job = SweepJob([str(tmp_path / "night")], str(tmp_path / "index-sfma"), str(tmp_path / "sfma"),
-                   date="2026-11-23", quiet=True)  # what `sweep NIGHT --index INDEX-SFMA` runs, in this process
-    job.queries = embeddings_for(job, None, None, check(job))
+                   date="2026-11-23", quiet=True)  # `sweep NIGHT --index INDEX-SFMA --adapters PATH`, in this process
+    with pytest.raises(UsageError, match="with adapters sfma-.*without adapters: pass"):
+        embeddings_for(job, None, None, check(job))
+    job.queries = embeddings_for(job, None, random_adapters, check(job))
     assert sweep(job).queries == 4
     embedded = storage.read_table(str(tmp_path / "sfma" / "_embeddings" / "date=2026-11-23" / "source-0" / "embeddings"))
     assert {d.partition("+")[2][:5] for d in embedded.column("weights_digest").to_pylist()} == {"sfma-"}
-    mixed = run_command(command[:-1] + ["--adapters", "default", "--date", "2026-11-25"])  # base index
+    mixed = run_command(command[:-1] + ["--adapters", random_adapters, "--date", "2026-11-25"])  # base index
     assert mixed.returncode == 2 and "without adapters, these are" in mixed.stderr and "with adapters sfma-" in mixed.stderr
 
 

@@ -338,10 +338,10 @@ def test_the_dry_run_does_not_import_torch(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "exit=0 torch=False", result.stdout + result.stderr[-2000:]
 
 
-def test_planning_checks_weights_without_torch():
-    """What planning asks of the weights (check and hash the checkpoint) imports no torch."""
+def test_planning_checks_weights_without_torch(random_adapters):
+    """What planning asks of the weights and adapters (check and hash the checkpoints) imports no torch."""
     code = ("import sys; from latentsweep.codec import weights; weights.digest(); weights.digest('untrained');"
-            "weights.adapters_digest('default'); print('torch' in sys.modules)")
+            f"weights.digest(None, {random_adapters!r}); print('torch' in sys.modules)")
     result = run_command([sys.executable, "-c", code])
     assert result.stdout.strip() == "False", result.stderr[-2000:]
 

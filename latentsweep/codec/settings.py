@@ -19,5 +19,4 @@ class EmbedSettings:
     half: bool = False
     max_batch: int = 8
     descriptors: bool = True  # also describe the decoded pixels (latentsweep.descriptors), same pass
-    adapters: str | None = None  # analysis-transform adapters (the shipped "default" is the trace
-                                 # writer): None, "default" or a path
+    adapters: str | None = None  # SFMA adapters (codec/adapters.py): None or a checkpoint path

@@ -12,9 +12,8 @@ from latentsweep.errors import UsageError
 
 def embed_settings(manifest, weights: str | None = None, adapters: str | None = None):
     """The :class:`~latentsweep.codec.settings.EmbedSettings` that put images in the index's space: its
-    codec weights and adapters (an index built through the shipped adapters gets them without
-    ``adapters``), fp16 where its rows are, and the smallest feature set holding its columns. Other
-    weights than the index's are refused."""
+    codec weights and adapters, fp16 where its rows are, and the smallest feature set holding its
+    columns. Other weights or adapters than the index's are refused."""
     from latentsweep.codec import weights as codec_weights
     from latentsweep.codec.settings import EmbedSettings
     from latentsweep.ingest.run import HALF_SUFFIX
@@ -22,9 +21,6 @@ def embed_settings(manifest, weights: str | None = None, adapters: str | None = 
 
     half = manifest.weights_digest.endswith(HALF_SUFFIX)  # an index of fp16 rows: queries in fp16 too
     space = manifest.weights_digest.removesuffix(HALF_SUFFIX)
-    if adapters is None and space.endswith(
-            codec_weights.combined_digest("", codec_weights.adapters_digest(codec_weights.ADAPTERS_DEFAULT_NAME))):
-        adapters = codec_weights.ADAPTERS_DEFAULT_NAME
     digest = codec_weights.digest(weights, adapters)
     if digest != space:
         raise UsageError(f"the index was built with {describe_space(manifest.weights_digest)}, these are "
