@@ -26,8 +26,6 @@ in the ``.jai`` file's forensic field instead (``bitstream/forensic.py``), not i
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
@@ -110,18 +108,6 @@ class AdapterSet(nn.Module):
         self.luma = nn.ModuleDict({point: SFMA(HIDDEN, hidden, TILES["luma"][point]) for point in POINTS})
         self.chroma = nn.ModuleDict({point: SFMA(HIDDEN, hidden, TILES["chroma"][point]) for point in POINTS})
         self.enabled = True  # False: the hooks pass the features through (the base codec, for training)
-        self.sizes: list[tuple[int, int]] | None = None  # the batch's sizes before padding (None: unpadded)
-
-    @contextmanager
-    def padded_from(self, sizes: list[tuple[int, int]]):
-        """Forward passes inside the block are of a batch padded from ``sizes`` ((H, W) per image), held
-        for the block alone and cleared after it, even when a pass raises. SFMA adapts the padded batch
-        as it is and reads no sizes; the codec's callers still say them."""
-        self.sizes = sizes
-        try:
-            yield
-        finally:
-            self.sizes = None
 
     def attach(self, codec) -> list:
         """Insert the adapters into ``codec``'s analysis transforms; returns the hook handles

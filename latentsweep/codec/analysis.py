@@ -29,12 +29,9 @@ class EncoderBOPPrim(nn.Module):
         self.conv4 = conv3x3(hidden, out_channels)
         self.conv5 = conv1x1(out_channels, out_channels)
 
-    def first_stage(self, luma: torch.Tensor) -> torch.Tensor:
-        """(B, 128, H/2, W/2) after ``act1``: what the trace writer (``adapters.py``) reads."""
-        return self.act1(self.conv1(normalize(luma)))
-
     def forward(self, luma: torch.Tensor) -> torch.Tensor:
-        x = self.act2(self.conv2(self.first_stage(luma)))
+        x = self.act1(self.conv1(normalize(luma)))
+        x = self.act2(self.conv2(x))
         x = self.act3(self.conv3(x))
         return self.conv5(self.conv4(x))
 

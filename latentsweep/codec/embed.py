@@ -7,7 +7,6 @@ and an image's vectors never depend on what else is in its batch.
 from __future__ import annotations
 
 from collections import defaultdict
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -99,8 +98,7 @@ class Embedder:
             for image in images]).to(self.device, non_blocking=True).float().div_(255.0)
         batch = batch.contiguous(memory_format=torch.channels_last)
         sizes = [image.shape[:2] for image in images]
-        with (self.adapters.padded_from(sizes) if self.adapters is not None else nullcontext()), \
-                torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
             tensors = self.model.export(batch)
         return tensors, sizes
 

@@ -150,7 +150,7 @@ def held_out_quality(model, adapters: AdapterSet) -> dict:
     adapters.enabled = False
     base = evaluate(model, photos.names("held_out"), torch.device("cpu"))
     adapters.enabled = True
-    adapted = evaluate(model, photos.names("held_out"), torch.device("cpu"), adapters)
+    adapted = evaluate(model, photos.names("held_out"), torch.device("cpu"))
     adapters.enabled = was
     return {"base": base, "adapted": adapted, "psnr_delta_db": adapted["psnr_db"] - base["psnr_db"],
             "rate_ratio": adapted["bpp"] / base["bpp"]}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -55,10 +54,9 @@ def rate_distortion(model: BopCodec, rgb: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 @torch.no_grad()
-def evaluate(model: BopCodec, names: list[str], device: torch.device, adapters=None) -> dict[str, float]:
-    """Mean PSNR (dB, RGB, valid area) and estimated bpp over whole held-out photos. ``adapters`` (the
-    ``AdapterSet`` attached to ``model``, if any) are told each photo's size, as ingest tells them: a
-    padded photo's trace writer then reads and pulls its valid area only."""
+def evaluate(model: BopCodec, names: list[str], device: torch.device) -> dict[str, float]:
+    """Mean PSNR (dB, RGB, valid area) and estimated bpp over whole held-out photos, through whatever
+    adapters are attached to ``model``."""
     model.eval()
     psnrs, rates = [], []
     for name in names:
@@ -66,8 +64,7 @@ def evaluate(model: BopCodec, names: list[str], device: torch.device, adapters=N
         height, width = image.shape[:2]
         rgb = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255.0).to(device)
         padded = colour.pad(rgb, *colour.padded_size(height, width))
-        with adapters.padded_from([(height, width)]) if adapters is not None else nullcontext():
-            exported = model.export(padded)
+        exported = model.export(padded)
         reconstruction = colour.yuv_to_rgb(model.reconstruct(exported))[..., :height, :width]
         mse = (reconstruction.clamp(0, 1) - rgb).square().mean().item()
         psnrs.append(10 * math.log10(1.0 / max(mse, 1e-12)))
