@@ -104,24 +104,20 @@ def test_the_experiment_writes_no_work_log_wording(path):
 
 
 def test_rendered_section_headings_match_the_checked_in_results():
-    """The controlled and adapters sections rendered from small inputs: their headings are clean and are
-    the ones docs/results.md holds."""
+    """The controlled section rendered from small inputs: its headings are clean and are the ones
+    docs/results.md holds."""
     from latentsweep_lab.experiment import controlled_markdown
-    from latentsweep_lab.experiment.adapters import adapters_markdown
 
     metrics = {"top1": 0.5, "precision_at_10": 0.5, "map_at_10": 0.5, "map_full": 0.5, "vote_accuracy": 0.5,
                "type_top1": 0.5}
     controlled = controlled_markdown(
         [{"corpus": "zoo-shared", "features": "2lat", "query_set": "queries", "classes": 7, **metrics}],
         {"software_jpeg": [80, 95], "software_size": 192})
-    card = {"name": "sfma-default.pt", "sha256": "0" * 64, "parameters": 1, "train_seconds": 1.0, "steps_done": 0}
-    adapters = adapters_markdown({"card": card, "rows": [
-        {"corpus": "zoo-shared", "features": "2lat", "adapters": True, "pixels": "original", **metrics}]})
-    rendered = "\n".join(controlled + adapters)
+    rendered = "\n".join(controlled)
     assert not offences(rendered), offences(rendered)
     results = (ROOT / "docs" / "results.md").read_text(encoding="utf-8").splitlines()
-    headings = [line for line in controlled + adapters if line.startswith("## ")]
-    assert len(headings) == 2
+    headings = [line for line in controlled if line.startswith("## ")]
+    assert len(headings) == 1
     for heading in headings:
         assert heading in results, f"docs/results.md lacks the heading the experiment writes: {heading}"
 

@@ -9,7 +9,7 @@ shared across generators, and the real-software corpus (real photos, real librar
 :mod:`latentsweep_lab.zoo.software`), tuning and held-out splits, clean and JPEG 80-95; the latent
 descriptors beside the forensic ``fingerprint`` and the classical ``residual_spectrum`` baseline;
 robustness to post-processing (:mod:`.robustness`) and the open set, leaving one generator out
-(:mod:`.open_set`), on the real-software held-out split; the SFMA adapters with and without (:mod:`.adapters`).
+(:mod:`.open_set`), on the real-software held-out split.
 Every corpus is made, ingested with Ray, indexed and evaluated by the same code users run; each step
 resumes, so a rerun after an interruption only does what is missing.
 """
@@ -84,9 +84,6 @@ def run(out: Path, settings: ExperimentSettings = ExperimentSettings(), log=prin
         results["robustness"] = robustness_table(out / "robustness", out / "controlled", settings, log)
         results["open_set"] = open_set_table(out / "open-set", out / "controlled", log)
         results["real"] = real_table(out / "robustness", out / "controlled", log)
-    from latentsweep_lab.experiment.adapters import adapters_table
-
-    results["adapters"] = adapters_table(out / "adapters", out / "controlled", results["controlled"], log)
     results["seconds"] = round(time.monotonic() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
@@ -408,10 +405,6 @@ def markdown(results: dict) -> str:
         from latentsweep_lab.experiment.real import real_markdown
 
         lines += real_markdown(results["real"])
-    if results.get("adapters", {}).get("rows"):
-        from latentsweep_lab.experiment.adapters import adapters_markdown
-
-        lines += adapters_markdown(results["adapters"])
     from latentsweep.query.evaluate import tables
 
     for name, title in (("reference", "leave-one-out on the references"), ("queries", "held-out queries")):

@@ -29,17 +29,15 @@ def write_manifest(folder: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def ingest_corpus(source: Path, dest: Path, pooling: str = "gap", log=print, adapters: str | None = None,
-                  augment: str = "none") -> str:
-    """``adapters``: ingest through the codec with SFMA adapters (``ingest --adapters``), its own space;
-    ``augment``: the references' processed copies (``ingest --augment``)."""
+def ingest_corpus(source: Path, dest: Path, pooling: str = "gap", log=print, augment: str = "none") -> str:
+    """``augment``: the references' processed copies (``ingest --augment``)."""
     from latentsweep.codec.settings import EmbedSettings
     from latentsweep.ingest.run import IngestJob, run as ingest
 
     summary = ingest(IngestJob(str(source / "manifest.csv"), str(dest),
-                               EmbedSettings(feature_set="all", pooling=pooling, adapters=adapters), shard_size=64,
+                               EmbedSettings(feature_set="all", pooling=pooling), shard_size=64,
                                quiet=True, augment=augment))
-    log(f"experiment: ingest {source.name} ({pooling}{', adapters ' + adapters if adapters else ''}): "
+    log(f"experiment: ingest {source.name} ({pooling}): "
         f"{summary.embedded}/{summary.inputs} embedded, {summary.images_per_second:.1f} images/s")
     return str(dest)
 
