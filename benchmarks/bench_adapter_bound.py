@@ -10,8 +10,8 @@ index scores) and what it costs the unchanged decoder (PSNR, estimated rate).
 
 A channel's cost: PSNR drop and rate ratio when only that channel is offset by one standard deviation, on
 ``--probe`` reference images; channels are ranked by ``drop / 0.5 dB + max(rate - 1, 0) / 5%`` (the
-issue's guard). Offsets, pricing and ranking are the trace writer's own (``codec/train_trace.py``), which
-writes a detected code where this oracle writes the true one. Corpus: the real-software TUNING split (``zoo/software.py``; references and queries with
+guard). Offsets, pricing and ranking are ``lab/latentsweep_lab/training/trace.py``'s, with which the trace
+writer (since withdrawn) wrote a detected code where this oracle writes the true one. Corpus: the real-software TUNING split (``zoo/software.py``; references and queries with
 different content seeds); the held-out split is never used. So if the oracle reaches the target within the
 guard, what the adapters lack is detecting the formation, not a place to write it.
 """

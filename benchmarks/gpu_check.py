@@ -467,8 +467,10 @@ def section_bitstream(ctx: Context, budget: Budget) -> None:
     files, same_bytes = [], 0
     for chunk in ctx.chunks:
         for image in chunk:
-            data, _ = reference.compress(image, "gpu-check")
-            same_bytes += tested.compress(image, "gpu-check")[0] == data
+            # without the forensic field: the descriptors a GPU computes may differ from the CPU's in the
+            # last bits, and what is compared here is the codec's integers and their entropy coding
+            data, _ = reference.compress(image, "gpu-check", descriptors=False)
+            same_bytes += tested.compress(image, "gpu-check", descriptors=False)[0] == data
             files.append((data, image.shape[:2]))
         if budget.left() < budget.seconds / 4:
             break

@@ -7,6 +7,8 @@ residuals, :mod:`.self_description`; its weights are verified before use) and ``
 (the classical baseline every table is compared with, :mod:`.residual_spectrum`).
 Each is computed from one image alone, so a vector never depends on its batch. Rows read from ``.pt``
 latents have no pixels: their descriptor cells are null, and an index over a descriptor refuses them.
+Rows read from ``.jai`` bitstreams take the original pixels' descriptors from the file's forensic field
+(``bitstream/forensic.py``), 8 bits a value; a file without one leaves them null.
 """
 
 from __future__ import annotations
