@@ -95,7 +95,7 @@ def _string_constants(path: Path) -> list[str]:
     return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "latentsweep" / "experiment").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "lab" / "latentsweep_lab" / "experiment").glob("*.py")), ids=lambda p: p.name)
 def test_the_experiment_writes_no_work_log_wording(path):
     """What `latentsweep experiment --docs docs/results.md` can write is in these string literals."""
     found = [f"{why}: {text.strip()[:120]!r}" for text in _string_constants(path)
