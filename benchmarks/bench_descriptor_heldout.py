@@ -163,8 +163,8 @@ def cli(*args: str) -> None:
 def evaluate_corpus(work: Path, name: str, log) -> dict[str, float]:
     corpus, embeddings = work / "corpora" / name, work / "embeddings" / name
     started = time.monotonic()
-    cli("ingest", str(corpus), "--out", str(embeddings), "--labels-from-folders", "--feature-set", "2lat",
-        "--device", "cpu", "--overwrite", "-q")
+    cli("ingest", str(corpus), "--out", str(embeddings), "--labels-from-folders", "--augment", "none",
+        "--feature-set", "2lat", "--device", "cpu", "--overwrite", "-q")
     log(f"{name}: ingested in {time.monotonic() - started:.0f} s")
     scores = {}
     for features in FEATURES:

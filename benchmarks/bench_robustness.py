@@ -215,12 +215,12 @@ def run_corpus(work: Path, corpus: str, arms: list[str], conditions: list[str], 
     entry = results["corpora"].setdefault(corpus, {"top1": {}, "ingest": {}, "features_resolved": {}})
     queries = {}
     for condition in conditions:
-        summary = ingest(root / "queries" / condition, embeddings / "queries" / condition, fresh)
+        summary = ingest(root / "queries" / condition, embeddings / "queries" / condition, fresh, "--augment", "none")
         queries[condition] = embeddings / "queries" / condition
         entry["ingest"].setdefault("queries", {})[condition] = _cost(summary, _files(root / "queries" / condition))
     log(f"{corpus}: {len(conditions)} query conditions ingested")
     for arm in arms:
-        extra = ("--augment", "standard") if arm == "augmented" else ()
+        extra = ("--augment", "standard" if arm == "augmented" else "none")
         references = embeddings / f"references-{arm}"
         summary = ingest(root / "references", references, fresh, *extra)
         entry["ingest"][f"references-{arm}"] = _cost(summary, _files(root / "references"))

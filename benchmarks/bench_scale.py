@@ -47,7 +47,7 @@ from latentsweep.ingest import manifest, plan as planning
 from latentsweep.ingest.run import PLAN_VERSION, IngestJob, _settings, _space
 from latentsweep.ingest.sources import list_source
 source, out = sys.argv[1], storage.Location.parse(sys.argv[2])
-job = IngestJob(source, out.uri)
+job = IngestJob(source, out.uri, augment="none")
 settings = _settings(job, _space(job))
 with tempfile.TemporaryDirectory() as scratch:
     plan = planning.plan(planning.spill_listing(list_source(source).batches, scratch), job.shard_size, settings, (),
@@ -107,7 +107,8 @@ def dry_runs(entries: list[int], work: Path) -> list[dict]:
         manifest_of(old, int(count * 0.9))
         manifest_of(grown, count)
         peak_rss_mb("-c" + STORE_PLAN, str(old), str(out))
-        seconds, peak_mb, stdout = peak_rss_mb("latentsweep", "ingest", str(grown), "--out", str(out), "--dry-run")
+        seconds, peak_mb, stdout = peak_rss_mb("latentsweep", "ingest", str(grown), "--out", str(out), "--dry-run",
+                                               "--augment", "none")
         plan = json.loads(stdout.strip().splitlines()[-1])
         assert plan["new"] == count - int(count * 0.9), plan
         rows.append({"step": f"ingest --dry-run, {count:,} entries (10% new)", "seconds": round(seconds, 2),
@@ -132,7 +133,7 @@ cluster.wait_for_nodes()
 connect(cluster.address, quiet=True)
 ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 summary = run(IngestJob(sys.argv[1], sys.argv[2], EmbedSettings(feature_set="all", device="cpu"), shard_size=64,
-                        quiet=True, address=cluster.address, workers=2))
+                        quiet=True, address=cluster.address, workers=2, augment="none"))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"embedded": summary.embedded, "seconds": summary.seconds, "nodes": len(summary.images_per_node),
                   "driver_peak_mb": round(peak / 1024), "driver_growth_mb": round((peak - ready) / 1024)}), flush=True)
@@ -191,7 +192,7 @@ def listing_rows(what: str, uri: str, count: int, env: dict, work: Path, bases: 
                  "peak_mb_above_interpreter": round(peak - bases[0]), "s_per_million": round(seconds / count * 1e6, 1)})
     out = work / f"listing-out-{what.replace(' ', '-')}-{count}"
     seconds, peak, stdout = peak_rss_mb("latentsweep", "ingest", uri, "--out", str(out), "--weights", "untrained",
-                                        "--dry-run", env=env)
+                                        "--dry-run", "--augment", "none", env=env)
     plan = json.loads(stdout.strip().splitlines()[-1])
     assert plan["inputs"] == count and not out.exists(), plan
     rows.append({"step": "ingest --dry-run of it", "seconds": round(seconds, 2),

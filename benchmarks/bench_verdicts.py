@@ -43,7 +43,8 @@ def main() -> None:
                    "queries-jpeg": SoftwareSettings("held-out", args.queries, args.size, seed=1, jpeg=(80, 95))}
         for name, settings in corpora.items():
             make_software_corpus(root / "corpus" / name, settings)
-            ingest(IngestJob(str(root / "corpus" / name / "manifest.csv"), str(root / "emb" / name), quiet=True))
+            ingest(IngestJob(str(root / "corpus" / name / "manifest.csv"), str(root / "emb" / name), quiet=True,
+                                 augment="none"))
         build(IndexJob([str(root / "emb" / "references")], str(root / "index"), quiet=True))
         build(IndexJob([str(root / "emb" / "references")], str(root / "index-fp"), features="fingerprint", quiet=True))
         for queries in ("queries", "queries-jpeg"):

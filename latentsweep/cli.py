@@ -235,7 +235,8 @@ def ingest(
     augment: Annotated[str, typer.Option(
         "--augment", help="References that have seen what queries go through: 'standard' adds 3 processed copies "
                           "of each labelled image (JPEG, WebP, resizes, blur; docs/descriptors.md), which an index "
-                          "counts as one neighbour with their original; 'none' adds nothing.")] = "none",
+                          "counts as one neighbour with their original; unlabelled images get none. 'none' for "
+                          "labelled query sets (copies never query).")] = "standard",
     address: AddressOption = None,
     quiet: QuietOption = False,
     config: ConfigOption = None,
@@ -472,7 +473,8 @@ def embeddings_for(job, weights: Optional[str], adapters: Optional[str], manifes
     embedded = Location.parse(job.out).join("_embeddings", f"date={job.date}")
     outputs = [embedded.join(f"source-{number}").uri for number in range(len(job.queries))]
     for source, output in zip(job.queries, outputs):
-        summary = run_ingest(IngestJob(source, output, settings, quiet=job.quiet, address=job.address))
+        summary = run_ingest(IngestJob(source, output, settings, quiet=job.quiet, address=job.address,
+                                       augment="none"))  # queries: copies would never query
         report_summary("ingest", summary)
     return outputs
 

@@ -27,7 +27,8 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 LATENTSWEEP = [sys.executable, "-m", "latentsweep"]
-FAST = ["--weights", "untrained", "--feature-set", "selected", "--shard-size", "4", "--labels-from-folders"]
+FAST = ["--weights", "untrained", "--feature-set", "selected", "--shard-size", "4", "--labels-from-folders",
+        "--augment", "none"]
 GPU_NODE = {"num_cpus": 8, "num_gpus": 1, "object_store_memory": 200 * 2**20}
 
 
@@ -83,7 +84,7 @@ def gpus(work: Path) -> dict:
         try:
             job = IngestJob(str(images), out, EmbedSettings(weights="untrained", feature_set="selected",
                                                             device="cuda"),
-                            shard_size=shard_size, labels_from_folders=True, quiet=True, address=cluster.address)
+                            shard_size=shard_size, labels_from_folders=True, augment="none", quiet=True, address=cluster.address)
             return run(job)
         finally:
             ray.shutdown()

@@ -108,7 +108,7 @@ def ingest_photos(root: Path, per_label: int) -> Path:
 
     photo_corpus(root / "corpus", per_label=per_label)
     run(IngestJob(str(root / "corpus"), str(root / "emb"), EmbedSettings(weights="untrained", feature_set="2lat",
-                                                                         max_batch=4), labels_from_folders=True,
+                                                                         max_batch=4), labels_from_folders=True, augment="none",
                   quiet=True))
     return root
 

@@ -99,3 +99,34 @@ def test_leave_one_out_drops_a_query_with_its_copies(augmented):
     sources = engine.references.sources(ids)
     for row, query in zip(sources, own):
         assert len(set(row.tolist())) == 7 and query not in row  # seven distinct others, never itself
+
+
+def test_the_default_path_augments_the_references_and_indexes_the_learned_descriptor(tmp_path, ray_session):
+    """What a user runs, with no options (in this process, on the tests' Ray): ingest REFS, ingest
+    QUERIES, index build REFS_EMB, evaluate --index --queries. The labelled references get their
+    copies; the index holds the learned descriptor with its copies grouped; only originals query."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from latentsweep.cli import app
+    from images import photo_corpus
+
+    photo_corpus(tmp_path / "refs", per_label=2)
+    photo_corpus(tmp_path / "queries", per_label=1, size=(64, 80))
+    runner = CliRunner()
+    for args in (["ingest", str(tmp_path / "refs"), "--out", str(tmp_path / "emb-refs"), "--labels-from-folders"],
+                 ["ingest", str(tmp_path / "queries"), "--out", str(tmp_path / "emb-queries"),
+                  "--labels-from-folders"],
+                 ["index", "build", str(tmp_path / "emb-refs"), "--out", str(tmp_path / "index")],
+                 ["evaluate", "--index", str(tmp_path / "index"), "--queries", str(tmp_path / "emb-queries"),
+                  "--out", str(tmp_path / "evaluation")]):
+        result = runner.invoke(app, [*args, "-q"])
+        assert result.exit_code == 0, (args, result.output)
+    summary = json.loads((tmp_path / "emb-refs" / "summary.json").read_text())
+    assert summary["inputs"] == summary["embedded"] == 6 * (1 + augment.COPIES)
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    assert manifest["features"] == "self_description" and manifest["copies_per_source"] == augment.COPIES
+    assert manifest["labels"] == {"alpha": 2, "beta": 2, "gamma": 2} and manifest["vectors"] == 24
+    metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    assert metrics["protocol"]["queries"] == 3 and metrics["protocol"]["copies_per_source"] == augment.COPIES

@@ -162,7 +162,7 @@ def test_jobs_submitted_with_their_own_runtime_env_run_the_nightly_path(head_nod
 
     steps = {
         "ingest": ["ingest", f"{root}/ref", "--out", f"{root}/emb", "--labels-from-folders",
-                   "--feature-set", "2lat", *FAST],
+                   "--feature-set", "2lat", "--augment", "none", *FAST],
         "index": ["index", "build", f"{root}/emb", "--out", f"{root}/index"],
         "sweep": ["sweep", f"{root}/queries", "--index", f"{root}/index", "--out", f"{root}/results",
                   "--date", DATE, "-k", "3", "--weights", "untrained"],

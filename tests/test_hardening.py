@@ -22,7 +22,8 @@ from latentsweep import lock, storage
 from latentsweep.codec.settings import EmbedSettings
 from latentsweep.ingest.run import IngestJob, run
 
-INGEST_FLAGS = ["--weights", "untrained", "--feature-set", "selected", "--device", "cpu", "--quiet"]
+INGEST_FLAGS = ["--weights", "untrained", "--feature-set", "selected", "--device", "cpu", "--quiet",
+                "--augment", "none"]
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -30,6 +31,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def ingest_in_process(source, out, **kwargs):
+    kwargs.setdefault("augment", "none")  # processed copies are tested in test_augment.py
     return run(IngestJob(str(source), str(out), EmbedSettings(weights="untrained", feature_set="selected",
                                                               device="cpu"), quiet=True, **kwargs))
 
@@ -243,7 +245,7 @@ def test_credentials_never_reach_outputs_logs_or_errors(s3_env, tmp_path):
     root = f"s3://{bucket}"
     steps = [
         cli("ingest", str(tmp_path / "corpus"), "--out", f"{root}/emb", "--labels-from-folders",
-            "--device", "cpu", env=env),
+            "--augment", "none", "--device", "cpu", env=env),
         cli("index", "build", f"{root}/emb", "--out", f"{root}/index", "--shards", "1", env=env),
         cli("sweep", str(tmp_path / "night"), "--index", f"{root}/index", "--out", f"{root}/results",
             "--date", "2026-11-23", env=env),

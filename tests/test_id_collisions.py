@@ -25,7 +25,7 @@ def test_colliding_uris_both_get_rows_and_keep_their_ids_across_runs(tmp_path, m
     def ingest():
         return run(IngestJob(str(tmp_path / "corpus"), str(tmp_path / "emb"),
                              EmbedSettings(weights="untrained", feature_set="2lat", device="cpu"),
-                             shard_size=2, labels_from_folders=True, quiet=True))
+                             shard_size=2, labels_from_folders=True, augment="none", quiet=True))
 
     first = ingest()
     assert first.collisions == 1 and first.embedded == 6 and first.failed == 0

@@ -34,6 +34,7 @@ def job(source, out, **kwargs) -> IngestJob:
     kwargs.setdefault("embed", UNTRAINED)
     kwargs.setdefault("shard_size", 4)
     kwargs.setdefault("quiet", True)
+    kwargs.setdefault("augment", "none")  # processed copies are tested in test_augment.py
     return IngestJob(str(source), str(out), **kwargs)
 
 
@@ -233,7 +234,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_run(corpus, tmp_path_factory, ray_session):
     out = tmp_path_factory.mktemp("reference-run")
-    summary = run(job(corpus, out, labels_from_folders=True, families={"alpha": "gan", "beta": "gan",
+    summary = run(job(corpus, out, labels_from_folders=True, augment="none", families={"alpha": "gan", "beta": "gan",
                                                                          "gamma": "dm"}))
     return out, summary
 
@@ -284,7 +285,7 @@ def test_vectors_match_direct_embedding(reference_run):
 def test_rerun_does_nothing_and_resume_redoes_only_missing_shards(reference_run, corpus, tmp_path):
     out, _ = reference_run
     before = {p.name: p.stat().st_mtime_ns for p in (out / "embeddings").iterdir()}
-    again = run(job(corpus, out, labels_from_folders=True, families={"alpha": "gan", "beta": "gan",
+    again = run(job(corpus, out, labels_from_folders=True, augment="none", families={"alpha": "gan", "beta": "gan",
                                                                        "gamma": "dm"}))
     assert again.shards_already_done == len(planned_shards(out)) and again.shards_processed == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "embeddings").iterdir()} == before
@@ -352,7 +353,7 @@ def test_reference_latents_input(tmp_path, ray_session):
     torch.save({"model_y": {"y_hat": torch.randn(1, 160, 2, 2)}}, folder / "partial.pt")
     (folder / "evil.pt").write_bytes(__import__("pickle").dumps({"x": ValueError("a pickled object")}))
     two_lat = EmbedSettings(weights="untrained", feature_set="2lat", device="cpu")
-    summary = run(job(tmp_path / "latents", tmp_path / "out", labels_from_folders=True, embed=two_lat))
+    summary = run(job(tmp_path / "latents", tmp_path / "out", labels_from_folders=True, augment="none", embed=two_lat))
     embeddings, errors = read_output(tmp_path / "out")
     assert summary.embedded == 3 and summary.errors == {"bad_latents": 2}
     for row in embeddings.to_pylist():
@@ -417,7 +418,7 @@ def test_interrupted_runs_resume_to_identical_output(tmp_path, ray_session):
     resumed = run_command(command)
     assert resumed.returncode == 1, resumed.stderr[-2000:]  # 1: the broken file is an error row
     assert f"shards_already_done={after_sigkill}" in resumed.stdout
-    clean = run(job(corpus, tmp_path / "clean", labels_from_folders=True, shard_size=2, embed=EmbedSettings(
+    clean = run(job(corpus, tmp_path / "clean", labels_from_folders=True, augment="none", shard_size=2, embed=EmbedSettings(
         weights="untrained", feature_set="selected", device="cpu", max_batch=2)))  # the same flags, in-process
     assert clean.failed == 1
     assert_same_ingest(out, tmp_path / "clean")
@@ -433,7 +434,7 @@ def test_killed_encoder_actor_is_replaced_and_output_is_unchanged(tmp_path, ray_
 
     corpus = tmp_path / "corpus"
     photo_corpus(corpus, per_label=16, size=(120, 150))
-    settings = dict(labels_from_folders=True, shard_size=2, embed=EmbedSettings(
+    settings = dict(labels_from_folders=True, augment="none", shard_size=2, embed=EmbedSettings(
         weights="untrained", feature_set="selected", device="cpu", max_batch=2))
     clean = run(job(corpus, tmp_path / "clean", **settings))
     out = tmp_path / "disturbed"
@@ -476,7 +477,7 @@ cluster.add_node(num_cpus=1, object_store_memory=300 * 2**20)
 cluster.wait_for_nodes()
 summary = run(IngestJob(sys.argv[1], sys.argv[2], EmbedSettings(weights="untrained", feature_set="selected",
                                                                 device="cpu"),
-                        shard_size=4, labels_from_folders=True, workers=2, quiet=True, address=cluster.address))
+                        shard_size=4, labels_from_folders=True, augment="none", workers=2, quiet=True, address=cluster.address))
 print(json.dumps({"nodes": len(summary.images_per_node), "per_node": summary.images_per_node,
                   "embedded": summary.embedded}))
 import ray
@@ -610,7 +611,7 @@ def test_growing_and_shrinking_a_corpus_encodes_only_what_changed(tmp_path, ray_
 
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     photo_corpus(corpus, labels=("alpha", "beta"), per_label=10, size=(48, 48))
-    settings = dict(labels_from_folders=True, shard_size=4)
+    settings = dict(labels_from_folders=True, augment="none", shard_size=4)
     first = run(job(corpus, out, **settings))
     assert first.embedded == first.items_encoded == 20 and first.shards == 5
     stamps = lambda: {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -622,7 +623,7 @@ def test_growing_and_shrinking_a_corpus_encodes_only_what_changed(tmp_path, ray_
     changed = corpus / "beta" / "003.png"
     changed.write_bytes((corpus / "beta" / "004.png").read_bytes())  # new bytes, new mtime
     cli = [sys.executable, "-m", "latentsweep", "ingest", str(corpus), "--out", str(out), "--labels-from-folders",
-           "--shard-size", "4", "--weights", "untrained", "--feature-set", "selected", "--device", "cpu", "--dry-run"]
+           "--augment", "none", "--shard-size", "4", "--weights", "untrained", "--feature-set", "selected", "--device", "cpu", "--dry-run"]
     predicted = run_command(cli)
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     plan = json.loads(predicted.stdout.strip().splitlines()[-1])
@@ -654,7 +655,7 @@ def test_growing_and_shrinking_a_corpus_encodes_only_what_changed(tmp_path, ray_
     manifest = build(IndexJob([str(out)], str(tmp_path / "index"), features="2lat", shards=1, quiet=True))
     assert manifest.vectors == 17
     with pytest.raises(ValueError, match="is sharded 4 items a shard, not 8"):
-        run(job(corpus, out, labels_from_folders=True, shard_size=8))
+        run(job(corpus, out, labels_from_folders=True, augment="none", shard_size=8))
 
 
 def test_a_lost_s3_lease_stops_the_writer(s3_env, tmp_path):

@@ -22,7 +22,7 @@ from latentsweep.index.build import IndexJob, build
 from latentsweep.ingest.run import IngestJob, run as run_ingest
 from latentsweep_lab.zoo.embeddings import DIMS, clustered, write_ingest_output
 
-FAST = ["--weights", "untrained", "--device", "cpu", "--quiet"]
+FAST = ["--weights", "untrained", "--device", "cpu", "--quiet", "--augment", "none"]
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -56,7 +56,7 @@ def test_unlabelled_night_on_s3_keeps_labels_null_and_scores_nothing(s3_env, tmp
     assert not (tmp_path / "deep").exists()
     # the references in this process (the corrected command's job); the night through the CLI
     run_ingest(IngestJob(str(tmp_path / "ref"), str(emb), EmbedSettings(weights="untrained", feature_set="2lat",
-                                                                        device="cpu"), labels_from_folders=True,
+                                                                        device="cpu"), labels_from_folders=True, augment="none",
                          quiet=True))
     build(IndexJob([str(emb)], f"{root}/index", shards=1, quiet=True))
     sweep = cli("sweep", f"{root}/incoming", "--index", f"{root}/index", "--out", f"{root}/results",

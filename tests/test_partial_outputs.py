@@ -25,7 +25,8 @@ def test_an_interrupted_ingest_is_refused_by_index_build_and_sweep_unless_allow_
     photo_corpus(tmp_path / "corpus", per_label=6)
     out, index = tmp_path / "emb", tmp_path / "index"
     ingest = [*LATENTSWEEP, "ingest", str(tmp_path / "corpus"), "--out", str(out), "--labels-from-folders",
-              "--weights", "untrained", "--device", "cpu", "--feature-set", "2lat", "--shard-size", "2",
+              "--augment", "none", "--weights", "untrained", "--device", "cpu", "--feature-set", "2lat",
+              "--shard-size", "2",
               "--batch-size", "2", "--workers", "1"]
     code, _ = interrupt_when(ingest, lambda: files_in(out / "_done") >= 1, signal.SIGKILL)
     assert code != 0 and 1 <= files_in(out / "_done") < 9

@@ -361,7 +361,7 @@ def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, 
     photo_corpus(tmp_path / "ref", per_label=3)
     photo_corpus(tmp_path / "night", labels=("alpha", "beta"), per_label=2, size=(64, 80))
     ingest(IngestJob(str(tmp_path / "ref"), str(tmp_path / "emb"), EmbedSettings(feature_set="2lat", device="cpu"),
-                     labels_from_folders=True, quiet=True))
+                     labels_from_folders=True, augment="none", quiet=True))
     build(IndexJob([str(tmp_path / "emb")], str(tmp_path / "index"), shards=1, quiet=True))
     command = [sys.executable, "-m", "latentsweep", "sweep", str(tmp_path / "night"), "--index",
                str(tmp_path / "index"), "--out", str(tmp_path / "results"), "--date", "2026-11-23", "--quiet"]
@@ -375,7 +375,7 @@ def test_sweep_over_images_ingests_them_first_with_the_index_settings(tmp_path, 
     assert untrained.returncode == 2 and "built with codec weights" in untrained.stderr
     # an index built through SFMA adapters: the night is embedded through the adapters it is given
     ingest(IngestJob(str(tmp_path / "ref"), str(tmp_path / "emb-sfma"), EmbedSettings(
-        feature_set="2lat", device="cpu", adapters=random_adapters), labels_from_folders=True, quiet=True))
+        feature_set="2lat", device="cpu", adapters=random_adapters), labels_from_folders=True, augment="none", quiet=True))
     build(IndexJob([str(tmp_path / "emb-sfma")], str(tmp_path / "index-sfma"), shards=1, quiet=True))
     from latentsweep.cli import embeddings_for
     from latentsweep.errors import UsageError

@@ -288,7 +288,7 @@ def photos(tmp_path_factory, ray_session):
     photo_corpus(queries, per_label=2, size=(64, 64))
     settings = EmbedSettings(feature_set="2lat", device="cpu")
     for corpus in (reference, queries):
-        ingest(IngestJob(str(corpus), str(root / "emb" / corpus.name), settings, labels_from_folders=True,
+        ingest(IngestJob(str(corpus), str(root / "emb" / corpus.name), settings, labels_from_folders=True, augment="none",
                          families={"alpha": "gan", "beta": "gan", "gamma": "dm"}, quiet=True))
     build(IndexJob([str(root / "emb" / "ref")], str(root / "index"), shards=1, quiet=True))
     return root

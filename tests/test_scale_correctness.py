@@ -28,7 +28,7 @@ from latentsweep.ingest.sources import list_source
 ROOT = Path(__file__).resolve().parents[1]
 EMBED = EmbedSettings(weights="untrained", feature_set="2lat", device="cpu", descriptors=False)
 CLI_EMBED = ["--weights", "untrained", "--feature-set", "2lat", "--device", "cpu", "--no-descriptors",
-             "--shard-size", "2"]
+             "--shard-size", "2", "--augment", "none"]
 
 
 def put_objects(client, bucket: str, keys: list[str]) -> None:
@@ -91,7 +91,7 @@ def corpus_and_first_run(tmp_path: Path, columns: tuple[str, ...], check_version
     files = photo_corpus(corpus, labels=("alpha", "beta"), per_label=3, size=(48, 48))
     manifest = corpus / "manifest.csv"
     write_manifest(manifest, files, columns)
-    first = run(IngestJob(str(manifest), str(out), EMBED, shard_size=2, quiet=True, check_versions=check_versions))
+    first = run(IngestJob(str(manifest), str(out), EMBED, shard_size=2, quiet=True, augment="none", check_versions=check_versions))
     assert first.items_encoded == 6 and first.embedded == 6
     return files, manifest, out
 
@@ -108,7 +108,7 @@ def test_manifest_version_columns_re_embed_exactly_the_replaced_file(tmp_path, r
     plan = dry_run_cli(manifest, out)
     assert plan["versions"] == "manifest:mtime,size"
     assert (plan["changed"], plan["unchanged"], plan["shards_to_process"], plan["items_to_encode"]) == (1, 5, 1, 1)
-    rerun = run(IngestJob(str(manifest), str(out), EMBED, shard_size=2, quiet=True))  # the CLI's job, in-process
+    rerun = run(IngestJob(str(manifest), str(out), EMBED, shard_size=2, quiet=True, augment="none"))  # the CLI's job, in-process
     assert rerun.changed == 1 and rerun.items_encoded == 1
     after = embeddings_of(out)
     assert after[str(replaced)] != before[str(replaced)]
@@ -369,11 +369,11 @@ def test_an_s3_ingest_overwritten_deletes_in_batches_and_ends_whole(s3_env, tmp_
     and the rerun writes the same rows again."""
     photo_corpus(tmp_path / "corpus", labels=("alpha", "beta"), per_label=3, size=(32, 32))
     out = f"s3://{s3_env['bucket']}/references"
-    first = run(IngestJob(str(tmp_path / "corpus"), out, EMBED, shard_size=2, quiet=True))
+    first = run(IngestJob(str(tmp_path / "corpus"), out, EMBED, shard_size=2, quiet=True, augment="none"))
     batches, singles = count_calls("DeleteObjects"), []
     storage.s3_client().meta.events.register("before-parameter-build.s3.DeleteObject",
                                               lambda params, **_: singles.append(params["Key"]))
-    again = run(IngestJob(str(tmp_path / "corpus"), out, EMBED, shard_size=2, overwrite=True, quiet=True))
+    again = run(IngestJob(str(tmp_path / "corpus"), out, EMBED, shard_size=2, overwrite=True, quiet=True, augment="none"))
     assert batches
     assert not [key for key in singles if "/embeddings/" in key or "/_done/" in key], singles  # one a file
     assert (first.embedded, again.embedded, again.shards_already_done) == (6, 6, 0)

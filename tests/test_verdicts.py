@@ -48,7 +48,7 @@ def night(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("verdicts")
     make_corpus(root / "corpus", CorpusSettings(per_generator=4, size=64))
     ingest(IngestJob(str(root / "corpus" / "manifest.csv"), str(root / "emb"),
-                     EmbedSettings(weights="untrained", feature_set="2lat", device="cpu"), quiet=True))
+                     EmbedSettings(weights="untrained", feature_set="2lat", device="cpu"), quiet=True, augment="none"))
     build(IndexJob([str(root / "emb")], str(root / "index"), quiet=True))
     build(IndexJob([str(root / "emb")], str(root / "index-fp"), features="fingerprint", quiet=True))
     generator = sorted(p for p in (root / "corpus").iterdir() if p.is_dir())[0]

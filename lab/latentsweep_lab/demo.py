@@ -36,7 +36,8 @@ def run(out: Path, per_generator: int = 24, queries_per_generator: int = 8, log=
             count = make_corpus(corpus, settings)
             log(f"demo: wrote a SYNTHETIC zoo corpus of {count} images ({name}, seed {settings.seed}) to {corpus}")
         summary = ingest(IngestJob(str(corpus / "manifest.csv"), str(out / "embeddings" / name),
-                                   EmbedSettings(feature_set="all"), shard_size=32))
+                                   EmbedSettings(feature_set="all"), shard_size=32,
+                                   augment="standard" if name == "reference" else "none"))
         failed += summary.failed
         log(f"demo: ingest {name}: {summary.embedded}/{summary.inputs} embedded in {summary.seconds:.1f} s "
             f"({summary.images_per_second:.1f} images/s, {summary.shards_already_done}/{summary.shards} shards "

@@ -162,10 +162,16 @@ def read_columns(uri: str, columns: list[str], with_uri: bool = False) -> Batch:
 
 def read_queries(uri: str, columns: list[str]) -> pa.Table:
     """What a sweep reads of one query file: ids, URIs, labels, provenance, what each file declared
-    (``schema.DECLARED_COLUMNS``) and the feature ``columns``, whose presence is checked first."""
+    (``schema.DECLARED_COLUMNS``) and the feature ``columns``, whose presence is checked first. Processed
+    copies of references (an ingest of labelled images with ``--augment``) are left out: they never query."""
+    from latentsweep.ingest.augment import source_ids
+
     columns_of(uri, ",".join(columns))
     wanted = ["id", "uri", "label", "family", *PROVENANCE, *schema.DECLARED_COLUMNS, *columns]
-    return storage.read_table(uri, columns=list(dict.fromkeys(wanted)))
+    table = storage.read_table(uri, columns=list(dict.fromkeys(wanted)))
+    ids = table.column("id").to_numpy()
+    originals = source_ids(ids, table.column("uri").to_pylist()) == ids
+    return table if originals.all() else table.filter(pa.array(originals))
 
 
 def batch_of(table: pa.Table, columns: list[str], metadata: list[str], uri: str) -> Batch:

@@ -58,7 +58,7 @@ class IngestJob:
     quiet: bool = False
     address: str | None = None
     check_versions: bool = False  # manifest entries without a version: stat or HEAD each (ingest/sources.py)
-    augment: str = "none"  # processed copies of each labelled image: "none" or "standard" (ingest/augment.py)
+    augment: str = "standard"  # processed copies of each labelled image: "standard" or "none" (ingest/augment.py)
 
 
 @dataclass
