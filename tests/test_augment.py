@@ -130,3 +130,12 @@ def test_the_default_path_augments_the_references_and_indexes_the_learned_descri
     assert manifest["labels"] == {"alpha": 2, "beta": 2, "gamma": 2} and manifest["vectors"] == 24
     metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert metrics["protocol"]["queries"] == 3 and metrics["protocol"]["copies_per_source"] == augment.COPIES
+
+
+def test_a_sweep_reads_only_originals_from_embeddings_that_hold_copies(augmented):
+    from latentsweep.index import reader
+
+    files = reader.embedding_files([str(augmented["root"] / "emb")])
+    rows = sum(reader.read_queries(uri, ["y_hat_luma"]).num_rows for uri in files)
+    uris = [uri for f in files for uri in reader.read_queries(f, ["y_hat_luma"]).column("uri").to_pylist()]
+    assert rows == 8 and not any("#copy=" in uri for uri in uris)
