@@ -258,14 +258,17 @@ def reference_bytes(labels: int, shards: int) -> int:
 
 
 def engine_memory(spec: str, dimension: int, vectors: int, labels: int, shards: int,
-                  holds_vectors: bool = True, holds_metadata: bool = True, on_gpu: bool = False) -> int:
+                  holds_vectors: bool = True, holds_metadata: bool = True, on_gpu: bool = False,
+                  copies: int = 0) -> int:
     """Bytes a query actor holds at its peak, requested from Ray as ``memory=``:
 
     fixed (process, a query file in flight, metadata rewrites)
     + the index (``factory.index_bytes``: Flat n*(4d+8), HNSW, IVF-PQ ...; on a GPU only FAISS's
       host-side id map, 8 bytes a vector)
     + per reference: its id (8), label code (1-4), shard code (0-4) and, while loading, the unsorted ids
-      and their order (16).
+      and their order (16)
+    + per processed copy (``ingest --augment``; ``copies`` of the ``vectors``): its id and its source's
+      (16) and, while loading, their order and the sorted copy (16).
 
     ``holds_vectors=False``: a front that searches through part actors; ``holds_metadata=False``: an
     index part (searches, never looks up labels or URIs)."""
@@ -273,4 +276,5 @@ def engine_memory(spec: str, dimension: int, vectors: int, labels: int, shards: 
     if holds_vectors:
         index = vectors * factory.ID_BYTES if on_gpu else factory.index_bytes(spec, vectors, dimension)
     per_reference = reference_bytes(labels, shards) + SORT_BYTES if holds_metadata else 0
-    return QUERY_FIXED_BYTES + index + vectors * per_reference
+    per_copy = 2 * SORT_BYTES if holds_metadata else 0
+    return QUERY_FIXED_BYTES + index + vectors * per_reference + copies * per_copy

@@ -164,8 +164,10 @@ def part_memory(manifest, shard_ids: list[int], on_gpu: bool = False) -> int:
 
 def front_memory(manifest, holds_vectors: bool = True, on_gpu: bool = False) -> int:
     """Bytes of an engine serving the whole index (``holds_vectors=False``: a front over parts)."""
+    per_source = manifest.copies_per_source  # at most this many copies a source: a bound on the copies
     return placement.engine_memory(manifest.index_spec, manifest.dimension, manifest.vectors, len(manifest.labels),
-                                   len(manifest.shards), holds_vectors=holds_vectors, on_gpu=on_gpu)
+                                   len(manifest.shards), holds_vectors=holds_vectors, on_gpu=on_gpu,
+                                   copies=manifest.vectors * per_source // (1 + per_source))
 
 
 def pool_plan(manifest, size: int, holds_vectors: bool, gpus: int, k: int, parts: int = 1,
