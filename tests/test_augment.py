@@ -79,6 +79,7 @@ def augmented(tmp_path_factory, ray_session):
 def test_augmented_ingest_embeds_each_copy_once_and_a_rerun_resumes(augmented):
     first, job = augmented["first"], augmented["job"]
     assert first.inputs == first.embedded == 8 * (1 + augment.COPIES) and not first.errors
+    assert first.copies == 8 * augment.COPIES
     assert ingest(job).items_encoded == 0
     changed = augmented["root"] / "refs" / "a" / "1.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(changed)  # replaced: it and its copies are fresh

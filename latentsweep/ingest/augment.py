@@ -124,24 +124,30 @@ def process(image: np.ndarray, steps: str) -> bytes:
     return buffer.getvalue()
 
 
-def with_copies(batches: Iterator[pa.RecordBatch], recipe: str) -> Iterator[pa.RecordBatch]:
+class WithCopies:
     """The listing's batches, each followed by the copies of its labelled images (same version, label
-    and family as their source: a replaced source makes its copies fresh too)."""
-    for batch in batches:
-        yield batch
-        if recipe == "none":
-            continue
-        uris, labels = batch.column("uri").to_pylist(), batch.column("label").to_pylist()
-        rows, copies = [], []
-        for row, (uri, label) in enumerate(zip(uris, labels)):
-            if label is not None:
-                made = copy_uris(uri, recipe)
-                rows += [row] * len(made)
-                copies += made
-        if copies:
-            taken = batch.take(pa.array(rows, pa.int64()))
-            position = taken.schema.get_field_index("uri")
-            yield taken.set_column(position, taken.schema.field(position), pa.array(copies, pa.string()))
+    and family as their source: a replaced source makes its copies fresh too); ``made`` counts them."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch], recipe: str):
+        self.batches, self.recipe, self.made = batches, recipe, 0
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        for batch in self.batches:
+            yield batch
+            if self.recipe == "none":
+                continue
+            uris, labels = batch.column("uri").to_pylist(), batch.column("label").to_pylist()
+            rows, copies = [], []
+            for row, (uri, label) in enumerate(zip(uris, labels)):
+                if label is not None:
+                    made = copy_uris(uri, self.recipe)
+                    rows += [row] * len(made)
+                    copies += made
+            if copies:
+                self.made += len(copies)
+                taken = batch.take(pa.array(rows, pa.int64()))
+                position = taken.schema.get_field_index("uri")
+                yield taken.set_column(position, taken.schema.field(position), pa.array(copies, pa.string()))
 
 
 def source_ids(ids: np.ndarray, uris: list[str]) -> np.ndarray:

@@ -70,6 +70,7 @@ class IngestSummary:
     changed: int = 0
     removed: int = 0
     collisions: int = 0  # URIs whose 64-bit id another URI has: given an alternative id (ingest/plan.py)
+    copies: int = 0      # of the inputs, processed copies of labelled images (--augment; ingest/augment.py)
     embedded: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     skipped_unsupported: int = 0
@@ -205,14 +206,16 @@ def _held(folder: Path) -> bool:
         return False
 
 
-def _list(job: IngestJob, scratch: str, space: tuple[str, str | None]) -> tuple[Listing, planning.Spill]:
-    """The listing (its skipped files) and its rows spilled by id range into ``scratch``; a source of
-    bitstreams alone is checked against the job's ``space`` (:func:`_space`)."""
+def _list(job: IngestJob, scratch: str, space: tuple[str, str | None]) -> tuple[Listing, planning.Spill, int]:
+    """The listing (its skipped files), its rows spilled by id range into ``scratch`` with the processed
+    copies of its labelled images, and how many copies those are; a source of bitstreams alone is
+    checked against the job's ``space`` (:func:`_space`)."""
     # The driver plans with the system allocator: Arrow's default (mimalloc) keeps freed pages, ~35 MB
     # more at the peak of a 1M-entry plan (benchmarks/bench_scale.py); workers keep the default.
     pa.set_memory_pool(pa.system_memory_pool())
     listing = list_source(job.source, job.labels_from_folders, job.families, job.check_versions)
-    listed = planning.spill_listing(augment.with_copies(listing.batches, job.augment), scratch)
+    augmented = augment.WithCopies(listing.batches, job.augment)
+    listed = planning.spill_listing(augmented, scratch)
     if not listed.rows:
         raise UsageError(f"no images, .pt latents or .jai bitstreams found in {job.source}")
     if listed.bitstreams == listed.rows:  # bitstreams only: every item would be an error row
@@ -227,7 +230,7 @@ def _list(job: IngestJob, scratch: str, space: tuple[str, str | None]) -> tuple[
         if mismatch:
             raise UsageError(f"every input of {job.source} is a .jai bitstream, and the first, "
                              f"{listed.first_bitstream}, was {mismatch}")
-    return listing, listed
+    return listing, listed, augmented.made
 
 
 def _space_mismatch(uri: str, space: tuple[str, str | None]) -> str | None:
@@ -252,14 +255,15 @@ def dry_run(job: IngestJob) -> dict:
     out = storage.Location.parse(job.out)
     space = _space(job)
     with _scratch() as scratch:
-        listing, listed = _list(job, scratch, space)
+        listing, listed, copies = _list(job, scratch, space)
         plan, _ = _plan(job, out, listed, _settings(job, space), scratch)
     done = {} if job.overwrite else _digests(done_records(out))
     pending = plan.pending_mask(done).to_numpy(zero_copy_only=False)
     shard_ids, sizes = plan.shards.column("shard").to_numpy(), plan.shards.column("items").to_numpy()
     # a pending shard with earlier output keeps its unchanged items' rows: it encodes only the fresh ones
     encode = np.where(np.isin(shard_ids, list(done)), plan.shards.column("fresh").to_numpy(), sizes)
-    return {**plan.counts, "skipped_unsupported": listing.skipped, "shards_total": plan.shards.num_rows,
+    return {**plan.counts, "copies": copies, "skipped_unsupported": listing.skipped,
+            "shards_total": plan.shards.num_rows,
             "shards_to_process": int(pending.sum()), "items_to_process": int(sizes[pending].sum()),
             "items_to_encode": int(encode[pending].sum()), "shards_dropped": len(plan.dropped),
             "versions": listing.versions}
@@ -287,7 +291,7 @@ def run(job: IngestJob, log=None) -> IngestSummary:
     space = _space(job)
     choice = _join(job, out, log)
     with _scratch() as scratch:
-        listing, listed = _list(job, scratch, space)
+        listing, listed, summary.copies = _list(job, scratch, space)
         summary.skipped_unsupported = listing.skipped
         settings = _settings(job, space)
         with lock.hold(out, "ingest") as held:
