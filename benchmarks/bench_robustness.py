@@ -6,11 +6,13 @@ Corpora: those of ``bench_descriptor_heldout.py`` (imported, not copied): ``A`` 
 pixel-exact crops of photos the project never trained on. Each class is split deterministically by
 image number: images 0-19 are the references, images 20-29 the queries (different crops).
 
-References, two arms: ``clean`` (``latentsweep ingest REFS --labels-from-folders``) and ``augmented``
-(the same with ``--augment standard``: processed copies of every labelled reference, Pillow's JPEG at
-quality 60-98 with 4:2:0 or 4:4:4 chroma, Pillow's WebP, Pillow's resizes by 0.6-1.4 with bilinear,
-bicubic or Lanczos, Gaussian blur of radius 0.3-1.2). The augmented arm runs only when
-``latentsweep ingest --help`` lists ``--augment``; otherwise it is skipped with a printed line.
+References, two arms: ``clean`` (``latentsweep ingest REFS --labels-from-folders --augment none``) and
+``augmented`` (the same with ``--augment standard``, ingest's default for labelled images: 3 processed
+copies of every labelled reference, Pillow's JPEG at quality 60-98 with 4:2:0 or 4:4:4 chroma, Pillow's
+WebP, Pillow's resizes by 0.6-1.4 with bilinear, bicubic or Lanczos, Gaussian blur of radius 0.3-1.2,
+counted as one neighbour with their original). The augmented arm runs only when
+``latentsweep ingest --help`` lists ``--augment``; otherwise it is skipped with a printed line (and no
+ingest gets ``--augment``). Queries are ingested with ``--augment none`` (copies never query).
 
 Queries, each condition its own labelled folder, ingested the same way:
 
@@ -28,7 +30,7 @@ Indices: ``latentsweep index build REFS_EMB`` with the default features (``self_
 embeddings hold it), ``residual_spectrum`` (the classical baseline), ``fingerprint`` and
 ``fingerprint,self_description``; ``latentsweep evaluate --index IDX --queries Q_EMB``: Top-1 from its
 ``metrics.json``. Also the ingest seconds per reference image of each arm (the ingest summary's
-``seconds`` over its ``inputs``).
+``seconds`` over the reference images; its ``inputs`` count the copies too, both are kept).
 
 The corpus and query step needs opencv-python-headless, pyvips (with pyvips-binary), SimpleITK and
 imagecodecs; they are not project dependencies, so it runs under ``--corpus-python`` (a Python that has
@@ -37,8 +39,9 @@ pillow and imagecodecs installed):
 
     .venv/bin/python benchmarks/bench_robustness.py --corpus-python PYTHON [--work DIR]
 
-A rerun with the same ``--work`` reuses its corpora, query conditions, ingests, indices and evaluations
-where they are newer than their inputs (``--fresh`` redoes the ingests and everything after them).
+A rerun with the same ``--work`` reuses its corpora and query conditions, its ingests made with the same
+arguments, and indices and evaluations newer than their inputs (``--fresh`` redoes the ingests and
+everything after them).
 """
 
 from __future__ import annotations
@@ -181,12 +184,13 @@ def _newer(output: Path, *inputs: Path) -> bool:
 
 
 def ingest(source: Path, out: Path, fresh: bool, *extra: str) -> dict:
-    """Ingest (or reuse a finished ingest of) ``source``; its ``summary.json``."""
-    summary = out / "summary.json"
-    if fresh or not summary.exists():
+    """Ingest (or reuse a finished ingest of ``source`` with the same ``extra`` arguments); its ``summary.json``."""
+    summary, arguments = out / "summary.json", out / "bench-arguments.json"
+    if fresh or not summary.exists() or not arguments.exists() or json.loads(arguments.read_text()) != list(extra):
         shutil.rmtree(out, ignore_errors=True)
         cli("ingest", str(source), "--out", str(out), "--labels-from-folders", "--feature-set", "2lat",
             "--device", "cpu", "--overwrite", "-q", *extra)
+        arguments.write_text(json.dumps(list(extra)) + "\n")
     record = json.loads(summary.read_text())
     if record.get("errors"):
         raise SystemExit(f"ingest of {source} ended with error rows: {record['errors']}")
@@ -210,17 +214,21 @@ def evaluate(index_dir: Path, manifest: Path, queries: Path, out: Path) -> dict:
     return json.loads(metrics.read_text())
 
 
-def run_corpus(work: Path, corpus: str, arms: list[str], conditions: list[str], fresh: bool, results: dict) -> None:
+def run_corpus(work: Path, corpus: str, arms: list[str], conditions: list[str], fresh: bool, augment: bool,
+               results: dict) -> None:
     root, embeddings = work / "robustness" / corpus, work / "embeddings" / corpus
     entry = results["corpora"].setdefault(corpus, {"top1": {}, "ingest": {}, "features_resolved": {}})
     queries = {}
+    # labelled ingests augment by default where ingest has --augment: say "none" for the queries (copies
+    # never query, they would only cost time) and for the clean arm
+    plain = ("--augment", "none") if augment else ()
     for condition in conditions:
-        summary = ingest(root / "queries" / condition, embeddings / "queries" / condition, fresh, "--augment", "none")
+        summary = ingest(root / "queries" / condition, embeddings / "queries" / condition, fresh, *plain)
         queries[condition] = embeddings / "queries" / condition
         entry["ingest"].setdefault("queries", {})[condition] = _cost(summary, _files(root / "queries" / condition))
     log(f"{corpus}: {len(conditions)} query conditions ingested")
     for arm in arms:
-        extra = ("--augment", "standard" if arm == "augmented" else "none")
+        extra = ("--augment", "standard") if arm == "augmented" else plain
         references = embeddings / f"references-{arm}"
         summary = ingest(root / "references", references, fresh, *extra)
         entry["ingest"][f"references-{arm}"] = _cost(summary, _files(root / "references"))
@@ -344,12 +352,13 @@ def main(argv: list[str] | None = None) -> None:
                      f"`{OPENCV_FALLBACK}` stands for `mozjpeg75-90`: the corpus Python's imagecodecs has no mozjpeg "
                      "encoder, so OpenCV's JPEG encoder wrote it (its own quality drawn per image in 75-90).",
                      "corpora": {}}
-    if "augmented" in arms and not augment_available():
+    augment = augment_available()
+    if "augmented" in arms and not augment:
         arms.remove("augmented")
         results["augmented_skipped"] = "skipped: `latentsweep ingest --help` lists no `--augment`."
         print("augmented arm skipped: `latentsweep ingest --help` lists no --augment", flush=True)
     for corpus in heldout.CORPORA:
-        run_corpus(work, corpus, arms, conditions, args.fresh, results)
+        run_corpus(work, corpus, arms, conditions, args.fresh, augment, results)
         results["corpora"][corpus]["held_out_mean"] = held_out_means(results["corpora"][corpus], conditions)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
