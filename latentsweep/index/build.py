@@ -10,7 +10,8 @@
 4. Shard tasks, each with a ``memory=`` request from :func:`shard_memory`, read their files (shard i
    gets files i, i+N, ...), z-score and L2-normalise with the shared scaler, add vectors with their
    global ids, search the recall queries exactly and with the index, and write
-   ``v-NNNNNN/shards/shard-NNNNN.faiss`` and ``v-NNNNNN/metadata/shard-NNNNN.parquet``.
+   ``v-NNNNNN/shards/shard-NNNNN.faiss``, ``v-NNNNNN/metadata/shard-NNNNN.parquet`` and, for processed
+   copies of references (``ingest --augment``), ``v-NNNNNN/copies/shard-NNNNN.parquet`` (id, source).
 5. ANN types get recall@10 against exact search (the search params that reach ``--min-recall``), and
    every type an open-set threshold: the same sampled references, searched exactly with themselves
    left out, give the similarities a known generator's image has to its nearest other reference; the
@@ -282,7 +283,7 @@ def _build_shard(shard_id: int, files: list[str], columns: list[str], dimension:
         held = np.isin(copy_ids, exact[1])
         recall = {"exact": exact, "approximate": approximate, "labels": _labels_of(metadata, exact[1]),
                   "sources": dict(zip(copy_ids[held].tolist(), copy_sources[held].tolist()))}
-    return {"entry": entry, "recall": recall, "copies": len(copy_ids)}
+    return {"entry": entry, "recall": recall}
 
 
 def _labels_of(metadata, ids: np.ndarray) -> dict[int, str]:
