@@ -139,7 +139,8 @@ class ShardedIndex:
         clean_cache(cache)
         gpus = gpu_count() if use_gpu and load_vectors else 0
         memory = device_memory(gpus)
-        placement = placement_of(manifest, entries, k, memory)
+        # a search for k sources fetches k hits per source and its copies (QueryEngine.search_ids)
+        placement = placement_of(manifest, entries, k and k * (1 + manifest.copies_per_source), memory)
         if gpus and not memory:
             placement = Placement(placement.devices, f"faiss sees {gpus} GPU{'s' if gpus != 1 else ''} but torch "
                                   f"cannot read their memory (a CPU build of torch): every shard on the CPU")
