@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -287,7 +288,7 @@ def markdown(results: dict) -> str:
     lines = ["# Held-out robustness", "",
              f"Each cell: Top-1 with clean references / with augmented references (`--augment standard`). "
              f"Chance {CHANCE}. {len(REFERENCES)} references and {len(QUERIES)} queries per class (different "
-             f"crops), {len(results['classes']['A'])} classes per corpus.", "",
+             f"crops of the same photos), {len(results['classes']['A'])} classes per corpus.", "",
              f"In the augmentation recipe: {', '.join(f'`{c}`' for c in IN_RECIPE)} (the target). "
              f"Held out (in no augmentation recipe): {', '.join(f'`{c}`' for c in held)}.", ""]
     if results["jpeg_encoder_note"]:
@@ -310,7 +311,10 @@ def markdown(results: dict) -> str:
         costs = "; ".join(f"{arm} {cost['seconds_per_image']} s (summary: {cost['seconds']} s, "
                           f"{cost['images']} images, {cost['inputs']} inputs)"
                           for arm, cost in ((arm, entry["ingest"].get(f"references-{arm}")) for arm in ARMS) if cost)
-        lines += ["", f"Reference ingest (CPU, one encoder), seconds per reference image: {costs}.", ""]
+        lines += ["", f"Reference ingest, seconds per reference image (wall time of the ingest summary, "
+                      f"`--device cpu`): {costs}.", ""]
+    lines += [f"Ingest times are wall seconds on {results['cpus']} CPU cores that other work may share while "
+              "the benchmark runs; the augmented arm encodes each reference and its copies (its `inputs`).", ""]
     return "\n".join(lines)
 
 
@@ -345,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
                      "references_per_class": len(REFERENCES), "queries_per_class": len(QUERIES),
                      "split": f"images {REFERENCES.start}-{REFERENCES.stop - 1} of each class are references, "
                               f"{QUERIES.start}-{QUERIES.stop - 1} queries",
-                     "seed": args.seed, "features": list(FEATURES),
+                     "seed": args.seed, "features": list(FEATURES), "cpus": os.cpu_count(),
                      "sizes": {corpus: size for corpus, (size, _) in heldout.CORPORA.items()},
                      "classes": {corpus: [c[0] for c in classes] for corpus, (_, classes) in heldout.CORPORA.items()},
                      "jpeg_encoder_note": "" if "mozjpeg75-90" in conditions else
