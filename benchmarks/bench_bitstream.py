@@ -15,14 +15,23 @@ again through ``latentsweep ingest`` on local Ray (a warm-up job first; Ray's st
 the bitstream path's own stages (batched as ingest batches them). Bytes per image: the ``.jai`` files
 against the PNGs and Pillow's JPEG at quality 90 of the same images. The machine's load average is
 recorded with the rows: on a shared machine it moves every figure.
+
+``--end-to-end N``: instead, the whole commands as a user runs them, each a fresh process (its own local
+Ray): ``latentsweep compress`` of N PNG crops (its default, the forensic field on), then ``latentsweep ingest``
+of the PNGs and of the ``.jai`` files, ``--feature-set 2lat`` and ingest's other defaults, ``--repeats``
+times in turn (the order swapped every repeat, after one uncounted pair), each ratio from one pair. Its
+rows replace the end-to-end rows of the results file and keep the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,16 +105,19 @@ def pixel_path(paths: list[Path], codec) -> float:
     return time.perf_counter() - started
 
 
-def bitstream_stages(paths: list[Path], codec, batch: int) -> dict[str, float]:
+def bitstream_stages(paths: list[Path], codec, batch: int) -> tuple[dict[str, float], int]:
     """Seconds a bitstream spends in each stage of ``BitstreamCodec.latents_batch`` (summed over ``paths``,
-    in batches of ``batch`` as ingest runs them; the benchmark's files are of one size, one batch each)."""
+    in batches of ``batch`` as ingest runs them; the benchmark's files are of one size, one batch each), and
+    how many files the float32 levels failed, which were decoded again at the float64 levels."""
     import torch
 
     from latentsweep.bitstream import coding
-    from latentsweep.bitstream.codec import BRANCHES, STREAMS, _words
+    from latentsweep.bitstream.codec import BRANCHES
 
-    spent = dict.fromkeys(("container + z_hat decoding", "scale levels (float64, batched)", "residual decoding",
-                           "hyper-decoder + prediction (batched)"), 0.0)
+    spent = dict.fromkeys(("container + z_hat decoding", "hyper- and scale decoders (float32, batched)",
+                           "residual decoding (float32 levels; float64 levels where they fail)",
+                           "latent prediction (batched)"), 0.0)
+    again = 0
 
     def tick(name: str, started: float) -> float:
         now = time.perf_counter()
@@ -117,22 +129,17 @@ def bitstream_stages(paths: list[Path], codec, batch: int) -> dict[str, float]:
             now = time.perf_counter()
             parsed = [codec._decode_z(path.read_bytes(), None, False) for path in paths[start:start + batch]]
             now = tick("container + z_hat decoding", now)
-            levels = {branch: codec.levels(branch, torch.cat([z_hats[branch] for _, z_hats in parsed]))
-                      for branch in BRANCHES}
-            now = tick("scale levels (float64, batched)", now)
-            symbols = []
-            for position, (bitstream, z_hats) in enumerate(parsed):
-                decoded = {}
-                for branch in BRANCHES:
-                    words = _words(bitstream.streams[STREAMS.index(("r", branch))])
-                    residual = coding.decode_residual(codec.models, words, levels[branch][position])
-                    decoded.update({f"z_hat_{branch}": z_hats[branch],
-                                    f"residual_quant_{branch}": torch.from_numpy(residual).float()[None]})
-                symbols.append(decoded)
-            now = tick("residual decoding", now)
-            codec._predict(symbols)
-            tick("hyper-decoder + prediction (batched)", now)
-    return spent
+            hyper = codec._hyper([z_hats for _, z_hats in parsed])
+            now = tick("hyper- and scale decoders (float32, batched)", now)
+            symbols = codec._decode_residuals(parsed, hyper)
+            now = tick("residual decoding (float32 levels; float64 levels where they fail)", now)
+            codec._predict(symbols, hyper)
+            tick("latent prediction (batched)", now)
+            rough = {branch: coding.level_of(hyper[branch]["log_scale"].double().numpy()) for branch in BRANCHES}
+            for position, item in enumerate(parsed):
+                levels = {branch: rough[branch][position] for branch in BRANCHES}
+                again += isinstance(codec._decode_residual(item, levels), Exception)
+    return spent, again
 
 
 def through_ray(source: Path, out: Path, batch: int, shard_size: int) -> float:
@@ -148,6 +155,63 @@ def through_ray(source: Path, out: Path, batch: int, shard_size: int) -> float:
     return seconds
 
 
+RESULTS = Path("benchmarks/results/bitstream.json")
+END_TO_END = "latentsweep ingest, end to end"  # the "where" of the --end-to-end rows
+
+
+def command(*args: str) -> float:
+    """Seconds of ``latentsweep ARGS`` as a fresh process; a failure stops the benchmark."""
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "latentsweep", *args], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode:
+        raise SystemExit(f"latentsweep {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return seconds
+
+
+def end_to_end(count: int, size: int, repeats: int, ingest_options: list[str], results: Path) -> None:
+    load_before = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="bench-bitstream-"))
+    sources = {"PNG": work / "png", ".jai": work / "jai"}
+    make_images(sources["PNG"], count, size)
+    compress_s = command("compress", str(sources["PNG"]), "--out", str(sources[".jai"]), "-q")
+    seconds: dict[str, list[float]] = {name: [] for name in sources}
+    for repeat in range(repeats + 1):  # repeat 0 warms the page cache and the bytecode caches
+        for name in (list(sources) if repeat % 2 else list(sources)[::-1]):
+            source = sources[name]
+            took = command("ingest", str(source), "--out", str(work / f"out-{source.name}"), "--overwrite", "-q",
+                           "--feature-set", "2lat", *ingest_options)
+            if repeat:
+                seconds[name].append(took)
+    ratios = [jai / png for jai, png in zip(seconds[".jai"], seconds["PNG"])]
+    options = " ".join(["--feature-set 2lat", *ingest_options])
+    rows = [{"path": f"{name} ingest ({options})", "where": END_TO_END, "images": count,
+             "seconds": f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})",
+             "img_s": round(count / statistics.median(values), 1),
+             "vs_image": "" if name == "PNG" else
+             f"{statistics.median(ratios):.3f} of the PNG time ({min(ratios):.3f}-{max(ratios):.3f}), "
+             f"{len(ratios)} pairs"}
+            for name, values in seconds.items()]
+    jai_bytes = np.mean([path.stat().st_size for path in sources[".jai"].glob("*.jai")])
+    rows += [{"path": "latentsweep compress (forensic field on, the default)", "where": END_TO_END, "images": count,
+              "seconds": f"{compress_s:.1f}", "img_s": round(count / compress_s, 1),
+              "vs_image": f"{size}x{size} crops, .jai {jai_bytes:.0f} B"},
+             {"path": "load average (1, 5, 15 min): start -> end", "where": END_TO_END, "images": "",
+              "seconds": "", "img_s": f"{load_before} -> {os.getloadavg()}", "vs_image": ""}]
+    report("bitstream: latentsweep ingest of .jai files against the same images, end to end", rows)
+    save(rows, results)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def save(rows: list[dict], results: Path) -> None:
+    """Write ``rows`` to ``results``, keeping the rows there of the other mode (end to end or not)."""
+    end_to_end_rows = rows[0]["where"] == END_TO_END
+    kept = [row for row in json.loads(results.read_text()) if (row["where"] == END_TO_END) != end_to_end_rows] \
+        if results.exists() else []
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(kept + rows, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=64)
@@ -158,7 +222,16 @@ def main() -> None:
                         help="items per shard of the Ray rows (ingest's default)")
     parser.add_argument("--threads", type=int, help="torch threads of the in-process rows (a CPU shard worker "
                                                      "runs one per core; default: torch's own, every core)")
+    parser.add_argument("--end-to-end", type=int, metavar="N",
+                        help="time the whole commands on N images instead (see the module's docstring)")
+    parser.add_argument("--repeats", type=int, default=3, help="counted pairs of the --end-to-end runs")
+    parser.add_argument("--no-descriptors", action="store_true",
+                        help="--end-to-end: ingest both with --no-descriptors (the files keep their field)")
     args = parser.parse_args()
+    if args.end_to_end:
+        end_to_end(args.end_to_end, args.size, args.repeats, ["--no-descriptors"] if args.no_descriptors else [],
+                   RESULTS)
+        return
     if args.threads:
         import torch
 
@@ -172,7 +245,7 @@ def main() -> None:
     image_s = in_process(pngs, args.batch)
     bitstream_s = in_process(jais, args.batch)
     pixel_s = pixel_path(jais, codec)
-    stages = bitstream_stages(jais, codec, args.batch)
+    stages, again = bitstream_stages(jais, codec, args.batch)
 
     png_bytes = np.mean([p.stat().st_size for p in pngs])
     jai_bytes = np.mean([p.stat().st_size for p in jais])
@@ -207,6 +280,8 @@ def main() -> None:
     rows += [{"path": f"bitstream stage: {name}", "where": "in-process", "images": n,
               "ms_per_image": round(1000 * seconds / n, 2), "img_s": "", "vs_image": f"{seconds / total:.0%} of stages"}
              for name, seconds in stages.items()]
+    rows.append({"path": "files decoded again at the float64 levels", "where": "in-process", "images": n,
+                 "ms_per_image": "", "img_s": again, "vs_image": f"{again / n:.1%} of files"})
     rows += [{"path": f"bytes per image: {name}", "where": f"{args.size}x{args.size} photo crops", "images": n,
               "ms_per_image": "", "img_s": f"{size:.0f} B ({bpp(size)} bpp)",
               "vs_image": f"{size / png_bytes:.3f} of PNG"}
@@ -217,8 +292,8 @@ def main() -> None:
                  "ms_per_image": "", "img_s": torch.get_num_threads(), "vs_image": ""})
     rows.append({"path": "load average (1, 5, 15 min): start -> end", "where": "this machine", "images": "",
                  "ms_per_image": "", "img_s": f"{load_before} -> {os.getloadavg()}", "vs_image": ""})
-    report("bitstream: ingest from bitstreams vs images vs the pixel path", rows,
-           Path("benchmarks/results/bitstream.json"))
+    report("bitstream: ingest from bitstreams vs images vs the pixel path", rows)
+    save(rows, RESULTS)
     shutil.rmtree(work, ignore_errors=True)
 
 

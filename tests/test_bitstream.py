@@ -217,6 +217,27 @@ def test_held_out_rate_exact_latents_and_pixels(codec):
             assert np.array_equal(codec.decompress(data), model.pixels(tensors, height, width))
 
 
+def test_a_file_the_float32_levels_miss_is_decoded_again_at_the_float64_levels(codec, small):
+    """The decoder's first levels come from the float32 log-scales; where one misses the encoder's level,
+    the residuals fail their checksum and the file is decoded again at the float64 levels, to the very
+    symbols of a decoding that got every level right."""
+    from latentsweep.bitstream import coding
+
+    with torch.inference_mode():  # as latents_batch runs
+        parsed = codec._decode_z(small[1], None, False)
+        hyper = codec._hyper([parsed[1]])
+        [expected] = codec._decode_residuals([parsed], hyper)
+        log_scale = hyper["luma"]["log_scale"].clone()
+        level = coding.level_of(log_scale[0, 0, 0, 0].double().numpy())
+        far = coding.SCALE_MAX if level < coding.SCALE_LEVELS // 2 else coding.SCALE_MIN  # another level
+        log_scale[0, 0, 0, 0] = float(np.log(far))
+        missed = {**hyper, "luma": {**hyper["luma"], "log_scale": log_scale}}
+        rough = {branch: coding.level_of(missed[branch]["log_scale"].double().numpy())[0] for branch in missed}
+        assert isinstance(codec._decode_residual(parsed, rough), BitstreamError)
+        [again] = codec._decode_residuals([parsed], missed)
+    assert set(again) == set(expected) and all(torch.equal(again[name], expected[name]) for name in expected)
+
+
 DECODE_ELSEWHERE = """
 import sys, numpy as np, torch
 torch.set_num_threads(1)

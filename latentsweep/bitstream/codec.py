@@ -16,7 +16,9 @@
 The scale level of each residual is computed from ``z_hat`` by float64 copies of the hyper- and scale
 decoders (``coding.level_of``), so encoder and decoder agree on every machine; the exported float32
 tensors come from the model's own modules, run over same-size files at once, and equal the encoder's to
-the bit whatever else is in the batch (:func:`_in_batch_of_two`).
+the bit whatever else is in the batch (:func:`_in_batch_of_two`). The decoder tries the levels of those
+float32 tensors first, which it computes anyway, and runs the float64 copies only for a file whose
+symbols fail their checksum at them (:meth:`BitstreamCodec._decode_residuals`).
 
 The float64 copies always run on the CPU (:data:`LEVELS_DEVICE`), also when the codec runs on a GPU:
 ``z_hat`` holds small integers, so moving it is exact, and the levels are then one function of the file on
@@ -151,9 +153,9 @@ class BitstreamCodec:
     def latents_batch(self, files: list[bytes | Bitstream], max_pixels: int | None = None, any_adapters: bool = False
                       ) -> list[tuple[dict[str, torch.Tensor], Bitstream] | BitstreamError]:
         """:meth:`latents` of many files, in their order; a file this codec refuses is its
-        :class:`BitstreamError`, in its place. Files of one padded size run the float64 scale levels, the
-        hyper-decoder and the latent prediction as one batch (~20 small convolutions that dominated
-        one-file decoding); a file's tensors are the same bits alone or in any batch."""
+        :class:`BitstreamError`, in its place. Files of one padded size run the hyper-decoder, the scale levels
+        and the latent prediction as one batch (~20 small convolutions that dominated one-file decoding); a
+        file's tensors are the same bits alone or in any batch."""
         results: list = [None] * len(files)
         parsed = {}  # index -> (parsed file, its z_hat per branch)
         by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -167,14 +169,15 @@ class BitstreamCodec:
         for indices in by_size.values():
             for start in range(0, len(indices), PREDICTION_BATCH):
                 chunk = indices[start:start + PREDICTION_BATCH]
+                hyper = self._hyper([parsed[index][1] for index in chunk])
                 symbols = {}
-                for index, item in zip(chunk, self._decode_residuals([parsed[index] for index in chunk])):
+                for index, item in zip(chunk, self._decode_residuals([parsed[index] for index in chunk], hyper)):
                     if isinstance(item, BitstreamError):
                         results[index] = item
                     else:
                         symbols[index] = item
-                if symbols:
-                    tensors = self._predict(list(symbols.values()))
+                if symbols:  # the hyper-decoders' output serves the batch it was run on, not a part of it
+                    tensors = self._predict(list(symbols.values()), hyper if len(symbols) == len(chunk) else None)
                     for position, index in enumerate(symbols):
                         results[index] = ({name: value[position:position + 1] for name, value in tensors.items()},
                                           parsed[index][0])
@@ -196,36 +199,62 @@ class BitstreamCodec:
             z_hats[branch] = torch.from_numpy(z_hat).float()[None].to(self.device)
         return bitstream, z_hats
 
-    def _decode_residuals(self, files: list[tuple[Bitstream, dict[str, torch.Tensor]]]
-                          ) -> list[dict[str, torch.Tensor] | BitstreamError]:
-        """Same-size files' z_hat -> their scale levels (one float64 batch a branch) -> each file's
-        ``{"z_hat_luma": ..., "residual_quant_luma": ...}``, or the error that refused it."""
-        levels = {branch: self.levels(branch, torch.cat([z_hats[branch] for _, z_hats in files]))
-                  for branch in BRANCHES}
-        out: list = []
-        for position, (bitstream, z_hats) in enumerate(files):
-            symbols = {}
-            try:
-                for branch in BRANCHES:
-                    stream = bitstream.streams[STREAMS.index(("r", branch))]
-                    residual_quant = coding.decode_residual(self.models, _words(stream), levels[branch][position])
-                    _verify(stream, residual_quant, f"residual_quant {branch}")
-                    symbols[f"z_hat_{branch}"] = z_hats[branch]
-                    symbols[f"residual_quant_{branch}"] = torch.from_numpy(residual_quant).float()[None].to(
-                        self.device)
-            except BitstreamError as error:
-                symbols = error
-            out.append(symbols)
+    def _hyper(self, z_hats: list[dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+        """Same-size files' ``z_hat`` -> ``{branch: {"psi": ..., "log_scale": ...}}`` of the batch, float32, by the
+        model's own modules (:meth:`LatentPredictor.hyper`), as the prediction takes them."""
+        return {branch: _in_batch_of_two(getattr(self.model, f"{branch}_predictor").hyper,
+                                         _batch([item[branch] for item in z_hats]))
+                for branch in BRANCHES}
+
+    def _decode_residuals(self, files: list[tuple[Bitstream, dict[str, torch.Tensor]]],
+                          hyper: dict[str, dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor] | BitstreamError]:
+        """Same-size files' z_hat -> each file's ``{"z_hat_luma": ..., "residual_quant_luma": ...}``, or the
+        error that refused it. The residuals are decoded first at the levels of the float32 log-scales of
+        ``hyper`` (:meth:`_hyper`), which the prediction needs anyway: they differ from the float64 levels
+        the encoder used by ~1e-5 in the log-scale, so they agree but where a position lies that close to a
+        level boundary (in ~5% of 128x128 files, one position). A file whose symbols then fail their
+        checksum, or the range decoder, is decoded again at the float64 levels (:meth:`levels`, one batch
+        for all such files), and only that verdict counts: a file decodes to the very symbols, or the
+        very refusal, of the float64 levels alone, at ~1/6 of their cost."""
+        rough = {branch: coding.level_of(hyper[branch]["log_scale"].to(LEVELS_DEVICE, torch.float64).numpy())
+                 for branch in BRANCHES}
+        out = [self._decode_residual(item, {branch: rough[branch][position] for branch in BRANCHES})
+               for position, item in enumerate(files)]
+        again = [position for position, item in enumerate(out) if isinstance(item, BitstreamError)]
+        if again:
+            exact = {branch: self.levels(branch, torch.cat([files[position][1][branch] for position in again]))
+                     for branch in BRANCHES}
+            for row, position in enumerate(again):
+                levels = {branch: exact[branch][row] for branch in BRANCHES}
+                out[position] = self._decode_residual(files[position], levels)
         return out
 
-    def _predict(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Same-size files' symbols -> every decoded tensor, (B, C, h, w), by the model's own modules."""
-        layout = torch.channels_last  # as the Embedder runs the model
+    def _decode_residual(self, file: tuple[Bitstream, dict[str, torch.Tensor]], levels: dict[str, np.ndarray]
+                         ) -> dict[str, torch.Tensor] | BitstreamError:
+        """One file's residuals at ``levels`` (C, h, w) per branch, checked against their symbol CRCs."""
+        bitstream, z_hats = file
+        symbols = {}
+        try:
+            for branch in BRANCHES:
+                stream = bitstream.streams[STREAMS.index(("r", branch))]
+                residual_quant = coding.decode_residual(self.models, _words(stream), levels[branch])
+                _verify(stream, residual_quant, f"residual_quant {branch}")
+                symbols[f"z_hat_{branch}"] = z_hats[branch]
+                symbols[f"residual_quant_{branch}"] = torch.from_numpy(residual_quant).float()[None].to(self.device)
+        except BitstreamError as error:
+            return error
+        return symbols
+
+    def _predict(self, items: list[dict[str, torch.Tensor]], hyper: dict[str, dict[str, torch.Tensor]] | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """Same-size files' symbols -> every decoded tensor, (B, C, h, w), by the model's own modules;
+        ``hyper``: :meth:`_hyper` of these very files, when it has run."""
         out: dict[str, torch.Tensor] = {}
         for branch in BRANCHES:
-            z_hat, residual_quant = (torch.cat([item[f"{name}_{branch}"] for item in items]).contiguous(
-                memory_format=layout) for name in ("z_hat", "residual_quant"))
-            decoded = _in_batch_of_two(getattr(self.model, f"{branch}_predictor").decode, z_hat, residual_quant)
+            z_hat, residual_quant = (_batch([item[f"{name}_{branch}"] for item in items])
+                                     for name in ("z_hat", "residual_quant"))
+            given = () if hyper is None else (hyper[branch]["psi"], hyper[branch]["log_scale"])
+            decoded = _in_batch_of_two(getattr(self.model, f"{branch}_predictor").decode, z_hat, residual_quant, *given)
             out.update({f"{name}_{branch}": decoded[name] for name in DECODED_TENSORS})
         return out
 
@@ -246,6 +275,11 @@ def _in_batch_of_two(function, *batch: torch.Tensor):
         return function(*batch)
     doubled = function(*(torch.cat([tensor, tensor]) for tensor in batch))
     return doubled[:1] if isinstance(doubled, torch.Tensor) else {name: value[:1] for name, value in doubled.items()}
+
+
+def _batch(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One batch of same-size tensors, channels-last as the Embedder runs the model."""
+    return torch.cat(tensors).contiguous(memory_format=torch.channels_last)
 
 
 def missing_columns(columns) -> list[str]:

@@ -180,29 +180,28 @@ def encode_residual(models: EntropyModels, values: np.ndarray, levels: np.ndarra
 
 
 def decode_residual(models: EntropyModels, words: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`encode_residual`. The symbols of every level are decoded first, then mapped to
+    values and their escapes resolved in whole arrays: per level, only the range decoder runs."""
     import constriction
 
-    flat = levels.reshape(-1)
-    out = np.zeros(flat.size, np.int64)
+    groups = list(_groups(levels.reshape(-1)))
+    out = np.zeros(levels.size, np.int64)
+    if not groups:
+        return out.reshape(levels.shape)
     decoder = _decoder(words)
-    escaped, signs, reaches = [], [], []
-    for level, where in _groups(flat):
-        reach = models.reach(level)
-        symbols = _decode(decoder, models.residual_coders[level], where.size)
-        out[where] = symbols - reach - 1
-        outside = (symbols == 0) | (symbols == 2 * reach + 2)
-        escaped.append(where[outside])
-        signs.append(np.where(symbols[outside] == 0, -1, 1))
-        reaches.append(np.full(int(outside.sum()), reach, np.int64))
-    positions = np.concatenate(escaped) if escaped else np.zeros(0, np.int64)
-    if positions.size:
-        lengths = _decode(decoder, constriction.stream.model.Uniform(ESCAPE_LENGTH_SYMBOLS), positions.size)
+    symbols = np.concatenate([_decode(decoder, models.residual_coders[level], where.size) for level, where in groups])
+    reach = np.repeat([models.reach(level) for level, _ in groups], [where.size for _, where in groups])
+    values = symbols - reach - 1
+    outside = np.flatnonzero((symbols == 0) | (symbols == 2 * reach + 2))
+    if outside.size:
+        lengths = _decode(decoder, constriction.stream.model.Uniform(ESCAPE_LENGTH_SYMBOLS), outside.size)
         magnitudes = np.where(lengths > 0, 1, 0).astype(np.int64)
         long = lengths > 1
         if long.any():
             sizes = (1 << (lengths[long].astype(np.int64) - 1))
             magnitudes[long] = sizes + _decode(decoder, constriction.stream.model.Uniform(), sizes.astype(np.int32))
-        out[positions] = np.concatenate(signs) * (np.concatenate(reaches) + 1 + magnitudes)
+        values[outside] = np.where(symbols[outside] == 0, -1, 1) * (reach[outside] + 1 + magnitudes)
+    out[np.concatenate([where for _, where in groups])] = values
     return out.reshape(levels.shape)
 
 

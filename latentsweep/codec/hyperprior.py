@@ -108,15 +108,26 @@ class LatentPredictor(nn.Module):
         z_hat = round_ste(z.clamp(-Z_LIMIT, Z_LIMIT))
         return {"y": y, "z": z, **self._from_z_hat(z_hat, lambda mu, rows, cols: self.quantise(y[:, :, rows, cols], mu))}
 
-    def decode(self, z_hat: torch.Tensor, residual_quant: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Entropy-decoded ``z_hat`` and ``residual_quant`` -> every tensor but ``y`` and ``z``, by the
-        same operations as :meth:`forward` (the bitstream path: no analysis transform)."""
-        return self._from_z_hat(z_hat, lambda mu, rows, cols: self.dequantise(residual_quant[:, :, rows, cols]))
-
-    def _from_z_hat(self, z_hat: torch.Tensor, quantised) -> dict[str, torch.Tensor]:
-        """``quantised(mu, rows, cols)`` gives (residual_quant, residual) of the positions ``rows, cols``."""
+    def hyper(self, z_hat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``z_hat`` -> ``{"psi": ..., "log_scale": ...}``: the hyper- and scale decoders, all that depends on
+        ``z_hat`` alone (what an entropy decoder needs before the residuals)."""
         psi = self.hyper_decoder(z_hat)
-        scale = self.scale_decoder(psi).exp()
+        return {"psi": psi, "log_scale": self.scale_decoder(psi)}
+
+    def decode(self, z_hat: torch.Tensor, residual_quant: torch.Tensor, psi: torch.Tensor | None = None,
+               log_scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Entropy-decoded ``z_hat`` and ``residual_quant`` -> every tensor but ``y`` and ``z``, by the
+        same operations as :meth:`forward` (the bitstream path: no analysis transform). ``psi`` and
+        ``log_scale``: :meth:`hyper` of this very ``z_hat`` batch, when the caller has run it already."""
+        hyper = None if psi is None else {"psi": psi, "log_scale": log_scale}
+        return self._from_z_hat(z_hat, lambda mu, rows, cols: self.dequantise(residual_quant[:, :, rows, cols]),
+                                hyper)
+
+    def _from_z_hat(self, z_hat: torch.Tensor, quantised, hyper: dict | None = None) -> dict[str, torch.Tensor]:
+        """``quantised(mu, rows, cols)`` gives (residual_quant, residual) of the positions ``rows, cols``;
+        ``hyper``: :meth:`hyper` of ``z_hat``, computed here when None."""
+        hyper = hyper or self.hyper(z_hat)
+        psi, scale = hyper["psi"], hyper["log_scale"].exp()
         if self.context_model is None:
             mu = F.pixel_shuffle(psi, 2)
             residual_quant, residual = quantised(mu, slice(None), slice(None))
