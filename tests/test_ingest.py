@@ -404,7 +404,7 @@ def test_interrupted_runs_resume_to_identical_output(tmp_path, ray_session):
     (corpus / "alpha" / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "interrupted"
     command = [sys.executable, "-m", "latentsweep", "ingest", str(corpus), "--out", str(out),
-               "--labels-from-folders", "--weights", "untrained", "--feature-set", "selected",
+               "--labels-from-folders", "--augment", "none", "--weights", "untrained", "--feature-set", "selected",
                "--device", "cpu", "--shard-size", "2", "--batch-size", "2", "--quiet"]
     markers = lambda: files_in(out / "_done")
     code, stderr = interrupt_when(command, lambda: markers() >= 1, signal.SIGINT)
@@ -418,8 +418,9 @@ def test_interrupted_runs_resume_to_identical_output(tmp_path, ray_session):
     resumed = run_command(command)
     assert resumed.returncode == 1, resumed.stderr[-2000:]  # 1: the broken file is an error row
     assert f"shards_already_done={after_sigkill}" in resumed.stdout
-    clean = run(job(corpus, tmp_path / "clean", labels_from_folders=True, augment="none", shard_size=2, embed=EmbedSettings(
-        weights="untrained", feature_set="selected", device="cpu", max_batch=2)))  # the same flags, in-process
+    clean = run(job(corpus, tmp_path / "clean", labels_from_folders=True, augment="none", shard_size=2,
+                    embed=EmbedSettings(weights="untrained", feature_set="selected", device="cpu",
+                                        max_batch=2)))  # the same flags, in-process
     assert clean.failed == 1
     assert_same_ingest(out, tmp_path / "clean")
 
@@ -477,7 +478,8 @@ cluster.add_node(num_cpus=1, object_store_memory=300 * 2**20)
 cluster.wait_for_nodes()
 summary = run(IngestJob(sys.argv[1], sys.argv[2], EmbedSettings(weights="untrained", feature_set="selected",
                                                                 device="cpu"),
-                        shard_size=4, labels_from_folders=True, augment="none", workers=2, quiet=True, address=cluster.address))
+                        shard_size=4, labels_from_folders=True, augment="none", workers=2, quiet=True,
+                        address=cluster.address))
 print(json.dumps({"nodes": len(summary.images_per_node), "per_node": summary.images_per_node,
                   "embedded": summary.embedded}))
 import ray
