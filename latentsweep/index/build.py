@@ -141,7 +141,7 @@ def _read(uri: str, columns: list[str], skip_ids: np.ndarray | None):
 
 def _originals(batch: reader.Batch) -> np.ndarray:
     """Which rows of ``batch`` are originals, not processed copies (ingest/augment.py)."""
-    return augment.source_ids(batch.ids, batch.metadata.column("uri").to_pylist()) == batch.ids
+    return augment.originals(batch.ids, batch.metadata.column("uri").to_pylist())
 
 
 def _sample(uri: str, batch: reader.Batch, train: int, queries: int) -> dict:

@@ -164,14 +164,14 @@ def read_queries(uri: str, columns: list[str]) -> pa.Table:
     """What a sweep reads of one query file: ids, URIs, labels, provenance, what each file declared
     (``schema.DECLARED_COLUMNS``) and the feature ``columns``, whose presence is checked first. Processed
     copies of references (an ingest of labelled images with ``--augment``) are left out: they never query."""
-    from latentsweep.ingest.augment import source_ids
+    from latentsweep.ingest.augment import originals
 
     columns_of(uri, ",".join(columns))
     wanted = ["id", "uri", "label", "family", *PROVENANCE, *schema.DECLARED_COLUMNS, *columns]
     table = storage.read_table(uri, columns=list(dict.fromkeys(wanted)))
     ids = table.column("id").to_numpy()
-    originals = source_ids(ids, table.column("uri").to_pylist()) == ids
-    return table if originals.all() else table.filter(pa.array(originals))
+    kept = originals(ids, table.column("uri").to_pylist())
+    return table if kept.all() else table.filter(pa.array(kept))
 
 
 def batch_of(table: pa.Table, columns: list[str], metadata: list[str], uri: str) -> Batch:

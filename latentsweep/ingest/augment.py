@@ -150,6 +150,11 @@ class WithCopies:
                 yield taken.set_column(position, taken.schema.field(position), pa.array(copies, pa.string()))
 
 
+def originals(ids: np.ndarray, uris: list[str]) -> np.ndarray:
+    """Which rows are originals, not processed copies (a bool mask)."""
+    return source_ids(ids, uris) == np.asarray(ids, np.int64)
+
+
 def source_ids(ids: np.ndarray, uris: list[str]) -> np.ndarray:
     """The id of each row's source: its own for an original, its source's (``schema.stable_id`` of the
     source URI) for a copy. A source whose id was replaced after a collision (ingest/plan.py) leaves

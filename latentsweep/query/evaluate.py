@@ -59,7 +59,8 @@ def choose_queries(files: list[str], sample: int | None, seed: int = SAMPLE_SEED
     for uri in files:
         table = storage.read_table(uri, columns=["id", "uri", "label"])
         ids = table.column("id").to_numpy()
-        ids = ids[table.column("label").is_valid().to_numpy() & _originals(ids, table.column("uri").to_pylist())]
+        has_label = table.column("label").is_valid().to_numpy()
+        ids = ids[has_label & augment.originals(ids, table.column("uri").to_pylist())]
         labelled += len(ids)
         keys = np.concatenate([best_keys, sample_keys(ids, seed)])
         ids = np.concatenate([best_ids, ids])
@@ -70,11 +71,6 @@ def choose_queries(files: list[str], sample: int | None, seed: int = SAMPLE_SEED
     if (sample is None and labelled <= SAMPLE_ABOVE) or len(best_ids) == labelled:
         return None, labelled
     return np.sort(best_ids), labelled
-
-
-def _originals(ids: np.ndarray, uris: list[str]) -> np.ndarray:
-    """Which rows are not processed copies of a reference."""
-    return augment.source_ids(ids, uris) == ids
 
 
 def evaluate(index_uri: str, out: str, queries: list[str] | None = None, engine: QueryEngine | None = None,
@@ -140,7 +136,7 @@ def _search(engine: QueryEngine, manifest, files: list[str], chosen: np.ndarray 
         batch = reader.read_columns(uri, list(manifest.columns), with_uri=True)
         query_labels = batch.metadata.column("label").to_pylist()
         keep = np.array([label is not None for label in query_labels], dtype=bool)
-        keep &= _originals(batch.ids, batch.metadata.column("uri").to_pylist())
+        keep &= augment.originals(batch.ids, batch.metadata.column("uri").to_pylist())
         if chosen is not None:
             keep &= np.isin(batch.ids, chosen)
         if not keep.any():
