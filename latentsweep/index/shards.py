@@ -32,13 +32,17 @@ def merge(results: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndar
     ids = np.concatenate([r[1] for r in results], axis=1)
     scores = np.where(ids == MISSING, -np.inf, scores)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    top_scores = np.take_along_axis(scores, order, axis=1)
-    top_ids = np.take_along_axis(ids, order, axis=1)
-    if top_scores.shape[1] < k:
-        pad = k - top_scores.shape[1]
-        top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=MISSING)
+    top_scores, top_ids = _padded(np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1), k)
     return top_scores.astype(np.float32), top_ids
+
+
+def _padded(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) with missing hits (-inf, -1) appended up to k columns."""
+    pad = k - ids.shape[1]
+    if pad <= 0:
+        return scores, ids
+    return (np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf),
+            np.pad(ids, ((0, 0), (0, pad)), constant_values=MISSING))
 
 
 def collapse(scores: np.ndarray, ids: np.ndarray, sources: np.ndarray, exclude: np.ndarray | None,
@@ -61,13 +65,8 @@ def collapse(scores: np.ndarray, ids: np.ndarray, sources: np.ndarray, exclude: 
     keep &= ~later
     first = np.argsort(~keep, axis=1, kind="stable")[:, :k]
     kept = np.take_along_axis(keep, first, axis=1)
-    top_scores = np.where(kept, np.take_along_axis(scores, first, axis=1), -np.inf)
-    top_ids = np.where(kept, np.take_along_axis(ids, first, axis=1), MISSING)
-    if top_ids.shape[1] < k:
-        pad = k - top_ids.shape[1]
-        top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=MISSING)
-    return top_scores, top_ids
+    return _padded(np.where(kept, np.take_along_axis(scores, first, axis=1), -np.inf),
+                   np.where(kept, np.take_along_axis(ids, first, axis=1), MISSING), k)
 
 
 def ray_gpu_assignment() -> tuple[bool, list]:
