@@ -24,7 +24,7 @@ from latentsweep.query.evaluate import evaluate
 def test_copies_are_drawn_once_per_labelled_image_and_named_by_their_source():
     uri = "s3://refs/gen-a/0001.png"
     copies = augment.copy_uris(uri, "standard")
-    assert len(copies) == augment.COPIES == len(set(copies))
+    assert len(copies) == augment.COPIES == len(set(copies))  # this source's three draws differ
     assert copies == augment.copy_uris(uri, "standard")  # the same steps on every run and machine
     assert all(augment.split(copy) == (uri, copy.split("#copy=")[1]) for copy in copies)
     assert augment.copy_uris("s3://refs/gen-b/0001.png", "standard") != copies
@@ -78,13 +78,15 @@ def augmented(tmp_path_factory, ray_session):
 
 def test_augmented_ingest_embeds_each_copy_once_and_a_rerun_resumes(augmented):
     first, job = augmented["first"], augmented["job"]
-    assert first.inputs == first.embedded == 8 * (1 + augment.COPIES) and not first.errors
-    assert first.copies == 8 * augment.COPIES
+    images = sorted(str(path) for path in (augmented["root"] / "refs").rglob("*.png"))
+    copies = {image: augment.copy_uris(image, "standard") for image in images}
+    assert first.copies == sum(map(len, copies.values())) >= len(images) * (augment.COPIES - 1)
+    assert first.inputs == first.embedded == len(images) + first.copies and not first.errors
     assert ingest(job).items_encoded == 0
     changed = augmented["root"] / "refs" / "a" / "1.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(changed)  # replaced: it and its copies are fresh
     os.utime(changed, (1e9, 1e9))
-    assert ingest(job).items_encoded == 1 + augment.COPIES
+    assert ingest(job).items_encoded == 1 + len(copies[str(changed)])
 
 
 def test_leave_one_out_drops_a_query_with_its_copies(augmented):
@@ -125,10 +127,11 @@ def test_the_default_path_augments_the_references_and_indexes_the_learned_descri
         result = runner.invoke(app, [*args, "-q"])
         assert result.exit_code == 0, (args, result.output)
     summary = json.loads((tmp_path / "emb-refs" / "summary.json").read_text())
-    assert summary["inputs"] == summary["embedded"] == 6 * (1 + augment.COPIES)
+    copies = sum(len(augment.copy_uris(str(path), "standard")) for path in (tmp_path / "refs").rglob("*.png"))
+    assert summary["copies"] == copies and summary["inputs"] == summary["embedded"] == 6 + copies
     manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
     assert manifest["features"] == "self_description" and manifest["copies_per_source"] == augment.COPIES
-    assert manifest["labels"] == {"alpha": 2, "beta": 2, "gamma": 2} and manifest["vectors"] == 24
+    assert manifest["labels"] == {"alpha": 2, "beta": 2, "gamma": 2} and manifest["vectors"] == 6 + copies
     metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert metrics["protocol"]["queries"] == 3 and metrics["protocol"]["copies_per_source"] == augment.COPIES
 

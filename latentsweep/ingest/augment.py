@@ -59,10 +59,11 @@ def draw(source: str, number: int) -> str:
 
 
 def copy_uris(uri: str, recipe: str) -> list[str]:
-    """The URIs of ``uri``'s copies under ``recipe`` (none for a file without pixels)."""
+    """The URIs of ``uri``'s copies under ``recipe`` (none for a file without pixels); two draws with the
+    same steps make one copy."""
     if recipe == "none" or not uri.lower().endswith(PIXEL_SUFFIXES):
         return []
-    return [f"{uri}{COPY_MARK}{draw(uri, number)}" for number in range(COPIES)]
+    return list(dict.fromkeys(f"{uri}{COPY_MARK}{draw(uri, number)}" for number in range(COPIES)))
 
 
 def split(uri: str) -> tuple[str, str | None]:
