@@ -192,9 +192,12 @@ DeviceOption = Annotated[str, typer.Option(
 WaitForGpusOption = Annotated[float, typer.Option(
     "--wait-for-gpus", help="Seconds to wait for GPU nodes an autoscaler starts before exit 3.")]
 AdaptersOption = Annotated[Optional[str], typer.Option(
-    "--adapters", help="SFMA adapters in the analysis transforms: a .pt with its .json checksum (made by "
-                       "train-adapters; none ship); default: none. Their digest joins the weights digest of every "
-                       "row.")]
+    "--adapters", help="SFMA adapters with encoder adapters (a .pt with its .json checksum, made by train-adapters; "
+                       "none ship); default: none. Their digest joins the weights digest of every row.")]
+DecoderAdaptersOption = Annotated[Optional[str], typer.Option(
+    "--adapters", help="SFMA adapters with decoder adapters (a .pt with its .json checksum, made by train-adapters "
+                       "--stage decoder or both): decoded images keep more of their forensic traces; the PNG "
+                       "records them. Default: the base decoder.")]
 
 
 def _adapters(value: Optional[str]) -> Optional[str]:
@@ -306,6 +309,7 @@ def decompress(
     source: Annotated[str, typer.Argument(help="Bitstreams (.jai): a folder, s3://bucket/prefix, or a manifest.")],
     out: Annotated[str, typer.Option("--out", help="Folder or s3:// prefix for DIR/<relative path>/<stem>.png.")],
     weights: WeightsOption = None,
+    adapters: DecoderAdaptersOption = None,
     device: DeviceOption = "auto",
     workers: Annotated[Optional[int], typer.Option(help="Codec actors (default: one per GPU, or from the CPUs).")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse bitstreams of images above this many pixels.")] = 64_000_000,
@@ -319,7 +323,8 @@ def decompress(
 
     Truncated, corrupt or foreign files are refused one by one (exit code 1), never decoded to garbage.
     """
-    _codec_job("decompress", source, out, weights, device, workers, max_pixels, min_side, overwrite, address, quiet)
+    _codec_job("decompress", source, out, weights, device, workers, max_pixels, min_side, overwrite, address, quiet,
+               adapters)
 
 
 def report_summary(stage: str, summary) -> None:

@@ -30,7 +30,7 @@ from latentsweep.ingest.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, Deco
 
 MODES = {"compress": container.SUFFIX, "decompress": ".png"}
 PNG_SOURCE_KEY = "latentsweep.source"   # PNG text chunks of a decompressed image: the bitstream's
-PNG_WEIGHTS_KEY = "latentsweep.weights"  # version id and the weights that decoded it (for resume)
+PNG_WEIGHTS_KEY = "latentsweep.weights"  # version id and the weights and adapters that decoded it (provenance, resume)
 CHUNK = 8  # items a worker call
 MAX_ERROR_LINES = 100  # failed inputs named on stderr; the summary counts them all
 EXTERNAL = "_external"
@@ -49,7 +49,7 @@ class CodecJob:
     overwrite: bool = False
     quiet: bool = False
     address: str | None = None
-    adapters: str | None = None  # compress: SFMA adapters in the encoder (a checkpoint path); the decoder has none
+    adapters: str | None = None  # SFMA adapters (a checkpoint path): compress runs their encoder part, decompress their decoder part
     descriptors: bool = True  # compress: the original pixels' descriptors in each file's forensic field
 
 
@@ -88,7 +88,8 @@ def check(job: CodecJob) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(job, name)}")
     if job.workers is not None and job.workers < 1:
         raise UsageError("--workers must be at least 1")
-    weights.digest(job.weights, job.adapters)  # a missing or corrupt checkpoint is refused before Ray starts
+    # a missing or corrupt checkpoint, or adapters without the part this mode runs, is refused before Ray starts
+    weights.digest(job.weights, job.adapters, part="encoder" if job.mode == "compress" else "decoder")
 
 
 def input_suffixes(mode: str) -> tuple[str, ...]:
@@ -215,7 +216,7 @@ def _process(job: CodecJob, items: list, summary: CodecSummary, log, held, choic
     worker = ray.remote(CodecWorker).options(num_cpus=layout["num_cpus"], num_gpus=layout["num_gpus"])
     settings = {"mode": job.mode, "weights": job.weights, "device": layout["device"], "threads": layout["threads"],
                 "max_pixels": job.max_pixels, "min_side": job.min_side, "overwrite": job.overwrite,
-                "adapters": job.adapters if job.mode == "compress" else None, "descriptors": job.descriptors}
+                "adapters": job.adapters, "descriptors": job.descriptors}
     pool = ActorPool([worker.remote(**settings) for _ in range(size)])
     log(f"{job.mode}: {len(items)} items on {size} workers")
     results = []
@@ -303,7 +304,7 @@ class CodecWorker:
             with Image.open(io.BytesIO(data)) as image:
                 text = getattr(image, "text", {})
                 if (text.get(PNG_SOURCE_KEY) != container.source_id(version).hex()
-                        or text.get(PNG_WEIGHTS_KEY) != self.codec.weights_digest):
+                        or text.get(PNG_WEIGHTS_KEY) != self.codec.decoder_digest):
                     return None
                 image.load()  # a truncated PNG is redone
                 return {"bitstream_bytes": storage.info(uri).size, "pixels": image.width * image.height}
@@ -317,7 +318,7 @@ class CodecWorker:
 
         info = PngImagePlugin.PngInfo()
         info.add_text(PNG_SOURCE_KEY, container.source_id(version).hex())
-        info.add_text(PNG_WEIGHTS_KEY, self.codec.weights_digest)
+        info.add_text(PNG_WEIGHTS_KEY, self.codec.decoder_digest)
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG", pnginfo=info)
         return buffer.getvalue()

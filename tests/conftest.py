@@ -153,22 +153,33 @@ def ray_session(s3_server):
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def random_adapters(tmp_path_factory) -> str:
-    """SFMA with non-zero outputs (small random weights), saved as a verified checkpoint."""
+def _random_adapters(folder, parts: tuple[str, ...]) -> str:
+    """SFMA of ``parts`` with non-zero outputs (small random weights), saved as a verified checkpoint."""
     import torch
 
     from latentsweep.codec import weights
     from latentsweep.codec.adapters import AdapterSet, FrequencyModulationAdapter, SpatialModulationAdapter
 
     torch.manual_seed(1)
-    adapters = AdapterSet()
+    adapters = AdapterSet(parts=parts)
     for module in adapters.modules():
         if isinstance(module, SpatialModulationAdapter):
             torch.nn.init.normal_(module.out.weight, std=0.02)
         if isinstance(module, FrequencyModulationAdapter):
             torch.nn.init.normal_(module.linear.weight, std=0.02)
-    path = tmp_path_factory.mktemp("adapters") / "random.pt"
+    path = folder / f"random-{'-'.join(parts)}.pt"
     weights.save_adapters(adapters, path, {"base_weights_sha256": weights.digest(None), "bottleneck": 16,
-                                           "sfma": True})
+                                           "sfma": True, "parts": list(parts)})
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def random_adapters(tmp_path_factory) -> str:
+    """Encoder SFMA with non-zero outputs."""
+    return _random_adapters(tmp_path_factory.mktemp("adapters"), ("encoder",))
+
+
+@pytest.fixture(scope="session")
+def random_decoder_adapters(tmp_path_factory) -> str:
+    """Decoder SFMA (stage one's parts) with non-zero outputs."""
+    return _random_adapters(tmp_path_factory.mktemp("adapters"), ("decoder",))

@@ -1,6 +1,7 @@
 """SFMA adapters: fresh ones change nothing, trained ones are verified, named in every row's weights
-digest and in the bitstream, the unchanged decoder decodes their bitstreams, a trace writer's checkpoint
-is refused, and a tiny training run writes a checkpoint that loads."""
+digest and in the bitstream, the unchanged decoder decodes their bitstreams, decoder adapters change the
+decoded pixels and nothing before them, a set without the part a command runs is refused, a trace
+writer's checkpoint is refused, and tiny training runs of both stages write checkpoints that load."""
 
 from __future__ import annotations
 
@@ -124,21 +125,79 @@ def test_formation_recipes_are_deterministic_and_cover_every_kind():
     assert kinds == set(formation.KINDS)
 
 
-def test_tiny_training_writes_verified_adapters(tmp_path):
-    from latentsweep_lab.training.adapters import AdapterTrainSettings, train
+def test_decoder_adapters_change_the_decoded_pixels_and_nothing_before_them(random_decoder_adapters, image):
+    """Stage one's parts: the same bitstream, the same latents and rate, other pixels; fresh decoder
+    adapters decode exactly as the base decoder."""
+    base = BitstreamCodec(Embedder(EmbedSettings(feature_set="2lat", device="cpu")))
+    adapted = BitstreamCodec(Embedder(EmbedSettings(feature_set="2lat", device="cpu", adapters=random_decoder_adapters)))
+    data, tensors = base.compress(image)
+    assert adapted.compress(image)[0] == data  # the encoder, the rate and the file are the base codec's
+    assert adapted.adapters_id == b"" and adapted.decoder_digest.startswith(f"{base.weights_digest}+sfma-")
+    for name, value in adapted.latents(data)[0].items():
+        assert torch.equal(value, base.latents(data)[0][name]), name
+    pixels, base_pixels = adapted.decompress(data), base.decompress(data)
+    assert pixels.shape == base_pixels.shape == image.shape and not np.array_equal(pixels, base_pixels)
+    fresh = BitstreamCodec(Embedder(EmbedSettings(feature_set="2lat", device="cpu")))
+    AdapterSet(parts=("decoder",)).attach(fresh.model)
+    assert np.array_equal(fresh.decompress(data), base_pixels)
 
-    out = tmp_path / "tiny.pt"
-    meta = train(AdapterTrainSettings(steps=2, recipes=2, per_recipe=2, guard_images=2, log_every=1, evaluate=False),
-                 str(out), progress=lambda line: None)
-    record = json.loads(weights.sidecar(out).read_text())
-    assert record["sha256"] == meta["sha256"] == weights.adapters_digest(out)
-    assert record["meta"]["base_weights_sha256"] == weights.digest(None) and record["meta"]["sfma"] is True
-    assert weights.digest(None, out) == f"{weights.digest(None)}+sfma-{meta['sha256'][:16]}"
-    adapters, _, _ = weights.load_adapters(out, weights.digest(None))
-    assert any(p.abs().sum() > 0 for name, p in adapters.named_parameters() if name.endswith("out.weight"))
-    assert meta["steps_done"] == 2
+
+def test_a_set_without_the_part_a_command_runs_is_refused(random_adapters, random_decoder_adapters, tmp_path):
+    """Decoder adapters change no latent (ingest, compress, sweep refuse them); encoder adapters change no
+    decoded pixel (decompress refuses them): one line, exit 2, nothing written."""
+    from processes import refused_before_writing
+
+    with pytest.raises(WeightsError, match="decoder adapters only.*decompress --adapters"):
+        weights.digest(None, random_decoder_adapters)
+    assert weights.digest(None, random_decoder_adapters, part="decoder").startswith(f"{weights.digest(None)}+sfma-")
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "a.png").write_bytes(b"not read: the refusal comes first")
+    out = tmp_path / "out"
+    said = refused_before_writing([sys.executable, "-m", "latentsweep", "ingest", str(source), "--out", str(out),
+                                   "--adapters", random_decoder_adapters, "--quiet"], out)
+    assert "decompress --adapters" in said
+    said = refused_before_writing([sys.executable, "-m", "latentsweep", "decompress", str(source), "--out", str(out),
+                                   "--adapters", random_adapters, "--quiet"], out)
+    assert "encoder adapters only" in said and "compress, ingest and sweep" in said
+
+
+def test_both_stages_train_save_and_load_with_their_provenance_at_rate_parity(tmp_path):
+    """Stage one (decoder) and stage two (both, started from stage one) on a few small crops: verified
+    checkpoints whose cards name their parts and origin; stage two's estimated rate on small crops of
+    held-out photos stays within 5% of the base codec's."""
+    from latentsweep_lab.training.adapters import AdapterTrainSettings, photo_crops, rate, train
+
+    quiet = lambda line: None  # noqa: E731
+    first, second = tmp_path / "stage1.pt", tmp_path / "stage2.pt"
+    settings = dict(steps=3, batch_size=2, crops=4, log_every=1, evaluate=False)
+    one = train(AdapterTrainSettings(stage="decoder", **settings), str(first), progress=quiet)
+    two = train(AdapterTrainSettings(stage="both", init=str(first), **settings), str(second), progress=quiet)
+    assert one["parts"] == ["decoder"] and two["parts"] == ["encoder", "decoder"] and two["stage"] == "both"
+    assert two["init"] == one["sha256"] == weights.adapters_digest(first, "decoder")
+    for path, meta in ((first, one), (second, two)):
+        record = json.loads(weights.sidecar(path).read_text())
+        assert record["sha256"] == meta["sha256"] and record["meta"]["base_weights_sha256"] == weights.digest(None)
+        assert meta["steps_done"] == 3
+    adapters, _, _ = weights.load_adapters(second, weights.digest(None))
+    assert adapters.parts == ("encoder", "decoder")
+    assert any(p.abs().sum() > 0 for name, p in adapters.encoder.named_parameters() if name.endswith("out.weight"))
+    # rate parity, measured: held-out photos' 64-pixel crops with and without the trained encoder adapters
+    model, _, _ = weights.load(None)
+    adapters.attach(model)
+    crops = torch.cat([padded(image)[..., :64, :64] for image in
+                       (np.ascontiguousarray(photos.load(name)[:64, :64]) for name in photos.names("held_out"))])
+    with torch.no_grad():
+        adapters.enabled = False
+        base = rate(model, model.export(crops), 64 * 64).mean()
+        adapters.enabled = True
+        adapted = rate(model, model.export(crops), 64 * 64).mean()
+    assert abs(adapted / base - 1) <= 0.05, (adapted / base).item()
+    assert len(photo_crops(256)) >= 3  # the calibration's crops exist
     with pytest.raises(ValueError, match="nothing to train"):
         train(AdapterTrainSettings(steps=0, evaluate=False), str(tmp_path / "none.pt"))
+    with pytest.raises(ValueError, match="unknown stage"):
+        train(AdapterTrainSettings(stage="latent", evaluate=False), str(tmp_path / "none.pt"))
     assert not (tmp_path / "none.pt").exists()
 
 
@@ -172,6 +231,8 @@ def test_cheapest_channels_rank_by_their_price_against_the_guard():
 @pytest.mark.parametrize("options, says", [
     (["--steps", "0"], "nothing to train"),
     (["--crop", "100"], "multiple of 64"),
+    (["--stage", "latent"], "--stage must be one of"),
+    (["--init", "stage1.pt"], "--init starts stage two"),
 ])
 def test_train_adapters_refuses_bad_settings_before_writing(tmp_path, options, says):
     from typer.testing import CliRunner

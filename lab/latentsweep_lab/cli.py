@@ -43,28 +43,38 @@ def train_codec(
 
 def train_adapters(
     out: Annotated[Path, typer.Option(help="Adapter checkpoint to write (a .json checksum file goes beside it).")],
-    steps: Annotated[int, typer.Option(
-        help="SFMA optimiser steps (cosine schedule; under the guard they learned nothing: docs/research.md).")] = 300,
-    recipes: Annotated[int, typer.Option(help="Random formation recipes per step (the classes of a batch).")] = 8,
-    per_recipe: Annotated[int, typer.Option(help="Crops per recipe (the positives).")] = 3,
+    stage: Annotated[str, typer.Option(
+        help="decoder: adapters in the synthesis transforms, encoder frozen (rate unchanged); both: in the "
+             "analysis and synthesis transforms under a rate guard (start it from a decoder set with --init).")] = "decoder",
+    steps: Annotated[int, typer.Option(help="Adam steps (cosine schedule).")] = 400,
+    batch_size: Annotated[int, typer.Option(help="Crops per step.")] = 8,
+    crops: Annotated[int, typer.Option(help="Training crops, each through its own random formation recipe.")] = 192,
     crop: Annotated[int, typer.Option(help="Crop side in pixels (a multiple of 64).")] = 64,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate (cosine-annealed).")] = 1e-3,
+    pixel: Annotated[float, typer.Option(help="Weight of the pixel term against the feature matching.")] = 0.1,
+    init: Annotated[Optional[Path], typer.Option(help="--stage both: start the decoder adapters from this set.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, recipes and crops.")] = 0,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this long.")] = None,
     weights: WeightsOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Train SFMA adapters into the frozen analysis transforms (CPU) on random synthetic formation recipes
-    (guarded metric learning); calibrates them to the guard and reports rate and PSNR on the held-out
-    photos with and without them."""
-    from latentsweep_lab.training.adapters import AdapterTrainSettings, train
+    """Train SFMA adapters on the frozen codec (CPU) so that decoded images keep the original's forensic
+    descriptors (feature matching on crops of the training photos through random formation recipes);
+    reports rate and PSNR on the held-out photos with and without them."""
+    from latentsweep_lab.training.adapters import STAGES, AdapterTrainSettings, train
 
+    if stage not in STAGES:
+        raise typer.BadParameter(f"--stage must be one of {', '.join(STAGES)}")
     if crop % 64:
         raise typer.BadParameter("--crop must be a multiple of 64")
     if steps < 1:
         raise typer.BadParameter("nothing to train: give --steps above 0")
-    meta = train(AdapterTrainSettings(steps, recipes, per_recipe, crop, learning_rate, seed=seed,
-                                      weights=str(weights) if weights else None,
+    if batch_size < 1 or crops < batch_size:
+        raise typer.BadParameter("--crops must be at least --batch-size, and both above 0")
+    if init is not None and stage != "both":
+        raise typer.BadParameter("--init starts stage two (--stage both) from a decoder set")
+    meta = train(AdapterTrainSettings(stage, steps, batch_size, crops, crop, learning_rate, pixel, seed=seed,
+                                      weights=str(weights) if weights else None, init=str(init) if init else None,
                                       max_seconds=60 * max_minutes if max_minutes else None),
                  str(out), progress=typer.echo)
     typer.echo(f"wrote {out} (sha256 {meta['sha256'][:16]}...)")

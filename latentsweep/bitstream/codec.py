@@ -70,8 +70,11 @@ class BitstreamCodec:
         self.embedder = embedder
         self.model = embedder.model
         self.device = embedder.device
-        self.weights_digest = embedder.base_digest  # the decoder's weights; adapters change the encoder only
-        self.adapters_id = digest_id(embedder.adapters_digest) if embedder.adapters_digest else b""
+        self.weights_digest = embedder.base_digest  # the weights every decoder shares; adapters come on top
+        parts = embedder.adapters.parts if embedder.adapters is not None else ()
+        # the encoder adapters that made a file's latents (b"": none), and what makes decoded pixels (PNG provenance)
+        self.adapters_id = digest_id(embedder.adapters_digest) if "encoder" in parts else b""
+        self.decoder_digest = embedder.weights_digest if "decoder" in parts else embedder.base_digest
         self.models = coding.EntropyModels.build({
             branch: getattr(self.model, f"{branch}_z_density").log_scale.detach().double().cpu().numpy()
             for branch in BRANCHES})
@@ -124,9 +127,9 @@ class BitstreamCodec:
     # -- decoder ---------------------------------------------------------------------------------
 
     def check(self, bitstream: Bitstream, any_adapters: bool = False) -> None:
-        """Refuse a file this codec cannot decode, saying why. The decoder is the same with or without
-        adapters (they change the analysis only): ``any_adapters`` (pixels) accepts a file of any
-        adapters; latents must come from the loaded ones, or rows of two embedding spaces would mix."""
+        """Refuse a file this codec cannot decode, saying why. Any decoder, with decoder adapters or without,
+        decodes a file of any encoder adapters to pixels (``any_adapters``: adapters never touch the entropy
+        coding); latents must come from the loaded encoder adapters, or rows of two embedding spaces would mix."""
         if bitstream.codec != CODEC_NAME:
             raise BitstreamError(f"coded by codec {bitstream.codec!r}; this latentsweep decodes {CODEC_NAME!r}")
         mismatch = provenance_mismatch(bitstream, self.weights_digest, self.adapters_id, any_adapters)
@@ -260,7 +263,8 @@ class BitstreamCodec:
 
     @torch.inference_mode()
     def decompress(self, data: bytes | Bitstream, max_pixels: int | None = None) -> np.ndarray:
-        """File bytes -> uint8 RGB (H, W, 3): the synthesis transforms on the decoded ``y_hat``."""
+        """File bytes -> uint8 RGB (H, W, 3): the synthesis transforms (with the loaded decoder adapters) on the
+        decoded ``y_hat``."""
         tensors, bitstream = self.latents(data, max_pixels, any_adapters=True)
         return self.model.pixels(tensors, bitstream.height, bitstream.width)
 

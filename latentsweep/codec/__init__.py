@@ -6,7 +6,7 @@ Modules are named after what they hold (CompressAI style): ``colour`` (BT.709 an
 quantisation), ``entropy`` (rate terms), ``synthesis`` (decoders), ``model`` (the whole codec),
 ``layout`` (channels, strides and pooled columns, without torch), ``settings`` (what decides an
 embedding space), ``pooling`` (descriptors from latents), ``weights`` (checkpoints), ``adapters``
-(analysis-transform adapters), ``reference`` (latents exported by the JPEG AI reference software),
+(SFMA adapters of the analysis and synthesis transforms), ``reference`` (latents exported by the JPEG AI reference software),
 ``embed`` (batched inference). Bitstreams are :mod:`latentsweep.bitstream`; training lives in the
 research package (``lab/``).
 """

@@ -1,7 +1,8 @@
-"""SFMA adapters for the frozen analysis transforms.
+"""SFMA adapters for a frozen codec: in its analysis transforms (the encoder), its synthesis transforms
+(the decoder), or both.
 
 After the SFMA of "Learned Image Compression for Deepfake Detection" (section
-III): each adapter reads the features of one stage of an analysis transform and adds two outputs to
+III): each adapter reads the features of one stage of a transform and adds two outputs to
 them, ``x + SMA(x) + FMA(x)``:
 
 - :class:`SpatialModulationAdapter` (SMA): convolutions in the spatial domain, ``conv1x1(ReLU(conv3x3(x)))``
@@ -13,15 +14,19 @@ them, ``x + SMA(x) + FMA(x)``:
   brightness): a convolution over neighbouring bins, ReLU, a linear map across channels.
 
 The last layer of both (``SMA.out``, ``FMA.linear``) starts at zero, so a fresh adapter set leaves
-the codec exactly as it was. Adapters sit after the three residual attention units (``act1``,
-``act2``, ``act3``) of the luma and the chroma analysis transforms (:data:`POINTS`), attached with
-forward hooks: the codec's own modules, state dict and checkpoint are untouched, and the decoder
-(hyperprior, prediction, synthesis) never sees an adapter. Every image is adapted on its own (no
-batch statistics), so its latents do not depend on what else is in its batch.
+the codec exactly as it was. Encoder adapters sit after the three residual attention units (``act1``,
+``act2``, ``act3``) of the luma and the chroma analysis transforms (:data:`ENCODER_POINTS`); decoder
+adapters after the first three upsampling stages of both synthesis transforms (:data:`DECODER_POINTS`, at
+H/8, H/4 and H/2), where the decoded image's fine structure is made. They are attached with forward
+hooks: the codec's own modules, state dict and checkpoint are untouched; the hyperprior and the entropy
+coding never see an adapter, so decoder adapters leave the rate exactly as it was and the base decoder
+decodes every bitstream an adapted encoder writes. Every image is adapted on its own (no batch
+statistics), so its latents and pixels do not depend on what else is in its batch.
 
-Trained under the codec's guard, the SFMA learned nothing measurable for attribution (docs/research.md,
-"Adapters"), so none ship. What an encoder can usefully add, the original pixels' descriptors, travels
-in the ``.jai`` file's forensic field instead (``bitstream/forensic.py``), not in the latents.
+A set is named by its parts (:data:`PARTS`): ``decoder`` adapters (trained with the encoder frozen) change
+decoded pixels only; ``encoder`` + ``decoder`` adapters change the latents as well, so their digest joins
+the embedding space's (``weights.combined_digest``). None ship; ``lab/latentsweep_lab/training/adapters.py``
+trains them.
 """
 
 from __future__ import annotations
@@ -30,13 +35,19 @@ import torch
 from torch import nn
 
 from latentsweep.codec.analysis import HIDDEN
+from latentsweep.codec.synthesis import HIDDEN as SYNTHESIS_HIDDEN
 
-POINTS = ("act1", "act2", "act3")   # after each residual attention unit, 128 channels
+PARTS = ("encoder", "decoder")
+ENCODER_POINTS = ("act1", "act2", "act3")   # after each residual attention unit, 128 channels
+# after the activation that ends upsampling stages 1-3 of Synthesis.layers (96 channels at H/8, H/4, H/2)
+DECODER_POINTS = {"up1": 4, "up2": 7, "up3": 10}
 BRANCHES = ("luma", "chroma")
 BOTTLENECK = 16
 # FMA's FFT window per stage: the luma stages (H/2, H/4, H/8) and the first two chroma stages have sides
-# that are multiples of 8 (images are padded to 64), the last chroma stage (H/16) multiples of 4
+# that are multiples of 8 (images are padded to 64), the last chroma stage (H/16) multiples of 4; the
+# decoder's stages (H/8 and finer) multiples of 8
 TILES = {"luma": {"act1": 8, "act2": 8, "act3": 8}, "chroma": {"act1": 8, "act2": 8, "act3": 4}}
+DECODER_TILE = 8
 
 
 class SpatialModulationAdapter(nn.Module):
@@ -101,22 +112,35 @@ class SFMA(nn.Module):
 
 
 class AdapterSet(nn.Module):
-    """The SFMA of both analysis transforms: ``luma.act1``, ..., ``chroma.act3``."""
+    """The SFMA of a codec's ``parts``: ``encoder.luma.act1``, ..., ``decoder.chroma.up3``."""
 
-    def __init__(self, hidden: int = BOTTLENECK):
+    def __init__(self, hidden: int = BOTTLENECK, parts: tuple[str, ...] = ("encoder",)):
         super().__init__()
-        self.luma = nn.ModuleDict({point: SFMA(HIDDEN, hidden, TILES["luma"][point]) for point in POINTS})
-        self.chroma = nn.ModuleDict({point: SFMA(HIDDEN, hidden, TILES["chroma"][point]) for point in POINTS})
+        unknown = set(parts) - set(PARTS)
+        if unknown or not parts:
+            raise ValueError(f"adapter parts must be some of {', '.join(PARTS)}, not {', '.join(parts) or 'none'}")
+        self.parts = tuple(part for part in PARTS if part in parts)
+        if "encoder" in self.parts:
+            self.encoder = nn.ModuleDict({branch: nn.ModuleDict({
+                point: SFMA(HIDDEN, hidden, TILES[branch][point]) for point in ENCODER_POINTS}) for branch in BRANCHES})
+        if "decoder" in self.parts:
+            self.decoder = nn.ModuleDict({branch: nn.ModuleDict({
+                point: SFMA(SYNTHESIS_HIDDEN, hidden, DECODER_TILE) for point in DECODER_POINTS}) for branch in BRANCHES})
         self.enabled = True  # False: the hooks pass the features through (the base codec, for training)
 
     def attach(self, codec) -> list:
-        """Insert the adapters into ``codec``'s analysis transforms; returns the hook handles
-        (``handle.remove()`` takes an adapter out again)."""
+        """Insert the adapters into ``codec``'s transforms; returns the hook handles (``handle.remove()``
+        takes an adapter out again)."""
         handles = []
         for branch in BRANCHES:
-            analysis = getattr(codec, f"{branch}_analysis")
-            for point, adapter in getattr(self, branch).items():
-                handles.append(getattr(analysis, point).register_forward_hook(self._adding(adapter)))
+            if "encoder" in self.parts:
+                analysis = getattr(codec, f"{branch}_analysis")
+                for point, adapter in self.encoder[branch].items():
+                    handles.append(getattr(analysis, point).register_forward_hook(self._adding(adapter)))
+            if "decoder" in self.parts:
+                layers = getattr(codec, f"{branch}_synthesis").layers
+                for point, adapter in self.decoder[branch].items():
+                    handles.append(layers[DECODER_POINTS[point]].register_forward_hook(self._adding(adapter)))
         return handles
 
     def _adding(self, adapter: SFMA):

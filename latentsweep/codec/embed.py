@@ -62,7 +62,8 @@ class Embedder:
         self.columns = column_dims(settings.feature_set, settings.pooling)
         self.device = resolve_device(settings.device)
         model, self.base_digest, self.meta = weights.load(settings.weights)
-        # adapters (codec/adapters.py) change the analysis only; the rows' weights digest names both
+        # adapters (codec/adapters.py): their digest joins the codec's in every row's weights digest (the jobs
+        # that embed refuse a set without encoder adapters, weights.adapters_digest)
         self.adapters, self.adapters_digest, self.adapters_meta = weights.load_adapters(settings.adapters,
                                                                                         self.base_digest)
         if self.adapters is not None:

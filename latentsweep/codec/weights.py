@@ -80,11 +80,11 @@ def _verified(path: str | Path | None) -> tuple[Path, bytes, str, dict]:
     return path, data, digest, record
 
 
-def digest(path: str | Path | None = None, adapters: str | Path | None = None) -> str:
+def digest(path: str | Path | None = None, adapters: str | Path | None = None, part: str | None = "encoder") -> str:
     """The digest :func:`load` would give, checked but without building the model (for planning);
     with ``adapters``, the digest of codec and adapters together (:func:`combined_digest`)."""
     base = f"{UNTRAINED}-seed0" if str(path) == UNTRAINED else _verified(path)[2]
-    return combined_digest(base, adapters_digest(adapters))
+    return combined_digest(base, adapters_digest(adapters, part))
 
 
 def load(path: str | Path | None = None) -> tuple[BopCodec, str, dict]:
@@ -180,10 +180,12 @@ def save_adapters(adapters, path: str | Path, meta: dict) -> str:
                              path, meta)
 
 
-def _verified_adapters(spec: str | Path | None) -> tuple[Path, bytes, str, dict] | None:
+def _verified_adapters(spec: str | Path | None, part: str | None = None) -> tuple[Path, bytes, str, dict] | None:
     """:func:`_verified` of the adapters ``spec`` names, or ``None`` without adapters. Only SFMA adapters
     are: a card without ``sfma`` or with a trace writer (``trace_code``) names a model latentsweep no
-    longer runs, and the digest it would give (:func:`combined_digest`) says ``sfma``."""
+    longer runs, and the digest it would give (:func:`combined_digest`) says ``sfma``. ``part``: the job
+    needs adapters in the ``encoder`` (latents: ingest, compress) or the ``decoder`` (decompress); a set
+    without that part would change nothing there, which is refused rather than silently ignored."""
     path = adapters_path(spec)
     if path is None:
         return None
@@ -196,12 +198,24 @@ def _verified_adapters(spec: str | Path | None) -> tuple[Path, bytes, str, dict]
                            f"{meta.get('trace_code', 0)}): a trace writer, which latentsweep no longer runs (a .jai "
                            "carries the original pixels' descriptors in its forensic field instead); pass SFMA "
                            "adapters, or none")
+    parts = adapter_parts(meta)
+    if part is not None and part not in parts:
+        use = "decompress --adapters" if part == "encoder" else "compress, ingest and sweep --adapters"
+        raise WeightsError(f"{path.name} holds {' and '.join(parts)} adapters only: they change nothing in the "
+                           f"{part} this command runs; pass them to {use}")
     return verified
 
 
-def adapters_digest(spec: str | Path | None) -> str | None:
-    """The adapters' SHA-256 (checked against their sidecar), or ``None`` without adapters."""
-    verified = _verified_adapters(spec)
+def adapter_parts(meta: dict) -> tuple[str, ...]:
+    """The parts of the codec an adapter card's set adapts (cards written before decoder adapters existed:
+    the encoder)."""
+    return tuple(meta.get("parts", ("encoder",)))
+
+
+def adapters_digest(spec: str | Path | None, part: str | None = "encoder") -> str | None:
+    """The adapters' SHA-256 (checked against their sidecar), or ``None`` without adapters; ``part``: what
+    the caller runs (:func:`_verified_adapters`)."""
+    verified = _verified_adapters(spec, part)
     return verified[2] if verified else None
 
 
@@ -229,9 +243,9 @@ def load_adapters(spec: str | Path | None, weights_digest: str | None = None):
         raise WeightsError(f"adapters {path.name} were trained on codec weights {base[:12]}..., not the loaded "
                            f"{weights_digest[:12]}...: pass the --weights they were trained with")
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    adapters = AdapterSet(int(meta.get("bottleneck", 16)))
     try:
+        adapters = AdapterSet(int(meta.get("bottleneck", 16)), adapter_parts(meta))
         adapters.load_state_dict(state)
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:
         raise WeightsError(f"{path} does not fit the adapter architecture: {error}") from None
     return adapters.eval(), digest_, meta

@@ -115,7 +115,8 @@ def _weights() -> tuple[torch.Tensor, str]:
 
 @lru_cache(maxsize=8)
 def _on(device: str) -> torch.Tensor:
-    return _weights()[0].to(device)
+    with torch.inference_mode(False):  # cached: a plain tensor, which inference and autograd (training) can both use
+        return _weights()[0].to(device).clone()
 
 
 def describe(rgb: torch.Tensor) -> torch.Tensor:
@@ -174,10 +175,11 @@ def _coefficients(residuals: torch.Tensor) -> torch.Tensor:
 
 @lru_cache(maxsize=8)
 def _orbit_average_cached(device: str) -> torch.Tensor:
-    average = torch.zeros(len(NEIGHBOURS), len(ORBITS))
-    for i, (dy, dx) in enumerate(NEIGHBOURS):
-        average[i, ORBITS.index(tuple(sorted((abs(dy), abs(dx)))))] = 1.0
-    return (average / average.sum(0)).to(device)
+    with torch.inference_mode(False):  # cached: a plain tensor (as :func:`_on`)
+        average = torch.zeros(len(NEIGHBOURS), len(ORBITS))
+        for i, (dy, dx) in enumerate(NEIGHBOURS):
+            average[i, ORBITS.index(tuple(sorted((abs(dy), abs(dx)))))] = 1.0
+        return (average / average.sum(0)).to(device)
 
 
 def _orbit_average(device: torch.device) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Synthetic image-formation recipes for training the adapters (``train_adapters.py``): the families
+"""Synthetic image-formation recipes for training the adapters (``training/adapters.py``): the families
 of traces a generator's last stages leave, implemented here from scratch with random parameters.
 
 Every recipe is drawn from a continuous family, so the adapters learn formation traces in general,
