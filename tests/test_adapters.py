@@ -263,3 +263,27 @@ def test_ingest_of_bitstreams_from_other_adapters_is_refused_before_writing(rand
     assert "a.jai" in said and "pass the --adapters it was coded with" in said
     planned = run_command(command + ["--adapters", random_adapters, "--dry-run"])
     assert planned.returncode == 0, planned.stderr[-2000:]
+
+
+def test_the_experiments_round_trip_codes_real_files_and_decodes_with_the_adapters(random_decoder_adapters, tmp_path):
+    """The SFMA table's round trip: labels kept, the bits per pixel of real files, decoder adapters in the
+    decoded pixels only (same bytes, other pixels), and a rerun reads what it wrote."""
+    from PIL import Image
+
+    from latentsweep_lab.experiment.common import manifest_rows, write_manifest
+    from latentsweep_lab.experiment.sfma import round_trip
+
+    source = tmp_path / "queries"
+    (source / "real").mkdir(parents=True)
+    rows = []
+    for number, name in enumerate(photos.names("held_out")[:2]):
+        Image.fromarray(np.ascontiguousarray(photos.load(name)[:64, :96])).save(source / "real" / f"{number}.png")
+        rows.append({"uri": f"real/{number}.png", "label": "real", "family": "real"})
+    write_manifest(source, rows)
+    base = round_trip(source, tmp_path / "codec", None)
+    adapted = round_trip(source, tmp_path / "stage-one", random_decoder_adapters)
+    assert [r["label"] for r in manifest_rows(tmp_path / "stage-one")] == ["real", "real"]
+    assert adapted["bpp"] == base["bpp"] > 0 and 20 < base["psnr_db"] < 60 and adapted["psnr_db"] != base["psnr_db"]
+    first = [np.asarray(Image.open(tmp_path / folder / "real" / "0.png")) for folder in ("codec", "stage-one")]
+    assert first[0].shape == (64, 96, 3) and not np.array_equal(*first)
+    assert round_trip(source, tmp_path / "stage-one", random_decoder_adapters) == adapted

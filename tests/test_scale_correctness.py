@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -336,6 +337,26 @@ def test_the_dry_run_does_not_import_torch(tmp_path):
     result = run_command([sys.executable, "-c", DRY_RUN_IN_A_PROCESS, "ingest", str(tmp_path / "corpus" / "manifest.csv"),
                           "--out", str(tmp_path / "out"), *CLI_EMBED, "--dry-run"])
     assert result.stdout.strip().splitlines()[-1] == "exit=0 torch=False", result.stdout + result.stderr[-2000:]
+
+
+def test_planning_a_source_of_bitstreams_alone_does_not_import_torch(tmp_path):
+    """A `.jai`-only job checks the first file's embedding space and the feature set in the driver, from
+    the file's header: the driver's start-up stays that of an image job."""
+    from latentsweep.bitstream.codec import BitstreamCodec
+    from latentsweep.codec.embed import Embedder
+    from latentsweep.codec.settings import EmbedSettings
+
+    codec = BitstreamCodec(Embedder(EmbedSettings(feature_set="2lat", device="cpu")))
+    (tmp_path / "night").mkdir()
+    for number in range(2):
+        image = np.random.default_rng(number).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        (tmp_path / "night" / f"{number}.jai").write_bytes(codec.compress(image, descriptors=False)[0])
+    command = [sys.executable, "-c", DRY_RUN_IN_A_PROCESS, "ingest", str(tmp_path / "night"),
+               "--out", str(tmp_path / "out"), "--feature-set", "2lat", "--dry-run"]
+    result = run_command(command)
+    assert result.stdout.strip().splitlines()[-1] == "exit=0 torch=False", result.stdout + result.stderr[-2000:]
+    refused = run_command(command[:-3] + ["--feature-set", "all", "--dry-run"])  # y and z are never coded
+    assert refused.stdout.strip().splitlines()[-1] == "exit=2 torch=False", refused.stdout + refused.stderr[-2000:]
 
 
 def test_planning_checks_weights_without_torch(random_adapters):

@@ -38,30 +38,15 @@ import torch
 
 from latentsweep.bitstream import coding, container, forensic
 from latentsweep.codec import colour
-from latentsweep.bitstream.container import Bitstream, BitstreamError, Stream, describe_id, digest_id, symbols_crc
+from latentsweep.bitstream.container import Bitstream, BitstreamError, Stream, digest_id, symbols_crc
+from latentsweep.bitstream.space import DECODED_TENSORS, provenance_mismatch
 from latentsweep.codec.layout import CODEC_NAME, TENSOR_STRIDES
 
 BRANCHES = ("luma", "chroma")
 STREAMS = (("z", "luma"), ("z", "chroma"), ("r", "luma"), ("r", "chroma"))  # the container's order
-DECODED_TENSORS = ("z_hat", "psi", "mu", "scale", "residual_quant", "residual", "y_hat")
 LEVELS_DEVICE = torch.device("cpu")  # where the float64 scale levels run, whatever the codec's device
 PREDICTION_BATCH = 8  # files of one size per hyper-decoder pass; below 16, where torch would switch a
 # single-threaded 1x1 convolution's kernel and so its last bits
-
-
-def provenance_mismatch(bitstream: Bitstream, weights_digest: str, adapters_id: bytes,
-                        any_adapters: bool = False) -> str | None:
-    """Why latents of ``bitstream`` do not belong to the space of the codec ``weights_digest`` with the
-    adapters ``adapters_id`` (b"": none), or None; ``any_adapters``: pixels only, any adapters will do."""
-    if not any_adapters and bitstream.adapters_id != adapters_id:
-        made = f"adapters {describe_id(bitstream.adapters_id)}" if bitstream.adapters_id else "no adapters"
-        loaded = f"adapters {describe_id(adapters_id)}" if adapters_id else "none"
-        return (f"coded with {made}; the loaded adapters are {loaded}: pass the --adapters it was coded with "
-                "(the latents of other adapters live in another space)")
-    if bitstream.weights_id != digest_id(weights_digest):
-        return (f"coded with codec weights {describe_id(bitstream.weights_id)}, not the loaded "
-                f"{weights_digest[:32]}: pass --weights with the checkpoint it was coded with")
-    return None
 
 
 class BitstreamCodec:
@@ -284,17 +269,6 @@ def _in_batch_of_two(function, *batch: torch.Tensor):
 def _batch(tensors: list[torch.Tensor]) -> torch.Tensor:
     """One batch of same-size tensors, channels-last as the Embedder runs the model."""
     return torch.cat(tensors).contiguous(memory_format=torch.channels_last)
-
-
-def missing_columns(columns) -> list[str]:
-    """The columns a bitstream cannot give: ``y`` and ``z`` exist before quantisation only, never coded."""
-    return [name for name in columns if name.rsplit("_", 1)[0] not in DECODED_TENSORS]
-
-
-def missing_columns_reason(feature_set: str, missing: list[str]) -> str:
-    return (f"feature set {feature_set!r} needs {', '.join(missing)}, which a bitstream does not carry (only the "
-            "analysis transform makes y and z; the file holds z_hat and residual_quant): ingest bitstreams with "
-            "--feature-set selected or 2lat, or ingest the original images")
 
 
 def bits_per_pixel(data: bytes, height: int, width: int) -> float:

@@ -108,7 +108,8 @@ class Encoder:
         analysis, no synthesis), same-size files as one batch; pooled over each image's valid area as an
         image's latents are. The pixel descriptors come from the file's forensic field, as compress
         quantised them from the original pixels."""
-        from latentsweep.bitstream.codec import BitstreamCodec, missing_columns, missing_columns_reason
+        from latentsweep.bitstream.codec import BitstreamCodec
+        from latentsweep.bitstream.space import missing_columns, missing_columns_reason
         from latentsweep.bitstream.container import BitstreamError
 
         missing = missing_columns(self.embedder.columns)

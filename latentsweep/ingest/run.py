@@ -219,7 +219,7 @@ def _list(job: IngestJob, scratch: str, space: tuple[str, str | None]) -> tuple[
     if not listed.rows:
         raise UsageError(f"no images, .pt latents or .jai bitstreams found in {job.source}")
     if listed.bitstreams == listed.rows:  # bitstreams only: every item would be an error row
-        from latentsweep.bitstream.codec import missing_columns, missing_columns_reason
+        from latentsweep.bitstream.space import missing_columns, missing_columns_reason
         from latentsweep.codec.layout import column_dims
 
         missing = missing_columns(column_dims(job.embed.feature_set, job.embed.pooling))
@@ -237,7 +237,7 @@ def _space_mismatch(uri: str, space: tuple[str, str | None]) -> str | None:
     """Why the bitstream ``uri`` was coded in another embedding space than ``space``, or None (also for a
     damaged file: that is its own error row, not the job's settings)."""
     from latentsweep.bitstream import container
-    from latentsweep.bitstream.codec import provenance_mismatch
+    from latentsweep.bitstream.space import provenance_mismatch
 
     try:
         bitstream = container.unpack(storage.read_bytes(uri))

@@ -9,7 +9,8 @@ shared across generators, and the real-software corpus (real photos, real librar
 :mod:`latentsweep_lab.zoo.software`), tuning and held-out splits, clean and JPEG 80-95; the latent
 descriptors beside the forensic ``fingerprint`` and the classical ``residual_spectrum`` baseline;
 robustness to post-processing (:mod:`.robustness`) and the open set, leaving one generator out
-(:mod:`.open_set`), on the real-software held-out split.
+(:mod:`.open_set`), on the real-software held-out split; and whether decoded images keep their forensic
+traces with SFMA adapters in the codec (:mod:`.sfma`).
 Every corpus is made, ingested with Ray, indexed and evaluated by the same code users run; each step
 resumes, so a rerun after an interruption only does what is missing.
 """
@@ -80,10 +81,13 @@ def run(out: Path, settings: ExperimentSettings = ExperimentSettings(), log=prin
         from latentsweep_lab.experiment.open_set import open_set_table
         from latentsweep_lab.experiment.real import real_table
         from latentsweep_lab.experiment.robustness import robustness_table
+        from latentsweep_lab.experiment.sfma import CORPORA as SFMA_CORPORA, sfma_table
 
         results["robustness"] = robustness_table(out / "robustness", out / "controlled", settings, log)
         results["open_set"] = open_set_table(out / "open-set", out / "controlled", log)
         results["real"] = real_table(out / "robustness", out / "controlled", log)
+        if all(not settings.controlled or name in settings.controlled for name in SFMA_CORPORA):
+            results["sfma"] = sfma_table(out / "sfma", out / "controlled", log)
     results["seconds"] = round(time.monotonic() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
@@ -405,6 +409,10 @@ def markdown(results: dict) -> str:
         from latentsweep_lab.experiment.real import real_markdown
 
         lines += real_markdown(results["real"])
+    if results.get("sfma"):
+        from latentsweep_lab.experiment.sfma import sfma_markdown
+
+        lines += sfma_markdown(results["sfma"])
     from latentsweep.query.evaluate import tables
 
     for name, title in (("reference", "leave-one-out on the references"), ("queries", "held-out queries")):
