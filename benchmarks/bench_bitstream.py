@@ -196,7 +196,7 @@ def end_to_end(count: int, size: int, repeats: int, ingest_options: list[str], r
     rows += [{"path": "latentsweep compress (forensic field on, the default)", "where": END_TO_END, "images": count,
               "seconds": f"{compress_s:.1f}", "img_s": round(count / compress_s, 1),
               "vs_image": f"{size}x{size} crops, .jai {jai_bytes:.0f} B"},
-             {"path": "load average (1, 5, 15 min): start -> end", "where": END_TO_END, "images": "",
+             {"path": "load average (1, 5, 15 min): start -> end", "where": END_TO_END, "images": count,
               "seconds": "", "img_s": f"{load_before} -> {os.getloadavg()}", "vs_image": ""}]
     report("bitstream: latentsweep ingest of .jai files against the same images, end to end", rows)
     save(rows, results)
@@ -204,10 +204,13 @@ def end_to_end(count: int, size: int, repeats: int, ingest_options: list[str], r
 
 
 def save(rows: list[dict], results: Path) -> None:
-    """Write ``rows`` to ``results``, keeping the rows there of the other mode (end to end or not)."""
-    end_to_end_rows = rows[0]["where"] == END_TO_END
-    kept = [row for row in json.loads(results.read_text()) if (row["where"] == END_TO_END) != end_to_end_rows] \
-        if results.exists() else []
+    """Write ``rows`` to ``results``, keeping the rows there of the other mode (end to end or not) and the end
+    to end rows of other image counts."""
+    def key(row: dict) -> tuple:
+        return (row["where"] == END_TO_END, row["images"] if row["where"] == END_TO_END else None)
+
+    ran = {key(row) for row in rows}
+    kept = [row for row in json.loads(results.read_text()) if key(row) not in ran] if results.exists() else []
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(kept + rows, indent=2))
 

@@ -166,11 +166,11 @@ def test_both_stages_train_save_and_load_with_their_provenance_at_rate_parity(tm
     """Stage one (decoder) and stage two (both, started from stage one) on a few small crops: verified
     checkpoints whose cards name their parts and origin; stage two's estimated rate on small crops of
     held-out photos stays within 5% of the base codec's."""
-    from latentsweep_lab.training.adapters import AdapterTrainSettings, photo_crops, rate, train
+    from latentsweep_lab.training.adapters import AdapterTrainSettings, rate, train
 
     quiet = lambda line: None  # noqa: E731
     first, second = tmp_path / "stage1.pt", tmp_path / "stage2.pt"
-    settings = dict(steps=3, batch_size=2, crops=4, log_every=1, evaluate=False)
+    settings = dict(steps=2, batch_size=2, crops=4, log_every=1, evaluate=False)
     one = train(AdapterTrainSettings(stage="decoder", **settings), str(first), progress=quiet)
     two = train(AdapterTrainSettings(stage="both", init=str(first), **settings), str(second), progress=quiet)
     assert one["parts"] == ["decoder"] and two["parts"] == ["encoder", "decoder"] and two["stage"] == "both"
@@ -178,7 +178,7 @@ def test_both_stages_train_save_and_load_with_their_provenance_at_rate_parity(tm
     for path, meta in ((first, one), (second, two)):
         record = json.loads(weights.sidecar(path).read_text())
         assert record["sha256"] == meta["sha256"] and record["meta"]["base_weights_sha256"] == weights.digest(None)
-        assert meta["steps_done"] == 3
+        assert meta["steps_done"] == 2
     adapters, _, _ = weights.load_adapters(second, weights.digest(None))
     assert adapters.parts == ("encoder", "decoder")
     assert any(p.abs().sum() > 0 for name, p in adapters.encoder.named_parameters() if name.endswith("out.weight"))
@@ -193,7 +193,6 @@ def test_both_stages_train_save_and_load_with_their_provenance_at_rate_parity(tm
         adapters.enabled = True
         adapted = rate(model, model.export(crops), 64 * 64).mean()
     assert abs(adapted / base - 1) <= 0.05, (adapted / base).item()
-    assert len(photo_crops(256)) >= 3  # the calibration's crops exist
     with pytest.raises(ValueError, match="nothing to train"):
         train(AdapterTrainSettings(steps=0, evaluate=False), str(tmp_path / "none.pt"))
     with pytest.raises(ValueError, match="unknown stage"):
