@@ -90,14 +90,13 @@ def sfma_table(root: Path, controlled: Path, log) -> dict:
                 queries, quality = str(controlled / "embeddings" / corpus / "queries"), {"psnr_db": None, "bpp": None}
                 same = clean
             else:
-                made = {}
+                qualities, embedded = {}, {}
                 for part, name in (("queries", slug), ("reference", f"{slug}-reference")):
-                    made[part] = round_trip(controlled / "corpus" / corpus / part, root / "corpus" / corpus / name,
-                                            adapters[way])
-                    made[part]["embeddings"] = ingest_corpus(root / "corpus" / corpus / name,
-                                                             root / "embeddings" / corpus / name, log=log)
-                queries, same = made["queries"].pop("embeddings"), made["reference"].pop("embeddings")
-                quality = made["queries"]
+                    qualities[part] = round_trip(controlled / "corpus" / corpus / part, root / "corpus" / corpus / name,
+                                                 adapters[way])
+                    embedded[part] = ingest_corpus(root / "corpus" / corpus / name, root / "embeddings" / corpus / name,
+                                                   log=log)
+                queries, same, quality = embedded["queries"], embedded["reference"], qualities["queries"]
             row = {"corpus": corpus, "way": way, **quality}
             for features in FEATURES:
                 for key, references, index in ((f"{features} same", same, root / "index" / corpus / slug / features),
