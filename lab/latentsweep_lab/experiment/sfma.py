@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from latentsweep_lab.experiment.common import HELD_OUT_CORPUS, evaluate_index, ingest_corpus, manifest_rows, query_votes, write_manifest
+from latentsweep_lab.experiment.common import HELD_OUT_CORPUS, evaluate_index, ingest_corpus, query_votes
+from latentsweep_lab.experiment.robustness import processed_corpus
 
 CORPORA = ("zoo-shared", HELD_OUT_CORPUS, f"{HELD_OUT_CORPUS}-jpeg")
 FEATURES = ("residual_spectrum", "fingerprint", "self_description")
@@ -50,27 +51,23 @@ def round_trip(source: Path, dest: Path, adapters: str | None) -> dict:
     quality = dest / "quality.json"
     if quality.exists():
         return json.loads(quality.read_text())
-    from PIL import Image
-
     from latentsweep.bitstream.codec import BitstreamCodec
     from latentsweep.codec.embed import Embedder
     from latentsweep.codec.settings import EmbedSettings
-    from latentsweep.ingest.decode import decode_image
 
     codec = BitstreamCodec(Embedder(EmbedSettings(device="cpu", adapters=adapters)))
-    rows, psnrs, rates = [], [], []
-    for row in manifest_rows(source):
-        image = decode_image((source / row["uri"]).read_bytes())
+    psnrs, rates = [], []
+
+    def coded(image: np.ndarray) -> np.ndarray:
         data, _ = codec.compress(image, descriptors=False)
         decoded = codec.decompress(data)
         mse = np.mean((decoded.astype(np.float64) - image) ** 2)
         psnrs.append(10 * math.log10(255.0 ** 2 / max(mse, 1e-12)))
         rates.append(8 * len(data) / (image.shape[0] * image.shape[1]))
-        name = str(Path(row["uri"]).with_suffix(".png"))
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(decoded).save(dest / name)
-        rows.append({**row, "uri": name})
-    write_manifest(dest, rows)
+        return decoded
+
+    (dest / "manifest.csv").unlink(missing_ok=True)  # a round trip without its qualities is made again
+    processed_corpus(source, dest, "codec", coded)
     result = {"psnr_db": round(float(np.mean(psnrs)), 3), "bpp": round(float(np.mean(rates)), 4)}
     quality.write_text(json.dumps(result))
     return result
