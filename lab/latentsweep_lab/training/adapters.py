@@ -234,8 +234,9 @@ def train(settings: AdapterTrainSettings, out: str, progress=print) -> dict:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     adapters = AdapterSet(settings.bottleneck, STAGES[settings.stage])
+    init_digest = None
     if settings.init:
-        start, _, start_meta = weights.load_adapters(settings.init, base_digest)
+        start, init_digest, start_meta = weights.load_adapters(settings.init, base_digest)
         if "decoder" not in start.parts or start_meta.get("bottleneck", BOTTLENECK) != settings.bottleneck:
             raise ValueError(f"--init {settings.init} holds no decoder adapters of bottleneck {settings.bottleneck}")
         adapters.decoder.load_state_dict(start.decoder.state_dict())
@@ -257,7 +258,7 @@ def train(settings: AdapterTrainSettings, out: str, progress=print) -> dict:
             "training_data": "crops of photos.names('train') through random formation recipes "
                              "(lab/latentsweep_lab/training/formation.py); no evaluation corpus's software, generator "
                              "or photo; the recipes share resampling mechanisms with the real-software held-out classes",
-            "init": weights.adapters_digest(settings.init, "decoder") if settings.init else None,
+            "init": init_digest,
             "calibration": calibration, "held_out": held_out, "train_seconds": seconds,
             "steps_done": len(history), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "loss_last": [float(v) for v in np.mean(history[-settings.log_every:], axis=0)]}
